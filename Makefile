@@ -1,0 +1,47 @@
+# The venv is made on first use; the install re-runs when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 4
+
+.PHONY: run test soak bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,serve]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	@echo "Demo shop on http://$(HOST):$(PORT) with $(WORKERS) gunicorn workers; JSON logs below. Try:"
+	@echo "  curl -i http://$(HOST):$(PORT)/api/users/42"
+	@echo "  curl -i http://$(HOST):$(PORT)/api/products"
+	@echo "  curl -i 'http://$(HOST):$(PORT)/api/search?q=product+1'"
+	@echo "  curl -i -H 'X-Request-Id: my-id-123' http://$(HOST):$(PORT)/api/slow"
+	@echo "  curl -i http://$(HOST):$(PORT)/api/error"
+	@echo "  curl -N http://$(HOST):$(PORT)/api/stream"
+	@echo "  curl -i http://$(HOST):$(PORT)/api/download"
+	DEMO_BIND=$(HOST):$(PORT) DEMO_WORKERS=$(WORKERS) $(BIN)/gunicorn -c examples/gunicorn.conf.py examples.demo:app
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check softfactory_obs tests examples bench
+	$(BIN)/ruff format --check softfactory_obs || true
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

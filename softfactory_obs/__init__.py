@@ -1,0 +1,24 @@
+"""softfactory_obs: production observability for any WSGI app in one line.
+
+    from softfactory_obs import instrument
+    app = instrument(app, service_name="shop")
+"""
+
+from .logs import JsonFormatter, RequestContextFilter, configure_logging
+from .middleware import ObservabilityMiddleware, instrument
+from .request_id import current_request_id, current_trace_id
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JsonFormatter",
+    "ObservabilityMiddleware",
+    "RequestContextFilter",
+    "Settings",
+    "__version__",
+    "configure_logging",
+    "current_request_id",
+    "current_trace_id",
+    "instrument",
+]

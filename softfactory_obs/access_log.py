@@ -1,0 +1,126 @@
+"""The one canonical access line per request, on logger ``softfactory_obs.access``.
+
+Everything taken from the request is bounded (``log_max_field_length``), decoded safely (PATH_INFO
+is latin-1 per PEP 3333; we show the UTF-8 it stood for) and stripped of secrets: sensitive
+query parameters are redacted, and no request header beyond User-Agent is read at all, so
+Authorization and Cookie can never appear.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ._failures import report_failure
+from .logs import ACCESS_LOGGER
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from ._request import RequestCycle
+
+REDACTED = "[REDACTED]"
+TRUNCATED = "...[truncated]"
+
+
+def wsgi_to_text(value: str) -> str:
+    """PEP 3333 strings hold raw bytes as latin-1; show what UTF-8 they spelled, never surrogates."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that broke the latin-1 rule: already text
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def redact_query(query: str, sensitive: tuple[str, ...]) -> str:
+    """Replace the values of parameters whose name contains a sensitive word (case-insensitive)."""
+    low = query.lower()
+    if not any(word in low for word in sensitive):
+        return query
+    parts = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        name_low = name.lower()
+        if eq and any(word in name_low for word in sensitive):
+            parts.append(f"{name}={REDACTED}")
+        else:
+            parts.append(pair)
+    return "&".join(parts)
+
+
+def _status_code(status: str | None) -> int:
+    if status is None:
+        return 0
+    try:
+        return int(status[:3])
+    except ValueError:
+        return 0
+
+
+class AccessLog:
+    """Finish hook: builds the access line's fields from a finished request and logs them."""
+
+    component = "access log"
+
+    def __init__(self, settings: Settings) -> None:
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self.limit = settings.log_max_field_length
+        self.sensitive = settings.redact_query_params
+        self.user_id_getter = settings.user_id_getter
+
+    def _cap(self, value: str) -> str:
+        return value if len(value) <= self.limit else value[: self.limit] + TRUNCATED
+
+    def __call__(self, cycle: RequestCycle) -> None:
+        status = _status_code(cycle.status)
+        failed = cycle.exc is not None and isinstance(cycle.exc, Exception)
+        level = logging.ERROR if failed or status >= 500 else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        environ = cycle.environ
+        method = self._cap(str(environ.get("REQUEST_METHOD", "")))[:32]
+        path = self._cap(wsgi_to_text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")))
+        query = environ.get("QUERY_STRING")
+        full_path = path
+        if query:
+            full_path = f"{path}?{self._cap(wsgi_to_text(redact_query(query, self.sensitive)))}"
+        fields: dict[str, Any] = {
+            "request_id": cycle.request_id,
+            "method": method,
+            "path": full_path,
+            "endpoint": environ.get("softfactory_obs.route") or path,
+            "status": status,
+            "latency_ms": round(cycle.duration * 1000.0, 3),
+            "content_length": _response_length(cycle),
+            "remote_addr": environ.get("REMOTE_ADDR", ""),
+            "user_agent": self._cap(wsgi_to_text(environ.get("HTTP_USER_AGENT", ""))),
+            "user_id": self._user_id(environ),
+        }
+        if cycle.trace_id is not None:
+            fields["trace_id"] = cycle.trace_id
+        if cycle.id_rejected:
+            fields["request_id_rejected"] = True
+        exc_info = None
+        if cycle.exc is not None:
+            fields["error_type"] = type(cycle.exc).__name__
+            exc_info = (type(cycle.exc), cycle.exc, cycle.exc.__traceback__)
+        self.logger.log(level, "%s %s %s", method, path, status, extra=fields, exc_info=exc_info)
+
+    def _user_id(self, environ: dict[str, Any]) -> str | None:
+        if self.user_id_getter is not None:
+            try:
+                value = self.user_id_getter(environ)
+            except Exception as exc:
+                report_failure("user_id_getter", exc)
+                value = None
+            if value is not None:
+                return self._cap(str(value))
+        user = environ.get("REMOTE_USER")
+        return self._cap(wsgi_to_text(user)) if user else None
+
+
+def _response_length(cycle: RequestCycle) -> int:
+    declared = cycle.content_length
+    if declared is not None and declared.isdigit():
+        return int(declared)
+    return cycle.sent

@@ -1,0 +1,164 @@
+"""Log handlers that stay correct when many gunicorn workers write to one place.
+
+Every record goes out as exactly one ``os.write`` of a whole line, so lines from different
+processes never interleave: a pipe guarantees that up to ``PIPE_BUF`` (4096) bytes, a regular file
+opened with ``O_APPEND`` on a local Linux filesystem for any size. Python's buffered streams would
+split long lines at their buffer size.
+
+``DatedFileHandler`` rotates without renaming: each record is appended to the file named after
+its own period (``app-2026-11-22.log``). ``TimedRotatingFileHandler`` renames ``app.log`` at
+rollover, which races across processes (the logging cookbook calls one file from many
+processes "not supported"): one worker renames while another still writes to the old inode, and
+two workers both rolling over overwrite each other's backup. With no rename there is no race,
+and every line sits in the file whose date matches its timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+from typing import IO
+
+from ._failures import report_failure
+
+# rotation name -> (period in seconds, strftime pattern of the period in UTC)
+ROTATIONS = {
+    "midnight": (86400, "%Y-%m-%d"),
+    "hourly": (3600, "%Y-%m-%dT%H"),
+    "minutely": (60, "%Y-%m-%dT%H-%M"),
+    "secondly": (1, "%Y-%m-%dT%H-%M-%S"),  # for tests and demos
+}
+
+
+def write_all(fd: int, data: bytes) -> None:
+    # A blocking write returns short only on signals or a full disk; finish the line or raise.
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+class _LineHandler(logging.Handler):
+    """Base: format, encode once, write once; failures counted and reported once, never raised."""
+
+    component = "log handler"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            self.write_line(line, record)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, line: bytes, record: logging.LogRecord) -> None:
+        raise NotImplementedError
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        report_failure(self.component, sys.exc_info()[1] or RuntimeError("unknown"))
+
+
+class StreamLineHandler(_LineHandler):
+    """Writes to a stream's file descriptor when it has one (stdout), else through the stream."""
+
+    component = "log stream"
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stdout
+        try:
+            self.stream.flush()
+            self._fd: int | None = self.stream.fileno()
+        except Exception:  # StringIO, pytest's capture: no descriptor of its own
+            self._fd = None
+
+    def write_line(self, line: bytes, record: logging.LogRecord) -> None:
+        if self._fd is not None:
+            write_all(self._fd, line)
+        else:
+            self.stream.write(line.decode("utf-8"))
+            self.stream.flush()
+
+
+class DatedFileHandler(_LineHandler):
+    """Appends each record to ``<stem>-<period><suffix>``; keeps the newest ``backup_count`` old files."""
+
+    component = "log file"
+
+    def __init__(self, filename: str, rotation: str = "midnight", backup_count: int = 30) -> None:
+        super().__init__()
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation: expected one of {', '.join(ROTATIONS)}, got {rotation!r}")
+        if backup_count < 0:
+            raise ValueError(f"backup_count: expected an integer >= 0, got {backup_count!r}")
+        self.directory, base = os.path.split(os.path.abspath(filename))
+        self.stem, self.suffix = os.path.splitext(base)
+        self.suffix = self.suffix or ".log"
+        self.period, self.pattern = ROTATIONS[rotation]
+        self.backup_count = backup_count
+        stamp = re.sub(r"%Y", r"\\d{4}", re.sub(r"%[mdHMS]", r"\\d{2}", self.pattern))
+        self._ours = re.compile(re.escape(self.stem + "-") + stamp + re.escape(self.suffix)).fullmatch
+        self._fd: int | None = None
+        self._slot = -1
+        os.makedirs(self.directory, exist_ok=True)
+
+    def path_for(self, created: float) -> str:
+        stamp = time.strftime(self.pattern, time.gmtime(created))
+        return os.path.join(self.directory, f"{self.stem}-{stamp}{self.suffix}")
+
+    def write_line(self, line: bytes, record: logging.LogRecord) -> None:
+        slot = int(record.created // self.period)
+        if slot != self._slot or self._fd is None:
+            self._switch(slot, record.created)
+        assert self._fd is not None
+        write_all(self._fd, line)
+
+    def _switch(self, slot: int, created: float) -> None:
+        moving_forward = slot > self._slot
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._fd = os.open(self.path_for(created), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._slot = slot
+        if moving_forward:
+            self._prune()
+
+    def _prune(self) -> None:
+        ours = sorted(name for name in os.listdir(self.directory) if self._ours(name))
+        # The names sort by time; keep the current file and backup_count before it.
+        for name in ours[: max(0, len(ours) - self.backup_count - 1)]:
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass  # another worker pruned it first
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        super().close()
+
+
+class WatchedLineHandler(logging.handlers.WatchedFileHandler):
+    """For external rotation (logrotate without copytruncate): reopens the file when it is moved away."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.reopenIfNeeded()
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.flush()
+            write_all(self.stream.fileno(), line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        report_failure("log file", sys.exc_info()[1] or RuntimeError("unknown"))

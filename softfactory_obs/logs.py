@@ -1,0 +1,182 @@
+"""JSON logs: the formatter, the request-context filter, ``configure_logging`` and the access line.
+
+One JSON object per line, always valid JSON (NaN, bytes, arbitrary objects and lone surrogates
+included), ASCII-only so that CR, LF, U+2028 and terminal escapes in request data can never split
+or colour a line. The request id of the request in flight is added to every record, whatever
+logger emitted it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
+
+from ._failures import report_failure
+from .log_files import DatedFileHandler, StreamLineHandler, WatchedLineHandler
+from .request_id import _current
+
+ACCESS_LOGGER = "softfactory_obs.access"
+
+# Record attributes that become fields under another name; the rest of the standard ones are dropped.
+_RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
+
+
+def _iso_utc(created: float) -> str:
+    # 2026-11-22T05:39:49.123Z; strftime on a struct is cheaper than building a datetime.
+    return "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)), int(created % 1 * 1000))
+
+
+def _json_fallback(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN and infinities (which ``json.dumps`` writes as bare, invalid tokens) by strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class JsonFormatter(_BaseJsonFormatter):
+    """python-json-logger's formatter with our field names, UTC timestamps and fail-safe encoding.
+
+    Fields, in order: ``timestamp``, ``level``, ``logger``, ``message``, ``service``, ``pid``,
+    ``request_id`` and ``trace_id`` (when a request is in flight), then any ``extra`` fields,
+    then ``traceback`` when an exception is attached.
+    """
+
+    def __init__(self, *, service: str = "app", static_fields: dict[str, Any] | None = None) -> None:
+        super().__init__(
+            static_fields=static_fields, json_ensure_ascii=True, reserved_attrs=[*RESERVED_ATTRS, "taskName"]
+        )
+        self.service = service
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_data["timestamp"] = _iso_utc(record.created)
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["message"] = record.message
+        log_data["service"] = self.service
+        log_data["pid"] = record.process
+        ctx = _current.get()
+        if ctx is not None:
+            log_data["request_id"] = ctx[0]
+            if ctx[1] is not None:
+                log_data["trace_id"] = ctx[1]
+        log_data.update(self.static_fields)
+        for key, value in message_dict.items():
+            log_data[_RENAMES.get(key, key)] = value
+        for key, value in record.__dict__.items():
+            if key not in self.reserved_attrs and not (hasattr(key, "startswith") and key.startswith("_")):
+                log_data[key] = value
+        if record.exc_info and record.exc_info[0] is not None and "error_type" not in log_data:
+            log_data["error_type"] = record.exc_info[0].__name__
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        try:
+            return json.dumps(log_data, default=_json_fallback, ensure_ascii=True, allow_nan=False)
+        except ValueError:  # NaN or an infinity somewhere
+            return json.dumps(_finite(log_data), default=_json_fallback, ensure_ascii=True, allow_nan=False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            return super().format(record)
+        except Exception as exc:  # a broken __str__ or a bad %-format must not lose the record
+            report_failure("log formatter", exc)
+            return json.dumps({
+                "timestamp": _iso_utc(record.created),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": _json_fallback(record.msg),
+                "service": self.service,
+                "pid": record.process,
+                "format_error": f"{type(exc).__name__}: {exc}",
+            }, default=_json_fallback, ensure_ascii=True)
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds ``request_id`` (and ``trace_id``) to records; attach it to handlers that use other formatters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _current.get()
+        if ctx is not None:
+            if not hasattr(record, "request_id"):
+                record.request_id = ctx[0]
+            if ctx[1] is not None and not hasattr(record, "trace_id"):
+                record.trace_id = ctx[1]
+        return True
+
+
+_OURS = "_softfactory_obs_handler"
+
+
+def configure_logging(
+    level: str | int = "INFO",
+    *,
+    stream: IO[str] | None = None,
+    log_file: str | None = None,
+    file_mode: str = "dated",
+    rotation: str = "midnight",
+    backup_count: int = 30,
+    service: str = "app",
+    quiet_loggers: Iterable[str] = (),
+) -> None:
+    """Send every log record of the process, as one JSON line, to stdout (default) and/or a file.
+
+    ``file_mode="dated"`` appends to ``<name>-<date>.log`` files and prunes all but the newest
+    ``backup_count`` old ones: safe with many worker processes. ``file_mode="watched"`` writes to
+    ``log_file`` itself and reopens it when an external tool (logrotate) moves it.
+    Calling it again replaces the handlers it installed before; handlers of others are left alone.
+    """
+    if isinstance(level, str):
+        if not isinstance(logging.getLevelName(level.upper()), int):
+            raise ValueError(f"level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {level!r}")
+        level = level.upper()
+    if file_mode not in ("dated", "watched"):
+        raise ValueError(f"file_mode: expected 'dated' or 'watched', got {file_mode!r}")
+    handlers: list[logging.Handler] = []
+    if log_file:
+        if file_mode == "dated":
+            handlers.append(DatedFileHandler(log_file, rotation, backup_count))
+        else:
+            handlers.append(WatchedLineHandler(log_file, encoding="utf-8"))
+    if stream is not None or not log_file:
+        handlers.append(StreamLineHandler(stream))
+    formatter = JsonFormatter(service=service)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        setattr(handler, _OURS, True)
+        handler.setFormatter(formatter)
+        handler.addFilter(RequestContextFilter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name in quiet_loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def logging_configured() -> bool:
+    """True when the root logger has handlers (someone, maybe us, configured logging)."""
+    return bool(logging.getLogger().handlers)

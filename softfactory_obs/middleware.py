@@ -1,0 +1,93 @@
+"""The WSGI middleware: routes telemetry paths to their apps and hands every request to a ``RequestCycle``.
+
+``__call__`` is the hot path and stays small: one marker check, one dict lookup, one object.
+Everything else was decided in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._request import FinishHook, RequestCycle
+from .access_log import AccessLog
+from .logs import configure_logging, logging_configured
+from .request_id import RequestIdPolicy, parse_traceparent
+from .settings import Settings
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# Set in environ by the outermost instance; an inner instance seeing it passes the request through.
+ENVIRON_MARK = "softfactory_obs.middleware"
+
+
+class ObservabilityMiddleware:
+    """Wrap a WSGI app: request ids, JSON access logs, and (with later modules) metrics and health routes."""
+
+    def __init__(self, app: WSGIApp, settings: Settings | None = None, **options: Any) -> None:
+        if not callable(app):
+            raise TypeError(f"app: expected a WSGI callable, got {app!r}")
+        if settings is None:
+            settings = Settings.from_env(**options)
+        elif options:
+            settings = settings.replace(**options)
+        self.app = app
+        self.settings = settings
+        self.request_ids = RequestIdPolicy(settings)
+        self.header_name = settings.request_id_header
+        self.header_lower = settings.request_id_header.lower()
+        self.telemetry_routes: dict[str, WSGIApp] = {}
+        self.finish_hooks: list[FinishHook] = []
+        if settings.access_log:
+            self.finish_hooks.append(AccessLog(settings))
+        self._hooks: tuple[FinishHook, ...] = tuple(self.finish_hooks)
+        self._telemetry_hooks: tuple[FinishHook, ...] = self._hooks if settings.log_telemetry_routes else ()
+        if settings.auto_configure_logging and not logging_configured():
+            configure_logging(
+                settings.log_level,
+                log_file=settings.log_file or None,
+                file_mode=settings.log_file_mode,
+                rotation=settings.log_rotation,
+                backup_count=settings.log_backup_count,
+                service=settings.service_name,
+            )
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if ENVIRON_MARK in environ:
+            return self.app(environ, start_response)
+        environ[ENVIRON_MARK] = self
+        telemetry = self.telemetry_routes.get(environ.get("PATH_INFO", "")) if self.telemetry_routes else None
+        if telemetry is None:
+            return RequestCycle(self, environ, start_response, self._hooks).run(self.app)
+        return RequestCycle(self, environ, start_response, self._telemetry_hooks).run(telemetry)
+
+    # -- extension points for the metrics, health and Redis modules ----------------------------
+
+    def mount(self, path: str, app: WSGIApp) -> None:
+        """Serve ``app`` at exactly ``path`` (no prefix or trailing-slash variants), ahead of the wrapped app."""
+        if not path.startswith("/"):
+            raise ValueError(f"path: expected an absolute path such as '/metrics', got {path!r}")
+        self.telemetry_routes[path] = app
+
+    def add_finish_hook(self, hook: FinishHook) -> None:
+        """Call ``hook(cycle)`` once per finished application request (not for telemetry routes)."""
+        self.finish_hooks.append(hook)
+        self._hooks = tuple(self.finish_hooks)
+        if self.settings.log_telemetry_routes:
+            self._telemetry_hooks = self._hooks
+
+    @staticmethod
+    def trace_id_of(environ: dict[str, Any]) -> str | None:
+        header = environ.get("HTTP_TRACEPARENT")
+        return parse_traceparent(header) if header else None
+
+
+def instrument(app: WSGIApp, **options: Any) -> ObservabilityMiddleware:
+    """Wrap ``app`` once; calling it on an already instrumented app returns that app unchanged."""
+    if isinstance(app, ObservabilityMiddleware):
+        if options and app.settings != app.settings.replace(**options):
+            raise ValueError(
+                "app is already instrumented with other settings; pass all options to the first instrument() call"
+            )
+        return app
+    return ObservabilityMiddleware(app, **options)

@@ -1,0 +1,91 @@
+"""Request ids: accept a safe incoming id or make one, parse W3C ``traceparent``, hold both in a contextvar.
+
+An incoming id is attacker-controlled text that we echo in a response header and write into
+every log line, so it is checked against a strict ASCII allowlist (never ``uuid.UUID()``, which
+accepts leading whitespace and underscores) and a rejected value is dropped, not sanitised.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from contextvars import ContextVar
+
+from .settings import Settings
+
+# 1-128 of letters, digits and - _ . : (UUIDs, nginx's $request_id, W3C trace ids, ULIDs).
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}", re.ASCII).fullmatch
+# W3C Trace Context: version-traceid-parentid-flags; version ff and all-zero ids are invalid.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?", re.ASCII).fullmatch
+_ZERO_TRACE = "0" * 32
+
+# (request_id, trace_id) of the request in flight in this context, or None between requests.
+_current: ContextVar[tuple[str, str | None] | None] = ContextVar("softfactory_obs_request", default=None)
+
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def new_request_id() -> str:
+    """32 lowercase hex digits of a version-4 UUID (``uuid.uuid4().hex`` at a third of the cost)."""
+    return "%032x" % ((int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR) | _UUID4_SET)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled in this thread/task, or ``None`` outside a request."""
+    ctx = _current.get()
+    return ctx[0] if ctx is not None else None
+
+
+def current_trace_id() -> str | None:
+    """The W3C trace id of the request being handled, when the client sent a valid ``traceparent``."""
+    ctx = _current.get()
+    return ctx[1] if ctx is not None else None
+
+
+def parse_traceparent(value: str | None) -> str | None:
+    if not value:
+        return None
+    match = _TRACEPARENT(value.strip())
+    if match is None or match[1] == "ff" or match[2] == _ZERO_TRACE or match[3] == "0" * 16:
+        return None
+    return match[2]
+
+
+class RequestIdPolicy:
+    """Decides, per request, whether the incoming id is used. Built once from the settings."""
+
+    __slots__ = ("environ_key", "_mode", "_networks", "_trusted_cache")
+
+    def __init__(self, settings: Settings) -> None:
+        self.environ_key = "HTTP_" + settings.request_id_header.upper().replace("-", "_")
+        self._mode = settings.trust_request_id
+        self._networks = settings.proxy_networks
+        self._trusted_cache: dict[str, bool] = {}
+
+    def resolve(self, environ: dict[str, object]) -> tuple[str, bool]:
+        """Return ``(request_id, rejected)``; ``rejected`` is true when a sent id was unusable."""
+        raw = environ.get(self.environ_key)
+        if not raw or self._mode == "never" or (self._mode == "trusted_proxies" and not self._trusted(environ)):
+            return new_request_id(), False
+        if type(raw) is str and _SAFE_ID(raw):
+            return raw, False
+        # Whitespace-only counts as absent; anything else unusable is reported (never its value).
+        return new_request_id(), not (type(raw) is str and raw.isspace())
+
+    def _trusted(self, environ: dict[str, object]) -> bool:
+        addr = environ.get("REMOTE_ADDR")
+        if not isinstance(addr, str):
+            return False
+        known = self._trusted_cache.get(addr)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in net for net in self._networks)
+            if len(self._trusted_cache) < 4096:  # bounded: REMOTE_ADDR is client-controlled in volume
+                self._trusted_cache[addr] = known
+        return known

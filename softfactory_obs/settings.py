@@ -1,0 +1,161 @@
+"""Configuration: one frozen dataclass, filled from keyword arguments and ``SOFTFACTORY_OBS_*`` variables.
+
+Everything here runs once, at construction. The request path only reads attributes that
+``__post_init__`` has already validated and, where useful, precompiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "SOFTFACTORY_OBS_"
+
+TrustPolicy = Literal["always", "never", "trusted_proxies"]
+LogFileMode = Literal["dated", "watched"]
+LogRotation = Literal["midnight", "hourly", "minutely", "secondly"]
+
+# Substrings (case-insensitive) of query parameter names whose values never reach a log line.
+DEFAULT_REDACT_QUERY = (
+    "password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "access_token",
+    "auth", "session", "signature", "sig", "key", "code", "state", "credential",
+)
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All options of the middleware. Each field can also be set as ``SOFTFACTORY_OBS_<FIELD>``."""
+
+    service_name: str = "app"
+    service_version: str = ""
+
+    # Request ids.
+    request_id_header: str = "X-Request-Id"
+    trust_request_id: TrustPolicy = "always"
+    trusted_proxies: tuple[str, ...] = ()
+
+    # Logs.
+    access_log: bool = True
+    log_telemetry_routes: bool = False
+    redact_query_params: tuple[str, ...] = DEFAULT_REDACT_QUERY
+    log_max_field_length: int = 1024
+    user_id_getter: Callable[[dict[str, Any]], Any] | None = None
+    # Set up JSON logging on the root logger at construction when nothing else has configured it.
+    auto_configure_logging: bool = True
+    log_level: str = "INFO"
+    log_file: str = ""  # empty: stdout
+    log_file_mode: LogFileMode = "dated"
+    log_rotation: LogRotation = "midnight"
+    log_backup_count: int = 30
+
+    # Errors.
+    propagate_exceptions: bool = False
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(bool(self.service_name), "service_name", "a non-empty string", self.service_name)
+        _require(bool(_HEADER_NAME.match(self.request_id_header)), "request_id_header",
+                 "an HTTP header name (letters, digits, '-')", self.request_id_header)
+        for name, hint in get_type_hints(Settings).items():
+            if get_origin(hint) is Literal:
+                _require(getattr(self, name) in get_args(hint), name,
+                         "one of " + ", ".join(map(repr, get_args(hint))), getattr(self, name))
+        networks = []
+        for cidr in self.trusted_proxies:
+            try:
+                networks.append(ipaddress.ip_network(cidr, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {cidr!r} is not an IP network; "
+                    "expected CIDRs such as '10.0.0.0/8' or '::1/128'"
+                ) from None
+        if self.trust_request_id == "trusted_proxies" and not networks:
+            raise ValueError("trust_request_id='trusted_proxies' needs trusted_proxies (a list of CIDRs)")
+        object.__setattr__(self, "_proxy_networks", tuple(networks))
+        _require(64 <= self.log_max_field_length <= 65536, "log_max_field_length",
+                 "an integer from 64 to 65536", self.log_max_field_length)
+        _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
+        _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        object.__setattr__(self, "redact_query_params",
+                           tuple(p.lower() for p in self.redact_query_params if p))
+        if self.user_id_getter is not None and not callable(self.user_id_getter):
+            raise ValueError(f"user_id_getter: expected a callable taking the environ, got {self.user_id_getter!r}")
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return self._proxy_networks  # type: ignore[attr-defined, no-any-return]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``SOFTFACTORY_OBS_<FIELD>`` variables; keyword ``overrides`` win over them."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, hint in get_type_hints(cls).items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and name not in overrides:
+                values[name] = _parse(name, hint, raw)
+        return cls(**{**values, **_checked_overrides(overrides)})
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **_checked_overrides(changes))
+
+
+def _checked_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid options are: {', '.join(sorted(names))}")
+    return dict(options)
+
+
+def _check_types(settings: Settings) -> None:
+    for name, hint in get_type_hints(Settings).items():
+        value = getattr(settings, name)
+        if get_origin(hint) is tuple:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
+                raise ValueError(f"{name}: expected a list of strings, got {value!r}")
+            if not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name}: expected a list of strings, got {value!r}")
+            object.__setattr__(settings, name, tuple(value))
+        elif hint in (bool, int, str) and (type(value) is not hint):
+            raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}")
+
+
+def _require(ok: bool, field: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ValueError(f"{field}: expected {expected}, got {got!r}")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    """Turn one environment string into the field's type, or say exactly what was expected."""
+    var = ENV_PREFIX + name.upper()
+    origin = get_origin(hint)
+    if hint is bool:
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"{var}: expected one of 1/true/yes/on or 0/false/no/off, got {raw!r}")
+    if hint in (int, float):
+        try:
+            return hint(raw.strip())
+        except ValueError:
+            raise ValueError(f"{var}: expected {'an integer' if hint is int else 'a number'}, got {raw!r}") from None
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if origin is Literal or hint is str:
+        return raw.strip()
+    raise ValueError(f"{var}: option {name} cannot be set from the environment; pass it as a keyword argument")

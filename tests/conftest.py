@@ -1,0 +1,146 @@
+"""Shared fixtures: a WSGI harness that validates both sides, JSON log capture, binaries, free ports."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
+
+import pytest
+
+from softfactory_obs import ObservabilityMiddleware, configure_logging
+from softfactory_obs._failures import reset_failure_counts
+
+# CI sets this: a test that would skip for a missing binary fails instead.
+STRICT = os.environ.get("SOFTFACTORY_OBS_STRICT_TESTS") == "1"
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install the package that ships it; .ci/run does)"
+        if STRICT:
+            pytest.fail(message + " and SOFTFACTORY_OBS_STRICT_TESTS=1 forbids skipping")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_environ(**overrides: Any) -> dict[str, Any]:
+    environ: dict[str, Any] = {"QUERY_STRING": ""}
+    setup_testing_defaults(environ)
+    environ.update(overrides)
+    return environ
+
+
+@dataclass
+class Response:
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    start_calls: list[tuple[str, bool]] = field(default_factory=list)
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def call_wsgi(
+    app: Callable[..., Any],
+    environ: dict[str, Any] | None = None,
+    *,
+    close_after: int | None = None,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> Response:
+    """Play a strict server: start_response twice only with exc_info, headers go out with the first byte."""
+    environ = make_environ() if environ is None else environ
+    state: dict[str, Any] = {"status": None, "headers": None, "sent": False}
+    written: list[bytes] = []
+    calls: list[tuple[str, bool]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        if calls and exc_info is None:
+            raise AssertionError("start_response called twice without exc_info")
+        if exc_info is not None and state["sent"]:
+            raise exc_info[1].with_traceback(exc_info[2])
+        calls.append((status, exc_info is not None))
+        state["status"], state["headers"] = status, headers
+
+        def write(data: bytes) -> None:
+            state["sent"] = True
+            written.append(data)
+
+        return write
+
+    result = app(environ, start_response)
+    body: list[bytes] = []
+    try:
+        for chunk in result:
+            if chunk:
+                state["sent"] = True
+            body.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+            if close_after is not None and len(body) >= close_after:
+                break
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return Response(state["status"], state["headers"], b"".join(written + body), calls)
+
+
+def wrap(app: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """Our middleware with wsgiref's validator on both sides: any PEP 3333 slip fails the test."""
+    options.setdefault("auto_configure_logging", False)
+    return validator(ObservabilityMiddleware(validator(app), **options))
+
+
+class LogCapture:
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def lines(self) -> list[dict[str, Any]]:
+        text = self.stream.getvalue()
+        # Every line must be one complete JSON object: parse each, fail loudly on any other.
+        return [json.loads(line) for line in text.splitlines()]
+
+    def access(self) -> list[dict[str, Any]]:
+        return [r for r in self.lines() if r["logger"] == "softfactory_obs.access"]
+
+    def raw(self) -> str:
+        return self.stream.getvalue()
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    configure_logging("DEBUG", stream=capture.stream, service="test-svc")
+    yield capture
+    capture.lines()  # every test's output must parse
+
+
+@pytest.fixture(autouse=True)
+def _clean_logging_and_failures() -> Iterator[None]:
+    reset_failure_counts()
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before[0]:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(before[1])
+    logging.getLogger("softfactory_obs.access").setLevel(logging.NOTSET)
+    reset_failure_counts()
