@@ -38,9 +38,27 @@ class RequestCycle:
     """Per-request state; the middleware instance itself holds configuration only."""
 
     __slots__ = (
-        "environ", "request_id", "trace_id", "id_rejected", "status", "content_length", "sent",
-        "wrote", "exc", "duration", "_mw", "_hooks", "_server_start_response", "_server_write",
-        "_result", "_iterator", "_token", "_started", "_closed", "_finished", "__weakref__",
+        "__weakref__",
+        "_closed",
+        "_finished",
+        "_hooks",
+        "_iterator",
+        "_mw",
+        "_result",
+        "_server_start_response",
+        "_server_write",
+        "_started",
+        "_token",
+        "content_length",
+        "duration",
+        "environ",
+        "exc",
+        "id_rejected",
+        "request_id",
+        "sent",
+        "status",
+        "trace_id",
+        "wrote",
     )
 
     def __init__(
@@ -97,7 +115,9 @@ class RequestCycle:
             raise
         return self
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], Any]:
         header = self._mw.header_lower
         content_length = None
         ours_at = -1

@@ -83,7 +83,8 @@ class AccessLog:
         query = environ.get("QUERY_STRING")
         full_path = path
         if query:
-            full_path = f"{path}?{self._cap(wsgi_to_text(redact_query(query, self.sensitive)))}"
+            # Redact before cutting, so a cut can never leave half a secret behind.
+            full_path = self._cap(f"{path}?{wsgi_to_text(redact_query(query, self.sensitive))}")
         fields: dict[str, Any] = {
             "request_id": cycle.request_id,
             "method": method,

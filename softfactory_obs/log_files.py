@@ -137,10 +137,13 @@ class DatedFileHandler(_LineHandler):
                 pass  # another worker pruned it first
 
     def close(self) -> None:
-        with self.lock:
+        self.acquire()
+        try:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+        finally:
+            self.release()
         super().close()
 
 

@@ -30,7 +30,7 @@ _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
 
 def _iso_utc(created: float) -> str:
     # 2026-11-22T05:39:49.123Z; strftime on a struct is cheaper than building a datetime.
-    return "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)), int(created % 1 * 1000))
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{int(created % 1 * 1000):03d}Z"
 
 
 def _json_fallback(value: Any) -> Any:

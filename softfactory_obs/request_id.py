@@ -56,7 +56,7 @@ def parse_traceparent(value: str | None) -> str | None:
 class RequestIdPolicy:
     """Decides, per request, whether the incoming id is used. Built once from the settings."""
 
-    __slots__ = ("environ_key", "_mode", "_networks", "_trusted_cache")
+    __slots__ = ("_mode", "_networks", "_trusted_cache", "environ_key")
 
     def __init__(self, settings: Settings) -> None:
         self.environ_key = "HTTP_" + settings.request_id_header.upper().replace("-", "_")

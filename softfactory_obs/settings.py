@@ -45,7 +45,7 @@ class Settings:
     access_log: bool = True
     log_telemetry_routes: bool = False
     redact_query_params: tuple[str, ...] = DEFAULT_REDACT_QUERY
-    log_max_field_length: int = 1024
+    log_max_field_length: int = 512
     user_id_getter: Callable[[dict[str, Any]], Any] | None = None
     # Set up JSON logging on the root logger at construction when nothing else has configured it.
     auto_configure_logging: bool = True

@@ -14,7 +14,7 @@ from wsgiref.validate import validator
 import pytest
 from conftest import LogCapture, call_wsgi, make_environ, wrap
 
-from softfactory_obs import ObservabilityMiddleware, current_request_id, instrument
+from softfactory_obs import ObservabilityMiddleware, configure_logging, current_request_id, instrument
 from softfactory_obs._failures import failure_counts
 
 TEXT = [("Content-Type", "text/plain")]
@@ -315,8 +315,6 @@ def test_failing_log_handler_never_fails_the_request(capsys: pytest.CaptureFixtu
     class Broken(io.StringIO):
         def write(self, s: str) -> int:
             raise OSError(28, "No space left on device")
-
-    from softfactory_obs import configure_logging
 
     configure_logging(stream=Broken())
     for _ in range(3):

@@ -1,0 +1,250 @@
+"""JSON log lines: schema, safety of every field, redaction, configure_logging, failure handling."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from conftest import LogCapture, call_wsgi, make_environ, wrap
+
+from softfactory_obs import ObservabilityMiddleware, RequestContextFilter, configure_logging
+from softfactory_obs._failures import failure_counts
+from softfactory_obs.access_log import redact_query
+from softfactory_obs.settings import DEFAULT_REDACT_QUERY
+
+TEXT = [("Content-Type", "text/plain")]
+ISO_UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [*TEXT, ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def test_access_line_schema(logs: LogCapture) -> None:
+    env = make_environ(
+        REQUEST_METHOD="POST", PATH_INFO="/api/users/7", QUERY_STRING="page=2", REMOTE_ADDR="192.0.2.1",
+        HTTP_USER_AGENT="curl/8", REMOTE_USER="alice", HTTP_X_REQUEST_ID="rid-1",
+    )
+    env["softfactory_obs.route"] = "/api/users/{id}"
+    call_wsgi(wrap(ok, service_name="shop"), env)
+    [line] = logs.access()
+    assert ISO_UTC_MS.fullmatch(line["timestamp"])
+    assert line["level"] == "INFO"
+    assert line["logger"] == "softfactory_obs.access"
+    assert line["message"] == "POST /api/users/7 200"
+    assert line["service"] == "test-svc"  # the formatter's service, from configure_logging
+    assert isinstance(line["pid"], int)
+    assert line["request_id"] == "rid-1"
+    assert line["method"] == "POST"
+    assert line["path"] == "/api/users/7?page=2"
+    assert line["endpoint"] == "/api/users/{id}"
+    assert line["status"] == 200
+    assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
+    assert line["content_length"] == 2
+    assert line["remote_addr"] == "192.0.2.1"
+    assert line["user_agent"] == "curl/8"
+    assert line["user_id"] == "alice"
+    assert "trace_id" not in line
+
+
+def test_endpoint_falls_back_to_the_path_and_script_name_is_kept(logs: LogCapture) -> None:
+    call_wsgi(wrap(ok), make_environ(SCRIPT_NAME="/shop", PATH_INFO="/cart", QUERY_STRING="x=1"))
+    line = logs.access()[0]
+    assert line["endpoint"] == "/shop/cart"
+    assert line["path"] == "/shop/cart?x=1"
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("q=shoes&page=2", "q=shoes&page=2"),
+    ("password=hunter2&q=x", "password=[REDACTED]&q=x"),
+    ("Access_Token=abc&API_KEY=k", "Access_Token=[REDACTED]&API_KEY=[REDACTED]"),
+    ("user_password=1&session_id=2&X-Amz-Signature=3", "user_password=[REDACTED]&session_id=[REDACTED]"
+     "&X-Amz-Signature=[REDACTED]"),
+    ("token", "token"),  # a bare flag has no value to hide
+    ("auth=&q=1", "auth=[REDACTED]&q=1"),
+])
+def test_redact_query(query: str, expected: str) -> None:
+    assert redact_query(query, DEFAULT_REDACT_QUERY) == expected
+
+
+def test_secrets_and_credentials_never_reach_the_line(logs: LogCapture) -> None:
+    env = make_environ(
+        QUERY_STRING="token=s3cr3t-token&secret=s3cr3t-secret",
+        HTTP_AUTHORIZATION="Bearer s3cr3t-bearer",
+        HTTP_COOKIE="session=s3cr3t-cookie",
+        HTTP_PROXY_AUTHORIZATION="Basic s3cr3t-proxy",
+        HTTP_X_API_KEY="s3cr3t-key",
+    )
+    call_wsgi(wrap(ok), env)
+    raw = logs.raw()
+    assert "s3cr3t" not in raw
+    assert logs.access()[0]["path"] == "/?token=[REDACTED]&secret=[REDACTED]"
+
+
+def test_non_utf8_path_is_decoded_safely(logs: LogCapture) -> None:
+    # PEP 3333: PATH_INFO holds the raw bytes decoded as latin-1. b"/caf\xc3\xa9" is UTF-8 for /café.
+    call_wsgi(wrap(ok), make_environ(PATH_INFO="/caf\xc3\xa9/\xff\xfe"))
+    line = logs.access()[0]
+    assert line["path"] == "/café/\ufffd\ufffd"
+    assert "\\ud" not in logs.raw()  # no lone surrogates
+
+
+def test_control_characters_and_line_breaks_cannot_split_a_line(logs: LogCapture) -> None:
+    hostile = "/x\r\n{\"level\": \"CRITICAL\"}\u2028\x1b[31m\x00"
+    call_wsgi(wrap(ok), make_environ(PATH_INFO=hostile.encode("utf-8").decode("latin-1"),
+                                     HTTP_USER_AGENT="agent\nwith\nnewlines"))
+    raw = logs.raw()
+    assert raw.count("\n") == 1
+    assert raw.isascii()
+    assert logs.access()[0]["path"] == hostile
+
+
+def test_long_fields_are_truncated_and_marked(logs: LogCapture) -> None:
+    call_wsgi(wrap(ok), make_environ(PATH_INFO="/" + "p" * 9000, HTTP_USER_AGENT="u" * 10_000,
+                                     QUERY_STRING="q=" + "v" * 70_000))
+    line = logs.access()[0]
+    assert line["user_agent"] == "u" * 512 + "...[truncated]"
+    assert line["path"].endswith("...[truncated]") and len(line["path"]) < 600
+    assert len(logs.raw()) < 4096  # one write below PIPE_BUF: atomic on a shared pipe
+
+
+def test_user_id_getter_and_its_failure(logs: LogCapture) -> None:
+    call_wsgi(wrap(ok, user_id_getter=lambda env: env.get("HTTP_X_USER")), make_environ(HTTP_X_USER="u-9"))
+    assert logs.access()[0]["user_id"] == "u-9"
+
+    def broken(env: dict[str, Any]) -> str:
+        raise KeyError("no user")
+
+    resp = call_wsgi(wrap(ok, user_id_getter=broken), make_environ(REMOTE_USER="fallback"))
+    assert resp.body == b"ok"
+    assert logs.access()[1]["user_id"] == "fallback"
+    assert failure_counts() == {"user_id_getter": 1}
+
+
+def test_exception_traceback_is_a_field_of_the_same_line(logs: LogCapture) -> None:
+    log = logging.getLogger("app.errors")
+    try:
+        {}["missing"]
+    except KeyError:
+        log.exception("lookup failed")
+    raw = logs.raw()
+    assert raw.count("\n") == 1
+    [line] = logs.lines()
+    assert line["error_type"] == "KeyError"
+    assert line["traceback"].startswith("Traceback (most recent call last)")
+    assert "KeyError: 'missing'" in line["traceback"]
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    __repr__ = __str__
+
+
+def test_extras_of_any_type_always_give_valid_json(logs: LogCapture) -> None:
+    log = logging.getLogger("app.extras")
+    log.info("values", extra={
+        "nan": math.nan, "inf": math.inf, "raw": b"\xff\x00bytes", "dec": Decimal("1.5"),
+        "nested": {"x": [math.nan, {1, 2}]}, "obj": object(), "surrogate": "a\udcffb",
+        "bad": Unprintable(),
+    })
+    [line] = logs.lines()
+    assert line["nan"] == "nan" and line["inf"] == "inf"
+    assert line["nested"]["x"][0] == "nan"
+    assert line["dec"] == "1.5"
+    assert line["bad"] == "<unprintable Unprintable>"
+    assert logs.raw().isascii()
+
+
+def test_broken_message_format_falls_back_to_a_minimal_line(logs: LogCapture) -> None:
+    # Straight to our handler: pytest's own capture handler would raise on this record.
+    [ours] = [h for h in logging.getLogger().handlers if getattr(h, "_softfactory_obs_handler", False)]
+    ours.handle(logging.LogRecord("app.bad", logging.WARNING, __file__, 1, "%d items", ("not a number",), None))
+    [line] = logs.lines()
+    assert line["message"] == "%d items"
+    assert "format_error" in line
+    assert failure_counts() == {"log formatter": 1}
+
+
+def test_configure_logging_twice_does_not_duplicate_handlers() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    before = len(root.handlers)
+    configure_logging(stream=first)
+    configure_logging("WARNING", stream=second)
+    assert len(root.handlers) == before + 1
+    logging.getLogger("x").warning("once")
+    logging.getLogger("x").info("filtered by level")
+    assert first.getvalue() == ""
+    assert [json.loads(x)["message"] for x in second.getvalue().splitlines()] == ["once"]
+
+
+def test_configure_logging_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="level: expected one of DEBUG"):
+        configure_logging("LOUD")
+    with pytest.raises(ValueError, match="file_mode: expected 'dated' or 'watched'"):
+        configure_logging(log_file="x.log", file_mode="rotating")
+
+
+def test_middleware_configures_json_logging_when_nothing_else_did(capfd: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # as under gunicorn: no handlers on the root logger
+    try:
+        mw = ObservabilityMiddleware(ok, service_name="auto")
+        call_wsgi(mw, make_environ(HTTP_X_REQUEST_ID="auto-1"))
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            h.close()
+        root.handlers.extend(saved)
+    out = capfd.readouterr().out
+    [line] = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert line["request_id"] == "auto-1" and line["service"] == "auto"
+
+
+def test_request_context_filter_for_other_formatters(logs: LogCapture) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(request_id)s %(message)s"))
+    handler.addFilter(RequestContextFilter())
+    logger = logging.getLogger("app.plain")
+    logger.addHandler(handler)
+    try:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            logger.info("inside")
+            return ok(environ, start_response)
+
+        call_wsgi(wrap(app), make_environ(HTTP_X_REQUEST_ID="plain-1"))
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == "plain-1 inside\n"
+
+
+def test_access_log_can_be_disabled_or_silenced_by_level(logs: LogCapture) -> None:
+    call_wsgi(wrap(ok, access_log=False))
+    logging.getLogger("softfactory_obs.access").setLevel(logging.WARNING)
+    call_wsgi(wrap(ok))
+    assert logs.access() == []
+
+
+def test_telemetry_routes_are_not_logged_by_default(logs: LogCapture) -> None:
+    mw = ObservabilityMiddleware(ok, auto_configure_logging=False)
+    mw.mount("/metrics", ok)
+    resp = call_wsgi(mw, make_environ(PATH_INFO="/metrics"))
+    assert resp.header("X-Request-Id")  # still carries an id
+    assert logs.access() == []
+    logged = ObservabilityMiddleware(ok, auto_configure_logging=False, log_telemetry_routes=True)
+    logged.mount("/metrics", ok)
+    call_wsgi(logged, make_environ(PATH_INFO="/metrics"))
+    assert [r["path"] for r in logs.access()] == ["/metrics"]
+    with pytest.raises(ValueError, match="expected an absolute path"):
+        mw.mount("metrics", ok)
