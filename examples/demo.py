@@ -108,8 +108,10 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
 
 def shop(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     req = Request(environ)
+    # The raw PEP 3333 path: WebOb's path_info would raise on bytes that are not UTF-8.
+    path = environ.get("PATH_INFO", "")
     for template, pattern, handler in ROUTES:
-        match = pattern.match(req.path_info)
+        match = pattern.match(path)
         if match:
             if template == "/api/users/{user_id}" and not match["user_id"].isdigit():
                 break

@@ -9,6 +9,8 @@ Authorization and Cookie can never appear.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
@@ -32,16 +34,22 @@ def wsgi_to_text(value: str) -> str:
         return value.encode("utf-8", "replace").decode("utf-8")
 
 
-def redact_query(query: str, sensitive: tuple[str, ...]) -> str:
+def sensitive_matcher(words: tuple[str, ...]) -> Callable[[str], object]:
+    """One regex search for "contains any of these words, in any case" (never matches when empty)."""
+    if not words:
+        return lambda text: None
+    return re.compile("|".join(map(re.escape, words)), re.IGNORECASE).search
+
+
+def redact_query(query: str, sensitive: tuple[str, ...] | Callable[[str], object]) -> str:
     """Replace the values of parameters whose name contains a sensitive word (case-insensitive)."""
-    low = query.lower()
-    if not any(word in low for word in sensitive):
+    search = sensitive_matcher(sensitive) if isinstance(sensitive, tuple) else sensitive
+    if not search(query):
         return query
     parts = []
     for pair in query.split("&"):
         name, eq, _ = pair.partition("=")
-        name_low = name.lower()
-        if eq and any(word in name_low for word in sensitive):
+        if eq and search(name):
             parts.append(f"{name}={REDACTED}")
         else:
             parts.append(pair)
@@ -65,7 +73,8 @@ class AccessLog:
     def __init__(self, settings: Settings) -> None:
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.limit = settings.log_max_field_length
-        self.sensitive = settings.redact_query_params
+        self.sensitive = sensitive_matcher(settings.redact_query_params)
+        self.make_record = logging.getLogRecordFactory()
         self.user_id_getter = settings.user_id_getter
 
     def _cap(self, value: str) -> str:
@@ -105,7 +114,10 @@ class AccessLog:
         if cycle.exc is not None:
             fields["error_type"] = type(cycle.exc).__name__
             exc_info = (type(cycle.exc), cycle.exc, cycle.exc.__traceback__)
-        self.logger.log(level, "%s %s %s", method, path, status, extra=fields, exc_info=exc_info)
+        # Built directly and handed to handle(): Logger.log would walk the stack for a caller we know.
+        record = self.make_record(ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status), exc_info)
+        record.__dict__.update(fields)
+        self.logger.handle(record)
 
     def _user_id(self, environ: dict[str, Any]) -> str | None:
         if self.user_id_getter is not None:

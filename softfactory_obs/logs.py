@@ -28,9 +28,18 @@ ACCESS_LOGGER = "softfactory_obs.access"
 _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _iso_utc(created: float) -> str:
-    # 2026-11-22T05:39:49.123Z; strftime on a struct is cheaper than building a datetime.
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{int(created % 1 * 1000):03d}Z"
+    """2026-11-22T05:39:49.123Z. The part up to the second is formatted once per second."""
+    global _second_cache  # noqa: PLW0603 - a module-level cache swapped atomically
+    second = int(created)
+    cached_second, text = _second_cache  # one tuple, swapped whole: threads never see a mixed pair
+    if cached_second != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache = (second, text)
+    return f"{text}.{int((created - second) * 1000):03d}Z"
 
 
 def _json_fallback(value: Any) -> Any:
@@ -55,6 +64,10 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+# Built once: json.dumps with any option builds a new encoder per call.
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=_json_fallback).encode
 
 
 class JsonFormatter(_BaseJsonFormatter):
@@ -86,17 +99,18 @@ class JsonFormatter(_BaseJsonFormatter):
         log_data.update(self.static_fields)
         for key, value in message_dict.items():
             log_data[_RENAMES.get(key, key)] = value
+        reserved = self.reserved_attrs
         for key, value in record.__dict__.items():
-            if key not in self.reserved_attrs and not (hasattr(key, "startswith") and key.startswith("_")):
+            if key not in reserved:
                 log_data[key] = value
         if record.exc_info and record.exc_info[0] is not None and "error_type" not in log_data:
             log_data["error_type"] = record.exc_info[0].__name__
 
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         try:
-            return json.dumps(log_data, default=_json_fallback, ensure_ascii=True, allow_nan=False)
+            return _encode(log_data)
         except ValueError:  # NaN or an infinity somewhere
-            return json.dumps(_finite(log_data), default=_json_fallback, ensure_ascii=True, allow_nan=False)
+            return _encode(_finite(log_data))
 
     def format(self, record: logging.LogRecord) -> str:
         try:

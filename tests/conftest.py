@@ -23,13 +23,18 @@ from softfactory_obs._failures import reset_failure_counts
 STRICT = os.environ.get("SOFTFACTORY_OBS_STRICT_TESTS") == "1"
 
 
+def skip_or_fail(message: str) -> None:
+    """Skip on a laptop; under SOFTFACTORY_OBS_STRICT_TESTS=1 (CI) a missing prerequisite is a failure."""
+    if STRICT:
+        pytest.fail(message + " (SOFTFACTORY_OBS_STRICT_TESTS=1 forbids skipping)")
+    pytest.skip(message)
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install the package that ships it; .ci/run does)"
-        if STRICT:
-            pytest.fail(message + " and SOFTFACTORY_OBS_STRICT_TESTS=1 forbids skipping")
-        pytest.skip(message)
+        skip_or_fail(f"{name} is not installed (apt-get install the package that ships it; .ci/run does)")
+    assert path is not None
     return path
 
 

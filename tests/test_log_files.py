@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, wrap
+from conftest import call_wsgi, skip_or_fail, wrap
 
 from softfactory_obs import configure_logging
 from softfactory_obs._failures import failure_counts
@@ -90,8 +90,9 @@ def test_watched_mode_follows_external_rotation(tmp_path: Path) -> None:
     assert [json.loads(x)["message"] for x in log_file.read_text().splitlines()] == ["after"]
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
 def test_full_disk_never_fails_a_request(capsys: pytest.CaptureFixture[str]) -> None:
+    if not os.path.exists("/dev/full"):
+        skip_or_fail("needs /dev/full (Linux) to simulate a full disk")
     configure_logging(log_file="/dev/full", file_mode="watched")
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:

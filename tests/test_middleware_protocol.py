@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import sys
@@ -68,9 +69,7 @@ def test_list_body_passes_through_and_logs_one_line(logs: LogCapture) -> None:
 @pytest.mark.parametrize("close_after", [None, 1, 0], ids=["complete", "client-gone-after-1", "closed-before-next"])
 def test_app_iterable_closed_exactly_once(logs: LogCapture, close_after: int | None) -> None:
     body = Body([b"a", b"b", b"c"])
-    mw = ObservabilityMiddleware(app_returning(body), auto_configure_logging=False)
-    environ = make_environ()
-    result = mw(environ, lambda s, h, e=None: None)
+    result = wrap(app_returning(body))(make_environ(), lambda s, h, e=None: None)
     if close_after != 0:
         for n, _ in enumerate(result, 1):
             if close_after is not None and n >= close_after:
@@ -83,19 +82,24 @@ def test_app_iterable_closed_exactly_once(logs: LogCapture, close_after: int | N
 
 
 def test_close_before_first_next_still_closes_generator_app(logs: LogCapture) -> None:
-    closed = []
+    closed: list[bool] = []
 
-    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
-        start_response("200 OK", TEXT)
+    def gen() -> Iterator[bytes]:
         try:
             yield b"x"
         finally:
             closed.append(True)
 
-    result = ObservabilityMiddleware(app, auto_configure_logging=False)(make_environ(), lambda s, h, e=None: None)
-    next(iter(result))
-    result.close()
-    assert closed == [True]
+    started = gen()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)
+        return started
+
+    result = wrap(app)(make_environ(), lambda s, h, e=None: None)
+    result.close()  # before the first next(): a generator wrapper would never reach its finally
+    assert closed == []  # the generator never started, so its finally has nothing to run...
+    assert inspect.getgeneratorstate(started) == inspect.GEN_CLOSED  # ...but it was closed
     assert len(logs.access()) == 1
 
 
@@ -106,6 +110,31 @@ def test_app_close_raising_still_finishes_and_propagates(logs: LogCapture) -> No
     assert body.closed == 1
     assert len(logs.access()) == 1
     assert current_request_id() is None
+
+
+def test_generator_whose_close_raises(logs: LogCapture) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)
+        try:
+            yield b"first"
+            yield b"second"
+        finally:
+            raise OSError("cleanup failed")  # runs when the server closes after the first block
+
+    with pytest.raises(OSError, match="cleanup failed"):
+        call_wsgi(wrap(app), close_after=1)
+    [line] = logs.access()
+    assert line["status"] == 200 and line["content_length"] == len(b"first")
+    assert current_request_id() is None
+
+
+def test_minimal_environ_without_optional_keys(logs: LogCapture) -> None:
+    # PEP 3333 lets servers omit empty variables; no validator here, it insists on them.
+    environ = {"REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO()}
+    resp = call_wsgi(ObservabilityMiddleware(app_returning([b"ok"]), auto_configure_logging=False), environ)
+    assert resp.body == b"ok"
+    line = logs.access()[0]
+    assert line["path"] == "" and line["remote_addr"] == "" and line["user_agent"] == ""
 
 
 def test_lazy_start_response_records_status_set_on_first_iteration(logs: LogCapture) -> None:
@@ -168,6 +197,19 @@ def test_duration_covers_the_streamed_body(logs: LogCapture) -> None:
 
     call_wsgi(wrap(app))
     assert logs.access()[0]["latency_ms"] >= 150
+
+
+def test_file_wrapper_through_validators(logs: LogCapture, tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"y" * 5000)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](open(path, "rb"), 1024)
+
+    resp = call_wsgi(wrap(app), make_environ(**{"wsgi.file_wrapper": FileWrapper}))
+    assert resp.body == b"y" * 5000
+    assert logs.access()[0]["content_length"] == 5000
 
 
 def test_file_wrapper_is_returned_as_is_and_finishes_on_close(logs: LogCapture, tmp_path: Any) -> None:

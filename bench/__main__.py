@@ -1,0 +1,97 @@
+"""In-process overhead of the middleware: call the WSGI callable directly, many times, median of repeats.
+
+Variants are measured interleaved (A, B, C, A, B, C, ...) in one run, so the noise of a shared
+machine hits them alike; results are medians, overhead is the difference to the bare app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+from softfactory_obs import ObservabilityMiddleware, configure_logging
+
+WSGIApp = Callable[[dict[str, Any], Any], Any]
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return None
+
+
+def make_environ() -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/api/users/42", "QUERY_STRING": "page=2",
+        "REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "bench/1.0",
+    }
+    setup_testing_defaults(environ)
+    return environ
+
+
+def serve_once(app: WSGIApp, environ: dict[str, Any]) -> None:
+    result = app(environ.copy(), start_response)
+    for _ in result:
+        pass
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def time_per_call(app: WSGIApp, environ: dict[str, Any], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        serve_once(app, environ)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def variants() -> dict[str, WSGIApp]:
+    return {
+        "bare plain-WSGI hello": hello,
+        "ours: id + JSON access log": ObservabilityMiddleware(hello, auto_configure_logging=False),
+        "ours: id only (access log off)": ObservabilityMiddleware(hello, access_log=False,
+                                                                   auto_configure_logging=False),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iterations", type=int, default=20000, help="calls per measurement")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
+    args = parser.parse_args(argv)
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    configure_logging(stream=devnull)  # real formatting and a real write per line, to /dev/null
+    apps = variants()
+    environ = make_environ()
+    for app in apps.values():  # warm up
+        time_per_call(app, environ, 1000)
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    for _ in range(args.repeats):
+        for name, app in apps.items():
+            samples[name].append(time_per_call(app, environ, args.iterations))
+    logging.shutdown()
+
+    bare = statistics.median(samples["bare plain-WSGI hello"])
+    python = sys.version.split()[0]
+    print(f"in-process, {args.iterations} calls x {args.repeats} interleaved rounds, median; python {python}")
+    print(f"{'variant':<36} {'µs/request':>11} {'overhead µs':>12} {'x bare':>8}")
+    for name, values in samples.items():
+        med = statistics.median(values)
+        over = "" if name.startswith("bare") else f"{med - bare:12.2f}"
+        print(f"{name:<36} {med:11.2f} {over:>12} {med / bare:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

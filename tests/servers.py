@@ -1,0 +1,78 @@
+"""Real servers for integration tests: started on a free port, always stopped by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Gunicorn:
+    """``gunicorn -c examples/gunicorn.conf.py <app>`` with its stdout (our JSON logs) in a file."""
+
+    def __init__(self, tmp: Path, app: str = "examples.demo:app", workers: int = 3, **env: str) -> None:
+        self.port = free_port()
+        self.stdout_path = tmp / "gunicorn.stdout"
+        self.stderr_path = tmp / "gunicorn.stderr"
+        self.env = {**os.environ, "DEMO_BIND": f"127.0.0.1:{self.port}", "DEMO_WORKERS": str(workers),
+                    "PYTHONPATH": str(ROOT), **env}
+        self.app = app
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Gunicorn:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples" / "gunicorn.conf.py"), self.app],
+                cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{self.stderr_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"gunicorn did not listen within 30 s:\n{self.stderr_path.read_text()}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def raw_request(self, request: bytes, timeout: float = 10.0) -> bytes:
+        """Send bytes exactly as given (headers no HTTP client would send) and read the whole answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(request)
+            chunks = []
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        return b"".join(chunks)
+
+    def log_lines(self, wait_for: int = 0, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [json.loads(x) for x in self.stdout_path.read_text().splitlines() if x.startswith("{")]
+            if len(lines) >= wait_for or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)

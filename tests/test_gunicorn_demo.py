@@ -1,0 +1,115 @@
+"""The demo under a real gunicorn with several workers, checked from outside over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import Gunicorn
+
+pytestmark = pytest.mark.gunicorn
+HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    with Gunicorn(tmp_path_factory.mktemp("gunicorn"), workers=3) as g:
+        yield g
+
+
+def get(server: Gunicorn, path: str, headers: dict[str, str] | None = None,
+        method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def access_for(server: Gunicorn, request_id: str) -> list[dict[str, Any]]:
+    lines = server.log_lines()
+    for _ in range(100):
+        found = [r for r in lines if r.get("request_id") == request_id and r["logger"] == "softfactory_obs.access"]
+        if found:
+            return found
+        lines = server.log_lines(wait_for=len(lines) + 1, timeout=0.1)
+    return []
+
+
+def test_ids_are_echoed_and_generated_and_logged_by_every_worker(server: Gunicorn) -> None:
+    sent = [f"it-{n}" for n in range(40)]
+    for rid in sent:
+        status, headers, _ = get(server, "/api/search?q=product&token=abc", {"X-Request-Id": rid})
+        assert status == 200 and headers["x-request-id"] == rid
+    status, headers, _ = get(server, "/api/products")
+    generated = headers["x-request-id"]
+    assert HEX32.fullmatch(generated)
+    lines = server.log_lines(wait_for=2 * len(sent) + 1)
+    access = {r["request_id"]: r for r in lines if r["logger"] == "softfactory_obs.access"}
+    app_lines = [r for r in lines if r["logger"] == "demo" and r["message"] == "search"]
+    assert set(sent) | {generated} <= set(access)
+    assert {r["request_id"] for r in app_lines} >= set(sent)  # the handler's own lines carry the id
+    assert all(access[rid]["path"] == "/api/search?q=product&token=[REDACTED]" for rid in sent)
+    assert all(access[rid]["endpoint"] == "/api/search" for rid in sent)
+    assert len({access[rid]["pid"] for rid in sent}) >= 2, "requests should have reached several workers"
+
+
+def test_hostile_id_over_the_wire_is_replaced(server: Gunicorn) -> None:
+    answer = server.raw_request(
+        b"GET /api/products HTTP/1.1\r\nHost: x\r\nX-Request-Id: evil value\"<script>\r\nConnection: close\r\n\r\n"
+    )
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    [echoed] = re.findall(r"(?im)^x-request-id: (.*)$", head)
+    assert HEX32.fullmatch(echoed.strip())
+    [line] = access_for(server, echoed.strip())
+    assert line["request_id_rejected"] is True
+    assert "<script>" not in server.stdout_path.read_text()
+
+
+def test_app_error_gets_json_500_with_the_id_and_a_logged_traceback(server: Gunicorn) -> None:
+    status, headers, body = get(server, "/api/error", {"X-Request-Id": "err-1"})
+    assert status == 500
+    assert headers["x-request-id"] == "err-1"
+    assert json.loads(body) == {"error": "internal server error", "request_id": "err-1"}
+    [line] = access_for(server, "err-1")
+    assert line["status"] == 500 and line["level"] == "ERROR"
+    assert "deliberate failure for the demo" in line["traceback"]
+
+
+def test_streamed_body_is_timed_to_the_end(server: Gunicorn) -> None:
+    status, _, body = get(server, "/api/stream?chunks=6", {"X-Request-Id": "stream-1"})
+    assert status == 200
+    assert body.count(b"stream-1") == 6
+    [line] = access_for(server, "stream-1")
+    assert line["latency_ms"] >= 250  # six chunks 50 ms apart
+    assert line["content_length"] == len(body)
+    chunk_lines = [r for r in server.log_lines() if r["logger"] == "demo" and r.get("request_id") == "stream-1"]
+    assert len(chunk_lines) == 6
+
+
+def test_file_wrapper_download_and_head(server: Gunicorn) -> None:
+    status, _, body = get(server, "/api/download", {"X-Request-Id": "dl-1"})
+    assert status == 200
+    assert body == (Path(__file__).parent.parent / "examples" / "demo.py").read_bytes()
+    assert access_for(server, "dl-1")[0]["content_length"] == len(body)
+    status, headers, body = get(server, "/api/products", {"X-Request-Id": "head-1"}, method="HEAD")
+    assert status == 200 and body == b"" and headers["x-request-id"] == "head-1"
+    assert access_for(server, "head-1")[0]["method"] == "HEAD"
+
+
+def test_non_utf8_and_huge_headers_are_served_and_logged_safely(server: Gunicorn) -> None:
+    answer = server.raw_request(
+        b"GET /caf%C3%A9/%FF HTTP/1.1\r\nHost: x\r\nX-Request-Id: utf-1\r\nUser-Agent: "
+        + b"u" * 7000 + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 404")
+    [line] = access_for(server, "utf-1")
+    assert line["path"] == "/café/\ufffd"
+    assert line["user_agent"].endswith("...[truncated]")
