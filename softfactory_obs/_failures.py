@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 
 _lock = threading.Lock()
 _counts: dict[str, int] = {}
+# Set by the metrics store: counts failures in softfactory_obs_internal_errors_total across workers.
+on_failure: Callable[[str], None] | None = None
+_in_hook = threading.local()
 
 
 def report_failure(component: str, exc: BaseException) -> None:
     with _lock:
         count = _counts[component] = _counts.get(component, 0) + 1
+    hook = on_failure
+    if hook is not None and not getattr(_in_hook, "active", False):
+        _in_hook.active = True  # the store itself may be what failed: no recursion
+        try:
+            hook(component)
+        except Exception:  # noqa: S110 - counted above already
+            pass
+        finally:
+            _in_hook.active = False
     if count == 1:
         try:
             sys.stderr.write(

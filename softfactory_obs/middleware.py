@@ -11,9 +11,14 @@ from typing import Any
 
 from ._request import FinishHook, RequestCycle
 from .access_log import AccessLog
+from .exposition import MetricsApp
+from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
 from .request_id import RequestIdPolicy, parse_traceparent
 from .settings import Settings
+from .store.location import auto_directory
+from .store.maintenance import Maintenance, maintenance_for
+from .store.metrics import REGISTRY, Registry
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -24,7 +29,8 @@ ENVIRON_MARK = "softfactory_obs.middleware"
 class ObservabilityMiddleware:
     """Wrap a WSGI app: request ids, JSON access logs, and (with later modules) metrics and health routes."""
 
-    def __init__(self, app: WSGIApp, settings: Settings | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, settings: Settings | None = None, *, registry: Registry | None = None,
+                 **options: Any) -> None:
         if not callable(app):
             raise TypeError(f"app: expected a WSGI callable, got {app!r}")
         if settings is None:
@@ -38,6 +44,13 @@ class ObservabilityMiddleware:
         self.header_lower = settings.request_id_header.lower()
         self.telemetry_routes: dict[str, WSGIApp] = {}
         self.finish_hooks: list[FinishHook] = []
+        self.registry = registry if registry is not None else REGISTRY
+        self.maintenance: Maintenance | None = None
+        if settings.metrics:
+            self.registry.set_directory(settings.metrics_dir or auto_directory())
+            self.maintenance = maintenance_for(self.registry)
+            self.finish_hooks.append(HttpMetrics(self.registry, settings.namespace))
+            self.mount(settings.metrics_path, MetricsApp(self.registry, on_dead_shards=self.maintenance.wake))
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
         self._hooks: tuple[FinishHook, ...] = tuple(self.finish_hooks)
@@ -56,6 +69,8 @@ class ObservabilityMiddleware:
         if ENVIRON_MARK in environ:
             return self.app(environ, start_response)
         environ[ENVIRON_MARK] = self
+        if self.maintenance is not None:
+            self.maintenance.ensure_started()  # a no-op after the first request of each worker
         telemetry = self.telemetry_routes.get(environ.get("PATH_INFO", "")) if self.telemetry_routes else None
         if telemetry is None:
             return RequestCycle(self, environ, start_response, self._hooks).run(self.app)

@@ -58,6 +58,13 @@ class Settings:
     # Errors.
     propagate_exceptions: bool = False
 
+    # Metrics.
+    metrics: bool = True
+    metrics_path: str = "/metrics"
+    # Shared by all workers; empty: a private tmpfs directory per gunicorn master, or memory outside gunicorn.
+    metrics_dir: str = ""
+    namespace: str = ""
+
     def __post_init__(self) -> None:
         _check_types(self)
         _require(bool(self.service_name), "service_name", "a non-empty string", self.service_name)
@@ -81,6 +88,10 @@ class Settings:
         object.__setattr__(self, "_proxy_networks", tuple(networks))
         _require(64 <= self.log_max_field_length <= 65536, "log_max_field_length",
                  "an integer from 64 to 65536", self.log_max_field_length)
+        _require(self.metrics_path.startswith("/"), "metrics_path", "an absolute path such as '/metrics'",
+                 self.metrics_path)
+        _require(not self.namespace or bool(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.namespace)), "namespace",
+                 "a Prometheus name prefix (letters, digits, _)", self.namespace)
         _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
         _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)
         object.__setattr__(self, "log_level", self.log_level.upper())

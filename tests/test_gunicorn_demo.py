@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,16 @@ def test_ids_are_echoed_and_generated_and_logged_by_every_worker(server: Gunicor
     assert {r["request_id"] for r in app_lines} >= set(sent)  # the handler's own lines carry the id
     assert all(access[rid]["path"] == "/api/search?q=product&token=[REDACTED]" for rid in sent)
     assert all(access[rid]["endpoint"] == "/api/search" for rid in sent)
-    assert len({access[rid]["pid"] for rid in sent}) >= 2, "requests should have reached several workers"
+
+
+def test_concurrent_requests_are_logged_by_several_workers(server: Gunicorn) -> None:
+    # A sync worker serves one request at a time: six concurrent slow ones must spread out.
+    ids = [f"conc-{n}" for n in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda rid: get(server, "/api/slow?seconds=0.3", {"X-Request-Id": rid}), ids))
+    assert [r[1]["x-request-id"] for r in results] == ids
+    pids = {access_for(server, rid)[0]["pid"] for rid in ids}
+    assert len(pids) >= 2
 
 
 def test_hostile_id_over_the_wire_is_replaced(server: Gunicorn) -> None:

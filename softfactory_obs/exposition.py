@@ -1,0 +1,221 @@
+"""``/metrics``: the merged store rendered by prometheus_client's own encoders, with content negotiation.
+
+We build metric families from a store snapshot and let prometheus_client write the text (0.0.4)
+or OpenMetrics (1.0) format, so escaping and format details are theirs, not ours. Negotiation is
+our own because prometheus_client's raises on a malformed Accept header (a 500 for the scrape)
+and ignores q-values.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics import exposition as openmetrics_format
+
+from ._failures import report_failure
+from .store.directory import Snapshot, StoreBusyError
+from .store.metrics import COUNTER_SCALE, SUM_SCALE, Registry
+
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def families_from(snap: Snapshot) -> Iterator[Metric]:
+    """Each family exactly once, in name order, samples in label order: a deterministic body."""
+    samples: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {}
+    for (name, suffix, labels), value in snap.counts.items():
+        samples.setdefault(name, {}).setdefault(labels, {})[suffix] = value
+    for (name, _suffix, labels), entries in snap.gauges.items():
+        samples.setdefault(name, {}).setdefault(labels, {})["gauge"] = entries
+    for name in sorted(snap.metas):
+        meta = snap.metas[name]
+        kind = meta.get("type")
+        by_labels = samples.get(name, {})
+        labelnames = list(meta.get("labels", []))
+        if kind == "counter":
+            yield _counter(name, meta, labelnames, by_labels)
+        elif kind == "gauge":
+            yield _gauge(name, meta, labelnames, by_labels)
+        elif kind == "histogram":
+            yield _histogram(name, meta, labelnames, by_labels)
+
+
+def _valid(labelnames: list[str], by_labels: dict[tuple[str, ...], dict[str, Any]]) -> list[tuple[str, ...]]:
+    return sorted(lv for lv in by_labels if len(lv) == len(labelnames))
+
+
+def _counter(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Metric:
+    family = CounterMetricFamily(name, meta.get("help", ""), labels=labelnames)
+    if not labelnames and () not in by_labels:
+        family.add_metric([], 0.0)
+    scale = meta.get("scale", COUNTER_SCALE)
+    for labels in _valid(labelnames, by_labels):
+        if "" in by_labels[labels]:
+            family.add_metric(list(labels), by_labels[labels][""] / scale)
+    return family
+
+
+def _gauge(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Metric:
+    family = GaugeMetricFamily(name, meta.get("help", ""), labels=labelnames)
+    mode = meta.get("mode", "livesum")
+    for labels in _valid(labelnames, by_labels):
+        entries = by_labels[labels].get("gauge")
+        if not entries:
+            continue
+        values = [v for v, _, _ in entries]
+        if mode == "livemax":
+            value = max(values)
+        elif mode == "livemin":
+            value = min(values)
+        elif mode == "livemostrecent":
+            value = max(entries, key=lambda e: e[1])[0]
+        else:
+            value = math.fsum(values)
+        family.add_metric(list(labels), value)
+    return family
+
+
+def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Metric:
+    family = HistogramMetricFamily(name, meta.get("help", ""), labels=labelnames)
+    declared = [float(b) for b in meta.get("buckets", ["inf"])]
+    if not labelnames and () not in by_labels:
+        by_labels = {(): {}}
+    for labels in _valid(labelnames, by_labels):
+        parts = by_labels[labels]
+        # The union of bucket bounds ever used (a layout may have changed between deploys), cumulated.
+        counts: dict[float, int] = dict.fromkeys(declared, 0)
+        for suffix, value in parts.items():
+            if suffix.startswith("b"):
+                bound = float(suffix[1:])
+                counts[bound] = counts.get(bound, 0) + value
+        counts.setdefault(math.inf, 0)
+        cumulative, running = [], 0
+        for bound in sorted(counts):
+            running += counts[bound]
+            cumulative.append((_le(bound), float(running)))
+        family.add_metric(list(labels), cumulative, parts.get("sum", 0) / SUM_SCALE)
+    return family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(bound)
+
+
+class _Collected:
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+def negotiate(accept: str) -> str:
+    """OpenMetrics only when the client prefers it (q-values honoured); text otherwise, never an error."""
+    best, best_q = TEXT, 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, val = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(val)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if q <= 0 or not math.isfinite(q):
+            continue
+        if media == "application/openmetrics-text" and q > best_q:
+            best, best_q = OPENMETRICS, q
+        elif media in ("text/plain", "text/*", "*/*") and q > best_q:
+            best, best_q = TEXT, q
+    return best
+
+
+def gzip_accepted(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if coding.lower() == "gzip":
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
+
+
+def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Metric]:
+    shards = GaugeMetricFamily("softfactory_obs_store_shards", "Shard files in the metrics store by state",
+                               labels=["state"])
+    shards.add_metric(["live"], snap.live_shards)
+    shards.add_metric(["dead"], snap.dead_shards)
+    duration = GaugeMetricFamily("softfactory_obs_scrape_duration_seconds",
+                                 "Time the previous scrape took to merge and render the store")
+    duration.add_metric([], scrape_seconds)
+    generation = CounterMetricFamily("softfactory_obs_store_compactions", "Compactions published to the store")
+    generation.add_metric([], snap.archive_generation)
+    return [shards, duration, generation]
+
+
+class MetricsApp:
+    """The WSGI app mounted at ``/metrics``."""
+
+    def __init__(self, registry: Registry, on_dead_shards: Callable[[], None] | None = None) -> None:
+        self.registry = registry
+        self.on_dead_shards = on_dead_shards
+        self._last_duration = 0.0
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        started = time.perf_counter()
+        snap = self.registry.snapshot()
+        metrics = list(families_from(snap))
+        names = {m.name for m in metrics}
+        metrics += [m for m in self_metrics(snap, self._last_duration) if m.name not in names]
+        for callback in self.registry.callbacks:
+            metrics.extend(callback())
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collected(metrics))
+        content_type = negotiate(accept)
+        encoder = openmetrics_format.generate_latest if content_type == OPENMETRICS else text_format.generate_latest
+        body = encoder(registry)
+        self._last_duration = time.perf_counter() - started
+        if snap.dead_shards and self.on_dead_shards is not None:
+            self.on_dead_shards()
+        return body, content_type
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
+                                                      ("Content-Length", "0")])
+            return []
+        try:
+            body, content_type = self.render(environ.get("HTTP_ACCEPT", ""))
+        except StoreBusyError as exc:
+            return _error(start_response, "503 Service Unavailable", f"metrics store busy: {exc}\n")
+        except Exception as exc:  # never a partial or wrong scrape: fail it loudly, Prometheus records up=0
+            report_failure("metrics scrape", exc)
+            return _error(start_response, "500 Internal Server Error",
+                          f"metrics scrape failed: {type(exc).__name__}: {exc}\n")
+        headers = [("Content-Type", content_type), ("Cache-Control", "no-store"), ("Vary", "Accept, Accept-Encoding")]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            body = gzip.compress(body, compresslevel=5)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [] if method == "HEAD" else [body]
+
+
+def _error(start_response: Callable[..., Any], status: str, message: str) -> list[bytes]:
+    body = message.encode("utf-8", "replace")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store"),
+                            ("Content-Length", str(len(body)))])
+    return [body]

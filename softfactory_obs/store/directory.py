@@ -1,0 +1,356 @@
+"""The shared store directory: shard files, liveness probes, consistent snapshots and compaction.
+
+Files::
+
+    w-<pid>-<start_ns>-<rand>.shard   one per process incarnation (never reused, so pid reuse is harmless)
+    archive.json                      totals of every absorbed (dead) shard, with the ids it absorbed
+    dir.lock                          scrapes hold LOCK_SH while they list and read; publishing a
+                                      compaction holds LOCK_EX
+    compact.lock                      one compactor at a time
+
+Invariant: a reader holding ``dir.lock`` sees each shard's counts exactly once, either in its own
+file or inside the archive, never both and never neither. Compaction writes the new archive to a
+temporary file, then under LOCK_EX renames it into place and unlinks the shards it absorbed;
+the archive names those shards, so if the compactor dies between the rename and the unlinks the
+leftovers are skipped, not counted twice. Counts are integers, so regrouping them is exact and
+no counter ever goes backwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import mmap
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._failures import report_failure
+from .shard import KIND_COUNT, KIND_GAUGE, KIND_META, KIND_STAMP, CorruptShardError, Key, ShardReader, ShardWriter
+
+SHARD_RE = re.compile(r"w-(\d+)-(\d+)-([0-9a-f]{16})\.shard")
+ARCHIVE = "archive.json"
+ARCHIVE_VERSION = 1
+
+
+class StoreBusyError(Exception):
+    """The directory lock could not be taken in time (a compaction is publishing)."""
+
+
+@dataclass
+class Snapshot:
+    """Everything a scrape needs, merged: exact counts, and gauges of live processes only."""
+
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[Key, int] = field(default_factory=dict)
+    # key -> [(value, time_ns or 0, shard id)] from live shards
+    gauges: dict[Key, list[tuple[float, int, str]]] = field(default_factory=dict)
+    live_shards: int = 0
+    dead_shards: int = 0
+    files_opened: int = 0
+    archive_generation: int = 0
+
+
+@dataclass
+class Archive:
+    generation: int = 0
+    absorbed: list[str] = field(default_factory=list)
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[Key, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str) -> Archive:
+        try:
+            with open(path, "rb") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return cls()
+        if data.get("version") != ARCHIVE_VERSION:
+            raise CorruptShardError(f"{path}: unknown archive version {data.get('version')!r}")
+        counts = {(n, s, tuple(lv)): int(v) for n, s, lv, v in data["counts"]}
+        return cls(int(data["generation"]), list(data["absorbed"]), dict(data["metas"]), counts)
+
+    def dump(self) -> bytes:
+        return json.dumps({
+            "version": ARCHIVE_VERSION,
+            "generation": self.generation,
+            "absorbed": self.absorbed,
+            "metas": self.metas,
+            "counts": [[n, s, list(lv), v] for (n, s, lv), v in sorted(self.counts.items())],
+        }, separators=(",", ":")).encode()
+
+
+def _flock(fd: int, op: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        if time.monotonic() >= deadline:
+            raise StoreBusyError("the metrics directory stayed locked")
+        time.sleep(0.001)
+
+
+def is_dead(path: str) -> bool:
+    """True when no process holds the shard's lifetime lock (its owner exited, however it died)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    finally:
+        os.close(fd)  # also drops the probe lock
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[list[tuple[int, Any]]]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise CorruptShardError(f"{path}: empty file")
+        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    try:
+        yield [(0, mm)]
+    finally:
+        mm.close()
+
+
+class StoreDirectory:
+    def __init__(self, path: str, *, lock_timeout: float = 2.0) -> None:
+        self.path = os.path.abspath(path)
+        self.lock_timeout = lock_timeout
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise PermissionError(f"metrics directory {self.path} is not writable")
+        for name in ("dir.lock", "compact.lock"):
+            with open(os.path.join(self.path, name), "a"):
+                pass
+        self._readers: dict[str, ShardReader] = {}  # parsed key tables of shards, by file name
+        self._archive_cache: tuple[tuple[int, int, int], Archive] | None = None
+
+    def new_shard(self) -> ShardWriter:
+        name = f"w-{os.getpid()}-{time.time_ns()}-{os.urandom(8).hex()}.shard"
+        final = os.path.join(self.path, name)
+        return ShardWriter(os.path.join(self.path, "." + name + ".new"), final)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _archive(self) -> Archive:
+        path = os.path.join(self.path, ARCHIVE)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return Archive()
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._archive_cache is not None and self._archive_cache[0] == stamp:
+            return self._archive_cache[1]
+        archive = Archive.load(path)
+        self._archive_cache = (stamp, archive)
+        return archive
+
+    def _shard_names(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.path) if SHARD_RE.fullmatch(n))
+
+    def snapshot(self, own: ShardWriter | None = None) -> Snapshot:
+        """A consistent merge of the archive and every shard not yet absorbed."""
+        snap = Snapshot()
+        fd = os.open(os.path.join(self.path, "dir.lock"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _flock(fd, fcntl.LOCK_SH, self.lock_timeout)
+            archive = self._archive()
+            absorbed = set(archive.absorbed)
+            snap.archive_generation = archive.generation
+            snap.metas.update(archive.metas)
+            snap.counts.update(archive.counts)
+            names = [n for n in self._shard_names() if n not in absorbed]
+            own_name = os.path.basename(own.path) if own is not None and own.path else None
+            seen = set()
+            for name in names:
+                seen.add(name)
+                path = os.path.join(self.path, name)
+                live = False
+                try:
+                    live = name == own_name or not is_dead(path)
+                    self._read_shard(name, path, live, snap)
+                except FileNotFoundError:
+                    continue  # only absorbed shards are unlinked, and only under LOCK_EX: vanished means absorbed
+                except CorruptShardError as exc:
+                    if live:
+                        raise  # never expose a partial sum
+                    # A dead writer left garbage: set it aside (its counts are lost: the one accepted reset).
+                    _quarantine(self.path, name)
+                    report_failure("metrics store (corrupt shard quarantined)", exc)
+                    continue
+                if live:
+                    snap.live_shards += 1
+                else:
+                    snap.dead_shards += 1
+        finally:
+            os.close(fd)
+        for gone in set(self._readers) - seen:
+            del self._readers[gone]
+        return snap
+
+    def _read_shard(self, name: str, path: str, live: bool, snap: Snapshot) -> None:
+        reader = self._readers.get(name)
+        if reader is None:
+            reader = self._readers[name] = ShardReader()
+        with _mapped(path) as buffers:
+            snap.files_opened += 1
+            reader.parse(buffers)
+            merge_values(reader, buffers, live, name, snap)
+
+    # -- compaction -------------------------------------------------------------------------------
+
+    def compact(self, *, max_shards: int = 256, crash_at: str | None = None) -> int:
+        """Fold dead shards into the archive; returns how many were absorbed (0 if another worker is at it).
+
+        ``crash_at`` (tests only) kills the process at a named step to prove crash consistency.
+        """
+        lock_fd = os.open(os.path.join(self.path, "compact.lock"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return 0
+                raise
+            return self._compact_locked(max_shards, crash_at)
+        finally:
+            os.close(lock_fd)
+
+    def _compact_locked(self, max_shards: int, crash_at: str | None) -> int:
+        self._remove_garbage()
+        archive = self._archive()
+        present = self._shard_names()
+        dead = self._dead_shards(present, set(archive.absorbed), max_shards)
+        # Absorbed by an earlier run that died before unlinking them: listed until their files are gone.
+        leftovers = set(archive.absorbed) & set(present)
+        if not dead and not leftovers:
+            return 0
+        new = Archive(archive.generation + 1, [], dict(archive.metas), dict(archive.counts))
+        absorbed = [name for name in dead if self._absorb(name, new)]
+        new.absorbed = sorted(leftovers | set(absorbed))
+        tmp = os.path.join(self.path, f"{ARCHIVE}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        with open(tmp, "wb") as f:
+            f.write(new.dump())
+            f.flush()
+            os.fsync(f.fileno())
+        _maybe_crash(crash_at, "after_tmp")
+        if not self._publish(tmp, new, archive.generation, crash_at):
+            _unlink(tmp)
+            return 0
+        return len(absorbed)
+
+    def _remove_garbage(self) -> None:
+        # Temp archives of a compactor that died (we hold compact.lock now), and shards whose creator
+        # died before publishing them.
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            stale_shard = name.endswith(".shard.new") and _is_dead_quietly(path)
+            if name.startswith(ARCHIVE + ".tmp-") or stale_shard:
+                _unlink(path)
+
+    def _dead_shards(self, names: list[str], absorbed: set[str], limit: int) -> list[str]:
+        dead = []
+        for name in names:
+            if name in absorbed:
+                continue
+            try:
+                if is_dead(os.path.join(self.path, name)):
+                    dead.append(name)
+            except FileNotFoundError:
+                continue
+            if len(dead) >= limit:
+                break
+        return dead
+
+    def _absorb(self, name: str, into: Archive) -> bool:
+        snap = Snapshot()
+        reader = ShardReader()
+        try:
+            with _mapped(os.path.join(self.path, name)) as buffers:
+                reader.parse(buffers)
+                merge_values(reader, buffers, False, name, snap)
+        except CorruptShardError as exc:
+            _quarantine(self.path, name)
+            report_failure("metrics store (corrupt shard quarantined)", exc)
+            return False
+        for family, meta in snap.metas.items():
+            into.metas.setdefault(family, meta)
+        for key, value in snap.counts.items():
+            into.counts[key] = into.counts.get(key, 0) + value
+        return True
+
+    def _publish(self, tmp: str, new: Archive, expected_generation: int, crash_at: str | None) -> bool:
+        """Swap the archive in and unlink what it absorbed, while no reader is listing."""
+        fd = os.open(os.path.join(self.path, "dir.lock"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                _flock(fd, fcntl.LOCK_EX, self.lock_timeout)
+            except StoreBusyError:
+                return False
+            if self._archive().generation != expected_generation:  # impossible under compact.lock; be sure
+                return False
+            os.rename(tmp, os.path.join(self.path, ARCHIVE))
+            _maybe_crash(crash_at, "after_rename")
+            for i, name in enumerate(new.absorbed):
+                _unlink(os.path.join(self.path, name))
+                if i == 0:
+                    _maybe_crash(crash_at, "between_unlinks")
+            return True
+        finally:
+            os.close(fd)
+
+
+def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool, shard: str, snap: Snapshot) -> None:
+    counts = snap.counts
+    stamps: dict[Key, int] = {}
+    gauges: list[tuple[Key, float]] = []
+    for kind, payload, value in reader.values(buffers):
+        if kind == KIND_COUNT:
+            counts[payload] = counts.get(payload, 0) + int(value)
+        elif kind == KIND_META:
+            snap.metas.setdefault(payload["name"], payload)
+        elif live and kind == KIND_GAUGE:
+            gauges.append((payload, float(value)))
+        elif live and kind == KIND_STAMP:
+            stamps[payload] = int(value)
+    for key, value in gauges:
+        snap.gauges.setdefault(key, []).append((value, stamps.get(key, 0), shard))
+
+
+def _is_dead_quietly(path: str) -> bool:
+    try:
+        return is_dead(path)
+    except OSError:
+        return False
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _quarantine(directory: str, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(os.path.join(directory, name), os.path.join(directory, name + ".corrupt"))
+
+
+def _maybe_crash(crash_at: str | None, point: str) -> None:
+    if crash_at == point:
+        os._exit(17)

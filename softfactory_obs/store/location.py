@@ -1,0 +1,55 @@
+"""Where the store lives when nobody said: a private directory per gunicorn master, or memory.
+
+Every worker of one master must agree on the directory without any hook, so it is named after the
+master's pid: a worker sees it as its parent, the master (under ``--preload``) as itself. The
+chosen path is also put in the environment, so processes forked later inherit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import psutil
+
+ENV = "SOFTFACTORY_OBS_METRICS_DIR"
+_AUTO = re.compile(r"softfactory_obs-(\d+)")
+
+
+def _base() -> str:
+    # tmpfs: shard writes never touch a disk. Falls back to the temp dir where /dev/shm is missing.
+    shm = "/dev/shm"  # noqa: S108 - a private 0700 directory is created inside
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def _parent_is_gunicorn() -> bool:
+    try:
+        return any("gunicorn" in part for part in psutil.Process(os.getppid()).cmdline())
+    except (psutil.Error, OSError):
+        return False
+
+
+def auto_directory() -> str | None:
+    """The directory for this gunicorn master's workers, or None outside gunicorn (memory mode)."""
+    if "gunicorn" not in sys.modules:
+        return None
+    master = os.getppid() if _parent_is_gunicorn() else os.getpid()
+    base = _base()
+    path = os.path.join(base, f"softfactory_obs-{master}")
+    _remove_stale(base, keep=path)
+    os.environ[ENV] = path
+    return path
+
+
+def _remove_stale(base: str, keep: str) -> None:
+    """Directories of masters that no longer run: their data died with their service instance."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            match = _AUTO.fullmatch(name)
+            path = os.path.join(base, name)
+            if match and path != keep and not psutil.pid_exists(int(match[1])):
+                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""A daemon thread per worker that compacts dead shards off the request path.
+
+Started by the middleware on the first request a process serves (so never in the gunicorn
+master), woken early when a scrape saw dead shards, and otherwise every ``interval`` seconds.
+One per registry, however many middlewares share it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from .._failures import report_failure
+from .metrics import Registry
+
+
+class Maintenance:
+    def __init__(self, registry: Registry, interval: float = 5.0) -> None:
+        self.registry = registry
+        self.interval = interval
+        self.tasks: list[Callable[[], object]] = []  # more periodic work (process metrics)
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def forget_thread(self) -> None:
+        """After fork: the parent's thread does not exist in the child."""
+        self._pid = 0
+        self._wake = threading.Event()
+
+    def ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        threading.Thread(target=self._run, args=(self._wake, self._pid), name="softfactory_obs-maintenance",
+                         daemon=True).start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self, wake: threading.Event, pid: int) -> None:
+        while pid == os.getpid():
+            self.run_once()
+            wake.wait(self.interval)
+            wake.clear()
+
+    def run_once(self) -> None:
+        for task in [self.registry.compact, *self.tasks]:
+            try:
+                task()
+            except Exception as exc:
+                report_failure("metrics maintenance", exc)
+
+
+_by_registry: dict[int, Maintenance] = {}
+
+
+def maintenance_for(registry: Registry) -> Maintenance:
+    found = _by_registry.get(id(registry))
+    if found is None or found.registry is not registry:
+        found = _by_registry[id(registry)] = Maintenance(registry)
+    return found
+
+
+def _after_fork() -> None:
+    for maintenance in _by_registry.values():
+        maintenance.forget_thread()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,392 @@
+"""Metric primitives (Counter, Gauge, Histogram) and the registry that binds them to this process's shard.
+
+The hot path of a pre-bound child is one lock and one aligned 8-byte add into a memory-mapped
+slot. Binding happens on first use in each process, so metrics created in the gunicorn master
+(``--preload``) or at import time work without hooks: after a fork the child drops every binding
+it inherited and writes to a shard of its own, never into its parent's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import mmap
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .. import _failures
+from .._failures import report_failure
+from .directory import Snapshot, StoreDirectory, merge_values
+from .shard import (
+    KIND_COUNT,
+    KIND_GAUGE,
+    KIND_META,
+    KIND_STAMP,
+    Segment,
+    ShardReader,
+    ShardWriter,
+    encode_key,
+    record_size,
+)
+
+COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e12 increments per process
+SUM_SCALE = 1_000_000_000  # histogram sums in nano-units (nanoseconds for _seconds): 292 years per process
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
+GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _label_text(value: object) -> str:
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from undecodable paths would break every later scrape
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+class Registry:
+    """The families of this process and the shard they write to (a directory, or memory)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.families: dict[str, _Family] = {}
+        self._directory_path = directory
+        self._directory: StoreDirectory | None = None
+        self._writer: ShardWriter | None = None
+        self._lock = threading.Lock()  # guards the writer's key table; slots have their own lock
+        self._children: list[_Child] = []
+        self._metas_written: set[str] = set()
+        self.callbacks: list[Callable[[], Iterable[Any]]] = []
+        _REGISTRIES.append(self)
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> StoreDirectory | None:
+        if self._directory is None and self._directory_path:
+            self._directory = StoreDirectory(self._directory_path)
+        return self._directory
+
+    def set_directory(self, path: str | None) -> None:
+        """Write to ``path`` (shared by all worker processes) from now on; ``None`` keeps values in memory."""
+        with self._lock:
+            if path == self._directory_path:
+                return
+            if self._writer is not None:
+                raise RuntimeError(
+                    f"metrics were already written to {self._directory_path or 'memory'} in this process; "
+                    "set the metrics directory before the first request (or before forking workers)"
+                )
+            self._directory_path = path
+            self._directory = None
+
+    def register(self, family: _Family) -> _Family:
+        existing = self.families.get(family.name)
+        if existing is not None:
+            if existing.meta != family.meta:
+                raise ValueError(
+                    f"metric {family.name!r} is already registered as {existing.meta}; "
+                    f"cannot register it again as {family.meta}"
+                )
+            family._children = existing._children  # a second Counter(...) of the same metric shares children
+            family._children_lock = existing._children_lock
+            return existing
+        self.families[family.name] = family
+        return family
+
+    # -- binding (first use in a process) ---------------------------------------------------------
+
+    def _writer_or_none(self) -> ShardWriter:
+        if self._writer is None:
+            directory = self.directory
+            self._writer = directory.new_shard() if directory is not None else ShardWriter(None)
+        return self._writer
+
+    def bind(self, family: _Family, keys: Sequence[tuple[bytes, int]], child: _Child) -> tuple[Segment, list[int]]:
+        """Fresh slots for one child's keys, all in one segment (one view for the hot path)."""
+        with self._lock:
+            try:
+                writer = self._writer_or_none()
+                if family.name not in self._metas_written:
+                    writer.add(family.meta_bytes, KIND_META)
+                    self._metas_written.add(family.name)
+                writer.reserve(sum(record_size(raw) for raw, _ in keys))
+                slots = [writer.add(raw, kind) for raw, kind in keys]
+                seg, idx = slots[0][0], [i for _, i in slots]
+            except Exception as exc:  # a full or read-only store: keep the app running, count in memory
+                report_failure("metrics store", exc)
+                seg, idx = Segment(0, mmap.mmap(-1, mmap.PAGESIZE)), list(range(len(keys)))
+            self._children.append(child)
+            return seg, idx
+
+    def _after_fork_in_child(self) -> None:
+        # Inherited bindings point into the parent's file: drop them all; the child binds anew.
+        self._lock = threading.Lock()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._metas_written = set()
+        for child in self._children:
+            child._seg = None
+        self._children = []
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        directory = self.directory
+        if directory is not None:
+            snap = directory.snapshot(self._writer)
+        else:
+            snap = Snapshot()
+            writer = self._writer
+            if writer is not None:
+                reader = ShardReader()
+                with self._lock:
+                    buffers = writer.buffers()
+                    reader.parse(buffers)
+                    merge_values(reader, buffers, True, "memory", snap)
+                snap.live_shards = 1
+        for name, family in self.families.items():
+            snap.metas.setdefault(name, family.meta)
+        return snap
+
+    def compact(self, **kwargs: Any) -> int:
+        directory = self.directory
+        return directory.compact(**kwargs) if directory is not None else 0
+
+
+_REGISTRIES: list[Registry] = []
+
+
+def _after_fork() -> None:
+    for registry in _REGISTRIES:
+        registry._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+# -- families and children ----------------------------------------------------------------------------
+
+
+class _Family:
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: Registry | None,
+                 **extra: Any) -> None:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"metric name {name!r} is not a valid Prometheus name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
+        for label in labelnames:
+            if not _LABEL.fullmatch(label) or label.startswith("__"):
+                raise ValueError(f"{name}: label name {label!r} is not valid (letters, digits, _; not starting __)")
+        if len(set(labelnames)) != len(labelnames):
+            raise ValueError(f"{name}: duplicate label names in {list(labelnames)}")
+        self.name = name
+        self.labelnames = tuple(labelnames)
+        self.meta: dict[str, Any] = {"name": name, "type": self.kind, "help": documentation,
+                                     "labels": list(labelnames), **extra}
+        self.meta_bytes = json.dumps(self.meta, separators=(",", ":"), sort_keys=True).encode()
+        self._children: dict[tuple[str, ...], _Child] = {}
+        self._children_lock = threading.Lock()
+        self.registry = registry if registry is not None else REGISTRY
+
+    def labels(self, *values: object, **by_name: object) -> Any:
+        """The child for these label values; keep it to skip this lookup on the hot path."""
+        if by_name:
+            if values:
+                raise ValueError(f"{self.name}: pass label values by position or by name, not both")
+            try:
+                values = tuple(by_name[n] for n in self.labelnames)
+            except KeyError as missing:
+                raise ValueError(f"{self.name}: missing label {missing}; labels are {list(self.labelnames)}") from None
+            if len(by_name) != len(self.labelnames):
+                raise ValueError(
+                    f"{self.name}: unknown labels in {sorted(by_name)}; labels are {list(self.labelnames)}"
+                )
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values {list(self.labelnames)}, "
+                             f"got {len(values)}")
+        key = tuple(_label_text(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            with self._children_lock:
+                child = self._children.get(key)
+                if child is None:
+                    child = self._children[key] = self._new_child(key)
+        return child
+
+    def _new_child(self, labelvalues: tuple[str, ...]) -> _Child:
+        raise NotImplementedError
+
+    def _unlabelled(self) -> Any:
+        if self.labelnames:
+            raise ValueError(f"{self.name} has labels {list(self.labelnames)}: call .labels(...) first")
+        return self.labels()
+
+
+class _Child:
+    __slots__ = ("_family", "_idx", "_keys", "_labelvalues", "_seg")
+
+    def __init__(self, family: _Family, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]]) -> None:
+        self._family = family
+        self._labelvalues = labelvalues
+        self._keys = keys
+        self._seg: Segment | None = None
+        self._idx: list[int] = []
+
+    def _bind(self) -> Segment:
+        seg, idx = self._family.registry.bind(self._family, self._keys, self)
+        self._idx = idx
+        self._seg = seg
+        return seg
+
+    @property
+    def _lock(self) -> Any:
+        return self._family.registry._lock
+
+
+def _key(family: _Family, suffix: str, labelvalues: tuple[str, ...]) -> bytes:
+    return encode_key((family.name, suffix, labelvalues))
+
+
+class Counter(_Family):
+    kind = "counter"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 registry: Registry | None = None) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r} must end in _total (Prometheus naming)")
+        super().__init__(name, documentation, labelnames, registry, scale=COUNTER_SCALE)
+        self.registry.register(self)
+
+    def _new_child(self, labelvalues: tuple[str, ...]) -> CounterChild:
+        return CounterChild(self, labelvalues, [(_key(self, "", labelvalues), KIND_COUNT)])
+
+    def inc(self, amount: float = 1) -> None:
+        self._unlabelled().inc(amount)
+
+
+class CounterChild(_Child):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        if amount == 1:
+            units = COUNTER_SCALE
+        elif amount >= 0 and math.isfinite(amount):
+            units = round(amount * COUNTER_SCALE)
+        else:
+            raise ValueError(f"counters only go up by finite amounts, got {amount!r}")
+        seg = self._seg or self._bind()
+        index = self._idx[0]
+        with self._family.registry._lock:
+            seg.ints[index] += units
+
+
+class Gauge(_Family):
+    kind = "gauge"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 mode: str = "livesum", registry: Registry | None = None) -> None:
+        if mode not in GAUGE_MODES:
+            raise ValueError(f"gauge {name!r}: mode must be one of {', '.join(GAUGE_MODES)}, got {mode!r}")
+        super().__init__(name, documentation, labelnames, registry, mode=mode)
+        self.mode = mode
+        self.registry.register(self)
+
+    def _new_child(self, labelvalues: tuple[str, ...]) -> GaugeChild:
+        keys = [(_key(self, "", labelvalues), KIND_GAUGE)]
+        if self.mode == "livemostrecent":
+            keys.append((_key(self, "", labelvalues), KIND_STAMP))
+        return GaugeChild(self, labelvalues, keys)
+
+    def set(self, value: float) -> None:
+        self._unlabelled().set(value)
+
+    def inc(self, amount: float = 1) -> None:
+        self._unlabelled().inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._unlabelled().inc(-amount)
+
+
+class GaugeChild(_Child):
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        seg = self._seg or self._bind()
+        with self._family.registry._lock:
+            seg.floats[self._idx[0]] = float(value)
+            if len(self._idx) > 1:
+                seg.ints[self._idx[1]] = time.time_ns()
+
+    def inc(self, amount: float = 1) -> None:
+        seg = self._seg or self._bind()
+        with self._family.registry._lock:
+            seg.floats[self._idx[0]] += amount
+            if len(self._idx) > 1:
+                seg.ints[self._idx[1]] = time.time_ns()
+
+    def dec(self, amount: float = 1) -> None:
+        self.inc(-amount)
+
+
+class Histogram(_Family):
+    kind = "histogram"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 buckets: Sequence[float] = DEFAULT_BUCKETS, registry: Registry | None = None) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or any(math.isnan(b) for b in bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError(f"histogram {name!r}: buckets must be distinct numbers, got {list(buckets)}")
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        if "le" in labelnames:
+            raise ValueError(f"histogram {name!r}: 'le' is reserved for buckets")
+        super().__init__(name, documentation, labelnames, registry, buckets=[repr(b) for b in bounds])
+        self.bounds = tuple(bounds)
+        self.registry.register(self)
+
+    def _new_child(self, labelvalues: tuple[str, ...]) -> HistogramChild:
+        keys = [(_key(self, "b" + repr(b), labelvalues), KIND_COUNT) for b in self.bounds]
+        keys.append((_key(self, "sum", labelvalues), KIND_COUNT))
+        return HistogramChild(self, labelvalues, keys)
+
+    def observe(self, value: float) -> None:
+        self._unlabelled().observe(value)
+
+
+class HistogramChild(_Child):
+    __slots__ = ()
+
+    def observe(self, value: float) -> None:
+        seg = self._seg or self._bind()
+        idx = self._idx
+        if math.isfinite(value):
+            bucket = idx[bisect.bisect_left(self._family.bounds, value)]  # type: ignore[attr-defined]
+            units = round(value * SUM_SCALE)
+        else:  # NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it forever)
+            bucket, units = idx[-2], 0
+        ints = seg.ints
+        with self._family.registry._lock:
+            ints[bucket] += 1
+            ints[idx[-1]] += units
+
+
+REGISTRY = Registry()
+
+INTERNAL_ERRORS = Counter("softfactory_obs_internal_errors_total",
+                          "Failures of telemetry components; requests were served regardless", ["component"])
+
+
+def _count_failure(component: str) -> None:
+    INTERNAL_ERRORS.labels(component).inc()
+
+
+_failures.on_failure = _count_failure

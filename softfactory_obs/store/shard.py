@@ -1,0 +1,223 @@
+"""One process incarnation's metric values: an append-only file of keyed 8-byte slots.
+
+Layout (native byte order; shards never leave the machine that wrote them)::
+
+    header, 64 bytes:  magic "SFOSHD01" | used (int64) | pid (int64) | created_ns (int64) | reserved
+    records, 8-byte aligned, one after another up to ``used``:
+        key_len (uint32) | kind (uint32) | key (UTF-8 JSON) | zero padding to 8 | value (8 bytes)
+
+``kind`` says how to read the value: an int64 count in fixed point (never a float, so that sums
+over workers and over compaction are exact and order-independent), a float64 gauge, a time_ns
+stamp, or a family description whose value is unused. A SKIP record fills the rest of a segment.
+
+The file grows in segments, each a separate mapping of a new region of the file, so the slot
+views handed to metric children stay valid for the life of the process. ``used`` is bumped only
+after a record is complete, so a reader never parses a half-written key. Each slot is written as
+one aligned 8-byte store through a memoryview, which readers see whole (no torn values).
+
+Liveness is the kernel's: the owner holds ``flock(LOCK_EX)`` on the file from creation to death
+(SIGKILL included); anyone who can take ``LOCK_SH`` knows the owner is gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+MAGIC = b"SFOSHD01"
+HEADER_SIZE = 64
+RECORD_HEAD = struct.Struct("=II")
+
+KIND_COUNT = 1  # int64, fixed point: counters, histogram buckets and sums
+KIND_GAUGE = 2  # float64
+KIND_STAMP = 3  # int64 time_ns of a gauge's last set (for mostrecent)
+KIND_META = 4  # the key is a family description; no value
+KIND_SKIP = 0xFFFFFFFF  # key_len holds the bytes to skip to the next segment
+
+FIRST_SEGMENT = 64 * 1024
+MAX_SEGMENT = 4 * 1024 * 1024
+PAGE = mmap.PAGESIZE
+
+Key = tuple[str, str, tuple[str, ...]]  # (family, sample suffix, label values)
+
+
+def encode_key(key: Key) -> bytes:
+    return json.dumps([key[0], key[1], list(key[2])], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_key(raw: bytes) -> Key:
+    name, suffix, labels = json.loads(raw)
+    return name, suffix, tuple(labels)
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def record_size(raw_key: bytes) -> int:
+    return RECORD_HEAD.size + _round_up(len(raw_key), 8) + 8
+
+
+class Segment:
+    __slots__ = ("base", "buf", "floats", "ints", "size")
+
+    def __init__(self, base: int, buf: mmap.mmap) -> None:
+        self.base = base
+        self.buf = buf
+        self.size = len(buf)
+        self.ints = memoryview(buf).cast("q")
+        self.floats = memoryview(buf).cast("d")
+
+
+class ShardWriter:
+    """The current process's shard. ``path=None`` keeps it in anonymous memory (single-process mode)."""
+
+    def __init__(self, path: str | None, final_path: str | None = None) -> None:
+        self.path = final_path or path
+        self.lock = threading.Lock()
+        self.segments: list[Segment] = []
+        self.fd: int | None = None
+        self._offset = HEADER_SIZE  # next free byte, global
+        self._end = 0  # end of the last segment, global
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for life: our liveness
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+        self._grow(FIRST_SEGMENT)
+        head = self.segments[0].buf
+        head[0:8] = MAGIC
+        ints = self.segments[0].ints
+        ints[2] = os.getpid()
+        ints[3] = time.time_ns()
+        ints[1] = HEADER_SIZE
+        if path is not None and final_path is not None:
+            # Published under its final name only once locked: a prober never sees it unlocked.
+            os.rename(path, final_path)
+
+    def _grow(self, needed: int) -> None:
+        last = self.segments[-1].size if self.segments else FIRST_SEGMENT // 2
+        size = _round_up(max(needed, min(last * 2, MAX_SEGMENT)), PAGE)
+        base = self._end
+        if self.fd is None:
+            buf = mmap.mmap(-1, size)
+        else:
+            # Reserve the blocks now: writing into a hole of a full tmpfs would be SIGBUS, not an error.
+            os.posix_fallocate(self.fd, base, size)
+            buf = mmap.mmap(self.fd, size, offset=base)
+        self.segments.append(Segment(base, buf))
+        self._end = base + size
+
+    def reserve(self, size: int) -> None:
+        """Make the next ``size`` bytes of records land in one segment (a child's slots share one view)."""
+        if self._offset + size > self._end:
+            if self._offset < self._end:  # fill the rest of this segment with a skip record
+                seg = self.segments[-1]
+                RECORD_HEAD.pack_into(seg.buf, self._offset - seg.base, self._end - self._offset, KIND_SKIP)
+                self._offset = self._end
+            self._grow(size)
+            self._publish()
+
+    def add(self, raw_key: bytes, kind: int) -> tuple[Segment, int]:
+        """Append a zeroed slot for ``raw_key``; return its segment and value index. Caller holds ``lock``."""
+        size = record_size(raw_key)
+        self.reserve(size)
+        seg = self.segments[-1]
+        at = self._offset - seg.base
+        RECORD_HEAD.pack_into(seg.buf, at, len(raw_key), kind)
+        seg.buf[at + 8: at + 8 + len(raw_key)] = raw_key
+        value_at = at + size - 8
+        seg.ints[value_at // 8] = 0
+        self._offset += size
+        self._publish()
+        return seg, value_at // 8
+
+    def _publish(self) -> None:
+        self.segments[0].ints[1] = self._offset
+
+    def buffers(self) -> list[tuple[int, Any]]:
+        return [(s.base, s.buf) for s in self.segments]
+
+    def close(self, *, release: bool = True) -> None:
+        """``release=False`` (after fork, in the child) drops our references without unlocking the parent's file."""
+        for seg in self.segments:
+            seg.ints.release()
+            seg.floats.release()
+            seg.buf.close()
+        self.segments = []
+        if self.fd is not None:
+            os.close(self.fd)  # in a forked child this drops only the child's copy; the parent keeps its lock
+            self.fd = None
+
+
+class ShardReader:
+    """Parses a shard incrementally: the key table is parsed once, values are re-read every scrape."""
+
+    __slots__ = ("created_ns", "entries", "pid", "pos")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, Any, int, int]] = []  # (kind, key or meta, buffer index, value index)
+        self.pos = HEADER_SIZE
+        self.pid = 0
+        self.created_ns = 0
+
+    def parse(self, buffers: list[tuple[int, Any]]) -> None:
+        first = buffers[0][1]
+        if len(first) < HEADER_SIZE or first[0:8] != MAGIC:
+            raise CorruptShardError("bad magic or short header")
+        head = struct.unpack_from("=qqq", first, 8)
+        used, self.pid, self.created_ns = head
+        last_base, last_buf = buffers[-1]
+        if used < HEADER_SIZE or used > last_base + len(last_buf) or used % 8:
+            raise CorruptShardError(f"used={used} outside the file")
+        index = 0
+        pos = self.pos
+        while pos < used:
+            while index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
+                index += 1
+            base, buf = buffers[index]
+            at = pos - base
+            key_len, kind = RECORD_HEAD.unpack_from(buf, at)
+            if kind == KIND_SKIP:
+                if key_len <= 0 or key_len % 8:
+                    raise CorruptShardError(f"bad skip record at {pos}")
+                pos += key_len
+                continue
+            size = RECORD_HEAD.size + _round_up(key_len, 8) + 8
+            if key_len == 0 or pos + size > used or at + size > len(buf):
+                raise CorruptShardError(f"record at {pos} runs past the end")
+            raw = bytes(buf[at + 8: at + 8 + key_len])
+            try:
+                payload: Any = json.loads(raw) if kind == KIND_META else decode_key(raw)
+            except ValueError as exc:
+                raise CorruptShardError(f"undecodable key at {pos}: {exc}") from None
+            if kind not in (KIND_COUNT, KIND_GAUGE, KIND_STAMP, KIND_META):
+                raise CorruptShardError(f"unknown kind {kind} at {pos}")
+            self.entries.append((kind, payload, index, (at + size - 8) // 8))
+            pos += size
+        self.pos = pos
+
+    def values(self, buffers: list[tuple[int, Any]]) -> Iterator[tuple[int, Any, int | float]]:
+        views = [(memoryview(b).cast("q"), memoryview(b).cast("d")) for _, b in buffers]
+        try:
+            for kind, payload, index, slot in self.entries:
+                ints, floats = views[index]
+                yield kind, payload, (floats[slot] if kind == KIND_GAUGE else ints[slot])
+        finally:
+            for ints, floats in views:
+                ints.release()
+                floats.release()
+
+
+class CorruptShardError(Exception):
+    """A shard whose bytes do not follow the format."""
