@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,28 @@ if TYPE_CHECKING:
     from .middleware import ObservabilityMiddleware
 
 FinishHook = Callable[["RequestCycle"], None]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What runs per request, built once. ``response``: once the status is final and before the first
+    body byte goes out, so a worker killed mid-send has already counted the request it answered.
+    ``finish``: after the body was sent and closed (durations, the access line)."""
+
+    response: tuple[FinishHook, ...] = ()
+    finish: tuple[FinishHook, ...] = ()
+
+
+NO_HOOKS = Hooks()
+
+
+def _run_hooks(hooks: tuple[FinishHook, ...], cycle: RequestCycle) -> None:
+    for hook in hooks:
+        try:
+            hook(cycle)
+        except Exception as exc:
+            owner = getattr(hook, "__self__", hook)
+            report_failure(getattr(owner, "component", "request hook"), exc)
 
 _STATUS_500 = "500 Internal Server Error"
 
@@ -44,6 +67,7 @@ class RequestCycle:
         "_hooks",
         "_iterator",
         "_mw",
+        "_recorded",
         "_result",
         "_server_start_response",
         "_server_write",
@@ -66,7 +90,7 @@ class RequestCycle:
         mw: ObservabilityMiddleware,
         environ: dict[str, Any],
         start_response: Callable[..., Any],
-        hooks: tuple[FinishHook, ...],
+        hooks: Hooks,
     ) -> None:
         self._started = perf_counter()
         self._mw = mw
@@ -88,6 +112,7 @@ class RequestCycle:
         self._iterator: Iterator[bytes] | None = None
         self._closed = False
         self._finished = False
+        self._recorded = False
 
     # -- the app side -------------------------------------------------------------------------
 
@@ -96,6 +121,7 @@ class RequestCycle:
             result = app(self.environ, self.start_response)
             file_wrapper = self.environ.get("wsgi.file_wrapper")
             if type(file_wrapper) is type and isinstance(result, file_wrapper) and self._hook_close(result):
+                self._record()
                 return result
             self._result = result
             self._iterator = iter(result)
@@ -144,6 +170,8 @@ class RequestCycle:
         return self.write
 
     def write(self, data: bytes) -> Any:
+        if not self._recorded:
+            self._record()
         self.wrote = True
         self.sent += len(data)
         assert self._server_write is not None, "write() called before start_response()"
@@ -159,6 +187,7 @@ class RequestCycle:
                 self.sent += sum(map(len, result))
             except TypeError:
                 pass  # not bytes: the server will say so
+            self._record()
             return self._iterator
         return self
 
@@ -173,11 +202,13 @@ class RequestCycle:
             if self._mw.settings.propagate_exceptions or self.sent or self.wrote:
                 raise  # headers may be out: PEP 3333 says let it propagate
             self._answer_500()
-            return next(self._iterator)
+            block = next(self._iterator)
         except BaseException as exc:
             self.exc = exc
             self.finish()
             raise
+        if block and not self._recorded:
+            self._record()
         self.sent += len(block)
         return block
 
@@ -224,6 +255,10 @@ class RequestCycle:
 
     # -- the end ------------------------------------------------------------------------------
 
+    def _record(self) -> None:
+        self._recorded = True
+        _run_hooks(self._hooks.response, self)
+
     def finish(self) -> None:
         """Run once, after the body was sent and closed (or the request failed): hooks, then reset."""
         if self._finished:
@@ -231,11 +266,9 @@ class RequestCycle:
         self._finished = True
         self.duration = perf_counter() - self._started
         try:
-            for hook in self._hooks:
-                try:
-                    hook(self)
-                except Exception as exc:
-                    report_failure(getattr(hook, "component", "finish hook"), exc)
+            if not self._recorded:  # no body byte ever went out: errors, empty bodies, early closes
+                self._record()
+            _run_hooks(self._hooks.finish, self)
         finally:
             self.exc = None
             try:

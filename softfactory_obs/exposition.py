@@ -160,9 +160,12 @@ def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Metric]:
     duration = GaugeMetricFamily("softfactory_obs_scrape_duration_seconds",
                                  "Time the previous scrape took to merge and render the store")
     duration.add_metric([], scrape_seconds)
+    files = GaugeMetricFamily("softfactory_obs_scrape_files_read",
+                              "Shard files this scrape read (stays near the number of live workers under churn)")
+    files.add_metric([], snap.files_opened)
     generation = CounterMetricFamily("softfactory_obs_store_compactions", "Compactions published to the store")
     generation.add_metric([], snap.archive_generation)
-    return [shards, duration, generation]
+    return [shards, duration, files, generation]
 
 
 class MetricsApp:

@@ -29,7 +29,7 @@ class HttpMetrics:
                                   ["method", "endpoint"], buckets=DEFAULT_BUCKETS, registry=registry)
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
-    def __call__(self, cycle: RequestCycle) -> None:
+    def _children_for(self, cycle: RequestCycle) -> tuple[Any, Any]:
         environ = cycle.environ
         method = environ.get("REQUEST_METHOD", "")
         if method not in METHODS:
@@ -41,5 +41,12 @@ class HttpMetrics:
         if children is None:
             children = (self.requests.labels(method, endpoint, status), self.duration.labels(method, endpoint))
             self._children[key] = children
-        children[0].inc()
-        children[1].observe(cycle.duration)
+        return children
+
+    def count(self, cycle: RequestCycle) -> None:
+        """Response hook: the request is counted before its body goes out (exact under kill -9)."""
+        self._children_for(cycle)[0].inc()
+
+    def observe(self, cycle: RequestCycle) -> None:
+        """Finish hook: the duration is known only once the body was sent and closed."""
+        self._children_for(cycle)[1].observe(cycle.duration)

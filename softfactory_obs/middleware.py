@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._request import FinishHook, RequestCycle
+from ._request import NO_HOOKS, FinishHook, Hooks, RequestCycle
 from .access_log import AccessLog
 from .exposition import MetricsApp
 from .http_metrics import HttpMetrics
@@ -44,17 +44,19 @@ class ObservabilityMiddleware:
         self.header_lower = settings.request_id_header.lower()
         self.telemetry_routes: dict[str, WSGIApp] = {}
         self.finish_hooks: list[FinishHook] = []
+        self.response_hooks: list[FinishHook] = []
         self.registry = registry if registry is not None else REGISTRY
         self.maintenance: Maintenance | None = None
         if settings.metrics:
             self.registry.set_directory(settings.metrics_dir or auto_directory())
             self.maintenance = maintenance_for(self.registry)
-            self.finish_hooks.append(HttpMetrics(self.registry, settings.namespace))
+            http = HttpMetrics(self.registry, settings.namespace)
+            self.response_hooks.append(http.count)
+            self.finish_hooks.append(http.observe)
             self.mount(settings.metrics_path, MetricsApp(self.registry, on_dead_shards=self.maintenance.wake))
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
-        self._hooks: tuple[FinishHook, ...] = tuple(self.finish_hooks)
-        self._telemetry_hooks: tuple[FinishHook, ...] = self._hooks if settings.log_telemetry_routes else ()
+        self._rebuild_hooks()
         if settings.auto_configure_logging and not logging_configured():
             configure_logging(
                 settings.log_level,
@@ -85,11 +87,20 @@ class ObservabilityMiddleware:
         self.telemetry_routes[path] = app
 
     def add_finish_hook(self, hook: FinishHook) -> None:
-        """Call ``hook(cycle)`` once per finished application request (not for telemetry routes)."""
+        """Call ``hook(cycle)`` once per application request, after its body was sent and closed."""
         self.finish_hooks.append(hook)
-        self._hooks = tuple(self.finish_hooks)
-        if self.settings.log_telemetry_routes:
-            self._telemetry_hooks = self._hooks
+        self._rebuild_hooks()
+
+    def add_response_hook(self, hook: FinishHook) -> None:
+        """Call ``hook(cycle)`` once per application request, when its status is final, before the body."""
+        self.response_hooks.append(hook)
+        self._rebuild_hooks()
+
+    def _rebuild_hooks(self) -> None:
+        self._hooks = Hooks(tuple(self.response_hooks), tuple(self.finish_hooks))
+        # Telemetry routes are never counted; they are logged only when asked.
+        access = tuple(h for h in self.finish_hooks if isinstance(h, AccessLog))
+        self._telemetry_hooks = Hooks((), access) if self.settings.log_telemetry_routes else NO_HOOKS
 
     @staticmethod
     def trace_id_of(environ: dict[str, Any]) -> str | None:

@@ -261,8 +261,7 @@ class StoreDirectory:
         # died before publishing them.
         for name in os.listdir(self.path):
             path = os.path.join(self.path, name)
-            stale_shard = name.endswith(".shard.new") and _is_dead_quietly(path)
-            if name.startswith(ARCHIVE + ".tmp-") or stale_shard:
+            if name.startswith(ARCHIVE + ".tmp-") or (name.endswith(".shard.new") and _abandoned(path)):
                 _unlink(path)
 
     def _dead_shards(self, names: list[str], absorbed: set[str], limit: int) -> list[str]:
@@ -334,9 +333,13 @@ def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool
         snap.gauges.setdefault(key, []).append((value, stamps.get(key, 0), shard))
 
 
-def _is_dead_quietly(path: str) -> bool:
+def _abandoned(path: str) -> bool:
+    """An unpublished shard whose creator died: unlocked, and old enough that it is not being born.
+
+    Its creator opens it and only then locks it; in between it looks dead. The age rules that out.
+    """
     try:
-        return is_dead(path)
+        return time.time() - os.stat(path).st_mtime > 60 and is_dead(path)
     except OSError:
         return False
 

@@ -63,6 +63,7 @@ class Registry:
         self._lock = threading.Lock()  # guards the writer's key table; slots have their own lock
         self._children: list[_Child] = []
         self._metas_written: set[str] = set()
+        self._compact_pending = False
         self.callbacks: list[Callable[[], Iterable[Any]]] = []
         _REGISTRIES.append(self)
 
@@ -107,10 +108,14 @@ class Registry:
         if self._writer is None:
             directory = self.directory
             self._writer = directory.new_shard() if directory is not None else ShardWriter(None)
+            # A new incarnation usually means one just died: absorb it, so the backlog of dead
+            # shards stays near the number of workers however fast they churn.
+            self._compact_pending = directory is not None
         return self._writer
 
     def bind(self, family: _Family, keys: Sequence[tuple[bytes, int]], child: _Child) -> tuple[Segment, list[int]]:
         """Fresh slots for one child's keys, all in one segment (one view for the hot path)."""
+        failure = None
         with self._lock:
             try:
                 writer = self._writer_or_none()
@@ -121,10 +126,20 @@ class Registry:
                 slots = [writer.add(raw, kind) for raw, kind in keys]
                 seg, idx = slots[0][0], [i for _, i in slots]
             except Exception as exc:  # a full or read-only store: keep the app running, count in memory
-                report_failure("metrics store", exc)
+                failure = exc
                 seg, idx = Segment(0, mmap.mmap(-1, mmap.PAGESIZE)), list(range(len(keys)))
             self._children.append(child)
-            return seg, idx
+        if failure is not None:
+            report_failure("metrics store", failure)  # after the lock: reporting writes a metric itself
+        if self._compact_pending:
+            # Outside the lock, once per process. The first write happens in a finish hook, after the
+            # response went out, so no client waits for this.
+            self._compact_pending = False
+            try:
+                self.compact()
+            except Exception as exc:
+                report_failure("metrics compaction", exc)
+        return seg, idx
 
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.

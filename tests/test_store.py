@@ -1,0 +1,414 @@
+"""The metrics store with real processes (os.fork), real files and kernel locks; no mocks."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import skip_or_fail
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from softfactory_obs import _failures
+from softfactory_obs._failures import failure_counts
+from softfactory_obs.exposition import MetricsApp, families_from
+from softfactory_obs.store.directory import StoreDirectory
+from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
+from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
+
+
+def in_child(body: Callable[[], None]) -> int:
+    """Run ``body`` in a forked process (a real incarnation with its own shard); return its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            body()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def samples(registry: Registry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = MetricsApp(registry).render()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(registry: Registry, name: str, **labels: str) -> float:
+    return samples(registry)[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+def metrics_of(registry: Registry) -> tuple[Counter, Histogram, Gauge]:
+    return (
+        Counter("jobs_total", "Jobs done", ["kind"], registry=registry),
+        Histogram("job_seconds", "Job time", ["kind"], buckets=(0.1, 1.0), registry=registry),
+        Gauge("queue_depth", "Items waiting", registry=registry),
+    )
+
+
+def test_memory_mode_needs_no_directory() -> None:
+    registry = Registry()
+    counter, hist, gauge = metrics_of(registry)
+    counter.labels("a").inc()
+    counter.labels(kind="a").inc(2.5)
+    hist.labels("a").observe(0.05)
+    hist.labels("a").observe(0.5)
+    hist.labels("a").observe(7)
+    gauge.set(3)
+    gauge.inc(2)
+    assert value(registry, "jobs_total", kind="a") == 3.5
+    assert value(registry, "job_seconds_bucket", kind="a", le="0.1") == 1
+    assert value(registry, "job_seconds_bucket", kind="a", le="1.0") == 2
+    assert value(registry, "job_seconds_bucket", kind="a", le="+Inf") == 3
+    assert value(registry, "job_seconds_count", kind="a") == 3
+    assert value(registry, "job_seconds_sum", kind="a") == pytest.approx(7.55)
+    assert value(registry, "queue_depth") == 5
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda r: Counter("jobs", "x", registry=r), "must end in _total"),
+    (lambda r: Counter("bad-name_total", "x", registry=r), "not a valid Prometheus name"),
+    (lambda r: Counter("x_total", "x", ["__reserved"], registry=r), "label name '__reserved' is not valid"),
+    (lambda r: Counter("x_total", "x", ["a", "a"], registry=r), "duplicate label names"),
+    (lambda r: Gauge("g", "x", mode="all", registry=r), "mode must be one of livesum"),
+    (lambda r: Histogram("h", "x", ["le"], registry=r), "'le' is reserved"),
+    (lambda r: Histogram("h", "x", buckets=(1, 1), registry=r), "buckets must be distinct"),
+    (lambda r: Counter("x_total", "x", ["a"], registry=r).inc(), r"has labels \['a'\]"),
+    (lambda r: Counter("x_total", "x", ["a"], registry=r).labels("1", "2"), "expected 1 label values"),
+    (lambda r: Counter("x_total", "x", ["a"], registry=r).labels(b="1"), "missing label 'a'"),
+    (lambda r: Counter("x_total", "x", registry=r).inc(-1), "only go up"),
+    (lambda r: (Counter("x_total", "x", registry=r), Gauge("x_total", "x", registry=r)), "already registered"),
+])
+def test_bad_definitions_and_calls_say_what_is_wrong(make: Callable[[Registry], Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(Registry())
+
+
+def test_registering_the_same_metric_twice_shares_it() -> None:
+    registry = Registry()
+    first = Counter("again_total", "x", ["k"], registry=registry)
+    second = Counter("again_total", "x", ["k"], registry=registry)
+    first.labels("a").inc()
+    second.labels("a").inc()
+    assert first.labels("a") is second.labels("a")
+    assert value(registry, "again_total", k="a") == 2
+
+
+def test_processes_sum_exactly_before_and_after_compaction(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    counter, hist, _ = metrics_of(registry)
+    counter.labels("parent").inc(3)
+
+    def work(n: int) -> Callable[[], None]:
+        def body() -> None:
+            for _ in range(1000):
+                counter.labels("web").inc()
+                hist.labels("web").observe(0.25 * n)
+        return body
+
+    for n in range(5):
+        assert in_child(work(n)) == 0
+    before = samples(registry)
+    assert before[("jobs_total", (("kind", "web"),))] == 5000
+    assert before[("job_seconds_count", (("kind", "web"),))] == 5000
+    assert before[("job_seconds_sum", (("kind", "web"),))] == 1000 * 0.25 * (0 + 1 + 2 + 3 + 4)
+    assert before[("jobs_total", (("kind", "parent"),))] == 3
+    # Each new incarnation absorbed its dead predecessors on its first write: only the last is left.
+    assert before[("softfactory_obs_store_shards", (("state", "dead"),))] == 1
+    assert registry.compact() == 1
+    after = samples(registry)
+    assert {k: v for k, v in after.items() if not k[0].startswith("softfactory_obs")} == {
+        k: v for k, v in before.items() if not k[0].startswith("softfactory_obs")}
+    assert after[("softfactory_obs_store_shards", (("state", "dead"),))] == 0
+    assert after[("softfactory_obs_scrape_files_read", ())] == 1  # only our own live shard is read now
+    assert sorted(f for f in os.listdir(store_dir) if f.endswith(".shard")) == [
+        os.path.basename(registry._writer.path)]  # type: ignore[union-attr]
+
+
+def test_gauges_count_live_processes_only(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    total = Gauge("conns", "x", registry=registry)
+    peak = Gauge("conns_max", "x", mode="livemax", registry=registry)
+    low = Gauge("conns_min", "x", mode="livemin", registry=registry)
+    recent = Gauge("last_seen", "x", mode="livemostrecent", registry=registry)
+    read_end, write_end = os.pipe()
+
+    def stays_alive() -> None:
+        os.close(write_end)
+        total.set(5)
+        peak.set(5)
+        low.set(5)
+        recent.set(1)
+        os.read(read_end, 1)  # until the parent closes the pipe
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            stays_alive()
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    try:
+        def short_lived() -> None:
+            total.set(7)
+            peak.set(7)
+            low.set(7)
+            recent.set(2)
+
+        assert in_child(short_lived) == 0
+        total.set(1)  # the scraping process itself is a live writer too
+        assert value(registry, "conns") == 6
+        assert value(registry, "conns_max") == 5
+        assert value(registry, "conns_min") == 5
+        assert value(registry, "last_seen") == 1
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+    assert value(registry, "conns") == 1  # the killed or exited writer's gauge is gone
+
+
+def test_forked_child_never_writes_into_its_parents_shard(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    counter = Counter("forked_total", "x", registry=registry)
+    counter.inc(10)  # bound before the fork: the child inherits this binding and must drop it
+    parent_shard = registry._writer.path  # type: ignore[union-attr]
+
+    def child() -> None:
+        for _ in range(10000):
+            counter.inc()
+
+    assert in_child(child) == 0
+    assert len([n for n in os.listdir(store_dir) if n.endswith(".shard")]) == 2
+    assert value(registry, "forked_total") == 10010
+    # The parent's own file still says 10: read it alone through a directory holding just that shard.
+    alone = Path(store_dir).parent / "alone"
+    alone.mkdir()
+    os.link(parent_shard, alone / os.path.basename(parent_shard))
+    snap = StoreDirectory(str(alone)).snapshot()
+    assert snap.counts[("forked_total", "", ())] == 10 * 1_000_000
+
+
+# -- exactness of regrouping: integers, never floats --------------------------------------------------
+
+AMOUNTS = st.lists(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False, width=64), min_size=1,
+                            max_size=20), min_size=2, max_size=12)
+
+
+def _exposed(registry: Registry) -> dict[Any, float]:
+    return {k: v for k, v in samples(registry).items() if not k[0].startswith("softfactory_obs")}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(per_shard=AMOUNTS, kill_order=st.randoms(use_true_random=False))
+def test_compaction_in_any_grouping_is_bit_identical(tmp_path: Path, per_shard: list[list[float]],
+                                                      kill_order: Any) -> None:
+    directory = tmp_path / os.urandom(6).hex()
+    shards = []
+    for amounts in per_shard:  # each Registry is one writer incarnation with its own locked file
+        registry = Registry(str(directory))
+        counter = Counter("money_total", "x", registry=registry)
+        hist = Histogram("lat_seconds", "x", buckets=(1.0,), registry=registry)
+        for amount in amounts:
+            counter.inc(amount)
+            hist.observe(amount)
+        shards.append(registry)
+    reader = Registry(str(directory))
+    Counter("money_total", "x", registry=reader)
+    Histogram("lat_seconds", "x", buckets=(1.0,), registry=reader)
+    expected = _exposed(reader)
+    alive = list(shards)
+    kill_order.shuffle(alive)
+    while alive:
+        # Kill a random, non-prefix subset of the writers, then compact: the exposed samples never move.
+        for registry in alive[: kill_order.randint(1, len(alive))]:
+            registry._writer.close()  # type: ignore[union-attr]  # like a process exiting: its lock is released
+            alive.remove(registry)
+        reader.compact()
+        assert _exposed(reader) == expected
+
+
+def test_a_naive_float_archive_would_not_be_exact() -> None:
+    # What the property above guards against: regrouping float sums changes them.
+    values = [0.1, 0.2, 0.3, 1e16, -1e16] * 2
+    naive_all_at_once = sum(values)
+    naive_two_groups = sum(values[:3]) + sum(values[3:])
+    assert naive_all_at_once != naive_two_groups
+    registry = Registry()
+    counter = Counter("exact_total", "x", registry=registry)
+    for v in (0.1, 0.2, 0.3):
+        counter.inc(v)
+    assert value(registry, "exact_total") == 0.6  # micro-units: 100000 + 200000 + 300000, then one division
+
+
+# -- crash consistency ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", ["after_tmp", "after_rename", "between_unlinks"])
+def test_compactor_killed_midway_loses_and_doubles_nothing(store_dir: str, point: str) -> None:
+    registry = Registry(store_dir)
+    counter = Counter("safe_total", "x", ["w"], registry=registry)
+    for n in range(4):
+        assert in_child(lambda n=n: counter.labels(str(n % 2)).inc(n + 1)) == 0
+    expected = {"0": 1 + 3, "1": 2 + 4}
+
+    def check() -> None:
+        for w, total in expected.items():
+            assert value(registry, "safe_total", w=w) == total
+
+    check()
+    assert in_child(lambda: StoreDirectory(store_dir).compact(crash_at=point)) == 17
+    check()  # a scrape right after the crash: exact
+    registry.compact()
+    check()
+    leftovers = [n for n in os.listdir(store_dir) if ".tmp-" in n or n.endswith(".new")]
+    assert leftovers == []
+    assert [n for n in os.listdir(store_dir) if n.endswith(".shard")] == []  # all four absorbed, once
+
+
+# -- faults -----------------------------------------------------------------------------------------------
+
+
+def _shard_name() -> str:
+    return f"w-1-{os.getpid()}-{os.urandom(8).hex()}.shard"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100, MAGIC + b"\xff" * (HEADER_SIZE + 100)],
+                         ids=["zero-byte", "no-magic", "garbage-used"])
+def test_corrupt_dead_shard_is_quarantined_and_the_scrape_succeeds(store_dir: str, content: bytes) -> None:
+    registry = Registry(store_dir)
+    counter = Counter("ok_total", "x", registry=registry)
+    counter.inc()
+    bad = Path(store_dir) / _shard_name()
+    bad.write_bytes(content)
+    app = MetricsApp(registry)
+    status, body = _call(app)
+    assert status.startswith("200")
+    assert "ok_total 1.0" in body
+    assert (Path(str(bad) + ".corrupt")).exists() and not bad.exists()
+    assert failure_counts()["metrics store (corrupt shard quarantined)"] == 1
+
+
+def test_corrupt_live_shard_fails_the_scrape_loudly(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    Counter("ok_total", "x", registry=registry).inc()
+    bad = Path(store_dir) / _shard_name()
+    bad.write_bytes(MAGIC + b"\x7f" * 200)
+    with open(bad, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a live owner: we may not drop its data
+        status, body = _call(MetricsApp(registry))
+    assert status.startswith("500")
+    assert "metrics scrape failed" in body
+
+
+def test_unusable_store_directory_never_fails_the_app(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    registry = Registry(str(not_a_dir / "store"))
+    counter = Counter("still_total", "x", registry=registry)
+    counter.inc()  # must not raise
+    counter.inc()
+    assert failure_counts()["metrics store"] == 1  # reported once per process, counted
+
+
+def test_full_tmpfs_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
+    # A small real tmpfs, nearly full: growing a shard must fail cleanly (we preallocate), not kill us.
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], capture_output=True,
+                            check=False)
+    if result.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        (mount / "filler").write_bytes(b"x" * 100 * 1024)
+        script = f"""
+import sys
+from softfactory_obs.store.metrics import Counter, Registry
+from softfactory_obs._failures import failure_counts
+r = Registry({str(mount / 'store')!r})
+c = Counter("many_total", "x", ["n"], registry=r)
+for n in range(5000):  # ~120 bytes of key each: far more than the space left
+    c.labels(str(n) * 20).inc()
+print(failure_counts().get("metrics store", 0))
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        assert int(out.stdout.decode().strip()) >= 1
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_histogram_bucket_layout_change_exposes_the_union(store_dir: str) -> None:
+    old = Registry(store_dir)
+    Histogram("layout_seconds", "x", buckets=(0.1, 1), registry=old).observe(0.05)
+    old._writer.close()  # type: ignore[union-attr]
+    new = Registry(store_dir)
+    Histogram("layout_seconds", "x", buckets=(0.5, 1.0), registry=new).observe(0.3)
+    got = {k: v for k, v in samples(new).items() if k[0] == "layout_seconds_bucket"}
+    assert got == {
+        ("layout_seconds_bucket", (("le", "0.1"),)): 1,
+        ("layout_seconds_bucket", (("le", "0.5"),)): 2,
+        ("layout_seconds_bucket", (("le", "1.0"),)): 2,
+        ("layout_seconds_bucket", (("le", "+Inf"),)): 2,
+    }
+
+
+def _call(app: Any, **environ: Any) -> tuple[str, str]:
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        got["status"], got["headers"] = status, headers
+
+    body = b"".join(app({"REQUEST_METHOD": "GET", **environ}, start_response))
+    return got["status"], body.decode("utf-8", "replace")
+
+
+def test_families_are_deterministic_and_each_once(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    c, h, g = metrics_of(registry)
+    c.labels("b").inc()
+    c.labels("a").inc()
+    h.labels("a").observe(1)
+    g.set(1)
+    first = [f.name for f in families_from(registry.snapshot())]
+    assert first == sorted(set(first))
+    body1, _ = MetricsApp(registry).render()
+    body2, _ = MetricsApp(registry).render()
+    strip = lambda b: [x for x in b.decode().splitlines() if "softfactory_obs_scrape" not in x]  # noqa: E731
+    assert strip(body1) == strip(body2)
+
+
+
+def test_reporting_a_store_failure_from_inside_the_store_does_not_deadlock(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # The failure hook writes a metric into the same registry whose write just failed.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    registry = Registry(str(blocker / "store"))
+    errors = Counter("errs_total", "x", ["component"], registry=registry)
+    monkeypatch.setattr(_failures, "on_failure", lambda component: errors.labels(component).inc())
+    worker = threading.Thread(target=Counter("x_total", "x", registry=registry).inc, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "deadlocked while reporting its own failure"
+    assert failure_counts()["metrics store"] >= 1

@@ -1,0 +1,165 @@
+"""The store under a real gunicorn: exact sums over workers, bounded scrapes under churn, kill -9."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from servers import Gunicorn
+
+pytestmark = pytest.mark.gunicorn
+USERS = "/api/users/{user_id}"
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = get(port, "/metrics")
+    assert status == 200, body[:500]
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoint: str = USERS) -> float:
+    return sum(v for (name, labels), v in metrics.items()
+               if name == "http_requests_total" and ("endpoint", endpoint) in labels)
+
+
+def worker_pids(server: Gunicorn) -> list[int]:
+    assert server.proc is not None
+    return [c.pid for c in psutil.Process(server.proc.pid).children()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def test_every_worker_answers_with_the_sum_over_all_workers(tmp_path: Path, store: Path) -> None:
+    with Gunicorn(tmp_path, workers=4, SOFTFACTORY_OBS_METRICS_DIR=str(store)) as server:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda n: get(server.port, f"/api/users/{n % 100 + 1}")[0], range(400)))
+        assert statuses == [200] * 400
+        # Concurrent scrapes land on different workers; each must show the same exact total.
+        with ThreadPoolExecutor(8) as pool:
+            totals = list(pool.map(lambda _: served(scrape(server.port)), range(16)))
+        assert totals == [400.0] * 16
+        shards = [n for n in os.listdir(store) if n.endswith(".shard")]
+        assert 1 <= len(shards) <= 4  # one per worker that wrote; none for dead ones
+
+
+def test_churn_keeps_scrapes_bounded_and_counts_exact(tmp_path: Path, store: Path) -> None:
+    # --max-requests 1: every request ends its worker, so N requests make N worker incarnations.
+    requests = int(os.environ.get("SOFTFACTORY_OBS_CHURN_REQUESTS", "2000"))
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(store), "GUNICORN_CMD_ARGS": "--preload --max-requests 1"}
+    with Gunicorn(tmp_path, workers=4, **env) as server:
+        ok = 0
+        scrapes = []
+        with ThreadPoolExecutor(4) as pool:
+            for start in range(0, requests, 500):
+                batch = range(start, min(start + 500, requests))
+                codes = pool.map(lambda n: get(server.port, f"/api/users/{n % 7 + 1}")[0], batch)
+                ok += sum(code == 200 for code in codes)
+                metrics = scrape(server.port)
+                scrapes.append(metrics)
+                files_in_dir = len(os.listdir(store))
+                # Work per scrape tracks live workers, not the hundreds that died since the last one.
+                assert metrics[("softfactory_obs_scrape_files_read", ())] <= 4 + 1 + 64
+                assert files_in_dir <= 4 + 64 + 6, sorted(os.listdir(store))
+        assert ok == requests
+        # Let the last incarnations die and be compacted, then count exactly.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and served(scrape(server.port)) != requests:
+            time.sleep(0.2)
+        final = scrape(server.port)
+        assert served(final) == requests
+        assert final[("http_request_duration_seconds_count", (("endpoint", USERS), ("method", "GET")))] == requests
+        assert final[("softfactory_obs_store_compactions_total", ())] > 0
+        series = lambda m: {k for k in m if not k[0].startswith(("softfactory_obs", "http_request_duration"))}  # noqa: E731
+        assert series(scrapes[0]) <= series(final)
+        assert len({k for k in final if k[0] == "http_requests_total"}) == 1  # no per-worker series
+        # Monotone: no counter-like sample ever went down between scrapes.
+        for before, after in zip(scrapes, [*scrapes[1:], final], strict=True):
+            for key, v in before.items():
+                if key[0].endswith(("_total", "_bucket", "_count", "_sum")) and key in after:
+                    assert after[key] >= v, key
+
+
+def test_kill_9_during_load_counts_between_served_and_attempted(tmp_path: Path, store: Path) -> None:
+    with Gunicorn(tmp_path, workers=4, SOFTFACTORY_OBS_METRICS_DIR=str(store)) as server:
+        attempted = 0
+        ok = 0
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def load() -> None:
+            nonlocal attempted, ok
+            while not stop.is_set():
+                with lock:
+                    attempted += 1
+                try:
+                    status, _ = get(server.port, "/api/users/5", timeout=5)
+                except (OSError, http.client.HTTPException):  # the worker died mid-response
+                    continue
+                if status == 200:
+                    with lock:
+                        ok += 1
+
+        threads = [threading.Thread(target=load) for _ in range(6)]
+        for t in threads:
+            t.start()
+        rng = random.Random(7)
+        kills = 0
+        try:
+            for _ in range(10):
+                time.sleep(0.3)
+                pids = worker_pids(server)
+                if pids:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert kills >= 5
+        time.sleep(1.5)  # replacement workers boot; the killed ones' shards stay counted
+        exposed = served(scrape(server.port))
+        assert ok <= exposed <= attempted, (ok, exposed, attempted)
+        assert ok > 100
+
+
+@pytest.fixture
+def gthread_server(tmp_path: Path, store: Path) -> Iterator[Gunicorn]:
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(store), "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 8"}
+    with Gunicorn(tmp_path, workers=2, **env) as server:
+        yield server
+
+
+def test_concurrent_scrapes_in_threaded_workers_all_parse(gthread_server: Gunicorn) -> None:
+    port = gthread_server.port
+    for n in range(50):
+        assert get(port, f"/api/users/{n + 1}")[0] == 200
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: served(scrape(port)), range(64)))
+    assert results == [50.0] * 64
