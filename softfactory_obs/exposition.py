@@ -183,7 +183,10 @@ class MetricsApp:
         names = {m.name for m in metrics}
         metrics += [m for m in self_metrics(snap, self._last_duration) if m.name not in names]
         for callback in self.registry.callbacks:
-            metrics.extend(callback())
+            try:
+                metrics.extend(m for m in callback() if m.name not in names)
+            except Exception as exc:  # a broken callback loses its own families, not the scrape
+                report_failure("metrics callback", exc)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collected(metrics))
         content_type = negotiate(accept)

@@ -14,6 +14,7 @@ from .access_log import AccessLog
 from .exposition import MetricsApp
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
+from .process_metrics import ProcessSampler
 from .request_id import RequestIdPolicy, parse_traceparent
 from .settings import Settings
 from .store.location import auto_directory
@@ -50,6 +51,11 @@ class ObservabilityMiddleware:
         if settings.metrics:
             self.registry.set_directory(settings.metrics_dir or auto_directory())
             self.maintenance = maintenance_for(self.registry)
+            self.maintenance.interval = settings.maintenance_interval_seconds
+            if self.maintenance.sampler is None:  # one per registry, however many middlewares share it
+                sampler = ProcessSampler(self.registry, settings.service_name, settings.service_version)
+                self.maintenance.sampler = sampler
+                self.maintenance.tasks.append(sampler.sample)
             http = HttpMetrics(self.registry, settings.namespace)
             self.response_hooks.append(http.count)
             self.finish_hooks.append(http.observe)

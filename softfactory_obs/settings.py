@@ -64,6 +64,8 @@ class Settings:
     # Shared by all workers; empty: a private tmpfs directory per gunicorn master, or memory outside gunicorn.
     metrics_dir: str = ""
     namespace: str = ""
+    # How often each worker compacts dead shards and samples its own process metrics.
+    maintenance_interval_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -92,6 +94,8 @@ class Settings:
                  self.metrics_path)
         _require(not self.namespace or bool(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.namespace)), "namespace",
                  "a Prometheus name prefix (letters, digits, _)", self.namespace)
+        _require(0.05 <= self.maintenance_interval_seconds <= 3600, "maintenance_interval_seconds",
+                 "a number of seconds from 0.05 to 3600", self.maintenance_interval_seconds)
         _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
         _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)
         object.__setattr__(self, "log_level", self.log_level.upper())
@@ -136,7 +140,9 @@ def _check_types(settings: Settings) -> None:
             if not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{name}: expected a list of strings, got {value!r}")
             object.__setattr__(settings, name, tuple(value))
-        elif hint in (bool, int, str) and (type(value) is not hint):
+        elif hint is float and type(value) in (int, float):
+            object.__setattr__(settings, name, float(value))
+        elif hint in (bool, int, str, float) and (type(value) is not hint):
             raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}")
 
 

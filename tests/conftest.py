@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import socket
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +16,39 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging
 from softfactory_obs._failures import reset_failure_counts
+from softfactory_obs.exposition import MetricsApp
+from softfactory_obs.store.metrics import Registry
 
 # CI sets this: a test that would skip for a missing binary fails instead.
 STRICT = os.environ.get("SOFTFACTORY_OBS_STRICT_TESTS") == "1"
+
+
+def in_child(body: Callable[[], None]) -> int:
+    """Run ``body`` in a forked process (a real incarnation with its own shard); return its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            body()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def samples(registry: Registry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = MetricsApp(registry).render()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
 
 
 def skip_or_fail(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -12,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from conftest import free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+USERS = "/api/users/{user_id}"
 
 
 class Gunicorn:
@@ -76,3 +80,33 @@ class Gunicorn:
             if len(lines) >= wait_for or time.monotonic() > deadline:
                 return lines
             time.sleep(0.05)
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = get(port, "/metrics")
+    assert status == 200, body[:500]
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoint: str = USERS) -> float:
+    return sum(v for (name, labels), v in metrics.items()
+               if name == "http_requests_total" and ("endpoint", endpoint) in labels)
+
+
+def worker_pids(server: Gunicorn) -> list[int]:
+    assert server.proc is not None
+    return [c.pid for c in psutil.Process(server.proc.pid).children()]

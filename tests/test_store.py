@@ -7,16 +7,14 @@ import os
 import subprocess
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import skip_or_fail
+from conftest import in_child, samples, skip_or_fail
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
 from softfactory_obs import _failures
 from softfactory_obs._failures import failure_counts
@@ -24,30 +22,6 @@ from softfactory_obs.exposition import MetricsApp, families_from
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
 from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
-
-
-def in_child(body: Callable[[], None]) -> int:
-    """Run ``body`` in a forked process (a real incarnation with its own shard); return its exit code."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            body()
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def samples(registry: Registry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    body, _ = MetricsApp(registry).render()
-    out = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def value(registry: Registry, name: str, **labels: str) -> float:

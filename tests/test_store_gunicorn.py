@@ -12,43 +12,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from servers import Gunicorn
+from servers import USERS, Gunicorn, get, scrape, served, worker_pids
 
 pytestmark = pytest.mark.gunicorn
-USERS = "/api/users/{user_id}"
 
-
-def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = get(port, "/metrics")
-    assert status == 200, body[:500]
-    out = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoint: str = USERS) -> float:
-    return sum(v for (name, labels), v in metrics.items()
-               if name == "http_requests_total" and ("endpoint", endpoint) in labels)
-
-
-def worker_pids(server: Gunicorn) -> list[int]:
-    assert server.proc is not None
-    return [c.pid for c in psutil.Process(server.proc.pid).children()]
 
 
 @pytest.fixture

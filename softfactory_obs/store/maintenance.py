@@ -20,6 +20,7 @@ class Maintenance:
         self.registry = registry
         self.interval = interval
         self.tasks: list[Callable[[], object]] = []  # more periodic work (process metrics)
+        self.sampler: object | None = None  # the registry's ProcessSampler, once one is set up
         self._wake = threading.Event()
         self._pid = 0
 

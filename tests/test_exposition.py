@@ -1,0 +1,122 @@
+"""/metrics: content negotiation, gzip, methods, escaping, and the real promtool's verdict."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from typing import Any
+
+import pytest
+from conftest import call_wsgi, make_environ, require_binary
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.exposition import OPENMETRICS, TEXT, MetricsApp, negotiate
+from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
+
+HOSTILE_LABELS = ['quote"d', "back\\slash", "new\nline", "carriage\rreturn", "caf\u00e9 \u2603", "/caf\udcff",
+                  "nul\x00byte", "tab\there"]
+
+
+@pytest.fixture
+def registry() -> Registry:
+    registry = Registry()
+    c = Counter("orders_total", "Orders placed", ["shop"], registry=registry)
+    h = Histogram("render_seconds", "Page render time", ["shop"], buckets=(0.1, 1.0), registry=registry)
+    Gauge("inventory_items", "Items in stock", ["shop"], registry=registry)
+    for label in HOSTILE_LABELS:
+        c.labels(label).inc()
+        h.labels(label).observe(0.5)
+    return registry
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    ("", TEXT),
+    ("*/*", TEXT),
+    ("text/plain;version=0.0.4", TEXT),
+    ("text/plain; version=1.0.0", TEXT),
+    ("application/openmetrics-text;version=1.0.0", OPENMETRICS),
+    ("application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", OPENMETRICS),
+    ("text/plain;q=1,application/openmetrics-text;q=0.1", TEXT),
+    ("application/openmetrics-text;q=0,text/plain", TEXT),
+    ("application/openmetrics-text; version=abc", OPENMETRICS),  # prometheus_client raises here (a 500)
+    ("text/plain; version=x.y", TEXT),
+    ("application/openmetrics-text;q=banana", TEXT),
+    ("garbage;;;,,", TEXT),
+])
+def test_negotiation_never_fails(accept: str, expected: str) -> None:
+    assert negotiate(accept) == expected
+
+
+def _get(app: Any, **env: Any) -> tuple[str, dict[str, str], bytes]:
+    resp = call_wsgi(app, make_environ(PATH_INFO="/metrics", **env))
+    return resp.status, {k.lower(): v for k, v in resp.headers}, resp.body
+
+
+def test_text_and_openmetrics_bodies_parse_strictly(registry: Registry) -> None:
+    app = MetricsApp(registry)
+    status, headers, body = _get(app)
+    assert status == "200 OK" and headers["content-type"] == TEXT
+    assert headers["cache-control"] == "no-store"
+    text_labels = {s.labels.get("shop") for f in parse_text(body.decode()) for s in f.samples if "shop" in s.labels}
+    status, headers, body = _get(app, HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
+    assert headers["content-type"] == OPENMETRICS
+    assert body.endswith(b"# EOF\n")
+    om_families = parse_openmetrics(body.decode())
+    om_labels = {s.labels.get("shop") for f in om_families for s in f.samples if "shop" in s.labels}
+    expected = {label.encode("utf-8", "replace").decode("utf-8") for label in HOSTILE_LABELS}
+    assert text_labels == expected
+    assert om_labels == expected
+    assert b"_created" not in body
+
+
+def test_gzip_only_when_accepted(registry: Registry) -> None:
+    app = MetricsApp(registry)
+    _, _, plain = _get(app)
+    _, headers, zipped = _get(app, HTTP_ACCEPT_ENCODING="br, gzip;q=0.8")
+    assert headers["content-encoding"] == "gzip"
+    assert "Accept-Encoding" in headers["vary"]
+    strip = lambda b: [x for x in b.decode().splitlines() if "softfactory_obs_scrape" not in x]  # noqa: E731
+    assert strip(gzip.decompress(zipped)) == strip(plain)
+    for refusal in ("gzip;q=0", "identity", ""):
+        _, headers, _ = _get(app, HTTP_ACCEPT_ENCODING=refusal)
+        assert "content-encoding" not in headers
+
+
+def test_methods(registry: Registry) -> None:
+    app = MetricsApp(registry)
+    status, headers, body = _get(app, REQUEST_METHOD="HEAD")
+    assert status == "200 OK" and body == b"" and int(headers["content-length"]) > 0
+    status, headers, _ = _get(app, REQUEST_METHOD="POST")
+    assert status.startswith("405") and headers["allow"] == "GET, HEAD"
+
+
+def test_mounted_only_at_the_exact_path(registry: Registry) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"app"]
+
+    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False)
+    for variant in ("/metrics/", "/metrics/x", "//metrics", "/METRICS", "/metrics;x"):
+        assert call_wsgi(mw, make_environ(PATH_INFO=variant)).body == b"app", variant
+    assert b"orders_total" in call_wsgi(mw, make_environ(PATH_INFO="/metrics")).body
+
+
+def test_promtool_finds_no_problem(registry: Registry) -> None:
+    promtool = require_binary("promtool")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["softfactory_obs.route"] = "/api/items/{id}"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False)
+    for _ in range(3):
+        call_wsgi(mw, make_environ(PATH_INFO="/api/items/1"))
+    body = call_wsgi(mw, make_environ(PATH_INFO="/metrics")).body
+    assert b"http_requests_total" in body and b"softfactory_obs_store_shards" in body
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""

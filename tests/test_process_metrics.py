@@ -1,0 +1,77 @@
+"""Per-worker process metrics: sampled off the request path, bounded labels, live-only, CPU monotone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import in_child, samples
+from servers import Gunicorn, get, scrape, worker_pids
+
+from softfactory_obs.process_metrics import ProcessSampler
+from softfactory_obs.store.metrics import Registry
+
+
+def test_sample_reports_this_process(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "store"))
+    sampler = ProcessSampler(registry, service="svc", version="1.2")
+    sampler.sample()
+    got = samples(registry)
+    rss = got[("process_resident_memory_bytes", (("worker", "0"),))]
+    assert abs(rss - psutil.Process().memory_info().rss) / rss < 0.2
+    assert got[("process_open_fds", (("worker", "0"),))] >= 3
+    assert got[("app_info", (("service", "svc"), ("version", "1.2")))] == 1
+    assert got[("app_uptime_seconds", ())] >= 0
+    assert got[("process_cpu_seconds_total", ())] > 0
+
+
+def test_slots_are_reused_and_dead_workers_vanish(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "store"))
+    sampler = ProcessSampler(registry)
+    sampler.sample()  # this process takes slot 0
+    assert in_child(sampler.sample) == 0  # a child takes slot 1 and exits
+    assert in_child(sampler.sample) == 0  # the next child gets slot 1 again: it was freed on exit
+    got = samples(registry)
+    workers = {dict(labels)["worker"] for name, labels in got if name == "process_resident_memory_bytes"}
+    assert workers == {"0"}  # the children's gauges died with them
+    slot_files = sorted(p.name for p in (tmp_path / "store").iterdir() if p.name.startswith("slot-"))
+    assert slot_files == ["slot-0.lock", "slot-1.lock"]
+    assert got[("process_cpu_seconds_total", ())] > 0
+
+
+@pytest.mark.gunicorn
+def test_worker_series_follow_live_workers_under_kill_9(tmp_path: Path) -> None:
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"),
+           "SOFTFACTORY_OBS_MAINTENANCE_INTERVAL_SECONDS": "0.2",
+           "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4"}
+    with Gunicorn(tmp_path, workers=3, **env) as server:
+        def warm() -> set[str]:
+            # gthread workers each take requests; poll until every worker has sampled itself.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                for n in range(30):
+                    get(server.port, f"/api/users/{n + 1}")
+                got = scrape(server.port)
+                slots = {dict(lb)["worker"] for name, lb in got if name == "process_resident_memory_bytes"}
+                if len(slots) == 3:
+                    return slots
+                time.sleep(0.3)
+            return slots
+
+        assert warm() == {"0", "1", "2"}
+        got = scrape(server.port)
+        total_rss = sum(v for (name, _), v in got.items() if name == "process_resident_memory_bytes")
+        real = sum(psutil.Process(pid).memory_info().rss for pid in worker_pids(server))
+        assert abs(total_rss - real) / real < 0.25
+        cpu_before = got[("process_cpu_seconds_total", ())]
+        victim = worker_pids(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)
+        assert warm() == {"0", "1", "2"}  # the successor took the free slot; no fourth series
+        after = scrape(server.port)
+        assert after[("process_cpu_seconds_total", ())] >= cpu_before
+        assert len([k for k in after if k[0] == "process_resident_memory_bytes"]) == 3
