@@ -17,7 +17,6 @@ from .logs import configure_logging, logging_configured
 from .process_metrics import ProcessSampler
 from .request_id import RequestIdPolicy, parse_traceparent
 from .settings import Settings
-from .store.location import auto_directory
 from .store.maintenance import Maintenance, maintenance_for
 from .store.metrics import REGISTRY, Registry
 
@@ -49,7 +48,8 @@ class ObservabilityMiddleware:
         self.registry = registry if registry is not None else REGISTRY
         self.maintenance: Maintenance | None = None
         if settings.metrics:
-            self.registry.set_directory(settings.metrics_dir or auto_directory())
+            if settings.metrics_dir:
+                self.registry.set_directory(settings.metrics_dir)
             self.maintenance = maintenance_for(self.registry)
             self.maintenance.interval = settings.maintenance_interval_seconds
             if self.maintenance.sampler is None:  # one per registry, however many middlewares share it

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from servers import USERS, Gunicorn, get, scrape, served, worker_pids
 
+NO_HOOKS = Path(__file__).parent / "gunicorn_nohooks.conf.py"
+
 pytestmark = pytest.mark.gunicorn
 
 
@@ -41,7 +43,7 @@ def test_churn_keeps_scrapes_bounded_and_counts_exact(tmp_path: Path, store: Pat
     # --max-requests 1: every request ends its worker, so N requests make N worker incarnations.
     requests = int(os.environ.get("SOFTFACTORY_OBS_CHURN_REQUESTS", "2000"))
     env = {"SOFTFACTORY_OBS_METRICS_DIR": str(store), "GUNICORN_CMD_ARGS": "--preload --max-requests 1"}
-    with Gunicorn(tmp_path, workers=4, **env) as server:
+    with Gunicorn(tmp_path, workers=4, config=NO_HOOKS, **env) as server:  # exact without any hook
         ok = 0
         scrapes = []
         with ThreadPoolExecutor(4) as pool:
@@ -131,3 +133,38 @@ def test_concurrent_scrapes_in_threaded_workers_all_parse(gthread_server: Gunico
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: served(scrape(port)), range(64)))
     assert results == [50.0] * 64
+
+
+def test_no_directory_configured_and_no_hooks_still_aggregates(tmp_path: Path) -> None:
+    # Each worker infers the same private directory from its master's pid.
+    with Gunicorn(tmp_path, workers=3, config=NO_HOOKS) as server:
+        assert server.proc is not None
+        auto = Path(f"/dev/shm/softfactory_obs-{server.proc.pid}")
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda n: get(server.port, "/api/slow?seconds=0.05"), range(30)))
+        totals = {served(scrape(server.port), "/api/slow") for _ in range(10)}
+        assert totals == {30.0}
+        assert auto.is_dir() or not Path("/dev/shm").is_dir()
+
+
+def test_hooks_pick_the_directory_once_and_remove_it_at_exit(tmp_path: Path) -> None:
+    with Gunicorn(tmp_path, workers=2) as server:
+        assert server.proc is not None
+        master = server.proc.pid
+        get(server.port, "/api/users/1")
+        base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
+        auto = base / f"softfactory_obs-{master}"
+        assert any(p.name.endswith(".shard") for p in auto.iterdir())
+    assert not auto.exists()
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "import-per-worker"])
+def test_increments_made_at_import_are_counted_once_per_process(tmp_path: Path, preload: bool) -> None:
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"), "GUNICORN_CMD_ARGS": "--preload" if preload else ""}
+    with Gunicorn(tmp_path, app="preload_app:app", workers=3, config=NO_HOOKS,
+                  PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{Path(__file__).parent.parent}", **env) as server:
+        with ThreadPoolExecutor(6) as pool:  # make every worker serve, so every worker has imported/written
+            list(pool.map(lambda n: get(server.port, "/api/slow?seconds=0.1"), range(12)))
+        imports = scrape(server.port)[("app_imports_total", ())]
+        assert imports == (1.0 if preload else 3.0)
+        assert served(scrape(server.port), "/api/slow") == 12

@@ -38,10 +38,17 @@ def auto_directory() -> str | None:
     if "gunicorn" not in sys.modules:
         return None
     master = os.getppid() if _parent_is_gunicorn() else os.getpid()
-    base = _base()
-    path = os.path.join(base, f"softfactory_obs-{master}")
-    _remove_stale(base, keep=path)
+    path = create_auto_directory(master)
     os.environ[ENV] = path
+    return path
+
+
+def create_auto_directory(master_pid: int) -> str:
+    """``<tmpfs>/softfactory_obs-<master pid>``, private to its user; stale siblings are removed."""
+    base = _base()
+    path = os.path.join(base, f"softfactory_obs-{master_pid}")
+    _remove_stale(base, keep=path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from .. import _failures
 from .._failures import report_failure
 from .directory import Snapshot, StoreDirectory, merge_values
+from .location import ENV, auto_directory
 from .shard import (
     KIND_COUNT,
     KIND_GAUGE,
@@ -52,8 +53,17 @@ def _label_text(value: object) -> str:
     return text
 
 
+FROM_ENVIRONMENT = "<from environment>"
+
+
 class Registry:
-    """The families of this process and the shard they write to (a directory, or memory)."""
+    """The families of this process and the shard they write to (a directory, or memory).
+
+    ``directory=FROM_ENVIRONMENT`` (the default registry) decides at the first write or scrape, not
+    at import: ``SOFTFACTORY_OBS_METRICS_DIR`` if set, else a private directory per gunicorn master,
+    else memory. So metrics written at import time, even in a ``--preload`` master, land where the
+    workers' do.
+    """
 
     def __init__(self, directory: str | None = None) -> None:
         self.families: dict[str, _Family] = {}
@@ -71,6 +81,8 @@ class Registry:
 
     @property
     def directory(self) -> StoreDirectory | None:
+        if self._directory_path == FROM_ENVIRONMENT:
+            self._directory_path = os.environ.get(ENV) or auto_directory()
         if self._directory is None and self._directory_path:
             self._directory = StoreDirectory(self._directory_path)
         return self._directory
@@ -79,6 +91,9 @@ class Registry:
         """Write to ``path`` (shared by all worker processes) from now on; ``None`` keeps values in memory."""
         with self._lock:
             if path == self._directory_path:
+                return
+            if self._writer is not None and self._writer.path and os.path.dirname(self._writer.path) == path:
+                self._directory_path = path  # resolved from the environment to the same place
                 return
             if self._writer is not None:
                 raise RuntimeError(
@@ -394,7 +409,7 @@ class HistogramChild(_Child):
             ints[idx[-1]] += units
 
 
-REGISTRY = Registry()
+REGISTRY = Registry(FROM_ENVIRONMENT)
 
 INTERNAL_ERRORS = Counter("softfactory_obs_internal_errors_total",
                           "Failures of telemetry components; requests were served regardless", ["component"])
