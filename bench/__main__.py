@@ -18,6 +18,8 @@ from wsgiref.util import setup_testing_defaults
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging
 
+from . import store
+
 WSGIApp = Callable[[dict[str, Any], Any], Any]
 
 
@@ -58,9 +60,11 @@ def time_per_call(app: WSGIApp, environ: dict[str, Any], n: int) -> float:
 def variants() -> dict[str, WSGIApp]:
     return {
         "bare plain-WSGI hello": hello,
-        "ours: id + JSON access log": ObservabilityMiddleware(hello, auto_configure_logging=False),
-        "ours: id only (access log off)": ObservabilityMiddleware(hello, access_log=False,
-                                                                   auto_configure_logging=False),
+        "ours: full (id, JSON log, metrics)": ObservabilityMiddleware(hello, auto_configure_logging=False),
+        "ours: metrics, no access log": ObservabilityMiddleware(hello, access_log=False,
+                                                                 auto_configure_logging=False),
+        "ours: id + access log, no metrics": ObservabilityMiddleware(hello, metrics=False,
+                                                                      auto_configure_logging=False),
     }
 
 
@@ -68,7 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=20000, help="calls per measurement")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
+    parser.add_argument("--only", choices=["wsgi", "store", "scrape"], help="run one part only")
+    parser.add_argument("--dead", default="100,1000,8000", help="dead-worker counts for the scrape benchmark")
     args = parser.parse_args(argv)
+    if args.only in (None, "wsgi"):
+        wsgi_overhead(args)
+    if args.only in (None, "store"):
+        print("\nstore writes, ns per call (median of 5 x 200k, each in a fresh interpreter)")
+        for name, ns in store.write_costs():
+            print(f"  {name:<40} {ns:8.0f}")
+    if args.only in (None, "scrape"):
+        counts = tuple(int(x) for x in args.dead.split(","))
+        print(f"\nscrape time vs dead workers ({store.ROUTES} routes, counter + histogram each)")
+        rows = store.scrape_vs_dead(counts)
+        for name, n, seconds in rows:
+            print(f"  {name:<42} dead={n:<6} {seconds * 1000:10.1f} ms")
+        for name in {r[0] for r in rows}:
+            series = {n: s for label, n, s in rows if label == name}
+            if len(series) > 1:
+                lo, hi = min(series), max(series)
+                print(f"  ratio {hi}/{lo} {name:<40} {series[hi] / series[lo]:6.2f}")
+    return 0
+
+
+def wsgi_overhead(args: argparse.Namespace) -> None:
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     configure_logging(stream=devnull)  # real formatting and a real write per line, to /dev/null
@@ -90,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(values)
         over = "" if name.startswith("bare") else f"{med - bare:12.2f}"
         print(f"{name:<36} {med:11.2f} {over:>12} {med / bare:8.1f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -168,3 +168,9 @@ def test_increments_made_at_import_are_counted_once_per_process(tmp_path: Path, 
         imports = scrape(server.port)[("app_imports_total", ())]
         assert imports == (1.0 if preload else 3.0)
         assert served(scrape(server.port), "/api/slow") == 12
+
+
+@pytest.mark.soak
+def test_soak_churn_8000_restarts(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTFACTORY_OBS_CHURN_REQUESTS", "8000")
+    test_churn_keeps_scrapes_bounded_and_counts_exact(tmp_path, store)

@@ -52,9 +52,19 @@ def encode_key(key: Key) -> bytes:
     return json.dumps([key[0], key[1], list(key[2])], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+_decoded: dict[bytes, Key] = {}
+
+
 def decode_key(raw: bytes) -> Key:
-    name, suffix, labels = json.loads(raw)
-    return name, suffix, tuple(labels)
+    # Every worker writes the same keys: decode each distinct one once per process, not once per shard.
+    key = _decoded.get(raw)
+    if key is None:
+        name, suffix, labels = json.loads(raw)
+        key = (name, suffix, tuple(labels))
+        if len(_decoded) > 200_000:  # bounded: label values come from a bounded set, but be sure
+            _decoded.clear()
+        _decoded[raw] = key
+    return key
 
 
 def _round_up(n: int, to: int) -> int:
