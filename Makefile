@@ -26,6 +26,7 @@ run: $(STAMP)
 	@echo "  curl -i http://$(HOST):$(PORT)/api/error"
 	@echo "  curl -N http://$(HOST):$(PORT)/api/stream"
 	@echo "  curl -i http://$(HOST):$(PORT)/api/download"
+	@echo "  curl http://$(HOST):$(PORT)/metrics"
 	DEMO_BIND=$(HOST):$(PORT) DEMO_WORKERS=$(WORKERS) $(BIN)/gunicorn -c examples/gunicorn.conf.py examples.demo:app
 
 test: $(STAMP)
