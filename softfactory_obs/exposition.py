@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from prometheus_client import REGISTRY as PROMETHEUS_REGISTRY
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from ._failures import report_failure
 from .store.directory import Snapshot, StoreBusyError
 from .store.metrics import COUNTER_SCALE, SUM_SCALE, Registry
 
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -113,6 +119,41 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(bound)
 
 
+def _base_name(name: str) -> str:
+    # prometheus_client names a counter family without _total; compare on the common stem.
+    return name[:-6] if name.endswith("_total") else name
+
+
+def prometheus_client_families() -> list[Metric]:
+    """Metrics an app keeps in prometheus_client's own multiprocess mode, to expose beside ours."""
+    path = os.environ.get(PROMETHEUS_MULTIPROC_ENV)
+    if not path:
+        return []
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return list(registry.collect())
+
+
+def check_no_clash(ours: Iterable[str], theirs: Iterable[str]) -> None:
+    clash = sorted({_base_name(n) for n in ours} & {_base_name(n) for n in theirs})
+    if clash:
+        raise ValueError(
+            f"metric name(s) {', '.join(clash)} exist both in softfactory_obs and in prometheus_client's "
+            f"multiprocess directory (${PROMETHEUS_MULTIPROC_ENV}); rename one side, a family can be exposed once"
+        )
+
+
+def check_prometheus_client_registry(registry: Registry) -> None:
+    """At start-up: the app's prometheus_client metrics (multiprocess mode) must not reuse our names."""
+    if not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
+        return
+    # Only metrics the app defined (not prometheus_client's own process and GC collectors, which
+    # multiprocess mode does not expose anyway).
+    theirs = [getattr(c, "_name", "") for c in getattr(PROMETHEUS_REGISTRY, "_collector_to_names", {})
+              if isinstance(c, MetricWrapperBase)]
+    check_no_clash(registry.families, [n for n in theirs if n])
+
+
 class _Collected:
     def __init__(self, metrics: list[Metric]) -> None:
         self.metrics = metrics
@@ -168,6 +209,15 @@ def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Metric]:
     return [shards, duration, files, generation]
 
 
+class _Flight:
+    __slots__ = ("done", "error", "metrics")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.metrics: list[Metric] = []
+        self.error: BaseException | None = None
+
+
 class MetricsApp:
     """The WSGI app mounted at ``/metrics``."""
 
@@ -175,27 +225,56 @@ class MetricsApp:
         self.registry = registry
         self.on_dead_shards = on_dead_shards
         self._last_duration = 0.0
+        self._flight_lock = threading.Lock()
+        self._flight: _Flight | None = None
+        self.merges = 0  # how many merges ran (scrapes that arrived together share one)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
+        """Encode the merged store. Scrapes arriving while a merge runs in this process wait for it
+        and share its result (single flight): a gthread worker under a scrape storm merges once."""
+        with self._flight_lock:
+            flight = self._flight
+            leader = flight is None
+            if flight is None:
+                flight = self._flight = _Flight()
+        if leader:
+            try:
+                flight.metrics = self._collect()
+            except BaseException as exc:
+                flight.error = exc
+            finally:
+                with self._flight_lock:
+                    self._flight = None
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collected(flight.metrics))
+        content_type = negotiate(accept)
+        encoder = openmetrics_format.generate_latest if content_type == OPENMETRICS else text_format.generate_latest
+        return encoder(registry), content_type
+
+    def _collect(self) -> list[Metric]:
+        self.merges += 1
         started = time.perf_counter()
         snap = self.registry.snapshot()
         metrics = list(families_from(snap))
         names = {m.name for m in metrics}
         metrics += [m for m in self_metrics(snap, self._last_duration) if m.name not in names]
+        foreign = prometheus_client_families()
+        check_no_clash([m.name for m in metrics], [m.name for m in foreign])
+        metrics.extend(foreign)
         for callback in self.registry.callbacks:
             try:
                 metrics.extend(m for m in callback() if m.name not in names)
             except Exception as exc:  # a broken callback loses its own families, not the scrape
                 report_failure("metrics callback", exc)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collected(metrics))
-        content_type = negotiate(accept)
-        encoder = openmetrics_format.generate_latest if content_type == OPENMETRICS else text_format.generate_latest
-        body = encoder(registry)
         self._last_duration = time.perf_counter() - started
         if snap.dead_shards and self.on_dead_shards is not None:
             self.on_dead_shards()
-        return body, content_type
+        return metrics
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._request import NO_HOOKS, FinishHook, Hooks, RequestCycle
 from .access_log import AccessLog
-from .exposition import MetricsApp
+from .exposition import MetricsApp, check_prometheus_client_registry
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
 from .process_metrics import ProcessSampler
@@ -60,6 +60,7 @@ class ObservabilityMiddleware:
             self.response_hooks.append(http.count)
             self.finish_hooks.append(http.observe)
             self.mount(settings.metrics_path, MetricsApp(self.registry, on_dead_shards=self.maintenance.wake))
+            check_prometheus_client_registry(self.registry)
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
         self._rebuild_hooks()

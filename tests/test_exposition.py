@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import subprocess
+import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -120,3 +123,62 @@ def test_promtool_finds_no_problem(registry: Registry) -> None:
                             check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+COEXIST = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from prometheus_client import Counter as PromCounter
+legacy = PromCounter(sys.argv[2], "An app metric kept in prometheus_client")
+legacy.inc(3)
+from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.store.metrics import Registry
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+try:
+    mw = ObservabilityMiddleware(app, registry=Registry(), auto_configure_logging=False)
+except ValueError as exc:
+    print("REFUSED", exc)
+    sys.exit(0)
+body = b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"}, lambda s, h, e=None: None))
+sys.stdout.write(body.decode())
+"""
+
+
+def test_prometheus_client_multiprocess_metrics_are_exposed_beside_ours(tmp_path: Any) -> None:
+    out = subprocess.run([sys.executable, "-c", COEXIST, str(tmp_path), "legacy_jobs_total"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "legacy_jobs_total 3.0" in out
+    assert "# TYPE http_requests_total counter" in out
+    assert out.count("# TYPE legacy_jobs_total") == 1
+
+
+def test_a_name_clash_with_prometheus_client_is_refused_at_start(tmp_path: Any) -> None:
+    out = subprocess.run([sys.executable, "-c", COEXIST, str(tmp_path), "http_requests_total"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.startswith("REFUSED metric name(s) http_requests exist both in softfactory_obs and in prometheus_client")
+
+
+def test_simultaneous_scrapes_in_one_process_share_one_merge(registry: Registry) -> None:
+    app = MetricsApp(registry)
+    original = registry.snapshot
+    gate = threading.Event()
+
+    def slow_snapshot() -> Any:
+        gate.wait(5)  # hold the first merge open until every scraper has arrived
+        return original()
+
+    registry.snapshot = slow_snapshot  # type: ignore[method-assign]
+    bodies: list[bytes] = []
+    threads = [threading.Thread(target=lambda: bodies.append(app.render()[0])) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(bodies) == 16 and len(set(bodies)) == 1
+    assert app.merges <= 2

@@ -52,7 +52,8 @@ def test_ids_are_echoed_and_generated_and_logged_by_every_worker(server: Gunicor
     status, headers, _ = get(server, "/api/products")
     generated = headers["x-request-id"]
     assert HEX32.fullmatch(generated)
-    lines = server.log_lines(wait_for=2 * len(sent) + 1)
+    assert access_for(server, generated)  # waits until the last line is written
+    lines = server.log_lines()
     access = {r["request_id"]: r for r in lines if r["logger"] == "softfactory_obs.access"}
     app_lines = [r for r in lines if r["logger"] == "demo" and r["message"] == "search"]
     assert set(sent) | {generated} <= set(access)
