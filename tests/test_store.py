@@ -386,3 +386,102 @@ def test_reporting_a_store_failure_from_inside_the_store_does_not_deadlock(tmp_p
     worker.join(timeout=10)
     assert not worker.is_alive(), "deadlocked while reporting its own failure"
     assert failure_counts()["metrics store"] >= 1
+
+
+def test_racing_compactors_absorb_each_shard_exactly_once(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    counter = Counter("raced_total", "x", registry=registry)
+    directory = StoreDirectory(store_dir)
+    # Make 30 dead shards without letting any new writer absorb its predecessors.
+    for n in range(30):
+        registry_n = Registry(store_dir)
+        registry_n.compact = lambda **_: 0  # type: ignore[method-assign]  # keep the backlog for the race
+        Counter("raced_total", "x", registry=registry_n).inc(n + 1)
+        registry_n._writer.close()  # type: ignore[union-attr]
+    assert directory.snapshot().dead_shards == 30
+    start = os.pipe()
+    pids = []
+    for _ in range(8):
+        pid = os.fork()
+        if pid == 0:
+            os.read(start[0], 1)
+            try:
+                while StoreDirectory(store_dir).compact(max_shards=3):
+                    pass
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    os.write(start[1], b"x" * 8)  # all eight start together
+    for pid in pids:
+        os.waitpid(pid, 0)
+    registry.compact()
+    assert value(registry, "raced_total") == sum(range(1, 31))
+    assert [n for n in os.listdir(store_dir) if n.endswith(".shard")] == []
+    counter.inc()
+    assert value(registry, "raced_total") == sum(range(1, 31)) + 1
+
+
+def test_readers_never_see_a_torn_or_decreasing_value(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    Counter("hammer_total", "x", registry=registry)
+    ready = os.pipe()
+
+    def writer() -> None:
+        child = Counter("hammer_total", "x", registry=registry)
+        child.inc()
+        os.write(ready[1], b"x")
+        for _ in range(300_000):
+            child.inc()
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            writer()
+        finally:
+            os._exit(0)
+    os.read(ready[0], 1)
+    seen = []
+    reader = StoreDirectory(store_dir)
+    while True:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        seen.append(reader.snapshot().counts.get(("hammer_total", "", ()), 0))
+        if done:
+            break
+    seen.append(reader.snapshot().counts[("hammer_total", "", ())])
+    assert len(seen) > 10
+    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False)), "a counter went backwards"
+    assert seen[-1] == 300_001 * 1_000_000
+
+
+def test_a_dead_shard_named_after_a_live_pid_is_still_dead(store_dir: str) -> None:
+    # Liveness is the kernel lock, never the pid in the name: pid reuse cannot keep a dead shard "alive".
+    registry = Registry(store_dir)
+    counter = Counter("reused_total", "x", registry=registry)
+    assert in_child(lambda: counter.inc(5)) == 0
+    [dead] = [n for n in os.listdir(store_dir) if n.endswith(".shard")]
+    renamed = f"w-{os.getpid()}-1-{'0' * 16}.shard"  # as if the dead writer had had our pid
+    os.rename(os.path.join(store_dir, dead), os.path.join(store_dir, renamed))
+    counter.inc(1)  # our own shard: same pid, a different file
+    assert value(registry, "reused_total") == 6
+    registry.compact()
+    assert not os.path.exists(os.path.join(store_dir, renamed))
+    assert value(registry, "reused_total") == 6
+
+
+def test_read_only_store_never_fails_the_app(tmp_path: Path) -> None:
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True,
+                            check=False)
+    if result.returncode != 0:
+        skip_or_fail(f"cannot mount a read-only tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        registry = Registry(str(mount / "store"))
+        counter = Counter("ro_total", "x", registry=registry)
+        counter.inc()
+        counter.inc()
+        assert failure_counts()["metrics store"] == 1
+        status, body = _call(MetricsApp(registry))
+        assert status.startswith("500") and "Read-only file system" in body  # loud, never silently empty
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

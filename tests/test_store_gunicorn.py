@@ -167,6 +167,8 @@ def test_increments_made_at_import_are_counted_once_per_process(tmp_path: Path, 
             list(pool.map(lambda n: get(server.port, "/api/slow?seconds=0.1"), range(12)))
         imports = scrape(server.port)[("app_imports_total", ())]
         assert imports == (1.0 if preload else 3.0)
+        assert server.proc is not None
+        assert len(os.listdir(f"/proc/{server.proc.pid}/task")) == 1  # we never start a thread in the master
         assert served(scrape(server.port), "/api/slow") == 12
 
 
