@@ -21,7 +21,7 @@ from softfactory_obs import _failures
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.exposition import MetricsApp, families_from
 from softfactory_obs.store.directory import StoreDirectory
-from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
+from softfactory_obs.store.metrics import CallbackGauge, Counter, Gauge, Histogram, Registry
 from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
 
 
@@ -486,3 +486,29 @@ def test_read_only_store_never_fails_the_app(tmp_path: Path) -> None:
         assert status.startswith("500") and "Read-only file system" in body  # loud, never silently empty
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_histogram_edge_values() -> None:
+    registry = Registry()
+    hist = Histogram("edge_seconds", "x", buckets=(0.1, 1.0), registry=registry)
+    for v in (0.1, 1.0, 1.0000001, 50.0, -3.0, float("nan"), float("inf"), float("-inf")):
+        hist.observe(v)
+    got = samples(registry)
+    assert got[("edge_seconds_bucket", (("le", "0.1"),))] == 2  # 0.1 itself (le is inclusive) and -3
+    assert got[("edge_seconds_bucket", (("le", "1.0"),))] == 3
+    assert got[("edge_seconds_bucket", (("le", "+Inf"),))] == 8
+    assert got[("edge_seconds_sum", ())] == pytest.approx(0.1 + 1.0 + 1.0000001 + 50.0 - 3.0)
+
+
+def test_callback_gauges_are_evaluated_at_scrape_time() -> None:
+    registry = Registry()
+    depth = {"value": 3}
+    CallbackGauge("jobs_waiting", "Jobs in the queue", lambda: depth["value"], registry=registry)
+    CallbackGauge("jobs_by_state", "Jobs by state", lambda: {("new",): 2, ("done",): 7}, ["state"],
+                  registry=registry)
+    assert value(registry, "jobs_waiting") == 3
+    depth["value"] = 9
+    assert value(registry, "jobs_waiting") == 9
+    assert value(registry, "jobs_by_state", state="done") == 7
+    with pytest.raises(ValueError, match="not a valid Prometheus name"):
+        CallbackGauge("bad name", "x", lambda: 1, registry=registry)

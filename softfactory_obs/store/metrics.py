@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from prometheus_client.metrics_core import GaugeMetricFamily
+
 from .. import _failures
 from .._failures import report_failure
 from .directory import Snapshot, StoreDirectory, merge_values
@@ -164,7 +166,7 @@ class Registry:
             self._writer = None
         self._metas_written = set()
         for child in self._children:
-            child._seg = None
+            child._unbind()
         self._children = []
 
     # -- reading --------------------------------------------------------------------------------------
@@ -262,24 +264,33 @@ class _Family:
 
 
 class _Child:
-    __slots__ = ("_family", "_idx", "_keys", "_labelvalues", "_seg")
+    """One label set's slots. The hot path reads only attributes cached here by ``_bind``."""
+
+    __slots__ = ("_family", "_floats", "_i", "_idx", "_ints", "_keys", "_labelvalues", "_lock")
 
     def __init__(self, family: _Family, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]]) -> None:
         self._family = family
         self._labelvalues = labelvalues
         self._keys = keys
-        self._seg: Segment | None = None
+        self._unbind()
+
+    def _unbind(self) -> None:
+        # After a fork these point into the parent's file: None forces a fresh bind in the child.
+        self._ints: Any = None
+        self._floats: Any = None
         self._idx: list[int] = []
+        self._i = 0
+        self._lock: Any = None
 
-    def _bind(self) -> Segment:
-        seg, idx = self._family.registry.bind(self._family, self._keys, self)
+    def _bind(self) -> Any:
+        registry = self._family.registry
+        seg, idx = registry.bind(self._family, self._keys, self)
         self._idx = idx
-        self._seg = seg
-        return seg
-
-    @property
-    def _lock(self) -> Any:
-        return self._family.registry._lock
+        self._i = idx[0]
+        self._floats = seg.floats
+        self._lock = registry._lock
+        self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
+        return seg.ints
 
 
 def _key(family: _Family, suffix: str, labelvalues: tuple[str, ...]) -> bytes:
@@ -307,16 +318,18 @@ class CounterChild(_Child):
     __slots__ = ()
 
     def inc(self, amount: float = 1) -> None:
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
         if amount == 1:
-            units = COUNTER_SCALE
+            with self._lock:
+                ints[self._i] += COUNTER_SCALE
         elif amount >= 0 and math.isfinite(amount):
             units = round(amount * COUNTER_SCALE)
+            with self._lock:
+                ints[self._i] += units
         else:
             raise ValueError(f"counters only go up by finite amounts, got {amount!r}")
-        seg = self._seg or self._bind()
-        index = self._idx[0]
-        with self._family.registry._lock:
-            seg.ints[index] += units
 
 
 class Gauge(_Family):
@@ -350,18 +363,20 @@ class GaugeChild(_Child):
     __slots__ = ()
 
     def set(self, value: float) -> None:
-        seg = self._seg or self._bind()
-        with self._family.registry._lock:
-            seg.floats[self._idx[0]] = float(value)
+        if self._ints is None:
+            self._bind()
+        with self._lock:
+            self._floats[self._i] = float(value)
             if len(self._idx) > 1:
-                seg.ints[self._idx[1]] = time.time_ns()
+                self._ints[self._idx[1]] = time.time_ns()
 
     def inc(self, amount: float = 1) -> None:
-        seg = self._seg or self._bind()
-        with self._family.registry._lock:
-            seg.floats[self._idx[0]] += amount
+        if self._ints is None:
+            self._bind()
+        with self._lock:
+            self._floats[self._i] += amount
             if len(self._idx) > 1:
-                seg.ints[self._idx[1]] = time.time_ns()
+                self._ints[self._idx[1]] = time.time_ns()
 
     def dec(self, amount: float = 1) -> None:
         self.inc(-amount)
@@ -396,17 +411,44 @@ class HistogramChild(_Child):
     __slots__ = ()
 
     def observe(self, value: float) -> None:
-        seg = self._seg or self._bind()
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
         idx = self._idx
-        if math.isfinite(value):
+        if -math.inf < value <= self._family.bounds[-2]:  # type: ignore[attr-defined]
             bucket = idx[bisect.bisect_left(self._family.bounds, value)]  # type: ignore[attr-defined]
             units = round(value * SUM_SCALE)
+        elif math.isfinite(value):  # above the last finite bound: +Inf bucket
+            bucket, units = idx[-2], round(value * SUM_SCALE)
         else:  # NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it forever)
             bucket, units = idx[-2], 0
-        ints = seg.ints
-        with self._family.registry._lock:
+        with self._lock:
             ints[bucket] += 1
             ints[idx[-1]] += units
+
+
+class CallbackGauge:
+    """A gauge computed when scraped, in whichever worker answers the scrape.
+
+    For values any process can read equally (a queue length in Redis, rows in a table, a file's
+    age). ``fn`` returns a number, or for labelled gauges a mapping of label-value tuples to numbers.
+    """
+
+    def __init__(self, name: str, documentation: str, fn: Callable[[], Any], labelnames: Sequence[str] = (), *,
+                 registry: Registry | None = None) -> None:
+        _Family(name, documentation, labelnames, registry)  # the same name and label checks
+        self.name, self.documentation, self.fn, self.labelnames = name, documentation, fn, list(labelnames)
+        (registry if registry is not None else REGISTRY).callbacks.append(self.collect)
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        value = self.fn()
+        if self.labelnames:
+            for labels, v in dict(value).items():
+                family.add_metric([_label_text(x) for x in labels], float(v))
+        else:
+            family.add_metric([], float(value))
+        yield family
 
 
 REGISTRY = Registry(FROM_ENVIRONMENT)
