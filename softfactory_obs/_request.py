@@ -77,6 +77,7 @@ class RequestCycle:
         "duration",
         "environ",
         "exc",
+        "http_children",
         "id_rejected",
         "request_id",
         "sent",
@@ -107,6 +108,7 @@ class RequestCycle:
         self.wrote = False
         self.exc: BaseException | None = None
         self.duration = 0.0
+        self.http_children: Any = None  # set by the HTTP metrics response hook, reused by its finish hook
         self._server_write: Callable[[bytes], Any] | None = None
         self._result: Any = None
         self._iterator: Iterator[bytes] | None = None

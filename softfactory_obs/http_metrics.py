@@ -45,8 +45,9 @@ class HttpMetrics:
 
     def count(self, cycle: RequestCycle) -> None:
         """Response hook: the request is counted before its body goes out (exact under kill -9)."""
-        self._children_for(cycle)[0].inc()
+        children = cycle.http_children = self._children_for(cycle)
+        children[0].inc()
 
     def observe(self, cycle: RequestCycle) -> None:
         """Finish hook: the duration is known only once the body was sent and closed."""
-        self._children_for(cycle)[1].observe(cycle.duration)
+        (cycle.http_children or self._children_for(cycle))[1].observe(cycle.duration)

@@ -78,8 +78,8 @@ class ObservabilityMiddleware:
         if ENVIRON_MARK in environ:
             return self.app(environ, start_response)
         environ[ENVIRON_MARK] = self
-        if self.maintenance is not None:
-            self.maintenance.ensure_started()  # a no-op after the first request of each worker
+        if self.maintenance is not None and not self.maintenance.started:
+            self.maintenance.ensure_started()  # once per worker process
         telemetry = self.telemetry_routes.get(environ.get("PATH_INFO", "")) if self.telemetry_routes else None
         if telemetry is None:
             return RequestCycle(self, environ, start_response, self._hooks).run(self.app)

@@ -22,18 +22,19 @@ class Maintenance:
         self.tasks: list[Callable[[], object]] = []  # more periodic work (process metrics)
         self.sampler: object | None = None  # the registry's ProcessSampler, once one is set up
         self._wake = threading.Event()
-        self._pid = 0
+        self.started = False  # read on every request: a plain flag, reset in a forked child
 
     def forget_thread(self) -> None:
         """After fork: the parent's thread does not exist in the child."""
-        self._pid = 0
+        self.started = False
         self._wake = threading.Event()
 
     def ensure_started(self) -> None:
-        if self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        threading.Thread(target=self._run, args=(self._wake, self._pid), name="softfactory_obs-maintenance",
+        with _start_lock:
+            if self.started:
+                return
+            self.started = True
+        threading.Thread(target=self._run, args=(self._wake, os.getpid()), name="softfactory_obs-maintenance",
                          daemon=True).start()
 
     def wake(self) -> None:
@@ -54,6 +55,7 @@ class Maintenance:
 
 
 _by_registry: dict[int, Maintenance] = {}
+_start_lock = threading.Lock()
 
 
 def maintenance_for(registry: Registry) -> Maintenance:
@@ -64,6 +66,8 @@ def maintenance_for(registry: Registry) -> Maintenance:
 
 
 def _after_fork() -> None:
+    global _start_lock  # noqa: PLW0603 - a lock held at fork time would stay held in the child
+    _start_lock = threading.Lock()
     for maintenance in _by_registry.values():
         maintenance.forget_thread()
 
