@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import in_child, samples
+from conftest import call_wsgi, in_child, make_environ, samples
 from servers import Gunicorn, get, scrape, worker_pids
 
+from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.process_metrics import ProcessSampler
 from softfactory_obs.store.metrics import Registry
 
@@ -75,3 +79,30 @@ def test_worker_series_follow_live_workers_under_kill_9(tmp_path: Path) -> None:
         after = scrape(server.port)
         assert after[("process_cpu_seconds_total", ())] >= cpu_before
         assert len([k for k in after if k[0] == "process_resident_memory_bytes"]) == 3
+
+
+def test_psutil_is_never_called_on_the_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    callers: list[str] = []
+    real = psutil.Process.memory_info
+
+    @functools.wraps(real)  # keeps psutil's oneshot() cache hooks
+    def spy(self: psutil.Process) -> object:
+        callers.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(psutil.Process, "memory_info", spy)
+    registry = Registry()
+    mw = ObservabilityMiddleware(hello, registry=registry, auto_configure_logging=False, access_log=False,
+                                 maintenance_interval_seconds=0.05)
+    for _ in range(200):
+        call_wsgi(mw, make_environ(PATH_INFO="/x"))
+    deadline = time.monotonic() + 5
+    while not callers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert callers, "the sampler never ran"
+    assert set(callers) == {"softfactory_obs-maintenance"}
+
+
+def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hi"]

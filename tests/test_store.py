@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,15 +307,23 @@ def test_unusable_store_directory_never_fails_the_app(tmp_path: Path) -> None:
     assert failure_counts()["metrics store"] == 1  # reported once per process, counted
 
 
-def test_full_tmpfs_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
-    # A small real tmpfs, nearly full: growing a shard must fail cleanly (we preallocate), not kill us.
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], capture_output=True,
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real, small tmpfs mounted for one test (root only), always unmounted."""
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
                             check=False)
     if result.returncode != 0:
         skip_or_fail(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_full_tmpfs_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
+    # A small real tmpfs, nearly full: growing a shard must fail cleanly (we preallocate), not kill us.
+    with tmpfs(tmp_path / "tiny", "size=192k") as mount:
         (mount / "filler").write_bytes(b"x" * 100 * 1024)
         script = f"""
 import sys
@@ -329,8 +338,6 @@ print(failure_counts().get("metrics store", 0))
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False)
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         assert int(out.stdout.decode().strip()) >= 1
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_histogram_bucket_layout_change_exposes_the_union(store_dir: str) -> None:
@@ -470,13 +477,7 @@ def test_a_dead_shard_named_after_a_live_pid_is_still_dead(store_dir: str) -> No
 
 
 def test_read_only_store_never_fails_the_app(tmp_path: Path) -> None:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True,
-                            check=False)
-    if result.returncode != 0:
-        skip_or_fail(f"cannot mount a read-only tmpfs here (needs root): {result.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         registry = Registry(str(mount / "store"))
         counter = Counter("ro_total", "x", registry=registry)
         counter.inc()
@@ -484,8 +485,6 @@ def test_read_only_store_never_fails_the_app(tmp_path: Path) -> None:
         assert failure_counts()["metrics store"] == 1
         status, body = _call(MetricsApp(registry))
         assert status.startswith("500") and "Read-only file system" in body  # loud, never silently empty
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_histogram_edge_values() -> None:

@@ -189,3 +189,60 @@ def test_increments_made_at_import_are_counted_once_per_process(tmp_path: Path, 
 def test_soak_churn_8000_restarts(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOFTFACTORY_OBS_CHURN_REQUESTS", "8000")
     test_churn_keeps_scrapes_bounded_and_counts_exact(tmp_path, store)
+
+
+def test_scrape_storm_during_churn_and_compaction(tmp_path: Path, store: Path) -> None:
+    # Workers recycle every ~10 requests (scrapes included) while 6 scrapers and 4 loaders run.
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(store),
+           "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --max-requests 10 --max-requests-jitter 5"}
+    with Gunicorn(tmp_path, workers=3, config=NO_HOOKS, **env) as server:
+        stop = threading.Event()
+        failures: list[str] = []
+        decreases: list[str] = []
+        ok = 0
+        lock = threading.Lock()
+
+        scrapes = []
+
+        def scraper() -> None:
+            previous: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            while not stop.is_set():
+                try:
+                    current = scrape(server.port)
+                    scrapes.append(1)
+                except (OSError, http.client.HTTPException) as exc:  # a recycled worker may drop a connection
+                    failures.append(type(exc).__name__)
+                    continue
+                except AssertionError as exc:
+                    failures.append(str(exc)[:200])
+                    continue
+                for key, v in previous.items():
+                    if key[0].endswith(("_total", "_bucket", "_count", "_sum")) and current.get(key, v) < v:
+                        decreases.append(f"{key}: {v} -> {current[key]}")
+                previous = current
+
+        def loader() -> None:
+            nonlocal ok
+            while not stop.is_set():
+                try:
+                    if get(server.port, "/api/users/3")[0] == 200:
+                        with lock:
+                            ok += 1
+                except (OSError, http.client.HTTPException):
+                    pass
+
+        threads = [threading.Thread(target=scraper) for _ in range(6)] + [threading.Thread(target=loader)
+                                                                          for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(8)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert len(scrapes) > 50
+        assert decreases == []
+        assert [f for f in failures if not f.startswith(("ConnectionResetError", "RemoteDisconnected",
+                                                           "BadStatusLine", "IncompleteRead"))] == []
+        assert ok > 100
+        final = served(scrape(server.port))
+        assert ok <= final
