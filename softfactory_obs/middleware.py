@@ -27,7 +27,7 @@ ENVIRON_MARK = "softfactory_obs.middleware"
 
 
 class ObservabilityMiddleware:
-    """Wrap a WSGI app: request ids, JSON access logs, and (with later modules) metrics and health routes."""
+    """Wrap a WSGI app: request ids, JSON access logs, per-request metrics and the ``/metrics`` route."""
 
     def __init__(self, app: WSGIApp, settings: Settings | None = None, *, registry: Registry | None = None,
                  **options: Any) -> None:
@@ -63,6 +63,8 @@ class ObservabilityMiddleware:
             check_prometheus_client_registry(self.registry)
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
+        if settings.metrics:
+            self.finish_hooks.append(self.registry.compact_if_pending)  # last: after the access line
         self._rebuild_hooks()
         if settings.auto_configure_logging and not logging_configured():
             configure_logging(

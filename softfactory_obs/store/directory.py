@@ -216,19 +216,19 @@ class StoreDirectory:
 
     # -- compaction -------------------------------------------------------------------------------
 
-    def compact(self, *, max_shards: int = 256, crash_at: str | None = None) -> int:
-        """Fold dead shards into the archive; returns how many were absorbed (0 if another worker is at it).
+    def compact(self, *, max_shards: int = 256, wait: float = 0.0, crash_at: str | None = None) -> int:
+        """Fold dead shards into the archive; returns how many were absorbed.
 
-        ``crash_at`` (tests only) kills the process at a named step to prove crash consistency.
+        With ``wait=0`` it returns 0 at once if another compactor is at work; otherwise it waits up
+        to ``wait`` seconds for it. ``crash_at`` (tests only) kills the process at a named step to
+        prove crash consistency.
         """
         lock_fd = os.open(os.path.join(self.path, "compact.lock"), os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return 0
-                raise
+                _flock(lock_fd, fcntl.LOCK_EX, wait)
+            except StoreBusyError:
+                return 0
             return self._compact_locked(max_shards, crash_at)
         finally:
             os.close(lock_fd)

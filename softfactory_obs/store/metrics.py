@@ -148,15 +148,23 @@ class Registry:
             self._children.append(child)
         if failure is not None:
             report_failure("metrics store", failure)  # after the lock: reporting writes a metric itself
+        return seg, idx
+
+    def compact_if_pending(self, _: object = None) -> None:
+        """Absorb the shards of workers that died before this one started; once per process.
+
+        The middleware calls it after each request's body was sent (a flag check), so the first
+        request of a new worker does not wait for it, and even a worker that lives for a single
+        request leaves no backlog behind.
+        """
         if self._compact_pending:
-            # Outside the lock, once per process. The first write happens in a finish hook, after the
-            # response went out, so no client waits for this.
             self._compact_pending = False
             try:
-                self.compact()
+                # Wait a little if our own maintenance thread (or a sibling) holds the lock: a worker
+                # that serves one request and exits must still leave no backlog behind.
+                self.compact(wait=2.0)
             except Exception as exc:
                 report_failure("metrics compaction", exc)
-        return seg, idx
 
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.
