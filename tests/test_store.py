@@ -526,3 +526,18 @@ def test_a_new_worker_absorbs_its_predecessors_after_its_first_request(store_dir
     snap = StoreDirectory(store_dir).snapshot()
     assert snap.dead_shards == 1  # each worker folded the one before it into the archive
     assert snap.counts[("handled_total", "", ())] == 20 * 1_000_000
+
+
+def test_a_reader_killed_inside_its_read_section_blocks_nobody(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    counter = Counter("after_total", "x", registry=registry)
+    assert in_child(lambda: counter.inc(2)) == 0
+
+    def die_holding_the_read_lock() -> None:
+        fd = os.open(os.path.join(store_dir, "dir.lock"), os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os._exit(0)  # no unlock, no close: the kernel must release it
+
+    assert in_child(die_holding_the_read_lock) == 0
+    assert StoreDirectory(store_dir, lock_timeout=1.0).compact() == 1
+    assert value(registry, "after_total") == 2
