@@ -41,6 +41,7 @@ class Hooks:
 
     response: tuple[FinishHook, ...] = ()
     finish: tuple[FinishHook, ...] = ()
+    start: tuple[FinishHook, ...] = ()
 
 
 NO_HOOKS = Hooks()
@@ -75,9 +76,11 @@ class RequestCycle:
         "_token",
         "content_length",
         "duration",
+        "endpoint",
         "environ",
         "exc",
         "http_children",
+        "http_method",
         "id_rejected",
         "request_id",
         "sent",
@@ -108,7 +111,12 @@ class RequestCycle:
         self.wrote = False
         self.exc: BaseException | None = None
         self.duration = 0.0
-        self.http_children: Any = None  # set by the HTTP metrics response hook, reused by its finish hook
+        # Set by the HTTP metrics hooks for each other and for the access line.
+        self.http_children: Any = None
+        self.http_method: str | None = None
+        self.endpoint: str | None = None
+        if hooks.start:
+            _run_hooks(hooks.start, self)
         self._server_write: Callable[[bytes], Any] | None = None
         self._result: Any = None
         self._iterator: Iterator[bytes] | None = None

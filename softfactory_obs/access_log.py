@@ -98,7 +98,7 @@ class AccessLog:
             "request_id": cycle.request_id,
             "method": method,
             "path": full_path,
-            "endpoint": environ.get("softfactory_obs.route") or path,
+            "endpoint": self._cap(str(cycle.endpoint or environ.get("softfactory_obs.route") or path)),
             "status": status,
             "latency_ms": round(cycle.duration * 1000.0, 3),
             "content_length": _response_length(cycle),

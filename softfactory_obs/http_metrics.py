@@ -1,53 +1,124 @@
-"""Per-request HTTP metrics, recorded in the finish hook from the finished ``RequestCycle``.
+"""Per-request HTTP metrics, fed by three hooks of the ``RequestCycle``.
 
-Label values are bounded: the method falls into a fixed set, the endpoint is the route template a
-framework adapter stored in the environ (never the raw path), the status is a 3-digit code.
+- start: ``http_requests_in_progress`` goes up (a live gauge: a killed worker's +1 vanishes);
+- response (status final, before the first body byte): the endpoint is resolved and capped, and
+  ``http_requests_total`` counted, so a worker killed mid-send has already counted what it answered;
+- finish (body sent and closed): duration, slow requests, sizes, exceptions; in-progress goes down.
+
+Label values are bounded: methods outside the standard set are ``_OTHER``, endpoints are route
+templates under a cross-worker cap, statuses are 3-digit codes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .store.metrics import DEFAULT_BUCKETS, Counter, Histogram, Registry
+from .routes import OVERFLOW, EndpointCap, RouteTable, resolve
+from .settings import Settings
+from .store.metrics import Counter, Gauge, Histogram, Registry
 
 if TYPE_CHECKING:
     from ._request import RequestCycle
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
-UNMATCHED = "__unmatched__"
+SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
+SKIPPED: tuple[Any, ...] = ()
+MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed  # marks a request that skip_paths/skip_methods exclude
 
 
 class HttpMetrics:
     component = "http metrics"
 
-    def __init__(self, registry: Registry, namespace: str = "") -> None:
-        prefix = f"{namespace}_" if namespace else ""
-        self.requests = Counter(f"{prefix}http_requests_total", "HTTP requests served",
+    def __init__(self, registry: Registry, settings: Settings, directory: Callable[[], str | None]) -> None:
+        p = f"{settings.namespace}_" if settings.namespace else ""
+        endpoint_labels = ["method", "endpoint"]
+        self.requests = Counter(f"{p}http_requests_total", "HTTP requests answered",
                                 ["method", "endpoint", "status"], registry=registry)
-        self.duration = Histogram(f"{prefix}http_request_duration_seconds",
+        self.duration = Histogram(f"{p}http_request_duration_seconds",
                                   "Time from the request's arrival until its body was sent and closed",
-                                  ["method", "endpoint"], buckets=DEFAULT_BUCKETS, registry=registry)
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+                                  endpoint_labels, buckets=settings.duration_buckets, registry=registry)
+        self.in_progress = Gauge(f"{p}http_requests_in_progress", "Requests being served now, all workers",
+                                 ["method"], mode="livesum", registry=registry)
+        self.slow = Counter(f"{p}http_slow_requests_total",
+                            f"Requests slower than {settings.slow_request_seconds:g} s", endpoint_labels,
+                            registry=registry)
+        self.exceptions = Counter(f"{p}http_request_exceptions_total", "Exceptions that escaped the app",
+                                  [*endpoint_labels, "exception"], registry=registry)
+        self.request_size = Histogram(f"{p}http_request_size_bytes", "Request body sizes (Content-Length)",
+                                      endpoint_labels, buckets=SIZE_BUCKETS, registry=registry)
+        self.response_size = Histogram(f"{p}http_response_size_bytes", "Response body sizes, as sent",
+                                       endpoint_labels, buckets=SIZE_BUCKETS, registry=registry)
+        self.overflow = Counter("softfactory_obs_endpoint_overflow_total",
+                                "Requests whose endpoint was folded into __overflow__ by the max_endpoints cap",
+                                registry=registry)
+        self.table = RouteTable(settings.routes)
+        self.cap = EndpointCap(settings.max_endpoints, directory)
+        self.slow_seconds = settings.slow_request_seconds
+        self.skip_exact, self.skip_patterns = settings.skip
+        self.skip_methods = frozenset(settings.skip_methods)
+        self._by_method: dict[str, Any] = {}
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 
-    def _children_for(self, cycle: RequestCycle) -> tuple[Any, Any]:
+    def _skipped(self, method: str, path: str) -> bool:
+        return (method in self.skip_methods or path in self.skip_exact
+                or any(p.match(path) for p in self.skip_patterns))
+
+    def start(self, cycle: RequestCycle) -> None:
         environ = cycle.environ
         method = environ.get("REQUEST_METHOD", "")
         if method not in METHODS:
             method = "_OTHER"
-        endpoint = environ.get("softfactory_obs.route") or UNMATCHED
+        if (self.skip_methods or self.skip_exact or self.skip_patterns) and self._skipped(
+                method, environ.get("PATH_INFO", "")):
+            cycle.http_children = SKIPPED
+            return
+        gauge = self._by_method.get(method)
+        if gauge is None:
+            gauge = self._by_method[method] = self.in_progress.labels(method)
+        gauge.inc()
+        cycle.http_method = method
+
+    def count(self, cycle: RequestCycle) -> None:
+        if cycle.http_children is SKIPPED:
+            return
+        method = cycle.http_method or "_OTHER"
         status = cycle.status[:3] if cycle.status else "500"  # no status at all: the app raised first
+        endpoint = resolve(cycle.environ, self.table, cycle.status)
+        if len(endpoint) > MAX_ENDPOINT_LENGTH or not self.cap.admit(endpoint):
+            endpoint = OVERFLOW
+            self.overflow.inc()
+        cycle.endpoint = endpoint
         key = (method, endpoint, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(method, endpoint, status), self.duration.labels(method, endpoint))
-            self._children[key] = children
-        return children
-
-    def count(self, cycle: RequestCycle) -> None:
-        """Response hook: the request is counted before its body goes out (exact under kill -9)."""
-        children = cycle.http_children = self._children_for(cycle)
+            children = self._children[key] = (
+                self.requests.labels(method, endpoint, status),
+                self.duration.labels(method, endpoint),
+                self.slow.labels(method, endpoint),
+                self.request_size.labels(method, endpoint),
+                self.response_size.labels(method, endpoint),
+            )
+        cycle.http_children = children
         children[0].inc()
 
     def observe(self, cycle: RequestCycle) -> None:
-        """Finish hook: the duration is known only once the body was sent and closed."""
-        (cycle.http_children or self._children_for(cycle))[1].observe(cycle.duration)
+        children = cycle.http_children
+        if children is SKIPPED:
+            return
+        if cycle.http_method is not None:
+            self._by_method[cycle.http_method].dec()
+        if not children:  # the response hook failed: nothing more to attribute
+            return
+        duration = cycle.duration
+        children[1].observe(duration)
+        if duration > self.slow_seconds:
+            children[2].inc()
+        length = cycle.environ.get("CONTENT_LENGTH")
+        if length and length.isdigit():  # never int() an unchecked header
+            children[3].observe(int(length))
+        declared = cycle.content_length
+        children[4].observe(int(declared) if declared and declared.isdigit() else cycle.sent)
+        if cycle.exc is not None and isinstance(cycle.exc, Exception):
+            method, endpoint = cycle.http_method or "_OTHER", cycle.endpoint or ""
+            self.exceptions.labels(method, endpoint, type(cycle.exc).__name__).inc()

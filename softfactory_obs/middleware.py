@@ -45,6 +45,7 @@ class ObservabilityMiddleware:
         self.telemetry_routes: dict[str, WSGIApp] = {}
         self.finish_hooks: list[FinishHook] = []
         self.response_hooks: list[FinishHook] = []
+        self.start_hooks: list[FinishHook] = []
         self.registry = registry if registry is not None else REGISTRY
         self.maintenance: Maintenance | None = None
         if settings.metrics:
@@ -56,7 +57,8 @@ class ObservabilityMiddleware:
                 sampler = ProcessSampler(self.registry, settings.service_name, settings.service_version)
                 self.maintenance.sampler = sampler
                 self.maintenance.tasks.append(sampler.sample)
-            http = HttpMetrics(self.registry, settings.namespace)
+            http = HttpMetrics(self.registry, settings, self._store_path)
+            self.start_hooks.append(http.start)
             self.response_hooks.append(http.count)
             self.finish_hooks.append(http.observe)
             self.mount(settings.metrics_path, MetricsApp(self.registry, on_dead_shards=self.maintenance.wake))
@@ -106,10 +108,14 @@ class ObservabilityMiddleware:
         self._rebuild_hooks()
 
     def _rebuild_hooks(self) -> None:
-        self._hooks = Hooks(tuple(self.response_hooks), tuple(self.finish_hooks))
+        self._hooks = Hooks(tuple(self.response_hooks), tuple(self.finish_hooks), tuple(self.start_hooks))
         # Telemetry routes are never counted; they are logged only when asked.
         access = tuple(h for h in self.finish_hooks if isinstance(h, AccessLog))
         self._telemetry_hooks = Hooks((), access) if self.settings.log_telemetry_routes else NO_HOOKS
+
+    def _store_path(self) -> str | None:
+        directory = self.registry.directory
+        return directory.path if directory is not None else None
 
     @staticmethod
     def trace_id_of(environ: dict[str, Any]) -> str | None:

@@ -11,7 +11,8 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "SOFTFACTORY_OBS_"
 
@@ -24,6 +25,9 @@ DEFAULT_REDACT_QUERY = (
     "password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "access_token",
     "auth", "session", "signature", "sig", "key", "code", "state", "credential",
 )
+
+# prometheus_client's default latency buckets, in seconds.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -67,6 +71,17 @@ class Settings:
     # How often each worker compacts dead shards and samples its own process metrics.
     maintenance_interval_seconds: float = 5.0
 
+    # HTTP metrics.
+    duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    slow_request_seconds: float = 1.0
+    # Route templates for apps without a framework adapter, e.g. "/api/users/{id}", "/files/{path:path}".
+    routes: tuple[str, ...] = ()
+    # Most distinct endpoint label values across all workers; beyond it they fold into "__overflow__".
+    max_endpoints: int = 200
+    # Requests not counted: exact paths, or regular expressions (strings starting with "^", or compiled).
+    skip_paths: tuple[str | re.Pattern[str], ...] = ()
+    skip_methods: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         _check_types(self)
         _require(bool(self.service_name), "service_name", "a non-empty string", self.service_name)
@@ -96,6 +111,18 @@ class Settings:
                  "a Prometheus name prefix (letters, digits, _)", self.namespace)
         _require(0.05 <= self.maintenance_interval_seconds <= 3600, "maintenance_interval_seconds",
                  "a number of seconds from 0.05 to 3600", self.maintenance_interval_seconds)
+        _require(len(self.duration_buckets) > 0 and all(b > 0 for b in self.duration_buckets)
+                 and len(set(self.duration_buckets)) == len(self.duration_buckets), "duration_buckets",
+                 "distinct positive numbers of seconds", self.duration_buckets)
+        object.__setattr__(self, "duration_buckets", tuple(sorted(self.duration_buckets)))
+        _require(self.slow_request_seconds > 0, "slow_request_seconds", "a positive number of seconds",
+                 self.slow_request_seconds)
+        _require(10 <= self.max_endpoints <= 100_000, "max_endpoints", "an integer from 10 to 100000",
+                 self.max_endpoints)
+        for template in self.routes:
+            _require(template.startswith("/"), "routes", "templates starting with '/'", template)
+        object.__setattr__(self, "skip_methods", tuple(m.upper() for m in self.skip_methods))
+        object.__setattr__(self, "_skip", _compile_skips(self.skip_paths))
         _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
         _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)
         object.__setattr__(self, "log_level", self.log_level.upper())
@@ -103,6 +130,11 @@ class Settings:
                            tuple(p.lower() for p in self.redact_query_params if p))
         if self.user_id_getter is not None and not callable(self.user_id_getter):
             raise ValueError(f"user_id_getter: expected a callable taking the environ, got {self.user_id_getter!r}")
+
+    @property
+    def skip(self) -> tuple[frozenset[str], tuple[re.Pattern[str], ...]]:
+        """(exact paths, compiled patterns) from ``skip_paths``."""
+        return self._skip  # type: ignore[attr-defined, no-any-return]
 
     @property
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -131,19 +163,44 @@ def _checked_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     return dict(options)
 
 
+def _item_types(hint: Any) -> tuple[type, ...]:
+    item = get_args(hint)[0]
+    if item is float:
+        return (int, float)
+    options = get_args(item) if get_origin(item) in (Union, UnionType) else (item,)
+    return tuple(get_origin(t) or t for t in options)  # re.Pattern[str] -> re.Pattern
+
+
 def _check_types(settings: Settings) -> None:
     for name, hint in get_type_hints(Settings).items():
         value = getattr(settings, name)
         if get_origin(hint) is tuple:
+            types = _item_types(hint)
+            what = "numbers" if float in types else "strings"
             if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
-                raise ValueError(f"{name}: expected a list of strings, got {value!r}")
-            if not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{name}: expected a list of strings, got {value!r}")
-            object.__setattr__(settings, name, tuple(value))
+                raise ValueError(f"{name}: expected a list of {what}, got {value!r}")
+            if not all(isinstance(v, types) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{name}: expected a list of {what}, got {value!r}")
+            object.__setattr__(settings, name, tuple(float(v) if float in types else v for v in value))
         elif hint is float and type(value) in (int, float):
             object.__setattr__(settings, name, float(value))
         elif hint in (bool, int, str, float) and (type(value) is not hint):
             raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}")
+
+
+def _compile_skips(entries: tuple[str | re.Pattern[str], ...]) -> tuple[frozenset[str], tuple[re.Pattern[str], ...]]:
+    exact, patterns = set(), []
+    for entry in entries:
+        if isinstance(entry, re.Pattern):
+            patterns.append(entry)
+        elif entry.startswith("^"):
+            try:
+                patterns.append(re.compile(entry))
+            except re.error as exc:
+                raise ValueError(f"skip_paths: {entry!r} is not a valid regular expression ({exc})") from None
+        else:
+            exact.add(entry)
+    return frozenset(exact), tuple(patterns)
 
 
 def _require(ok: bool, field: str, expected: str, got: object) -> None:
@@ -172,7 +229,13 @@ def _parse(name: str, hint: Any, raw: str) -> Any:
         except ValueError:
             raise ValueError(f"{var}: expected {'an integer' if hint is int else 'a number'}, got {raw!r}") from None
     if origin is tuple:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        if float in _item_types(hint):
+            try:
+                return tuple(float(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"{var}: expected comma-separated numbers, got {raw!r}") from None
+        return tuple(parts)
     if origin is Literal or hint is str:
         return raw.strip()
     raise ValueError(f"{var}: option {name} cannot be set from the environment; pass it as a keyword argument")

@@ -1,0 +1,165 @@
+"""The ``endpoint`` label: a route template, never a raw path, and never more than ``max_endpoints`` values.
+
+Resolution, in order:
+
+1. the template a framework adapter stored in ``environ["softfactory_obs.route"]``;
+2. the user's route table (``routes=["/api/users/{id}", ...]``, compiled once);
+3. for plain WSGI, a normaliser that replaces ids, UUIDs, long hex or base64-ish tokens and
+   e-mail addresses by placeholders.
+
+A 404 that no adapter or table matched is ``__unmatched__``: scanners probing random paths add no
+series. Raw paths are the first complaint against every peer (one prometheus_flask_exporter user
+reached 366,675 series); the cap below is the last line of defence.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+
+from ._failures import report_failure
+from .access_log import wsgi_to_text
+
+ROUTE_KEY = "softfactory_obs.route"
+UNMATCHED = "__unmatched__"
+OVERFLOW = "__overflow__"
+
+_PLACEHOLDER = re.compile(r"\{(\w+)(?::(\w+))?\}")
+
+_SEGMENT_RULES = [
+    (re.compile(r"\d+"), "{id}"),
+    (re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"), "{uuid}"),
+    (re.compile(r"[0-9a-fA-F]{16,}"), "{hex}"),
+    (re.compile(r"[^@/\s]+@[^@/\s]+\.[^@/\s]+"), "{email}"),
+    # 20+ characters of a token alphabet with at least one digit: API keys, JWT parts, base64 ids.
+    (re.compile(r"(?=[A-Za-z0-9_\-=+.~]*\d)[A-Za-z0-9_\-=+.~]{20,}"), "{token}"),
+    (re.compile(r"\d[\d.,:-]*\d"), "{id}"),  # dates, versions, coordinates
+]
+
+
+def normalise(path: str) -> str:
+    """``/users/42/orders/7f3c...`` -> ``/users/{id}/orders/{hex}``; literal segments stay."""
+    return "/".join(_normalise_segment(segment) for segment in path.split("/"))
+
+
+def _normalise_segment(segment: str) -> str:
+    if segment:
+        for pattern, placeholder in _SEGMENT_RULES:
+            if pattern.fullmatch(segment):
+                return placeholder
+    return segment
+
+
+class RouteTable:
+    """User-declared templates, matched in order: ``{name}`` is one segment, ``{name:path}`` the rest."""
+
+    def __init__(self, templates: Iterable[str]) -> None:
+        self._compiled = [(self._compile(t), t) for t in templates]
+        self._cache: dict[str, str | None] = {}
+
+    @staticmethod
+    def _compile(template: str) -> re.Pattern[str]:
+        pattern, pos = [], 0
+        for match in _PLACEHOLDER.finditer(template):
+            pattern.append(re.escape(template[pos:match.start()]))
+            pattern.append(".+" if match[2] == "path" else "[^/]+")
+            pos = match.end()
+        pattern.append(re.escape(template[pos:]))
+        return re.compile("".join(pattern) + "/?")
+
+    def match(self, path: str) -> str | None:
+        if not self._compiled:
+            return None
+        found = self._cache.get(path, False)
+        if found is False:
+            found = next((t for regex, t in self._compiled if regex.fullmatch(path)), None)
+            if len(self._cache) < 10_000:  # hot paths repeat; a scanner cannot grow this without bound
+                self._cache[path] = found
+        return found  # type: ignore[return-value]
+
+
+class EndpointCap:
+    """At most ``limit`` distinct endpoint values, across all the workers sharing a store directory.
+
+    Admitted values live in ``endpoints.txt`` beside the shards; a worker reads and appends it
+    under ``flock`` only the first time it meets a value, so the steady state does no I/O. Once the
+    file is full it never shrinks, and a worker that knows it is full folds new values without
+    asking again.
+    """
+
+    def __init__(self, limit: int, directory: Callable[[], str | None] = lambda: None) -> None:
+        self.limit = limit
+        self._directory = directory
+        self._admitted: set[str] = set()
+        self._full = False
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def admit(self, endpoint: str) -> bool:
+        if endpoint in self._admitted:
+            return True
+        if self._full:
+            return False
+        with self._lock:
+            try:
+                directory = self._directory()
+                admitted = self._admit_shared(endpoint, directory) if directory else self._admit_local(endpoint)
+            except OSError as exc:  # an unusable directory: fall back to this worker's own cap
+                report_failure("endpoint cap", exc)
+                admitted = self._admit_local(endpoint)
+        if not admitted and not self._warned:
+            self._warned = True
+            logging.getLogger("softfactory_obs").warning(
+                "endpoint label cap of %d reached: further endpoints are counted as %r; declare route "
+                "templates (routes=... or a framework adapter) or raise max_endpoints", self.limit, OVERFLOW)
+        return admitted
+
+    def _admit_local(self, endpoint: str) -> bool:
+        if len(self._admitted) < self.limit:
+            self._admitted.add(endpoint)
+            return True
+        self._full = True
+        return False
+
+    def _admit_shared(self, endpoint: str, directory: str) -> bool:
+        path = os.path.join(directory, "endpoints.txt")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "r", encoding="utf-8", newline="\n") as f:
+                known = [line.rstrip("\n") for line in f if line.endswith("\n")]
+            self._admitted.update(known[: self.limit])
+            if endpoint in self._admitted:
+                return True
+            if len(known) >= self.limit:
+                self._full = True
+                return False
+            os.write(fd, endpoint.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+            self._admitted.add(endpoint)
+            return True
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def resolve(environ: dict[str, object], table: RouteTable, status: str | None) -> str:
+    """The endpoint template for a finished request (before the cap).
+
+    Templates are relative to where the app is mounted, so the mount point (``SCRIPT_NAME``) is
+    put in front: two apps mounted at /a and /b never share an endpoint.
+    """
+    mount = wsgi_to_text(str(environ.get("SCRIPT_NAME", "")))
+    route = environ.get(ROUTE_KEY)
+    if route:
+        return mount + wsgi_to_text(str(route))
+    path = mount + wsgi_to_text(str(environ.get("PATH_INFO", "")))
+    template = table.match(path)
+    if template is not None:
+        return template
+    if status is not None and status.startswith("404"):
+        return UNMATCHED
+    return normalise(path) or "/"
+
