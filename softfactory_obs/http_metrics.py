@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
-SKIPPED: tuple[Any, ...] = ()
-MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed  # marks a request that skip_paths/skip_methods exclude
+SKIPPED: tuple[Any, ...] = ()  # marks a request that skip_paths/skip_methods exclude
+MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
 
 class HttpMetrics:
