@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
-SKIPPED: tuple[Any, ...] = ()  # marks a request that skip_paths/skip_methods exclude
+SKIPPED: tuple[Any, ...] = ("skipped",)  # a unique object: marks requests skip_paths/skip_methods exclude
 MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
 
@@ -41,7 +41,7 @@ class HttpMetrics:
         self.in_progress = Gauge(f"{p}http_requests_in_progress", "Requests being served now, all workers",
                                  ["method"], mode="livesum", registry=registry)
         self.slow = Counter(f"{p}http_slow_requests_total",
-                            f"Requests slower than {settings.slow_request_seconds:g} s", endpoint_labels,
+                            "Requests slower than the slow_request_seconds setting (1 s by default)", endpoint_labels,
                             registry=registry)
         self.exceptions = Counter(f"{p}http_request_exceptions_total", "Exceptions that escaped the app",
                                   [*endpoint_labels, "exception"], registry=registry)

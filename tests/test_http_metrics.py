@@ -1,0 +1,276 @@
+"""HTTP metrics: every family, endpoint resolution, the cardinality cap, skips, and the access line."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import LogCapture, call_wsgi, in_child, make_environ, samples, wrap
+from servers import Gunicorn, scrape
+from servers import get as http_get
+
+from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.routes import OVERFLOW, UNMATCHED, EndpointCap, RouteTable, normalise
+from softfactory_obs.store.metrics import Registry
+
+TEXT = [("Content-Type", "text/plain")]
+
+
+def app(environ: dict[str, Any], start_response: Any) -> Any:
+    """Status from the path: /status/<code>; /raise; /slow; /stream; anything else 200."""
+    path = environ["PATH_INFO"]
+    if path == "/raise":
+        raise KeyError("boom")
+    if path.startswith("/status/"):
+        start_response(f"{path[8:]} X", TEXT)
+        return [b""]
+    if path == "/slow":
+        time.sleep(0.15)
+    if path == "/stream":
+        start_response("200 OK", TEXT)
+        return iter([b"ab", b"cde"])
+    start_response("200 OK", [*TEXT, ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def metrics_app(registry: Registry, **options: Any) -> Any:
+    options.setdefault("auto_configure_logging", False)
+    return wrap(app, registry=registry, **options)
+
+
+def get(wsgi: Any, path: str, **env: Any) -> Any:
+    return call_wsgi(wsgi, make_environ(PATH_INFO=path, **env))
+
+
+def series(registry: Registry, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: v for (n, labels), v in samples(registry).items() if n == name}
+
+
+def one(registry: Registry, name: str, **labels: str) -> float:
+    return samples(registry)[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry()
+
+
+def test_each_family_records_what_it_says(registry: Registry, logs: LogCapture) -> None:
+    wsgi = metrics_app(registry, slow_request_seconds=0.1)
+    get(wsgi, "/users/42", REQUEST_METHOD="POST", CONTENT_LENGTH="1234")
+    get(wsgi, "/slow")
+    get(wsgi, "/stream")
+    get(wsgi, "/raise")
+    get(wsgi, "/status/503")
+    # Not through the validator, which rejects unknown methods; the server may still pass them on.
+    call_wsgi(ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False),
+              make_environ(PATH_INFO="/x", REQUEST_METHOD="BREW"))
+    assert one(registry, "http_requests_total", method="POST", endpoint="/users/{id}", status="200") == 1
+    assert one(registry, "http_requests_total", method="GET", endpoint="/raise", status="500") == 1
+    assert one(registry, "http_requests_total", method="GET", endpoint="/status/{id}", status="503") == 1
+    assert one(registry, "http_requests_total", method="_OTHER", endpoint="/x", status="200") == 1
+    assert one(registry, "http_request_duration_seconds_count", method="GET", endpoint="/slow") == 1
+    assert one(registry, "http_request_duration_seconds_sum", method="GET", endpoint="/slow") >= 0.15
+    assert one(registry, "http_slow_requests_total", method="GET", endpoint="/slow") == 1
+    assert ("http_slow_requests_total", (("endpoint", "/users/{id}"), ("method", "POST"))) not in samples(registry)
+    assert one(registry, "http_request_exceptions_total", method="GET", endpoint="/raise", exception="KeyError") == 1
+    assert one(registry, "http_request_size_bytes_sum", method="POST", endpoint="/users/{id}") == 1234
+    assert one(registry, "http_response_size_bytes_sum", method="GET", endpoint="/stream") == 5  # counted
+    assert one(registry, "http_response_size_bytes_sum", method="POST", endpoint="/users/{id}") == 2  # declared
+    assert one(registry, "http_requests_in_progress", method="GET") == 0
+    assert [r["endpoint"] for r in logs.access()] == ["/users/{id}", "/slow", "/stream", "/raise", "/status/{id}",
+                                                      "/x"]
+
+
+def test_in_progress_counts_requests_being_served(registry: Registry) -> None:
+    inside = threading.Event()
+    release = threading.Event()
+    seen = []
+
+    def blocking(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)
+        inside.set()
+        release.wait(5)
+        yield b"done"
+
+    wsgi = ObservabilityMiddleware(blocking, registry=registry, auto_configure_logging=False)
+    threads = [threading.Thread(target=call_wsgi, args=(wsgi, make_environ(PATH_INFO="/b"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    inside.wait(5)
+    time.sleep(0.1)
+    seen.append(one(registry, "http_requests_in_progress", method="GET"))
+    release.set()
+    for t in threads:
+        t.join()
+    seen.append(one(registry, "http_requests_in_progress", method="GET"))
+    assert seen == [3, 0]
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/users/42", "/users/{id}"),
+    ("/users/42/orders/7", "/users/{id}/orders/{id}"),
+    ("/orders/3f2b1c9e-8a7d-4c6b-9e1f-0a2b3c4d5e6f", "/orders/{uuid}"),
+    ("/orders/3f2b1c9e8a7d4c6b9e1f0a2b3c4d5e6f", "/orders/{uuid}"),
+    ("/blobs/deadbeefdeadbeef1234", "/blobs/{hex}"),
+    ("/users/alice@example.com/profile", "/users/{email}/profile"),
+    ("/keys/AKIAIOSFODNN7EXAMPLE1", "/keys/{token}"),
+    ("/reports/2026-11-22", "/reports/{id}"),
+    ("/api/v2/search", "/api/v2/search"),
+    ("/", "/"),
+    ("/static/app.css", "/static/app.css"),
+])
+def test_normaliser(path: str, expected: str) -> None:
+    assert normalise(path) == expected
+
+
+def test_route_table_wins_over_the_normaliser(registry: Registry) -> None:
+    wsgi = metrics_app(registry, routes=("/files/{path:path}", "/users/{name}"))
+    get(wsgi, "/files/a/b/c.txt")
+    get(wsgi, "/users/alice")
+    get(wsgi, "/users/alice/")
+    endpoints = {dict(lb)["endpoint"] for lb in series(registry, "http_requests_total")}
+    assert endpoints == {"/files/{path:path}", "/users/{name}"}
+    table = RouteTable(["/a/{x}"])
+    assert table.match("/a/1") == "/a/{x}" and table.match("/a/1/2") is None
+
+
+def test_adapter_template_wins_and_mount_point_is_kept(registry: Registry) -> None:
+    def routed(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["softfactory_obs.route"] = "/items/<int:id>"
+        start_response("200 OK", TEXT)
+        return [b""]
+
+    wsgi = ObservabilityMiddleware(routed, registry=registry, auto_configure_logging=False, routes=("/items/{x}",))
+    call_wsgi(wsgi, make_environ(SCRIPT_NAME="/shop", PATH_INFO="/items/9"))
+    assert one(registry, "http_requests_total", method="GET", endpoint="/shop/items/<int:id>", status="200") == 1
+
+
+def test_unmatched_404s_from_scanners_add_no_series(registry: Registry) -> None:
+    def not_found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("404 Not Found", TEXT)
+        return [b"no"]
+
+    wsgi = ObservabilityMiddleware(not_found, registry=registry, auto_configure_logging=False)
+    for path in ["/.env", "/wp-admin/setup.php", "/../../etc/passwd", "/${jndi:ldap://x}", "/caf\xc3\xa9/\xff"]:
+        call_wsgi(wsgi, make_environ(PATH_INFO=path))
+    assert set(series(registry, "http_requests_total")) == {
+        (("endpoint", UNMATCHED), ("method", "GET"), ("status", "404"))}
+    assert one(registry, "http_requests_total", method="GET", endpoint=UNMATCHED, status="404") == 5
+
+
+def test_head_and_options_share_the_get_template(registry: Registry) -> None:
+    wsgi = metrics_app(registry, routes=("/users/{name}",))
+    for method in ("GET", "HEAD", "OPTIONS"):
+        get(wsgi, "/users/bob", REQUEST_METHOD=method)
+    endpoints = {(dict(lb)["method"], dict(lb)["endpoint"]) for lb in series(registry, "http_requests_total")}
+    assert endpoints == {("GET", "/users/{name}"), ("HEAD", "/users/{name}"), ("OPTIONS", "/users/{name}")}
+
+
+def test_skip_paths_and_methods(registry: Registry) -> None:
+    wsgi = metrics_app(registry, skip_paths=("/healthcheck", "^/static/", re.compile(r".*\.ico$")),
+                       skip_methods=("options",))
+    for path in ("/healthcheck", "/static/a.js", "/favicon.ico"):
+        get(wsgi, path)
+    get(wsgi, "/counted", REQUEST_METHOD="OPTIONS")
+    get(wsgi, "/counted")
+    assert {dict(lb)["endpoint"] for lb in series(registry, "http_requests_total")} == {"/counted"}
+    assert one(registry, "http_requests_in_progress", method="GET") == 0
+
+
+def test_telemetry_routes_are_not_counted(registry: Registry) -> None:
+    wsgi = metrics_app(registry)
+    get(wsgi, "/metrics")
+    get(wsgi, "/metrics")
+    assert series(registry, "http_requests_total") == {}
+
+
+def test_cap_folds_new_endpoints_into_overflow(registry: Registry, logs: LogCapture) -> None:
+    wsgi = metrics_app(registry, max_endpoints=10)
+    for n in range(40):
+        get(wsgi, f"/page-{chr(97 + n % 26)}{chr(97 + n // 26)}")
+    endpoints = {dict(lb)["endpoint"] for lb in series(registry, "http_requests_total")}
+    assert len(endpoints) == 11 and OVERFLOW in endpoints
+    assert one(registry, "softfactory_obs_endpoint_overflow_total") == 30
+    warnings = [r for r in logs.lines() if r["level"] == "WARNING" and "cap" in r["message"]]
+    assert len(warnings) == 1
+
+
+def test_cap_holds_across_processes(tmp_path: Path) -> None:
+    directory = str(tmp_path)
+    caps = EndpointCap(25, lambda: directory)
+    rng = random.Random(3)
+    words = [f"/w{rng.randrange(10**9)}" for _ in range(200)]
+
+    def worker(n: int) -> None:
+        cap = EndpointCap(25, lambda: directory)
+        for w in words[n::4]:
+            cap.admit(w)
+
+    for n in range(4):
+        assert in_child(lambda n=n: worker(n)) == 0
+    admitted = (tmp_path / "endpoints.txt").read_text().splitlines()
+    assert len(admitted) == 25 and len(set(admitted)) == 25
+    assert caps.admit(admitted[0]) and not caps.admit("/brand-new")
+
+
+def test_huge_paths_never_become_labels(registry: Registry) -> None:
+    wsgi = metrics_app(registry)
+    get(wsgi, "/" + "segment" * 100)
+    assert {dict(lb)["endpoint"] for lb in series(registry, "http_requests_total")} == {OVERFLOW}
+
+
+@pytest.mark.gunicorn
+def test_10000_random_paths_at_4_workers_stay_under_the_cap(tmp_path: Path) -> None:
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"), "SOFTFACTORY_OBS_MAX_ENDPOINTS": "50",
+           "SOFTFACTORY_OBS_ACCESS_LOG": "0"}
+    tests_dir = Path(__file__).parent
+    with Gunicorn(tmp_path, app="catchall_app:app", workers=4, PYTHONPATH=f"{tests_dir}:{tests_dir.parent}",
+                  **env) as server:
+        rng = random.Random(11)
+        paths = [f"/{rng.choice(['a', 'b', 'c', 'd'])}{rng.randrange(10**6):x}z/{rng.randrange(9)}"
+                 for _ in range(10_000)]
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda p: http_get(server.port, p)[0], paths))
+        assert statuses.count(200) == 10_000
+        metrics = scrape(server.port)
+        endpoints = {dict(lb)["endpoint"] for name, lb in metrics if name == "http_requests_total"}
+        assert len(endpoints) <= 50 + 1 and OVERFLOW in endpoints
+        total = sum(v for (name, _), v in metrics.items() if name == "http_requests_total")
+        assert total == 10_000  # folded, never dropped
+        folded = metrics[("softfactory_obs_endpoint_overflow_total", ())]
+        assert folded == 10_000 - sum(v for (name, lb), v in metrics.items()
+                                      if name == "http_requests_total" and dict(lb)["endpoint"] != OVERFLOW)
+
+
+@pytest.mark.gunicorn
+def test_mixed_workload_counts_are_exact_across_4_workers(tmp_path: Path) -> None:
+    workload = {  # path -> (endpoint, status, count)
+        "/api/users/5": ("/api/users/{user_id}", "200", 60),
+        "/api/users/abc": ("__unmatched__", "404", 25),
+        "/api/error": ("/api/error", "500", 15),
+        "/api/stream?chunks=3": ("/api/stream", "200", 10),
+        "/api/slow?seconds=1.05": ("/api/slow", "200", 4),
+        "/api/products": ("/api/products", "200", 40),
+    }
+    with Gunicorn(tmp_path, workers=4, SOFTFACTORY_OBS_METRICS_DIR=str(tmp_path / "store")) as server:
+        jobs = [path for path, (_, _, n) in workload.items() for _ in range(n)]
+        random.Random(5).shuffle(jobs)
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda p: http_get(server.port, p)[0], jobs))
+        assert sorted(statuses) == sorted(int(workload[p][1]) for p in jobs)
+        metrics = scrape(server.port)
+    for endpoint, status, n in workload.values():
+        assert metrics[("http_requests_total", (("endpoint", endpoint), ("method", "GET"), ("status", status)))] == n
+        assert metrics[("http_request_duration_seconds_count", (("endpoint", endpoint), ("method", "GET")))] == n
+    assert metrics[("http_request_exceptions_total",
+                    (("endpoint", "/api/error"), ("exception", "RuntimeError"), ("method", "GET")))] == 15
+    assert metrics[("http_slow_requests_total", (("endpoint", "/api/slow"), ("method", "GET")))] == 4
+    assert metrics[("http_requests_in_progress", (("method", "GET"),))] == 0
