@@ -41,6 +41,29 @@ _SEGMENT_RULES = [
 ]
 
 
+_FRAMEWORK_PARAM = re.compile(
+    r"<(\w+)(?::([^<>]*))?>"  # Flask/Django <int:id>, <id>; Bottle <id:int>, <name:re:[a-z]+>
+    r"|\(\?P<(\w+)>[^)]*\)"  # Django re_path: (?P<year>[0-9]{4})
+    r"|\{(\w+):[^{}]*\}"  # Falcon, Pyramid: {id:int}, {id:\d+}
+)
+# Flask and Django put the converter first (<int:id>), Bottle the name first (<id:int>).
+_CONVERTERS = frozenset(("int", "float", "path", "string", "uuid", "slug", "any", "str"))
+
+
+def _param_name(match: re.Match[str]) -> str:
+    if match[1] is not None:
+        first, rest = match[1], match[2]
+        name = rest if first in _CONVERTERS and rest and rest.isidentifier() else first
+    else:
+        name = match[3] or match[4]
+    return "{" + name + "}"
+
+
+def to_template(rule: str) -> str:
+    """A framework's route rule in one spelling: ``{name}`` for every parameter, regex anchors dropped."""
+    return _FRAMEWORK_PARAM.sub(_param_name, rule).replace("^", "").replace("$", "") or "/"
+
+
 def normalise(path: str) -> str:
     """``/users/42/orders/7f3c...`` -> ``/users/{id}/orders/{hex}``; literal segments stay."""
     return "/".join(_normalise_segment(segment) for segment in path.split("/"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -56,6 +57,14 @@ def skip_or_fail(message: str) -> None:
     if STRICT:
         pytest.fail(message + " (SOFTFACTORY_OBS_STRICT_TESTS=1 forbids skipping)")
     pytest.skip(message)
+
+
+def require_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_or_fail(f"python package {name} is not installed (pip install -e '.[test]'; make test does)")
+        raise
 
 
 def require_binary(name: str) -> str:
