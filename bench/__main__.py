@@ -18,7 +18,7 @@ from wsgiref.util import setup_testing_defaults
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging
 
-from . import store
+from . import peers, store
 
 WSGIApp = Callable[[dict[str, Any], Any], Any]
 
@@ -72,11 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=20000, help="calls per measurement")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
-    parser.add_argument("--only", choices=["wsgi", "store", "scrape"], help="run one part only")
+    parser.add_argument("--only", choices=["wsgi", "peers", "store", "scrape"], help="run one part only")
     parser.add_argument("--dead", default="100,1000,8000", help="dead-worker counts for the scrape benchmark")
     args = parser.parse_args(argv)
     if args.only in (None, "wsgi"):
         wsgi_overhead(args)
+    if args.only in (None, "peers"):
+        print("\nper-request cost next to the peers, µs (median of 5 rounds, each variant in its own interpreter)")
+        rows = peers.run()
+        base = dict(rows)
+        for name, us in rows:
+            bare = base["bare Flask hello"] if name.startswith("Flask") else base["bare plain-WSGI hello"]
+            overhead = "" if name.startswith("bare") else f"{us - bare:10.2f}"
+            print(f"  {name:<60} {us:9.2f} {overhead:>10}")
     if args.only in (None, "store"):
         print("\nstore writes, ns per call (median of 5 x 200k, each in a fresh interpreter)")
         for name, ns in store.write_costs():

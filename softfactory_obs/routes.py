@@ -64,16 +64,27 @@ def to_template(rule: str) -> str:
     return _FRAMEWORK_PARAM.sub(_param_name, rule).replace("^", "").replace("$", "") or "/"
 
 
+_normalised: dict[str, str] = {}
+
+
 def normalise(path: str) -> str:
     """``/users/42/orders/7f3c...`` -> ``/users/{id}/orders/{hex}``; literal segments stay."""
-    return "/".join(_normalise_segment(segment) for segment in path.split("/"))
+    found = _normalised.get(path)
+    if found is None:
+        found = "/".join(_normalise_segment(segment) for segment in path.split("/"))
+        if len(_normalised) < 10_000:  # repeated paths are free; a scanner cannot grow this without bound
+            _normalised[path] = found
+    return found
 
 
 def _normalise_segment(segment: str) -> str:
-    if segment:
-        for pattern, placeholder in _SEGMENT_RULES:
-            if pattern.fullmatch(segment):
-                return placeholder
+    if segment.isdigit():
+        return "{id}"
+    if not segment or (len(segment) < 16 and segment.isalpha()):  # the common literal: no regex needed
+        return segment
+    for pattern, placeholder in _SEGMENT_RULES:
+        if pattern.fullmatch(segment):
+            return placeholder
     return segment
 
 
