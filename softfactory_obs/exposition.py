@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics import exposition as openmetrics_format
+from prometheus_client.samples import Exemplar
 
 from ._failures import report_failure
 from .store.directory import Snapshot, StoreBusyError
@@ -45,6 +46,8 @@ def families_from(snap: Snapshot) -> Iterator[Metric]:
         samples.setdefault(name, {}).setdefault(labels, {})[suffix] = value
     for (name, _suffix, labels), entries in snap.gauges.items():
         samples.setdefault(name, {}).setdefault(labels, {})["gauge"] = entries
+    for (name, suffix, labels), exemplar in snap.exemplars.items():
+        samples.setdefault(name, {}).setdefault(labels, {})["exemplar " + suffix] = _exemplar(exemplar)
     for name in sorted(snap.metas):
         meta = snap.metas[name]
         kind = meta.get("type")
@@ -68,8 +71,9 @@ def _counter(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: 
         family.add_metric([], 0.0)
     scale = meta.get("scale", COUNTER_SCALE)
     for labels in _valid(labelnames, by_labels):
-        if "" in by_labels[labels]:
-            family.add_metric(list(labels), by_labels[labels][""] / scale)
+        parts = by_labels[labels]
+        if "" in parts:
+            family.add_metric(list(labels), parts[""] / scale, exemplar=parts.get("exemplar x"))
     return family
 
 
@@ -107,12 +111,23 @@ def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels
                 bound = float(suffix[1:])
                 counts[bound] = counts.get(bound, 0) + value
         counts.setdefault(math.inf, 0)
-        cumulative, running = [], 0
+        cumulative: list[Any] = []
+        running = 0
         for bound in sorted(counts):
             running += counts[bound]
-            cumulative.append((_le(bound), float(running)))
+            exemplar = parts.get("exemplar x" + repr(bound))
+            le = _le(bound)
+            cumulative.append((le, float(running), exemplar) if exemplar else (le, float(running)))
         family.add_metric(list(labels), cumulative, parts.get("sum", 0) / SUM_SCALE)
     return family
+
+
+def _exemplar(stored: tuple[float, int, str]) -> Exemplar | None:
+    value, stamp, ident = stored
+    name, _, label = ident.partition("=")
+    if not label or not name.isidentifier():
+        return None
+    return Exemplar({name: label}, value, stamp / 1e9)
 
 
 def _le(bound: float) -> str:

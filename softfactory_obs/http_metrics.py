@@ -27,17 +27,28 @@ SKIPPED: tuple[Any, ...] = ("skipped",)  # a unique object: marks requests skip_
 MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
 
+def _exemplar_id(cycle: RequestCycle) -> bytes | None:
+    """``trace_id=<32 hex>`` when the client sent a traceparent, else ``request_id=<id>`` (ids are ASCII)."""
+    if cycle.trace_id is not None:
+        return b"trace_id=" + cycle.trace_id.encode()
+    if len(cycle.request_id) <= 60:  # what fits the slot; longer client ids are not cut into false ones
+        return b"request_id=" + cycle.request_id.encode()
+    return None
+
+
 class HttpMetrics:
     component = "http metrics"
 
     def __init__(self, registry: Registry, settings: Settings, directory: Callable[[], str | None]) -> None:
         p = f"{settings.namespace}_" if settings.namespace else ""
         endpoint_labels = ["method", "endpoint"]
+        ex = settings.exemplars
         self.requests = Counter(f"{p}http_requests_total", "HTTP requests answered",
-                                ["method", "endpoint", "status"], registry=registry)
+                                ["method", "endpoint", "status"], exemplars=ex, registry=registry)
         self.duration = Histogram(f"{p}http_request_duration_seconds",
                                   "Time from the request's arrival until its body was sent and closed",
-                                  endpoint_labels, buckets=settings.duration_buckets, registry=registry)
+                                  endpoint_labels, buckets=settings.duration_buckets, exemplars=ex, registry=registry)
+        self.exemplars = ex
         self.in_progress = Gauge(f"{p}http_requests_in_progress", "Requests being served now, all workers",
                                  ["method"], mode="livesum", registry=registry)
         self.slow = Counter(f"{p}http_slow_requests_total",
@@ -100,7 +111,7 @@ class HttpMetrics:
                 self.response_size.labels(method, endpoint),
             )
         cycle.http_children = children
-        children[0].inc()
+        children[0].inc(1, _exemplar_id(cycle) if self.exemplars else None)
 
     def observe(self, cycle: RequestCycle) -> None:
         children = cycle.http_children
@@ -111,7 +122,7 @@ class HttpMetrics:
         if not children:  # the response hook failed: nothing more to attribute
             return
         duration = cycle.duration
-        children[1].observe(duration)
+        children[1].observe(duration, _exemplar_id(cycle) if self.exemplars else None)
         if duration > self.slow_seconds:
             children[2].inc()
         length = cycle.environ.get("CONTENT_LENGTH")

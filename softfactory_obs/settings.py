@@ -81,6 +81,8 @@ class Settings:
     # Requests not counted: exact paths, or regular expressions (strings starting with "^", or compiled).
     skip_paths: tuple[str | re.Pattern[str], ...] = ()
     skip_methods: tuple[str, ...] = ()
+    # Attach the trace id (or request id) to the request counter and latency buckets (OpenMetrics only).
+    exemplars: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import LogCapture, call_wsgi, in_child, make_environ, samples, wrap
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from servers import Gunicorn, scrape
 from servers import get as http_get
 
@@ -274,3 +276,60 @@ def test_mixed_workload_counts_are_exact_across_4_workers(tmp_path: Path) -> Non
                     (("endpoint", "/api/error"), ("exception", "RuntimeError"), ("method", "GET")))] == 15
     assert metrics[("http_slow_requests_total", (("endpoint", "/api/slow"), ("method", "GET")))] == 4
     assert metrics[("http_requests_in_progress", (("method", "GET"),))] == 0
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_exemplars_carry_the_trace_id_in_openmetrics_only(registry: Registry) -> None:
+    wsgi = metrics_app(registry, routes=("/users/{id}",))
+    get(wsgi, "/users/1", HTTP_TRACEPARENT=TRACEPARENT)
+    get(wsgi, "/users/2", HTTP_X_REQUEST_ID="req-abc")  # no traceparent: the request id is the exemplar
+    body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics",
+                                        HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")).body.decode()
+    families = {f.name: f for f in parse_openmetrics(body)}
+    [counter] = [s for s in families["http_requests"].samples if s.name == "http_requests_total"]
+    assert counter.exemplar is not None and counter.exemplar.labels == {"request_id": "req-abc"}
+    buckets = [s for s in families["http_request_duration_seconds"].samples if s.exemplar is not None]
+    assert {tuple(s.exemplar.labels.items()) for s in buckets} <= {
+        (("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),), (("request_id", "req-abc"),)}
+    assert all(0 <= s.exemplar.value < 1 for s in buckets)
+    text = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics")).body.decode()
+    assert "4bf92f35" not in text and "req-abc" not in text  # the text format has no exemplars
+
+
+def test_newest_exemplar_wins_across_processes(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "store"))
+    wsgi = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False)
+
+    def one_request(rid: str) -> None:
+        call_wsgi(wsgi, make_environ(PATH_INFO="/users/9", HTTP_X_REQUEST_ID=rid))
+
+    answered, release = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a live worker that answered first
+        try:
+            one_request("older")
+        finally:
+            os.write(answered[1], b"x")
+            os.read(release[0], 1)
+            os._exit(0)
+    os.read(answered[0], 1)
+    time.sleep(0.01)
+    try:
+        assert in_child(lambda: one_request("newer")) == 0  # a worker that answered later, then died
+        body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text")).body
+        families = {f.name: f for f in parse_openmetrics(body.decode())}
+        [counter] = [s for s in families["http_requests"].samples if s.name == "http_requests_total"]
+        assert counter.value == 2
+        assert counter.exemplar is not None and counter.exemplar.labels == {"request_id": "newer"}
+    finally:
+        os.write(release[1], b"x")
+        os.waitpid(pid, 0)
+
+
+def test_exemplars_can_be_switched_off(registry: Registry) -> None:
+    wsgi = metrics_app(registry, exemplars=False)
+    get(wsgi, "/users/1", HTTP_TRACEPARENT=TRACEPARENT)
+    body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text")).body
+    assert b"trace_id" not in body

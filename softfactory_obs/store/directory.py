@@ -31,7 +31,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._failures import report_failure
-from .shard import KIND_COUNT, KIND_GAUGE, KIND_META, KIND_STAMP, CorruptShardError, Key, ShardReader, ShardWriter
+from .shard import (
+    KIND_COUNT,
+    KIND_EXEMPLAR,
+    KIND_GAUGE,
+    KIND_META,
+    KIND_STAMP,
+    CorruptShardError,
+    Key,
+    ShardReader,
+    ShardWriter,
+)
 
 SHARD_RE = re.compile(r"w-(\d+)-(\d+)-([0-9a-f]{16})\.shard")
 ARCHIVE = "archive.json"
@@ -50,6 +60,8 @@ class Snapshot:
     counts: dict[Key, int] = field(default_factory=dict)
     # key -> [(value, time_ns or 0, shard id)] from live shards
     gauges: dict[Key, list[tuple[float, int, str]]] = field(default_factory=dict)
+    # key -> (value, time_ns, id): the newest exemplar of each series among unabsorbed shards
+    exemplars: dict[Key, tuple[float, int, str]] = field(default_factory=dict)
     live_shards: int = 0
     dead_shards: int = 0
     files_opened: int = 0
@@ -329,6 +341,10 @@ def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool
             gauges.append((payload, float(value)))
         elif live and kind == KIND_STAMP:
             stamps[payload] = int(value)
+        elif kind == KIND_EXEMPLAR and value is not None:
+            known = snap.exemplars.get(payload)
+            if known is None or value[1] > known[1]:
+                snap.exemplars[payload] = value
     for key, value in gauges:
         snap.gauges.setdefault(key, []).append((value, stamps.get(key, 0), shard))
 

@@ -27,6 +27,7 @@ from .directory import Snapshot, StoreDirectory, merge_values
 from .location import ENV, auto_directory
 from .shard import (
     KIND_COUNT,
+    KIND_EXEMPLAR,
     KIND_GAUGE,
     KIND_META,
     KIND_STAMP,
@@ -35,6 +36,7 @@ from .shard import (
     ShardWriter,
     encode_key,
     record_size,
+    write_exemplar,
 )
 
 COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e12 increments per process
@@ -139,7 +141,7 @@ class Registry:
                 if family.name not in self._metas_written:
                     writer.add(family.meta_bytes, KIND_META)
                     self._metas_written.add(family.name)
-                writer.reserve(sum(record_size(raw) for raw, _ in keys))
+                writer.reserve(sum(record_size(raw, kind) for raw, kind in keys))
                 slots = [writer.add(raw, kind) for raw, kind in keys]
                 seg, idx = slots[0][0], [i for _, i in slots]
             except Exception as exc:  # a full or read-only store: keep the app running, count in memory
@@ -274,31 +276,39 @@ class _Family:
 class _Child:
     """One label set's slots. The hot path reads only attributes cached here by ``_bind``."""
 
-    __slots__ = ("_family", "_floats", "_i", "_idx", "_ints", "_keys", "_labelvalues", "_lock")
+    __slots__ = ("_ex", "_family", "_floats", "_i", "_idx", "_ints", "_keys", "_labelvalues", "_lock", "_seg")
 
-    def __init__(self, family: _Family, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]]) -> None:
+    def __init__(self, family: _Family, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]],
+                 exemplar_keys: Sequence[bytes] = ()) -> None:
         self._family = family
         self._labelvalues = labelvalues
-        self._keys = keys
+        self._keys = keys + [(raw, KIND_EXEMPLAR) for raw in exemplar_keys]
         self._unbind()
 
     def _unbind(self) -> None:
         # After a fork these point into the parent's file: None forces a fresh bind in the child.
         self._ints: Any = None
         self._floats: Any = None
+        self._seg: Any = None
         self._idx: list[int] = []
+        self._ex: list[int] = []
         self._i = 0
         self._lock: Any = None
 
     def _bind(self) -> Any:
         registry = self._family.registry
         seg, idx = registry.bind(self._family, self._keys, self)
-        self._idx = idx
+        slots = len(self._keys) - len(self._ex_keys())
+        self._idx, self._ex = idx[:slots], idx[slots:]
         self._i = idx[0]
+        self._seg = seg
         self._floats = seg.floats
         self._lock = registry._lock
         self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
         return seg.ints
+
+    def _ex_keys(self) -> list[bytes]:
+        return [raw for raw, kind in self._keys if kind == KIND_EXEMPLAR]
 
 
 def _key(family: _Family, suffix: str, labelvalues: tuple[str, ...]) -> bytes:
@@ -309,14 +319,17 @@ class Counter(_Family):
     kind = "counter"
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
-                 registry: Registry | None = None) -> None:
+                 exemplars: bool = False, registry: Registry | None = None) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end in _total (Prometheus naming)")
-        super().__init__(name, documentation, labelnames, registry, scale=COUNTER_SCALE)
+        extra: dict[str, Any] = {"exemplars": True} if exemplars else {}
+        super().__init__(name, documentation, labelnames, registry, scale=COUNTER_SCALE, **extra)
+        self.exemplars = exemplars
         self.registry.register(self)
 
     def _new_child(self, labelvalues: tuple[str, ...]) -> CounterChild:
-        return CounterChild(self, labelvalues, [(_key(self, "", labelvalues), KIND_COUNT)])
+        ex = [_key(self, "x", labelvalues)] if self.exemplars else []
+        return CounterChild(self, labelvalues, [(_key(self, "", labelvalues), KIND_COUNT)], ex)
 
     def inc(self, amount: float = 1) -> None:
         self._unlabelled().inc(amount)
@@ -325,19 +338,21 @@ class Counter(_Family):
 class CounterChild(_Child):
     __slots__ = ()
 
-    def inc(self, amount: float = 1) -> None:
+    def inc(self, amount: float = 1, exemplar: bytes | None = None) -> None:
+        """``exemplar``: an ASCII id (e.g. ``b"trace_id=4bf9..."``) kept as this series' newest exemplar."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
         if amount == 1:
-            with self._lock:
-                ints[self._i] += COUNTER_SCALE
+            units = COUNTER_SCALE
         elif amount >= 0 and math.isfinite(amount):
             units = round(amount * COUNTER_SCALE)
-            with self._lock:
-                ints[self._i] += units
         else:
             raise ValueError(f"counters only go up by finite amounts, got {amount!r}")
+        with self._lock:
+            ints[self._i] += units
+            if exemplar is not None and self._ex:
+                write_exemplar(self._seg, self._ex[0], float(amount), exemplar)
 
 
 class Gauge(_Family):
@@ -394,7 +409,8 @@ class Histogram(_Family):
     kind = "histogram"
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
-                 buckets: Sequence[float] = DEFAULT_BUCKETS, registry: Registry | None = None) -> None:
+                 buckets: Sequence[float] = DEFAULT_BUCKETS, exemplars: bool = False,
+                 registry: Registry | None = None) -> None:
         bounds = sorted(float(b) for b in buckets)
         if not bounds or any(math.isnan(b) for b in bounds) or len(set(bounds)) != len(bounds):
             raise ValueError(f"histogram {name!r}: buckets must be distinct numbers, got {list(buckets)}")
@@ -402,14 +418,17 @@ class Histogram(_Family):
             bounds.append(math.inf)
         if "le" in labelnames:
             raise ValueError(f"histogram {name!r}: 'le' is reserved for buckets")
-        super().__init__(name, documentation, labelnames, registry, buckets=[repr(b) for b in bounds])
+        extra: dict[str, Any] = {"exemplars": True} if exemplars else {}
+        super().__init__(name, documentation, labelnames, registry, buckets=[repr(b) for b in bounds], **extra)
         self.bounds = tuple(bounds)
+        self.exemplars = exemplars
         self.registry.register(self)
 
     def _new_child(self, labelvalues: tuple[str, ...]) -> HistogramChild:
         keys = [(_key(self, "b" + repr(b), labelvalues), KIND_COUNT) for b in self.bounds]
         keys.append((_key(self, "sum", labelvalues), KIND_COUNT))
-        return HistogramChild(self, labelvalues, keys)
+        ex = [_key(self, "x" + repr(b), labelvalues) for b in self.bounds] if self.exemplars else []
+        return HistogramChild(self, labelvalues, keys, ex)
 
     def observe(self, value: float) -> None:
         self._unlabelled().observe(value)
@@ -418,21 +437,24 @@ class Histogram(_Family):
 class HistogramChild(_Child):
     __slots__ = ()
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, exemplar: bytes | None = None) -> None:
+        """``exemplar``: an ASCII id kept as the newest exemplar of the bucket ``value`` falls in."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
         idx = self._idx
         if -math.inf < value <= self._family.bounds[-2]:  # type: ignore[attr-defined]
-            bucket = idx[bisect.bisect_left(self._family.bounds, value)]  # type: ignore[attr-defined]
+            n = bisect.bisect_left(self._family.bounds, value)  # type: ignore[attr-defined]
             units = round(value * SUM_SCALE)
         elif math.isfinite(value):  # above the last finite bound: +Inf bucket
-            bucket, units = idx[-2], round(value * SUM_SCALE)
+            n, units = len(idx) - 2, round(value * SUM_SCALE)
         else:  # NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it forever)
-            bucket, units = idx[-2], 0
+            n, units = len(idx) - 2, 0
         with self._lock:
-            ints[bucket] += 1
+            ints[idx[n]] += 1
             ints[idx[-1]] += units
+            if exemplar is not None and self._ex:
+                write_exemplar(self._seg, self._ex[n], value, exemplar)
 
 
 class CallbackGauge:

@@ -39,6 +39,11 @@ KIND_COUNT = 1  # int64, fixed point: counters, histogram buckets and sums
 KIND_GAUGE = 2  # float64
 KIND_STAMP = 3  # int64 time_ns of a gauge's last set (for mostrecent)
 KIND_META = 4  # the key is a family description; no value
+# The newest exemplar of a series: 96 bytes, seq (int64, odd while being written) | value (float64)
+# | time_ns (int64) | id length (1 byte) + id (up to 71 bytes ASCII). Readers retry on a torn seq.
+KIND_EXEMPLAR = 5
+EXEMPLAR_SIZE = 96
+EXEMPLAR_ID_MAX = 71
 KIND_SKIP = 0xFFFFFFFF  # key_len holds the bytes to skip to the next segment
 
 FIRST_SEGMENT = 64 * 1024
@@ -71,8 +76,40 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-def record_size(raw_key: bytes) -> int:
-    return RECORD_HEAD.size + _round_up(len(raw_key), 8) + 8
+def value_size(kind: int) -> int:
+    return EXEMPLAR_SIZE if kind == KIND_EXEMPLAR else 8
+
+
+def record_size(raw_key: bytes, kind: int = KIND_COUNT) -> int:
+    return RECORD_HEAD.size + _round_up(len(raw_key), 8) + value_size(kind)
+
+
+def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes) -> None:
+    """Seqlock write (caller holds the shard lock): odd seq while the fields change, even after."""
+    ints = seg.ints
+    ints[slot] += 1
+    seg.floats[slot + 1] = value
+    ints[slot + 2] = time.time_ns()
+    at = (slot + 3) * 8
+    ident = ident[:EXEMPLAR_ID_MAX]
+    seg.buf[at] = len(ident)
+    seg.buf[at + 1: at + 1 + len(ident)] = ident
+    ints[slot] += 1
+
+
+def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, int, str] | None:
+    for _ in range(3):
+        seq = ints[slot]
+        if seq == 0:
+            return None  # never written
+        if seq % 2:
+            continue
+        value, stamp = floats[slot + 1], ints[slot + 2]
+        at = (slot + 3) * 8
+        ident = bytes(buf[at + 1: at + 1 + min(buf[at], EXEMPLAR_ID_MAX)])
+        if ints[slot] == seq:
+            return value, stamp, ident.decode("ascii", "replace")
+    return None
 
 
 class Segment:
@@ -140,14 +177,14 @@ class ShardWriter:
 
     def add(self, raw_key: bytes, kind: int) -> tuple[Segment, int]:
         """Append a zeroed slot for ``raw_key``; return its segment and value index. Caller holds ``lock``."""
-        size = record_size(raw_key)
+        size = record_size(raw_key, kind)
         self.reserve(size)
         seg = self.segments[-1]
         at = self._offset - seg.base
         RECORD_HEAD.pack_into(seg.buf, at, len(raw_key), kind)
         seg.buf[at + 8: at + 8 + len(raw_key)] = raw_key
-        value_at = at + size - 8
-        seg.ints[value_at // 8] = 0
+        value_at = at + size - value_size(kind)
+        seg.buf[value_at: at + size] = bytes(value_size(kind))
         self._offset += size
         self._publish()
         return seg, value_at // 8
@@ -203,7 +240,9 @@ class ShardReader:
                     raise CorruptShardError(f"bad skip record at {pos}")
                 pos += key_len
                 continue
-            size = RECORD_HEAD.size + _round_up(key_len, 8) + 8
+            if kind not in (KIND_COUNT, KIND_GAUGE, KIND_STAMP, KIND_META, KIND_EXEMPLAR):
+                raise CorruptShardError(f"unknown kind {kind} at {pos}")
+            size = RECORD_HEAD.size + _round_up(key_len, 8) + value_size(kind)
             if key_len == 0 or pos + size > used or at + size > len(buf):
                 raise CorruptShardError(f"record at {pos} runs past the end")
             raw = bytes(buf[at + 8: at + 8 + key_len])
@@ -211,18 +250,19 @@ class ShardReader:
                 payload: Any = json.loads(raw) if kind == KIND_META else decode_key(raw)
             except ValueError as exc:
                 raise CorruptShardError(f"undecodable key at {pos}: {exc}") from None
-            if kind not in (KIND_COUNT, KIND_GAUGE, KIND_STAMP, KIND_META):
-                raise CorruptShardError(f"unknown kind {kind} at {pos}")
-            self.entries.append((kind, payload, index, (at + size - 8) // 8))
+            self.entries.append((kind, payload, index, (at + size - value_size(kind)) // 8))
             pos += size
         self.pos = pos
 
-    def values(self, buffers: list[tuple[int, Any]]) -> Iterator[tuple[int, Any, int | float]]:
+    def values(self, buffers: list[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
         views = [(memoryview(b).cast("q"), memoryview(b).cast("d")) for _, b in buffers]
         try:
             for kind, payload, index, slot in self.entries:
                 ints, floats = views[index]
-                yield kind, payload, (floats[slot] if kind == KIND_GAUGE else ints[slot])
+                if kind == KIND_EXEMPLAR:
+                    yield kind, payload, read_exemplar(buffers[index][1], ints, floats, slot)
+                else:
+                    yield kind, payload, (floats[slot] if kind == KIND_GAUGE else ints[slot])
         finally:
             for ints, floats in views:
                 ints.release()
