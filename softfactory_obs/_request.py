@@ -80,6 +80,7 @@ class RequestCycle:
         "environ",
         "exc",
         "http_children",
+        "http_labels",
         "http_method",
         "id_rejected",
         "request_id",
@@ -114,6 +115,7 @@ class RequestCycle:
         # Set by the HTTP metrics hooks for each other and for the access line.
         self.http_children: Any = None
         self.http_method: str | None = None
+        self.http_labels: tuple[str, ...] = ()
         self.endpoint: str | None = None
         if hooks.start:
             _run_hooks(hooks.start, self)

@@ -41,21 +41,22 @@ class HttpMetrics:
 
     def __init__(self, registry: Registry, settings: Settings, directory: Callable[[], str | None]) -> None:
         p = f"{settings.namespace}_" if settings.namespace else ""
-        endpoint_labels = ["method", "endpoint"]
+        extra = list(settings.default_labels)
+        endpoint_labels = ["method", "endpoint", *extra]
         ex = settings.exemplars
         self.requests = Counter(f"{p}http_requests_total", "HTTP requests answered",
-                                ["method", "endpoint", "status"], exemplars=ex, registry=registry)
+                                ["method", "endpoint", "status", *extra], exemplars=ex, registry=registry)
         self.duration = Histogram(f"{p}http_request_duration_seconds",
                                   "Time from the request's arrival until its body was sent and closed",
                                   endpoint_labels, buckets=settings.duration_buckets, exemplars=ex, registry=registry)
         self.exemplars = ex
         self.in_progress = Gauge(f"{p}http_requests_in_progress", "Requests being served now, all workers",
-                                 ["method"], mode="livesum", registry=registry)
+                                 ["method", *extra], mode="livesum", registry=registry)
         self.slow = Counter(f"{p}http_slow_requests_total",
                             "Requests slower than the slow_request_seconds setting (1 s by default)", endpoint_labels,
                             registry=registry)
         self.exceptions = Counter(f"{p}http_request_exceptions_total", "Exceptions that escaped the app",
-                                  [*endpoint_labels, "exception"], registry=registry)
+                                  ["method", "endpoint", "exception", *extra], registry=registry)
         self.request_size = Histogram(f"{p}http_request_size_bytes", "Request body sizes (Content-Length)",
                                       endpoint_labels, buckets=SIZE_BUCKETS, registry=registry)
         self.response_size = Histogram(f"{p}http_response_size_bytes", "Response body sizes, as sent",
@@ -68,8 +69,24 @@ class HttpMetrics:
         self.slow_seconds = settings.slow_request_seconds
         self.skip_exact, self.skip_patterns = settings.skip
         self.skip_methods = frozenset(settings.skip_methods)
-        self._by_method: dict[str, Any] = {}
-        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._by_method: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
+        self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
+        self._static = tuple(static.get(k, "") for k in settings.default_labels)
+
+    def _labels_for(self, environ: dict[str, Any]) -> tuple[str, ...]:
+        """Default label values for one request: static ones as given, computed ones from their allow-list."""
+        if not self._dynamic:
+            return self._static
+        values = list(self._static)
+        for i, (compute, allowed) in self._dynamic:
+            try:
+                value = compute(environ)
+            except Exception:
+                value = None
+            values[i] = value if value in allowed else "other"
+        return tuple(values)
 
     def _skipped(self, method: str, path: str) -> bool:
         return (method in self.skip_methods or path in self.skip_exact
@@ -84,9 +101,11 @@ class HttpMetrics:
                 method, environ.get("PATH_INFO", "")):
             cycle.http_children = SKIPPED
             return
-        gauge = self._by_method.get(method)
+        extra = cycle.http_labels = self._labels_for(environ)
+        key = (method, *extra) if extra else (method,)
+        gauge = self._by_method.get(key)
         if gauge is None:
-            gauge = self._by_method[method] = self.in_progress.labels(method)
+            gauge = self._by_method[key] = self.in_progress.labels(*key)
         gauge.inc()
         cycle.http_method = method
 
@@ -100,15 +119,16 @@ class HttpMetrics:
             endpoint = OVERFLOW
             self.overflow.inc()
         cycle.endpoint = endpoint
-        key = (method, endpoint, status)
+        extra = cycle.http_labels
+        key = (method, endpoint, status, *extra) if extra else (method, endpoint, status)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (
-                self.requests.labels(method, endpoint, status),
-                self.duration.labels(method, endpoint),
-                self.slow.labels(method, endpoint),
-                self.request_size.labels(method, endpoint),
-                self.response_size.labels(method, endpoint),
+                self.requests.labels(method, endpoint, status, *extra),
+                self.duration.labels(method, endpoint, *extra),
+                self.slow.labels(method, endpoint, *extra),
+                self.request_size.labels(method, endpoint, *extra),
+                self.response_size.labels(method, endpoint, *extra),
             )
         cycle.http_children = children
         children[0].inc(1, _exemplar_id(cycle) if self.exemplars else None)
@@ -118,7 +138,8 @@ class HttpMetrics:
         if children is SKIPPED:
             return
         if cycle.http_method is not None:
-            self._by_method[cycle.http_method].dec()
+            extra = cycle.http_labels
+            self._by_method[(cycle.http_method, *extra) if extra else (cycle.http_method,)].dec()
         if not children:  # the response hook failed: nothing more to attribute
             return
         duration = cycle.duration
@@ -132,4 +153,4 @@ class HttpMetrics:
         children[4].observe(int(declared) if declared and declared.isdigit() else cycle.sent)
         if cycle.exc is not None and isinstance(cycle.exc, Exception):
             method, endpoint = cycle.http_method or "_OTHER", cycle.endpoint or ""
-            self.exceptions.labels(method, endpoint, type(cycle.exc).__name__).inc()
+            self.exceptions.labels(method, endpoint, type(cycle.exc).__name__, *cycle.http_labels).inc()

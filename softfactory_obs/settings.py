@@ -83,6 +83,9 @@ class Settings:
     skip_methods: tuple[str, ...] = ()
     # Attach the trace id (or request id) to the request counter and latency buckets (OpenMetrics only).
     exemplars: bool = True
+    # Extra labels on every HTTP metric: {"region": "eu-west-1"} (static), or
+    # {"tenant": (callable(environ) -> str, {"acme", "globex"})}: values outside the allow-list are "other".
+    default_labels: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -124,6 +127,7 @@ class Settings:
         for template in self.routes:
             _require(template.startswith("/"), "routes", "templates starting with '/'", template)
         object.__setattr__(self, "skip_methods", tuple(m.upper() for m in self.skip_methods))
+        _check_default_labels(self.default_labels)
         object.__setattr__(self, "_skip", _compile_skips(self.skip_paths))
         _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
         _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)
@@ -190,6 +194,28 @@ def _check_types(settings: Settings) -> None:
             raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}")
 
 
+RESERVED_LABELS = frozenset(("method", "endpoint", "status", "exception", "le", "worker", "quantile"))
+
+
+def _check_default_labels(labels: Any) -> None:
+    if not isinstance(labels, dict):
+        raise ValueError(f"default_labels: expected a dict of label name to value, got {labels!r}")
+    for name, value in labels.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) or name.startswith("__"):
+            raise ValueError(f"default_labels: {name!r} is not a valid label name")
+        if name in RESERVED_LABELS:
+            raise ValueError(f"default_labels: {name!r} is already used by the HTTP metrics; pick another name")
+        if isinstance(value, str):
+            continue
+        ok = (isinstance(value, tuple) and len(value) == 2 and callable(value[0])
+              and isinstance(value[1], (set, frozenset, list, tuple)) and all(isinstance(v, str) for v in value[1]))
+        if not ok:
+            raise ValueError(
+                f"default_labels[{name!r}]: expected a string, or (callable(environ) -> str, allowed values) so "
+                f"that a request cannot invent label values; got {value!r}"
+            )
+
+
 def _compile_skips(entries: tuple[str | re.Pattern[str], ...]) -> tuple[frozenset[str], tuple[re.Pattern[str], ...]]:
     exact, patterns = set(), []
     for entry in entries:
@@ -214,6 +240,22 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def _parse_collection(var: str, hint: Any, raw: str) -> Any:
+    """Comma-separated: a list of strings or numbers, or name=value pairs for a dict."""
+    if get_origin(hint) is dict:
+        pairs = [part.split("=", 1) for part in raw.split(",") if part.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"{var}: expected name=value pairs separated by commas, got {raw!r}")
+        return {k.strip(): v.strip() for k, v in pairs}
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if float in _item_types(hint):
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{var}: expected comma-separated numbers, got {raw!r}") from None
+    return tuple(parts)
+
+
 def _parse(name: str, hint: Any, raw: str) -> Any:
     """Turn one environment string into the field's type, or say exactly what was expected."""
     var = ENV_PREFIX + name.upper()
@@ -230,14 +272,8 @@ def _parse(name: str, hint: Any, raw: str) -> Any:
             return hint(raw.strip())
         except ValueError:
             raise ValueError(f"{var}: expected {'an integer' if hint is int else 'a number'}, got {raw!r}") from None
-    if origin is tuple:
-        parts = [part.strip() for part in raw.split(",") if part.strip()]
-        if float in _item_types(hint):
-            try:
-                return tuple(float(p) for p in parts)
-            except ValueError:
-                raise ValueError(f"{var}: expected comma-separated numbers, got {raw!r}") from None
-        return tuple(parts)
+    if origin in (tuple, dict):
+        return _parse_collection(var, hint, raw)
     if origin is Literal or hint is str:
         return raw.strip()
     raise ValueError(f"{var}: option {name} cannot be set from the environment; pass it as a keyword argument")

@@ -333,3 +333,34 @@ def test_exemplars_can_be_switched_off(registry: Registry) -> None:
     get(wsgi, "/users/1", HTTP_TRACEPARENT=TRACEPARENT)
     body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text")).body
     assert b"trace_id" not in body
+
+
+def test_default_labels_static_and_allow_listed(registry: Registry) -> None:
+    tenants = ("acme", "globex")
+    wsgi = metrics_app(registry, default_labels={
+        "region": "eu-west-1",
+        "tenant": (lambda environ: environ.get("HTTP_X_TENANT"), set(tenants)),
+    })
+    get(wsgi, "/users/1", HTTP_X_TENANT="acme")
+    for n in range(50):  # a client inventing tenants cannot add series
+        get(wsgi, "/users/1", HTTP_X_TENANT=f"evil-{n}")
+    get(wsgi, "/raise", HTTP_X_TENANT="globex")
+    got = series(registry, "http_requests_total")
+    assert {(dict(lb)["tenant"], dict(lb)["region"]) for lb in got} == {
+        ("acme", "eu-west-1"), ("other", "eu-west-1"), ("globex", "eu-west-1")}
+    assert one(registry, "http_requests_total", method="GET", endpoint="/users/{id}", status="200",
+               region="eu-west-1", tenant="other") == 50
+    assert one(registry, "http_request_exceptions_total", method="GET", endpoint="/raise", exception="KeyError",
+               region="eu-west-1", tenant="globex") == 1
+    assert one(registry, "http_requests_in_progress", method="GET", region="eu-west-1", tenant="acme") == 0
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ({"status": "x"}, "already used by the HTTP metrics"),
+    ({"bad-name": "x"}, "not a valid label name"),
+    ({"tenant": lambda environ: "x"}, "allowed values"),
+    ({"tenant": (lambda environ: "x", "acme")}, "allowed values"),
+])
+def test_default_labels_are_validated(labels: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ObservabilityMiddleware(app, registry=Registry(), auto_configure_logging=False, default_labels=labels)
