@@ -27,6 +27,7 @@ run: $(STAMP)
 	@echo "  curl -N http://$(HOST):$(PORT)/api/stream"
 	@echo "  curl -i http://$(HOST):$(PORT)/api/download"
 	@echo "  curl http://$(HOST):$(PORT)/metrics"
+	@echo "  curl http://$(HOST):$(PORT)/health   (also /live, /ready)"
 	DEMO_BIND=$(HOST):$(PORT) DEMO_WORKERS=$(WORKERS) $(BIN)/gunicorn -c examples/gunicorn.conf.py examples.demo:app
 
 test: $(STAMP)

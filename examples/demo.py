@@ -19,6 +19,7 @@ from typing import Any
 from webob import Request, Response
 
 from softfactory_obs import current_request_id, instrument
+from softfactory_obs.health import disk_space_check, memory_check
 
 log = logging.getLogger("demo")
 
@@ -123,3 +124,5 @@ def shop(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
 
 
 app = instrument(shop, service_name=os.environ.get("SOFTFACTORY_OBS_SERVICE_NAME", "demo-shop"))
+app.add_health_check("disk", disk_space_check("/", min_free_percent=1.0))
+app.add_health_check("memory", memory_check(max_used_percent=99.0), critical=False)

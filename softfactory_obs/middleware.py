@@ -12,6 +12,9 @@ from typing import Any
 from ._request import NO_HOOKS, FinishHook, Hooks, RequestCycle
 from .access_log import AccessLog
 from .exposition import MetricsApp, check_prometheus_client_registry
+from .guard import Guard
+from .health import Check, HealthChecks, Readiness
+from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
 from .process_metrics import ProcessSampler
@@ -63,6 +66,19 @@ class ObservabilityMiddleware:
             self.finish_hooks.append(http.observe)
             self.mount(settings.metrics_path, MetricsApp(self.registry, on_dead_shards=self.maintenance.wake))
             check_prometheus_client_registry(self.registry)
+        self.guard = Guard(settings.telemetry_token, settings.telemetry_allow)
+        if settings.metrics:
+            self.mount(settings.metrics_path, self.guard.protect(self.telemetry_routes[settings.metrics_path]))
+        self.health_checks = HealthChecks(ttl=settings.health_cache_seconds)
+        self.readiness = Readiness(settings.ready_on_start)
+        if settings.health:
+            routes = HealthRoutes(settings, self.health_checks, self.readiness, self.guard)
+            for paths, handler in ((LIVE_PATHS, routes.live), (READY_PATHS, routes.ready),
+                                   (HEALTH_PATHS, routes.health)):
+                for path in paths:
+                    self.mount(path, handler)
+            if self.maintenance is not None:
+                self.maintenance.tasks.append(self.health_checks.refresh_background)
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
         if settings.metrics:
@@ -84,6 +100,7 @@ class ObservabilityMiddleware:
         environ[ENVIRON_MARK] = self
         if self.maintenance is not None and not self.maintenance.started:
             self.maintenance.ensure_started()  # once per worker process
+            self.readiness.watch_sigterm()
         telemetry = self.telemetry_routes.get(environ.get("PATH_INFO", "")) if self.telemetry_routes else None
         if telemetry is None:
             return RequestCycle(self, environ, start_response, self._hooks).run(self.app)
@@ -96,6 +113,20 @@ class ObservabilityMiddleware:
         if not path.startswith("/"):
             raise ValueError(f"path: expected an absolute path such as '/metrics', got {path!r}")
         self.telemetry_routes[path] = app
+
+    def add_health_check(self, name: str, check: Callable[[], Any], *, critical: bool = True, timeout: float = 2.0,
+                         interval: float | None = None) -> None:
+        """Register a dependency check for /ready (when critical) and /health.
+
+        ``check()`` returns truthy (or a dict of details) when healthy, falsy or raises when not. It
+        runs in a pool thread with its own ``timeout``; with ``interval`` it is refreshed in the
+        background and probes read the cached result.
+        """
+        self.health_checks.add(Check(name, check, critical, timeout, interval))
+
+    def mark_ready(self, ready: bool = True) -> None:
+        """With ``ready_on_start=False``: tell /ready that start-up (warm caches, migrations) is done."""
+        self.readiness.started = ready
 
     def add_finish_hook(self, hook: FinishHook) -> None:
         """Call ``hook(cycle)`` once per application request, after its body was sent and closed."""

@@ -87,6 +87,16 @@ class Settings:
     # {"tenant": (callable(environ) -> str, {"acme", "globex"})}: values outside the allow-list are "other".
     default_labels: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    # Health routes (/live, /ready, /health and aliases).
+    health: bool = True
+    # False: /ready answers 503 until the app calls ObservabilityMiddleware.mark_ready().
+    ready_on_start: bool = True
+    health_cache_seconds: float = 1.0
+
+    # Who may read /metrics and health details: a bearer token and/or client networks (CIDRs).
+    telemetry_token: str = ""
+    telemetry_allow: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         _check_types(self)
         _require(bool(self.service_name), "service_name", "a non-empty string", self.service_name)
@@ -128,6 +138,13 @@ class Settings:
             _require(template.startswith("/"), "routes", "templates starting with '/'", template)
         object.__setattr__(self, "skip_methods", tuple(m.upper() for m in self.skip_methods))
         _check_default_labels(self.default_labels)
+        for cidr in self.telemetry_allow:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"telemetry_allow: {cidr!r} is not an IP network; expected CIDRs") from None
+        _require(0 <= self.health_cache_seconds <= 3600, "health_cache_seconds", "0 to 3600 seconds",
+                 self.health_cache_seconds)
         object.__setattr__(self, "_skip", _compile_skips(self.skip_paths))
         _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
         _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)

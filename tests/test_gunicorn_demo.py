@@ -124,3 +124,23 @@ def test_non_utf8_and_huge_headers_are_served_and_logged_safely(server: Gunicorn
     [line] = access_for(server, "utf-1")
     assert line["path"] == "/café/\ufffd"
     assert line["user_agent"].endswith("...[truncated]")
+
+
+def test_health_routes_under_gunicorn(server: Gunicorn) -> None:
+    status, _, body = get(server, "/live")
+    assert status == 200 and json.loads(body)["alive"] is True
+    status, _, body = get(server, "/ready")
+    assert status == 200 and json.loads(body)["ready"] is True
+    status, _, body = get(server, "/health")
+    data = json.loads(body)
+    assert status == 200 and data["status"] in ("healthy", "degraded") and data["service"] == "demo-shop"
+    assert set(data["checks"]) == {"disk", "memory"}
+    status, _, _ = get(server, "/health", method="POST")
+    assert status == 405
+
+
+def test_metrics_token_under_gunicorn(tmp_path: Path) -> None:
+    with Gunicorn(tmp_path, workers=2, SOFTFACTORY_OBS_TELEMETRY_TOKEN="t0ken") as guarded:
+        assert get(guarded, "/metrics")[0] == 401
+        assert get(guarded, "/metrics", {"Authorization": "Bearer t0ken"})[0] == 200
+        assert get(guarded, "/live")[0] == 200

@@ -1,0 +1,224 @@
+"""Liveness, readiness and health: checks run in parallel, each bounded by its own timeout, cached.
+
+- ``/live``: the worker answers; never runs a check (a slow database must not get pods killed).
+- ``/ready``: started, not draining (SIGTERM received), and every critical check passing.
+- ``/health``: every check with status, latency and age; ``healthy`` / ``degraded`` (a non-critical
+  check failed, still 200) / ``unhealthy`` (a critical one failed, 503). ``application/health+json``
+  (the IETF draft's shape) when the client asks for it.
+
+A check is a callable returning truthy, a dict of details, or raising. A hung check is reported
+failed at its timeout and the probe answers anyway; it keeps its pool thread until it returns, and
+is not started again meanwhile, so probe storms cannot pile threads up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from ._failures import report_failure
+from .logs import _iso_utc
+
+HEALTH_JSON = "application/health+json"
+_SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|://[^/@\s]+@")
+
+
+@dataclass
+class Check:
+    name: str
+    fn: Callable[[], Any]
+    critical: bool = True
+    timeout: float = 2.0
+    interval: float | None = None  # refresh in the background every `interval` seconds
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    critical: bool
+    latency_ms: float
+    checked_at: float
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self, now: float, with_details: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "pass" if self.ok else "fail", "critical": self.critical,
+                               "latency_ms": round(self.latency_ms, 3), "age_seconds": round(now - self.checked_at, 3),
+                               "checked_at": _iso_utc(self.checked_at)}
+        if with_details:
+            if self.details:
+                out["details"] = self.details
+            if self.error:
+                out["error"] = self.error
+        return out
+
+
+def sanitise(exc: BaseException) -> str:
+    """Exception class and message, with credentials and connection-string user info blanked."""
+    message = _SECRETS.sub(lambda m: f"{m[1]}=***" if m[1] else "://***@", str(exc))[:200]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class HealthChecks:
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.checks: dict[str, Check] = {}
+        self.ttl = ttl
+        self._results: dict[str, Result] = {}
+        self._running: dict[str, Future[Result]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+
+    def add(self, check: Check) -> None:
+        if not check.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", check.name):
+            raise ValueError(f"health check name {check.name!r}: use letters, digits, '.', '_' or '-'")
+        if check.name in self.checks:
+            raise ValueError(f"a health check named {check.name!r} is already registered")
+        if not callable(check.fn):
+            raise ValueError(f"health check {check.name!r}: expected a callable, got {check.fn!r}")
+        if not check.timeout > 0:
+            raise ValueError(f"health check {check.name!r}: timeout must be > 0 seconds, got {check.timeout!r}")
+        self.checks[check.name] = check
+
+    def _executor(self) -> ThreadPoolExecutor:
+        # Threads do not survive fork: each worker gets its own pool on first use.
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="softfactory_obs-health")
+            self._pool_pid = os.getpid()
+            self._running = {}
+        return self._pool
+
+    def _execute(self, check: Check) -> Result:
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            value = check.fn()
+        except Exception as exc:
+            return Result(check.name, False, check.critical, (time.perf_counter() - t0) * 1000, started,
+                          error=sanitise(exc))
+        details = value if isinstance(value, dict) else {}
+        return Result(check.name, bool(value), check.critical, (time.perf_counter() - t0) * 1000, started, details)
+
+    def run(self, names: list[str] | None = None) -> list[Result]:
+        """Fresh-enough results for ``names`` (all by default); waits at most the longest timeout."""
+        chosen = [self.checks[n] for n in (names if names is not None else list(self.checks))]
+        now = time.time()
+        waiting: list[tuple[Check, Future[Result]]] = []
+        with self._lock:
+            pool = self._executor()
+            for check in chosen:
+                cached = self._results.get(check.name)
+                max_age = check.interval * 2 if check.interval else self.ttl
+                if cached is not None and now - cached.checked_at < max_age:
+                    continue
+                future = self._running.get(check.name)
+                if future is None or future.done():
+                    future = self._running[check.name] = pool.submit(self._execute, check)
+                waiting.append((check, future))
+        deadline = time.perf_counter() + max((c.timeout for c, _ in waiting), default=0)
+        for check, future in waiting:
+            try:
+                result = future.result(timeout=max(0.0, min(check.timeout, deadline - time.perf_counter())))
+            except FutureTimeout:
+                result = Result(check.name, False, check.critical, check.timeout * 1000, now,
+                                error=f"timed out after {check.timeout:g} s")
+            with self._lock:
+                self._results[check.name] = result
+        return [self._results[c.name] for c in chosen if c.name in self._results]
+
+    def refresh_background(self) -> None:
+        """Maintenance task: re-run checks that have an interval before their results get old."""
+        due = [c.name for c in self.checks.values()
+               if c.interval and time.time() - getattr(self._results.get(c.name), "checked_at", 0) >= c.interval]
+        if due:
+            self.run(due)
+
+
+# -- built-in checks ---------------------------------------------------------------------------------
+
+
+def disk_space_check(path: str = "/", min_free_percent: float = 10.0) -> Callable[[], dict[str, Any]]:
+    def check() -> dict[str, Any]:
+        usage = shutil.disk_usage(path)
+        free = usage.free / usage.total * 100 if usage.total else 0.0
+        if free < min_free_percent:
+            raise RuntimeError(f"{free:.1f}% free on {path}, below {min_free_percent:g}%")
+        return {"path": path, "free_percent": round(free, 1)}
+
+    return check
+
+
+def memory_check(max_used_percent: float = 95.0) -> Callable[[], dict[str, Any]]:
+    def check() -> dict[str, Any]:
+        used = psutil.virtual_memory().percent
+        if used > max_used_percent:
+            raise RuntimeError(f"{used:.1f}% of memory used, above {max_used_percent:g}%")
+        return {"used_percent": used}
+
+    return check
+
+
+def sql_check(connect: Callable[[], Any], query: str = "SELECT 1") -> Callable[[], dict[str, Any]]:
+    """Any DB-API driver: ``sql_check(lambda: psycopg.connect(DSN))``. Opens, queries, closes."""
+
+    def check() -> dict[str, Any]:
+        conn = connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(query)
+            cursor.fetchall()
+            return {"query": query}
+        finally:
+            conn.close()
+
+    return check
+
+
+# -- readiness state ------------------------------------------------------------------------------
+
+
+class Readiness:
+    """Started (the app may opt in to declaring it) and not draining (SIGTERM flips it at once)."""
+
+    def __init__(self, ready_on_start: bool = True) -> None:
+        self.started = ready_on_start
+        self.draining = False
+        self._hooked_pid = 0
+
+    def watch_sigterm(self) -> None:
+        """Chain a SIGTERM handler that marks this worker draining; only possible from the main thread."""
+        if self._hooked_pid == os.getpid() or threading.current_thread() is not threading.main_thread():
+            return
+        self._hooked_pid = os.getpid()
+        self.draining = False
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(signum: int, frame: Any) -> None:
+                self.draining = True
+                if callable(previous):
+                    previous(signum, frame)
+                elif previous == signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except (ValueError, OSError) as exc:
+            report_failure("readiness signal hook", exc)
+
+
+def json_body(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=str).encode()

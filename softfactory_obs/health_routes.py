@@ -1,0 +1,92 @@
+"""The WSGI apps behind /live, /ready and /health (and their aliases)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .guard import Guard
+from .health import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
+from .logs import _iso_utc
+from .settings import Settings
+
+LIVE_PATHS = ("/live", "/livez", "/api/metrics/live")
+READY_PATHS = ("/ready", "/readyz", "/api/metrics/ready")
+HEALTH_PATHS = ("/health", "/healthz", "/api/metrics/health")
+
+
+def _answer(environ: dict[str, Any], start_response: Callable[..., Any], status: str, body: bytes,
+            content_type: str = "application/json") -> Iterable[bytes]:
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method not in ("GET", "HEAD"):
+        start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
+                                                  ("Content-Length", "0")])
+        return []
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store")])
+    return [] if method == "HEAD" else [body]
+
+
+class HealthRoutes:
+    def __init__(self, settings: Settings, checks: HealthChecks, readiness: Readiness, guard: Guard) -> None:
+        self.settings = settings
+        self.checks = checks
+        self.readiness = readiness
+        self.guard = guard
+        self.started_at = time.time()
+
+    def live(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        body = json_body({"alive": True, "timestamp": _iso_utc(time.time()), "pid": os.getpid()})
+        return _answer(environ, start_response, "200 OK", body)
+
+    def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        critical = [c.name for c in self.checks.checks.values() if c.critical]
+        results = self.checks.run(critical)
+        failing = [r.name for r in results if not r.ok]
+        ready = self.readiness.started and not self.readiness.draining and not failing
+        data: dict[str, Any] = {"ready": ready, "timestamp": _iso_utc(time.time())}
+        if not self.readiness.started:
+            data["reason"] = "starting"
+        elif self.readiness.draining:
+            data["reason"] = "shutting down"
+        elif failing and self.guard.may_see_details(environ):
+            data["failing"] = failing
+        return _answer(environ, start_response, "200 OK" if ready else "503 Service Unavailable", json_body(data))
+
+    def health(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        results = self.checks.run()
+        now = time.time()
+        if any(not r.ok and r.critical for r in results):
+            status, http = "unhealthy", "503 Service Unavailable"
+        elif any(not r.ok for r in results):
+            status, http = "degraded", "200 OK"
+        else:
+            status, http = "healthy", "200 OK"
+        details = self.guard.may_see_details(environ)
+        if HEALTH_JSON in str(environ.get("HTTP_ACCEPT", "")):
+            return _answer(environ, start_response, http, json_body(self._ietf(status, results, now, details)),
+                           HEALTH_JSON)
+        data: dict[str, Any] = {
+            "status": status,
+            "service": self.settings.service_name,
+            "version": self.settings.service_version,
+            "timestamp": _iso_utc(now),
+            "uptime_seconds": round(now - self.started_at, 3),
+            "checks": {r.name: r.as_dict(now, details) for r in results},
+        }
+        return _answer(environ, start_response, http, json_body(data))
+
+    def _ietf(self, status: str, results: list[Result], now: float, details: bool) -> dict[str, Any]:
+        ietf_status = {"healthy": "pass", "degraded": "warn", "unhealthy": "fail"}[status]
+        checks = {}
+        for r in results:
+            entry: dict[str, Any] = {"componentId": r.name, "status": "pass" if r.ok else "fail",
+                                     "observedValue": round(r.latency_ms, 3), "observedUnit": "ms",
+                                     "time": _iso_utc(r.checked_at)}
+            if details and r.error:
+                entry["output"] = r.error
+            checks[f"{r.name}:responseTime"] = [entry]
+        return {"status": ietf_status, "version": self.settings.service_version,
+                "serviceId": self.settings.service_name, "checks": checks}

@@ -1,0 +1,210 @@
+"""Liveness, readiness, health checks, detail visibility and the telemetry guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import call_wsgi, make_environ
+
+from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.health import disk_space_check, memory_check, sanitise, sql_check
+from softfactory_obs.store.metrics import Registry
+
+TEXT = [("Content-Type", "text/plain")]
+
+
+def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", TEXT)
+    return [b"app"]
+
+
+def make(**options: Any) -> ObservabilityMiddleware:
+    options.setdefault("auto_configure_logging", False)
+    options.setdefault("access_log", False)
+    return ObservabilityMiddleware(app, registry=Registry(), **options)
+
+
+def get(mw: Any, path: str, **env: Any) -> tuple[int, dict[str, str], Any]:
+    resp = call_wsgi(mw, make_environ(PATH_INFO=path, **env))
+    headers = {k.lower(): v for k, v in resp.headers}
+    body = json.loads(resp.body) if resp.body and "json" in headers.get("content-type", "") else resp.body
+    return int(resp.status[:3]), headers, body
+
+
+@pytest.mark.parametrize("path", ["/live", "/livez", "/api/metrics/live"])
+def test_live_never_runs_checks(path: str) -> None:
+    mw = make()
+    calls = []
+    mw.add_health_check("db", lambda: calls.append(1) or False)
+    status, _, body = get(mw, path)
+    assert status == 200 and body["alive"] is True and body["pid"] == os.getpid()
+    assert calls == []
+
+
+def test_ready_follows_critical_checks_and_start_up() -> None:
+    mw = make(ready_on_start=False, health_cache_seconds=0)
+    state = {"db": True}
+    mw.add_health_check("db", lambda: state["db"])
+    mw.add_health_check("cache", lambda: False, critical=False)
+    assert get(mw, "/ready")[0] == 503  # not started yet
+    mw.mark_ready()
+    assert get(mw, "/readyz")[0] == 200  # a failing non-critical check does not matter here
+    state["db"] = False
+    status, _, body = get(mw, "/api/metrics/ready", REMOTE_ADDR="127.0.0.1")
+    assert status == 503 and body["failing"] == ["db"]
+
+
+def test_health_aggregates_healthy_degraded_unhealthy() -> None:
+    mw = make(health_cache_seconds=0)
+    state = {"critical": True, "optional": True}
+    mw.add_health_check("critical", lambda: state["critical"])
+    mw.add_health_check("optional", lambda: {"lag_seconds": 3} if state["optional"] else False, critical=False)
+    status, _, body = get(mw, "/health", REMOTE_ADDR="127.0.0.1")
+    assert (status, body["status"]) == (200, "healthy")
+    assert body["checks"]["optional"]["details"] == {"lag_seconds": 3}
+    assert body["service"] == "app" and body["uptime_seconds"] >= 0 and body["timestamp"].endswith("Z")
+    state["optional"] = False
+    assert get(mw, "/healthz")[2]["status"] == "degraded" and get(mw, "/healthz")[0] == 200
+    state["critical"] = False
+    status, _, body = get(mw, "/api/metrics/health")
+    assert (status, body["status"]) == (503, "unhealthy")
+
+
+def test_hung_check_is_reported_at_its_timeout_and_not_piled_up() -> None:
+    mw = make(health_cache_seconds=0)
+    release = threading.Event()
+    started = []
+
+    def hangs() -> bool:
+        started.append(1)
+        release.wait(30)
+        return True
+
+    mw.add_health_check("hangs", hangs, timeout=0.3)
+    mw.add_health_check("quick", lambda: True, timeout=2.0)
+    try:
+        t0 = time.perf_counter()
+        status, _, body = get(mw, "/health", REMOTE_ADDR="127.0.0.1")
+        elapsed = time.perf_counter() - t0
+        assert status == 503 and body["checks"]["hangs"]["error"] == "timed out after 0.3 s"
+        assert body["checks"]["quick"]["status"] == "pass"
+        assert elapsed < 2.0  # bounded by the hung check's own timeout, not by the hang
+        for _ in range(5):
+            get(mw, "/health")
+        assert len(started) == 1  # still running: not started again
+    finally:
+        release.set()
+
+
+def test_raising_check_is_sanitised() -> None:
+    mw = make(health_cache_seconds=0)
+
+    def leaks() -> None:
+        raise ConnectionError("could not connect to postgres://app:hunter2@db:5432/x password=hunter2")
+
+    mw.add_health_check("db", leaks)
+    _, _, body = get(mw, "/health", REMOTE_ADDR="127.0.0.1")
+    error = body["checks"]["db"]["error"]
+    assert error.startswith("ConnectionError: ") and "hunter2" not in error
+    assert sanitise(ValueError("token=abc def")) == "ValueError: token=*** def"
+
+
+def test_results_are_cached_for_the_ttl() -> None:
+    mw = make(health_cache_seconds=60)
+    calls = []
+    mw.add_health_check("db", lambda: calls.append(1) or True)
+    for _ in range(10):
+        get(mw, "/health")
+    assert len(calls) == 1
+    body = get(mw, "/health", REMOTE_ADDR="127.0.0.1")[2]
+    assert body["checks"]["db"]["age_seconds"] >= 0
+
+
+def test_details_only_for_loopback_token_or_allowed_networks() -> None:
+    open_mw = make(health_cache_seconds=0)
+    open_mw.add_health_check("db", lambda: {"pool": 5})
+    assert "details" in get(open_mw, "/health", REMOTE_ADDR="127.0.0.1")[2]["checks"]["db"]
+    assert "details" not in get(open_mw, "/health", REMOTE_ADDR="203.0.113.5")[2]["checks"]["db"]
+    guarded = make(health_cache_seconds=0, telemetry_token="s3cret", telemetry_allow=("10.0.0.0/8",))
+    guarded.add_health_check("db", lambda: {"pool": 5})
+    assert "details" not in get(guarded, "/health", REMOTE_ADDR="127.0.0.1")[2]["checks"]["db"]
+    assert "details" in get(guarded, "/health", REMOTE_ADDR="10.1.1.1")[2]["checks"]["db"]
+    assert "details" in get(guarded, "/health", REMOTE_ADDR="203.0.113.5",
+                            HTTP_AUTHORIZATION="Bearer s3cret")[2]["checks"]["db"]
+
+
+def test_ietf_health_json_when_asked() -> None:
+    mw = make(health_cache_seconds=0, service_name="shop", service_version="1.4")
+    mw.add_health_check("redis", lambda: True)
+    mw.add_health_check("search", lambda: False, critical=False)
+    status, headers, body = get(mw, "/health", HTTP_ACCEPT="application/health+json")
+    assert headers["content-type"] == "application/health+json"
+    assert (status, body["status"], body["serviceId"], body["version"]) == (200, "warn", "shop", "1.4")
+    assert body["checks"]["redis:responseTime"][0]["status"] == "pass"
+    assert body["checks"]["search:responseTime"][0]["observedUnit"] == "ms"
+
+
+def test_head_and_methods() -> None:
+    mw = make()
+    status, headers, body = get(mw, "/live", REQUEST_METHOD="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+    status, headers, _ = get(mw, "/health", REQUEST_METHOD="POST")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+
+
+def test_metrics_guarded_by_token_and_network_probes_stay_open() -> None:
+    mw = make(telemetry_token="s3cret", telemetry_allow=("10.0.0.0/8", "127.0.0.1/32"))
+    assert get(mw, "/metrics", REMOTE_ADDR="10.0.0.7")[0] == 401
+    status, headers, _ = get(mw, "/metrics", REMOTE_ADDR="10.0.0.7", HTTP_AUTHORIZATION="Bearer wrong")
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert get(mw, "/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer s3cret")[0] == 403
+    assert get(mw, "/metrics", REMOTE_ADDR="10.0.0.7", HTTP_AUTHORIZATION="Bearer s3cret")[0] == 200
+    assert get(mw, "/metrics", REMOTE_ADDR="10.0.0.7", QUERY_STRING="token=s3cret")[0] == 401  # header only
+    assert get(mw, "/live", REMOTE_ADDR="203.0.113.9")[0] == 200
+    assert get(mw, "/ready", REMOTE_ADDR="203.0.113.9")[0] == 200
+
+
+def test_readiness_flips_on_sigterm_before_exit() -> None:
+    mw = make()
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        assert get(mw, "/ready")[0] == 200  # the first request hooks SIGTERM (main thread)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        status, _, body = get(mw, "/ready")
+        assert (status, body["reason"]) == (503, "shutting down")
+        assert seen == [signal.SIGTERM]  # the server's own handler still ran
+        assert get(mw, "/live")[0] == 200
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_built_in_checks(tmp_path: Any) -> None:
+    assert disk_space_check(str(tmp_path), min_free_percent=0)()["free_percent"] >= 0
+    with pytest.raises(RuntimeError, match="below 101%"):
+        disk_space_check(str(tmp_path), min_free_percent=101)()
+    assert "used_percent" in memory_check(100)()
+    with pytest.raises(RuntimeError, match="above 0%"):
+        memory_check(0)()
+    assert sql_check(lambda: sqlite3.connect(str(tmp_path / "x.db")))() == {"query": "SELECT 1"}
+    with pytest.raises(sqlite3.OperationalError):
+        sql_check(lambda: sqlite3.connect(str(tmp_path / "x.db")), "SELECT nope FROM missing")()
+
+
+def test_bad_check_registrations_are_refused() -> None:
+    mw = make()
+    mw.add_health_check("db", lambda: True)
+    with pytest.raises(ValueError, match="already registered"):
+        mw.add_health_check("db", lambda: True)
+    with pytest.raises(ValueError, match="use letters"):
+        mw.add_health_check("bad name", lambda: True)
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        mw.add_health_check("t", lambda: True, timeout=0)
