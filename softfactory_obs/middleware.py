@@ -17,11 +17,12 @@ from .health import Check, HealthChecks, Readiness
 from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
-from .process_metrics import ProcessSampler
+from .process_metrics import ProcessSampler, service_process
 from .request_id import RequestIdPolicy, parse_traceparent
 from .settings import Settings
 from .store.maintenance import Maintenance, maintenance_for
 from .store.metrics import REGISTRY, Registry
+from .summary import History, SummaryApp
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -51,34 +52,13 @@ class ObservabilityMiddleware:
         self.start_hooks: list[FinishHook] = []
         self.registry = registry if registry is not None else REGISTRY
         self.maintenance: Maintenance | None = None
-        if settings.metrics:
-            if settings.metrics_dir:
-                self.registry.set_directory(settings.metrics_dir)
-            self.maintenance = maintenance_for(self.registry)
-            self.maintenance.interval = settings.maintenance_interval_seconds
-            if self.maintenance.sampler is None:  # one per registry, however many middlewares share it
-                sampler = ProcessSampler(self.registry, settings.service_name, settings.service_version)
-                self.maintenance.sampler = sampler
-                self.maintenance.tasks.append(sampler.sample)
-            http = HttpMetrics(self.registry, settings, self._store_path)
-            self.start_hooks.append(http.start)
-            self.response_hooks.append(http.count)
-            self.finish_hooks.append(http.observe)
-            self.mount(settings.metrics_path, MetricsApp(self.registry, on_dead_shards=self.maintenance.wake))
-            check_prometheus_client_registry(self.registry)
         self.guard = Guard(settings.telemetry_token, settings.telemetry_allow)
-        if settings.metrics:
-            self.mount(settings.metrics_path, self.guard.protect(self.telemetry_routes[settings.metrics_path]))
         self.health_checks = HealthChecks(ttl=settings.health_cache_seconds)
         self.readiness = Readiness(settings.ready_on_start)
+        if settings.metrics:
+            self._set_up_metrics(settings)
         if settings.health:
-            routes = HealthRoutes(settings, self.health_checks, self.readiness, self.guard)
-            for paths, handler in ((LIVE_PATHS, routes.live), (READY_PATHS, routes.ready),
-                                   (HEALTH_PATHS, routes.health)):
-                for path in paths:
-                    self.mount(path, handler)
-            if self.maintenance is not None:
-                self.maintenance.tasks.append(self.health_checks.refresh_background)
+            self._set_up_health(settings)
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
         if settings.metrics:
@@ -93,6 +73,38 @@ class ObservabilityMiddleware:
                 backup_count=settings.log_backup_count,
                 service=settings.service_name,
             )
+
+    def _set_up_metrics(self, settings: Settings) -> None:
+        if settings.metrics_dir:
+            self.registry.set_directory(settings.metrics_dir)
+        maintenance = self.maintenance = maintenance_for(self.registry)
+        maintenance.interval = settings.maintenance_interval_seconds
+        if maintenance.sampler is None:  # one per registry, however many middlewares share it
+            sampler = ProcessSampler(self.registry, settings.service_name, settings.service_version)
+            maintenance.sampler = sampler
+            maintenance.tasks.append(sampler.sample)
+        http = HttpMetrics(self.registry, settings, self._store_path)
+        self.start_hooks.append(http.start)
+        self.response_hooks.append(http.count)
+        self.finish_hooks.append(http.observe)
+        metrics_app = self.guard.protect(MetricsApp(self.registry, on_dead_shards=maintenance.wake))
+        self.mount(settings.metrics_path, metrics_app)
+        self.mount("/api/metrics/prometheus", metrics_app)  # the path the seed docs scrape
+        check_prometheus_client_registry(self.registry)
+        if settings.summary:
+            history = History(self.registry, f"{settings.namespace}_" if settings.namespace else "")
+            maintenance.tasks.append(history.sample)
+            summary = SummaryApp(settings, self.registry, history, started_at=service_process().create_time())
+            self.mount("/api/metrics/summary", self.guard.protect(summary.summary))
+            self.mount("/api/metrics/errors", self.guard.protect(summary.errors))
+
+    def _set_up_health(self, settings: Settings) -> None:
+        routes = HealthRoutes(settings, self.health_checks, self.readiness, self.guard)
+        for paths, handler in ((LIVE_PATHS, routes.live), (READY_PATHS, routes.ready), (HEALTH_PATHS, routes.health)):
+            for path in paths:
+                self.mount(path, handler)
+        if self.maintenance is not None:
+            self.maintenance.tasks.append(self.health_checks.refresh_background)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if ENVIRON_MARK in environ:

@@ -41,6 +41,11 @@ class ProcessSampler:
         self.threads = Gauge("process_threads", "Threads of each worker process", labels, registry=registry)
         self.start = Gauge("process_start_time_seconds", "Start time of each worker process (Unix time)", labels,
                            registry=registry)
+        self.cpu_percent = Gauge("softfactory_obs_worker_cpu_percent", "CPU use of each worker since its previous "
+                                 "sample, percent of one core", labels, registry=registry)
+        self.memory_percent = Gauge("softfactory_obs_worker_memory_percent", "Resident memory of each worker, "
+                                    "percent of the machine", labels, registry=registry)
+        self.pid = Gauge("softfactory_obs_worker_pid", "Process id behind each worker slot", labels, registry=registry)
         self.cpu = Counter("process_cpu_seconds_total", "CPU time (user + system) used by all worker processes, "
                            "living and dead", registry=registry)
         self._pid = 0
@@ -87,12 +92,17 @@ class ProcessSampler:
             fds = process.num_fds()
             threads = process.num_threads()
             started = process.create_time()
+            cpu_percent = process.cpu_percent(interval=None)  # since the previous sample
+            memory_percent = process.memory_percent()
         slot = self._slot
         self.rss.labels(slot).set(memory.rss)
         self.vms.labels(slot).set(memory.vms)
         self.fds.labels(slot).set(fds)
         self.threads.labels(slot).set(threads)
         self.start.labels(slot).set(started)
+        self.cpu_percent.labels(slot).set(cpu_percent)
+        self.memory_percent.labels(slot).set(memory_percent)
+        self.pid.labels(slot).set(pid)
         used = cpu.user + cpu.system
         if used > self._cpu_seen:  # cumulative per process: add the growth, never anything negative
             self.cpu.inc(used - self._cpu_seen)
@@ -100,7 +110,7 @@ class ProcessSampler:
 
     def collect_at_scrape(self) -> Iterable[Metric]:
         """Service-level facts computed in the scraping process: uptime, master memory, info."""
-        service_start = _service_start()
+        service_start = service_process()
         uptime = GaugeMetricFamily("app_uptime_seconds", "Seconds since the service (the gunicorn master, "
                                    "or this process) started")
         uptime.add_metric([], max(0.0, time.time() - service_start.create_time()))
@@ -114,7 +124,7 @@ class ProcessSampler:
             yield master
 
 
-def _service_start() -> psutil.Process:
+def service_process() -> psutil.Process:
     me = psutil.Process()
     try:
         parent = me.parent()

@@ -87,6 +87,9 @@ class Settings:
     # {"tenant": (callable(environ) -> str, {"acme", "globex"})}: values outside the allow-list are "other".
     default_labels: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    # JSON for humans: /api/metrics/summary and /api/metrics/errors (guarded like /metrics).
+    summary: bool = True
+
     # Health routes (/live, /ready, /health and aliases).
     health: bool = True
     # False: /ready answers 503 until the app calls ObservabilityMiddleware.mark_ready().
