@@ -224,6 +224,10 @@ def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Metric]:
     return [shards, duration, files, generation]
 
 
+class ScrapeLimitError(Exception):
+    """Too many scrapes at once, or one waited too long: answer 503 (Prometheus records up=0)."""
+
+
 class _Flight:
     __slots__ = ("done", "error", "metrics")
 
@@ -236,9 +240,13 @@ class _Flight:
 class MetricsApp:
     """The WSGI app mounted at ``/metrics``."""
 
-    def __init__(self, registry: Registry, on_dead_shards: Callable[[], None] | None = None) -> None:
+    def __init__(self, registry: Registry, on_dead_shards: Callable[[], None] | None = None, *,
+                 max_concurrent: int = 16, timeout: float = 10.0) -> None:
         self.registry = registry
         self.on_dead_shards = on_dead_shards
+        # As Go's promhttp: a bounded number of scrapes at once per worker, each waiting a bounded time.
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.timeout = timeout
         self._last_duration = 0.0
         self._flight_lock = threading.Lock()
         self._flight: _Flight | None = None
@@ -247,6 +255,14 @@ class MetricsApp:
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """Encode the merged store. Scrapes arriving while a merge runs in this process wait for it
         and share its result (single flight): a gthread worker under a scrape storm merges once."""
+        if not self._slots.acquire(blocking=False):
+            raise ScrapeLimitError("too many concurrent scrapes in this worker")
+        try:
+            return self._render(accept)
+        finally:
+            self._slots.release()
+
+    def _render(self, accept: str) -> tuple[bytes, str]:
         with self._flight_lock:
             flight = self._flight
             leader = flight is None
@@ -261,8 +277,8 @@ class MetricsApp:
                 with self._flight_lock:
                     self._flight = None
                 flight.done.set()
-        else:
-            flight.done.wait()
+        elif not flight.done.wait(self.timeout):
+            raise ScrapeLimitError(f"the scrape in progress took longer than {self.timeout:g} s")
         if flight.error is not None:
             raise flight.error
         registry = CollectorRegistry(auto_describe=False)
@@ -299,8 +315,8 @@ class MetricsApp:
             return []
         try:
             body, content_type = self.render(environ.get("HTTP_ACCEPT", ""))
-        except StoreBusyError as exc:
-            return _error(start_response, "503 Service Unavailable", f"metrics store busy: {exc}\n")
+        except (StoreBusyError, ScrapeLimitError) as exc:
+            return _error(start_response, "503 Service Unavailable", f"metrics unavailable: {exc}\n")
         except Exception as exc:  # never a partial or wrong scrape: fail it loudly, Prometheus records up=0
             report_failure("metrics scrape", exc)
             return _error(start_response, "500 Internal Server Error",

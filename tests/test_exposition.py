@@ -163,7 +163,7 @@ def test_a_name_clash_with_prometheus_client_is_refused_at_start(tmp_path: Any) 
 
 
 def test_simultaneous_scrapes_in_one_process_share_one_merge(registry: Registry) -> None:
-    app = MetricsApp(registry)
+    app = MetricsApp(registry, max_concurrent=32)
     original = registry.snapshot
     gate = threading.Event()
 
@@ -182,3 +182,25 @@ def test_simultaneous_scrapes_in_one_process_share_one_merge(registry: Registry)
         t.join()
     assert len(bodies) == 16 and len(set(bodies)) == 1
     assert app.merges <= 2
+
+
+def test_scrapes_beyond_the_limit_get_503(registry: Registry) -> None:
+    app = MetricsApp(registry, max_concurrent=2, timeout=0.2)
+    original = registry.snapshot
+    gate = threading.Event()
+
+    def slow_snapshot() -> Any:
+        gate.wait(5)
+        return original()
+
+    registry.snapshot = slow_snapshot  # type: ignore[method-assign]
+    statuses: list[str] = []
+    threads = [threading.Thread(target=lambda: statuses.append(_get(app)[0])) for _ in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the waiting follower gives up after 0.2 s; the others were refused at once
+    gate.set()
+    for t in threads:
+        t.join()
+    assert statuses.count("200 OK") == 1
+    assert statuses.count("503 Service Unavailable") == 4
