@@ -297,11 +297,19 @@ class MetricsApp:
         foreign = prometheus_client_families()
         check_no_clash([m.name for m in metrics], [m.name for m in foreign])
         metrics.extend(foreign)
+        extra: dict[str, Metric] = {}
         for callback in self.registry.callbacks:
             try:
-                metrics.extend(m for m in callback() if m.name not in names)
+                for family in callback():
+                    if family.name in names:
+                        continue
+                    if family.name in extra:  # two Redis clients, say: one family, both sets of samples
+                        extra[family.name].samples.extend(family.samples)
+                    else:
+                        extra[family.name] = family
             except Exception as exc:  # a broken callback loses its own families, not the scrape
                 report_failure("metrics callback", exc)
+        metrics.extend(extra.values())
         self._last_duration = time.perf_counter() - started
         if snap.dead_shards and self.on_dead_shards is not None:
             self.on_dead_shards()

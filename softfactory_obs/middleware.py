@@ -136,6 +136,22 @@ class ObservabilityMiddleware:
         """
         self.health_checks.add(Check(name, check, critical, timeout, interval))
 
+    def add_redis(self, client: Any, cache: str = "default", *, critical: bool = False, timeout: float = 0.5,
+                  prefixes: dict[str, str] | None = None) -> Any:
+        """Count ``client``'s cache hits and misses, expose Redis INFO at scrape time, and check it in /health.
+
+        INFO and the health check's PING use a second connection with ``timeout`` and no retries,
+        so a dead Redis costs a scrape or a probe at most ``timeout``. Returns the instrumented client.
+        """
+        from .redis import RedisInfoCollector, instrument_redis  # noqa: PLC0415 - redis-py only for apps using it
+
+        instrument_redis(client, cache, prefixes=prefixes, registry=self.registry)
+        collector = RedisInfoCollector(client, cache, timeout)
+        self.registry.callbacks.append(collector.collect)
+        self.add_health_check("redis" if cache == "default" else f"redis-{cache}", collector.ping,
+                              critical=critical, timeout=timeout + 0.5)
+        return client
+
     def mark_ready(self, ready: bool = True) -> None:
         """With ``ready_on_start=False``: tell /ready that start-up (warm caches, migrations) is done."""
         self.readiness.started = ready

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from conftest import free_port
+from conftest import free_port, require_binary
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +112,38 @@ def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoi
 def worker_pids(server: Gunicorn) -> list[int]:
     assert server.proc is not None
     return [c.pid for c in psutil.Process(server.proc.pid).children()]
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, no persistence; stopped (or killed) by the test."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RedisServer:
+        binary = require_binary("redis-server")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("redis-server did not start")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"

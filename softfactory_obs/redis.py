@@ -1,0 +1,258 @@
+"""Cache hit/miss metrics for plain redis-py, a read-through ``cached`` decorator, and Redis INFO at scrape.
+
+``instrument_redis(client)`` returns the same client with its ``execute_command`` (and its
+pipelines' ``execute``) wrapped: reads count hits and misses (per key for MGET, per field for
+HMGET), writes count puts, DEL/UNLINK count evictions, every command is timed, and errors are
+counted by exception class and then raised unchanged: we never swallow the app's errors.
+
+The ``cache`` label is bounded: a fixed name, or a prefix map (``{"user:": "users"}``) chosen up
+front; never the raw key.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import redis as redis_py
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._failures import report_failure
+from .store.metrics import REGISTRY, Counter, Histogram, Registry
+
+READS = {"GET", "GETEX", "GETDEL", "MGET", "HGET", "HMGET", "HGETALL"}
+PUTS = {"SET", "SETEX", "PSETEX", "SETNX", "MSET", "MSETNX", "HSET", "HMSET", "HSETNX", "GETSET"}
+EVICTIONS = {"DEL", "UNLINK"}
+OPERATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+MARK = "_softfactory_obs_cache"
+
+
+class CacheMetrics:
+    """The cache families, one set per registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.hits = Counter("cache_hits_total", "Cache reads that found a value", ["cache"], registry=registry)
+        self.misses = Counter("cache_misses_total", "Cache reads that found nothing", ["cache"], registry=registry)
+        self.puts = Counter("cache_puts_total", "Values written to the cache", ["cache"], registry=registry)
+        self.evictions = Counter("cache_evictions_total", "Keys deleted from the cache", ["cache"],
+                                 registry=registry)
+        self.errors = Counter("cache_errors_total", "Cache operations that raised", ["cache", "operation", "error"],
+                              registry=registry)
+        self.duration = Histogram("cache_operation_duration_seconds", "Time of each cache operation",
+                                  ["cache", "operation"], buckets=OPERATION_BUCKETS, registry=registry)
+
+
+_metrics: dict[int, CacheMetrics] = {}
+
+
+def cache_metrics(registry: Registry | None = None) -> CacheMetrics:
+    registry = registry if registry is not None else REGISTRY
+    found = _metrics.get(id(registry))
+    if found is None:
+        found = _metrics[id(registry)] = CacheMetrics(registry)
+    return found
+
+
+class _Namer:
+    """Key -> cache label: the longest configured prefix that matches, else the default name."""
+
+    def __init__(self, cache: str, prefixes: Mapping[str, str] | None) -> None:
+        self.default = cache
+        self.prefixes = sorted((prefixes or {}).items(), key=lambda kv: -len(kv[0]))
+
+    def __call__(self, key: Any) -> str:
+        if self.prefixes:
+            text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            for prefix, name in self.prefixes:
+                if text.startswith(prefix):
+                    return name
+        return self.default
+
+
+def _count(metrics: CacheMetrics, namer: _Namer, command: str, args: tuple[Any, ...], result: Any) -> None:
+    if command in ("GET", "GETEX", "GETDEL", "HGET"):
+        (metrics.misses if result is None else metrics.hits).labels(namer(args[0])).inc()
+    elif command == "MGET":
+        for key, value in zip(args, result or (), strict=False):
+            (metrics.misses if value is None else metrics.hits).labels(namer(key)).inc()
+    elif command == "HMGET":
+        name = namer(args[0])
+        for value in result or ():
+            (metrics.misses if value is None else metrics.hits).labels(name).inc()
+    elif command == "HGETALL":
+        (metrics.hits if result else metrics.misses).labels(namer(args[0])).inc()
+    elif command in ("MSET", "MSETNX"):
+        for key in args[::2]:
+            metrics.puts.labels(namer(key)).inc()
+    elif command in PUTS:
+        metrics.puts.labels(namer(args[0])).inc()
+    elif command in EVICTIONS and isinstance(result, int) and result > 0:
+        metrics.evictions.labels(namer(args[0])).inc(result)
+
+
+def _operation(command: str) -> str:
+    return command.lower() if command in READS or command in PUTS or command in EVICTIONS else "other"
+
+
+def instrument_redis(client: Any, cache: str = "default", *, prefixes: Mapping[str, str] | None = None,
+                     registry: Registry | None = None) -> Any:
+    """Count this client's cache traffic; returns the same client. Instrumenting twice is a no-op."""
+    if getattr(client, MARK, None) is not None:
+        return client
+    metrics = cache_metrics(registry)
+    namer = _Namer(cache, prefixes)
+    original = client.execute_command
+
+    @functools.wraps(original)
+    def execute_command(*args: Any, **options: Any) -> Any:
+        command = str(args[0]).upper() if args else ""
+        started = time.perf_counter()
+        try:
+            result = original(*args, **options)
+        except Exception as exc:
+            error = type(exc).__name__
+            _safely(lambda: metrics.errors.labels(namer(args[1]) if len(args) > 1 else namer.default,
+                                                  _operation(command), error).inc())
+            raise
+        seconds = time.perf_counter() - started
+
+        def record() -> None:
+            _count(metrics, namer, command, args[1:], result)
+            name = namer(args[1]) if len(args) > 1 else namer.default
+            metrics.duration.labels(name, _operation(command)).observe(seconds)
+
+        _safely(record)
+        return result
+
+    original_pipeline = client.pipeline
+
+    @functools.wraps(original_pipeline)
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = original_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted_execute(*a: Any, **kw: Any) -> Any:
+            stack = [c.args if hasattr(c, "args") else c[0] for c in pipe.command_stack]
+            results = execute(*a, **kw)
+
+            def record() -> None:
+                for cmd, res in zip(stack, results, strict=False):
+                    if not isinstance(res, Exception):
+                        _count(metrics, namer, str(cmd[0]).upper(), tuple(cmd[1:]), res)
+
+            _safely(record)
+            return results
+
+        pipe.execute = counted_execute
+        return pipe
+
+    client.execute_command = execute_command
+    client.pipeline = pipeline
+    setattr(client, MARK, cache)
+    return client
+
+
+def _safely(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception as exc:  # counting must never break the app's Redis call
+        report_failure("redis metrics", exc)
+
+
+def cached(client: Any, *, ttl: float, cache: str = "default", key: Callable[..., str] | None = None,
+           serializer: Any = json, registry: Registry | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Read-through cache: a hit returns the stored value; a miss (or Redis down) calls the function.
+
+    Redis errors never reach the caller: the function's own result is returned and the error is
+    counted. ``serializer`` has ``dumps``/``loads`` (json by default).
+    """
+    metrics = cache_metrics(registry)
+    counted_by_client = getattr(client, MARK, None) is not None
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        prefix = f"{fn.__module__}.{fn.__qualname__}:"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            name = key(*args, **kwargs) if key is not None else prefix + json.dumps([args, kwargs], default=str,
+                                                                                  sort_keys=True)
+            try:
+                stored = client.get(name)
+            except Exception as exc:
+                if not counted_by_client:
+                    metrics.errors.labels(cache, "get", type(exc).__name__).inc()
+                return fn(*args, **kwargs)
+            if stored is not None:
+                if not counted_by_client:
+                    metrics.hits.labels(cache).inc()
+                return serializer.loads(stored)
+            if not counted_by_client:
+                metrics.misses.labels(cache).inc()
+            value = fn(*args, **kwargs)
+            try:
+                client.set(name, serializer.dumps(value), px=max(1, int(ttl * 1000)))
+                if not counted_by_client:
+                    metrics.puts.labels(cache).inc()
+            except Exception as exc:
+                if not counted_by_client:
+                    metrics.errors.labels(cache, "set", type(exc).__name__).inc()
+            return value
+
+        return wrapper
+
+    return decorate
+
+
+def probe_client(client: Any, timeout: float = 0.5) -> Any:
+    """A second client to the same server with short timeouts and no retries, for INFO and PING."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    kwargs.pop("retry_on_error", None)
+    pool = client.connection_pool.__class__(connection_class=client.connection_pool.connection_class, **kwargs)
+    return redis_py.Redis(connection_pool=pool)
+
+
+class RedisInfoCollector:
+    """Scrape-time gauges from INFO, named as redis_exporter names them, so dashboards work."""
+
+    def __init__(self, client: Any, cache: str = "default", timeout: float = 0.5) -> None:
+        self.probe = probe_client(client, timeout)
+        self.cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("redis_up", "1 when the last INFO to Redis succeeded", labels=["cache"])
+        try:
+            info = self.probe.info()
+        except Exception:
+            up.add_metric([self.cache], 0)
+            yield up
+            return
+        up.add_metric([self.cache], 1)
+        yield up
+        for name, field, kind in (
+            ("redis_keyspace_hits_total", "keyspace_hits", "counter"),
+            ("redis_keyspace_misses_total", "keyspace_misses", "counter"),
+            ("redis_evicted_keys_total", "evicted_keys", "counter"),
+            ("redis_commands_processed_total", "total_commands_processed", "counter"),
+            ("redis_connected_clients", "connected_clients", "gauge"),
+            ("redis_memory_used_bytes", "used_memory", "gauge"),
+        ):
+            value = float(info.get(field, 0))
+            if kind == "counter":
+                counter = CounterMetricFamily(name, f"Redis INFO {field}", labels=["cache"])
+                counter.add_metric([self.cache], value)
+                yield counter
+            else:
+                gauge = GaugeMetricFamily(name, f"Redis INFO {field}", labels=["cache"])
+                gauge.add_metric([self.cache], value)
+                yield gauge
+
+    def ping(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.probe.ping()
+        return {"ping_ms": round((time.perf_counter() - started) * 1000, 3)}

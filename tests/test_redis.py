@@ -1,0 +1,203 @@
+"""Cache hit/miss metrics against a real redis-server, and what happens when it dies or hangs."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from conftest import call_wsgi, free_port, make_environ, samples
+from servers import RedisServer
+
+from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.redis import cached, instrument_redis
+from softfactory_obs.store.metrics import Registry
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(server.url())
+    c.flushdb()
+    yield c
+    c.close()
+
+
+def one(registry: Registry, name: str, **labels: str) -> float:
+    return samples(registry).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_reads_writes_and_deletes_are_counted(client: redis.Redis) -> None:
+    registry = Registry()
+    r = instrument_redis(client, "main", registry=registry)
+    assert r is client and instrument_redis(client, "other", registry=registry) is client
+    r.set("a", "1")
+    r.mset({"b": "2", "c": "3"})
+    assert r.get("a") == b"1" and r.get("zz") is None
+    assert r.mget("a", "b", "nope") == [b"1", b"2", None]
+    r.hset("h", mapping={"f1": "v"})
+    assert r.hget("h", "f1") == b"v" and r.hget("h", "f2") is None
+    assert r.hmget("h", "f1", "f2") == [b"v", None]
+    assert r.hgetall("h") == {b"f1": b"v"} and r.hgetall("empty") == {}
+    assert r.delete("a", "b", "nope") == 2
+    assert one(registry, "cache_hits_total", cache="main") == 1 + 2 + 1 + 1 + 1
+    assert one(registry, "cache_misses_total", cache="main") == 1 + 1 + 1 + 1 + 1
+    assert one(registry, "cache_puts_total", cache="main") == 1 + 2 + 1
+    assert one(registry, "cache_evictions_total", cache="main") == 2
+    assert one(registry, "cache_operation_duration_seconds_count", cache="main", operation="get") == 2
+
+
+def test_pipelines_and_prefix_map(client: redis.Redis) -> None:
+    registry = Registry()
+    r = instrument_redis(client, prefixes={"user:": "users", "sess:": "sessions"}, registry=registry)
+    r.set("user:1", "x")
+    pipe = r.pipeline()
+    pipe.get("user:1").get("user:2").get("sess:9").get("other")
+    assert pipe.execute() == [b"x", None, None, None]
+    assert one(registry, "cache_hits_total", cache="users") == 1
+    assert one(registry, "cache_misses_total", cache="users") == 1
+    assert one(registry, "cache_misses_total", cache="sessions") == 1
+    assert one(registry, "cache_misses_total", cache="default") == 1
+
+
+def test_known_workload_gives_the_exact_hit_ratio(client: redis.Redis) -> None:
+    registry = Registry()
+    r = instrument_redis(client, registry=registry)
+    for n in range(30):
+        r.set(f"k{n}", n)
+    for n in range(100):  # keys 0..29 exist: 30 % of the reads hit
+        r.get(f"k{n % 100}")
+    hits, misses = one(registry, "cache_hits_total", cache="default"), one(registry, "cache_misses_total",
+                                                                           cache="default")
+    assert (hits, misses) == (30, 70)
+    assert hits / (hits + misses) == 0.3
+
+
+def test_cached_decorator_reads_through(client: redis.Redis) -> None:
+    registry = Registry()
+    calls = []
+
+    @cached(client, ttl=60, cache="prices", registry=registry)
+    def price(sku: str) -> dict[str, Any]:
+        calls.append(sku)
+        return {"sku": sku, "cents": 199}
+
+    assert price("a") == price("a") == {"sku": "a", "cents": 199}
+    assert calls == ["a"]
+    assert one(registry, "cache_hits_total", cache="prices") == 1
+    assert one(registry, "cache_misses_total", cache="prices") == 1
+    assert one(registry, "cache_puts_total", cache="prices") == 1
+
+
+def test_redis_down_app_keeps_serving_and_errors_are_counted() -> None:
+    registry = Registry()
+    port = free_port()  # nothing listens here
+    dead = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.2)
+    r = instrument_redis(dead, registry=registry)
+    with pytest.raises(redis.ConnectionError):
+        r.get("x")  # the app's own call fails exactly as it would without us
+    assert one(registry, "cache_errors_total", cache="default", operation="get", error="ConnectionError") == 1
+
+    @cached(dead, ttl=5, registry=registry)
+    def compute() -> int:
+        return 42
+
+    assert compute() == 42  # falls back to the function
+
+
+def _middleware_with_redis(url: str, critical: bool) -> tuple[ObservabilityMiddleware, Registry]:
+    registry = Registry()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False,
+                                 health_cache_seconds=0)
+    mw.add_redis(redis.Redis.from_url(url), critical=critical, timeout=0.3)
+    return mw, registry
+
+
+def test_info_metrics_and_health_follow_the_server_up_down_and_back() -> None:
+    with RedisServer() as srv:
+        mw, registry = _middleware_with_redis(srv.url(), critical=True)
+        assert one(registry, "redis_up", cache="default") == 1
+        assert one(registry, "redis_commands_processed_total", cache="default") > 0
+        assert call_wsgi(mw, make_environ(PATH_INFO="/ready")).status.startswith("200")
+        port = srv.port
+    # Killed: the scrape is still prompt, redis_up is 0, readiness fails (critical).
+    t0 = time.perf_counter()
+    assert one(registry, "redis_up", cache="default") == 0
+    assert time.perf_counter() - t0 < 2.0
+    assert call_wsgi(mw, make_environ(PATH_INFO="/ready")).status.startswith("503")
+    assert call_wsgi(mw, make_environ(PATH_INFO="/health")).status.startswith("503")
+    # Back on the same port: recovered without a restart.
+    srv2 = RedisServer()
+    srv2.port = port
+    with srv2:
+        assert one(registry, "redis_up", cache="default") == 1
+        assert call_wsgi(mw, make_environ(PATH_INFO="/ready")).status.startswith("200")
+
+
+def test_paused_redis_is_bounded_and_non_critical_only_degrades() -> None:
+    with RedisServer() as srv:
+        mw, registry = _middleware_with_redis(srv.url(), critical=False)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.perf_counter()
+            resp = call_wsgi(mw, make_environ(PATH_INFO="/health"))
+            assert time.perf_counter() - t0 < 2.0
+            assert resp.status.startswith("200") and b'"degraded"' in resp.body
+            t0 = time.perf_counter()
+            assert one(registry, "redis_up", cache="default") == 0
+            assert time.perf_counter() - t0 < 2.0
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+
+
+def test_garbage_speaking_server_gives_clear_errors() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        registry = Registry()
+        r = instrument_redis(redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5),
+                             registry=registry)
+        with pytest.raises(redis.RedisError):
+            r.get("x")
+        errors = {dict(lb)["error"] for (name, lb), _ in samples(registry).items() if name == "cache_errors_total"}
+        assert errors and errors <= {"InvalidResponse", "ConnectionError", "ResponseError"}
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
