@@ -28,7 +28,14 @@ run: $(STAMP)
 	@echo "  curl -i http://$(HOST):$(PORT)/api/download"
 	@echo "  curl http://$(HOST):$(PORT)/metrics"
 	@echo "  curl http://$(HOST):$(PORT)/health   (also /live, /ready)"
-	DEMO_BIND=$(HOST):$(PORT) DEMO_WORKERS=$(WORKERS) $(BIN)/gunicorn -c examples/gunicorn.conf.py examples.demo:app
+	@# A throwaway redis-server (when installed) so the demo shows real cache metrics; it stops with the demo.
+	@if command -v redis-server >/dev/null; then \
+	  redis-server --port 6391 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes >/dev/null && \
+	  echo "  (cache: throwaway redis-server on 127.0.0.1:6391)"; fi
+	-REDIS=$$(command -v redis-server >/dev/null && echo redis://127.0.0.1:6391/0); \
+	  trap 'redis-cli -p 6391 shutdown nosave >/dev/null 2>&1 || true' EXIT INT TERM; \
+	  SOFTFACTORY_OBS_REDIS_URL=$$REDIS DEMO_BIND=$(HOST):$(PORT) DEMO_WORKERS=$(WORKERS) \
+	  $(BIN)/gunicorn -c examples/gunicorn.conf.py examples.demo:app
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)

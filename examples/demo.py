@@ -43,8 +43,13 @@ def get_user(req: Request, user_id: str) -> Response:
     return json_response(user)
 
 
+def load_products() -> list[dict[str, Any]]:
+    time.sleep(0.02)  # stands in for a slow database query
+    return PRODUCTS
+
+
 def list_products(req: Request) -> Response:
-    return json_response({"products": PRODUCTS})
+    return json_response({"products": products_cached()})
 
 
 def search(req: Request) -> Response:
@@ -126,3 +131,16 @@ def shop(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
 app = instrument(shop, service_name=os.environ.get("SOFTFACTORY_OBS_SERVICE_NAME", "demo-shop"))
 app.add_health_check("disk", disk_space_check("/", min_free_percent=1.0))
 app.add_health_check("memory", memory_check(max_used_percent=99.0), critical=False)
+
+# With a Redis URL the product list is read through a cache, and the cache shows up in /metrics,
+# /health and the summary; without one it is loaded every time.
+products_cached: Callable[[], list[dict[str, Any]]] = load_products
+if os.environ.get("SOFTFACTORY_OBS_REDIS_URL"):
+    import redis
+
+    from softfactory_obs.redis import cached
+
+    cache_client = app.add_redis(redis.Redis.from_url(os.environ["SOFTFACTORY_OBS_REDIS_URL"],
+                                                      socket_timeout=0.5, socket_connect_timeout=0.5),
+                                 cache="products")
+    products_cached = cached(cache_client, ttl=10, cache="products")(load_products)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import call_wsgi, free_port, make_environ, samples
-from servers import RedisServer
+from servers import Gunicorn, RedisServer, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.redis import cached, instrument_redis
@@ -201,3 +201,17 @@ def test_garbage_speaking_server_gives_clear_errors() -> None:
         stop.set()
         thread.join()
         listener.close()
+
+
+@pytest.mark.gunicorn
+def test_hit_ratio_is_exact_across_4_gunicorn_workers(tmp_path: Any, server: RedisServer) -> None:
+    redis.Redis.from_url(server.url()).flushdb()
+    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"), "SOFTFACTORY_OBS_REDIS_URL": server.url()}
+    with Gunicorn(tmp_path, workers=4, **env) as gunicorn:
+        for _ in range(20):  # one miss fills the cache (10 s ttl), the other 19 hit, whichever worker answers
+            assert get(gunicorn.port, "/api/products")[0] == 200
+        metrics = scrape(gunicorn.port)
+    hits = metrics[("cache_hits_total", (("cache", "products"),))]
+    misses = metrics[("cache_misses_total", (("cache", "products"),))]
+    assert (hits, misses) == (19, 1)
+    assert metrics[("redis_up", (("cache", "products"),))] == 1
