@@ -248,8 +248,9 @@ class MetricsApp:
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.timeout = timeout
         self._last_duration = 0.0
-        self._flight_lock = threading.Lock()
-        self._flight: _Flight | None = None
+        self._flight_cond = threading.Condition()
+        self._pending: _Flight | None = None  # the next merge: requests that arrive now share it
+        self._running: _Flight | None = None  # the merge being computed
         self.merges = 0  # how many merges ran (scrapes that arrived together share one)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
@@ -263,21 +264,31 @@ class MetricsApp:
             self._slots.release()
 
     def _render(self, accept: str) -> tuple[bytes, str]:
-        with self._flight_lock:
-            flight = self._flight
-            leader = flight is None
+        # Join the *pending* merge, never one already running: a running merge may have read the
+        # store before this request arrived, and a scraper whose previous scrape (answered by
+        # another worker) saw newer data would then watch counters go backwards.
+        deadline = time.monotonic() + self.timeout
+        with self._flight_cond:
+            flight = self._pending
             if flight is None:
-                flight = self._flight = _Flight()
+                flight = self._pending = _Flight()
+            while self._running is not None and not flight.done.is_set():
+                if not self._flight_cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise ScrapeLimitError(f"the scrape in progress took longer than {self.timeout:g} s")
+            leader = not flight.done.is_set() and self._running is None and self._pending is flight
+            if leader:
+                self._running, self._pending = flight, None
         if leader:
             try:
                 flight.metrics = self._collect()
             except BaseException as exc:
                 flight.error = exc
             finally:
-                with self._flight_lock:
-                    self._flight = None
-                flight.done.set()
-        elif not flight.done.wait(self.timeout):
+                with self._flight_cond:
+                    self._running = None
+                    flight.done.set()
+                    self._flight_cond.notify_all()
+        elif not flight.done.wait(max(0.0, deadline - time.monotonic())):
             raise ScrapeLimitError(f"the scrape in progress took longer than {self.timeout:g} s")
         if flight.error is not None:
             raise flight.error

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +79,7 @@ class HealthChecks:
         self._results: dict[str, Result] = {}
         self._running: dict[str, Future[Result]] = {}
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = 0
+        self._pid = os.getpid()
 
     def add(self, check: Check) -> None:
         if not check.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", check.name):
@@ -93,13 +92,16 @@ class HealthChecks:
             raise ValueError(f"health check {check.name!r}: timeout must be > 0 seconds, got {check.timeout!r}")
         self.checks[check.name] = check
 
-    def _executor(self) -> ThreadPoolExecutor:
-        # Threads do not survive fork: each worker gets its own pool on first use.
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="softfactory_obs-health")
-            self._pool_pid = os.getpid()
-            self._running = {}
-        return self._pool
+    def _submit(self, check: Check) -> Future[Result]:
+        # A daemon thread per run (runs are cached, so they are rare): a check that hangs for ever
+        # must not hold the worker's exit the way a ThreadPoolExecutor's joined threads would.
+        future: Future[Result] = Future()
+
+        def run() -> None:
+            future.set_result(self._execute(check))
+
+        threading.Thread(target=run, name=f"softfactory_obs-check-{check.name}", daemon=True).start()
+        return future
 
     def _execute(self, check: Check) -> Result:
         started = time.time()
@@ -118,7 +120,8 @@ class HealthChecks:
         now = time.time()
         waiting: list[tuple[Check, Future[Result]]] = []
         with self._lock:
-            pool = self._executor()
+            if self._pid != os.getpid():  # forked: the parent's check threads do not exist here
+                self._pid, self._running = os.getpid(), {}
             for check in chosen:
                 cached = self._results.get(check.name)
                 max_age = check.interval * 2 if check.interval else self.ttl
@@ -126,7 +129,7 @@ class HealthChecks:
                     continue
                 future = self._running.get(check.name)
                 if future is None or future.done():
-                    future = self._running[check.name] = pool.submit(self._execute, check)
+                    future = self._running[check.name] = self._submit(check)
                 waiting.append((check, future))
         deadline = time.perf_counter() + max((c.timeout for c, _ in waiting), default=0)
         for check, future in waiting:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from conftest import call_wsgi, make_environ
+from servers import Gunicorn
+from servers import get as http_get
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.health import disk_space_check, memory_check, sanitise, sql_check
@@ -208,3 +210,25 @@ def test_bad_check_registrations_are_refused() -> None:
         mw.add_health_check("bad name", lambda: True)
     with pytest.raises(ValueError, match="timeout must be > 0"):
         mw.add_health_check("t", lambda: True, timeout=0)
+
+
+@pytest.mark.gunicorn
+def test_health_under_gunicorn_hung_and_failing_checks(tmp_path: Any) -> None:
+    flag = tmp_path / "fail"
+    tests_dir = os.path.dirname(__file__)
+    with Gunicorn(tmp_path, app="health_app:app", workers=2, HEALTH_FLAG_FILE=str(flag),
+                  PYTHONPATH=f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}") as server:
+        t0 = time.perf_counter()
+        status, body = http_get(server.port, "/health")
+        assert time.perf_counter() - t0 < 3.0  # the hung check is cut at its 0.5 s timeout
+        data = json.loads(body)
+        assert (status, data["status"]) == (200, "degraded")
+        assert data["checks"]["hangs"]["error"] == "timed out after 0.5 s"
+        assert http_get(server.port, "/ready")[0] == 200
+        flag.write_text("x")
+        time.sleep(1.1)  # past the 1 s result cache
+        assert http_get(server.port, "/ready")[0] == 503
+        assert http_get(server.port, "/health")[0] == 503
+        flag.unlink()
+        time.sleep(1.1)
+        assert http_get(server.port, "/ready")[0] == 200

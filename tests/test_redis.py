@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -211,7 +212,21 @@ def test_hit_ratio_is_exact_across_4_gunicorn_workers(tmp_path: Any, server: Red
         for _ in range(20):  # one miss fills the cache (10 s ttl), the other 19 hit, whichever worker answers
             assert get(gunicorn.port, "/api/products")[0] == 200
         metrics = scrape(gunicorn.port)
+        summary = json.loads(get(gunicorn.port, "/api/metrics/summary")[1])
+    assert summary["cache"]["products"] == {"hits": 19, "misses": 1, "hit_ratio": 0.95}
     hits = metrics[("cache_hits_total", (("cache", "products"),))]
     misses = metrics[("cache_misses_total", (("cache", "products"),))]
     assert (hits, misses) == (19, 1)
     assert metrics[("redis_up", (("cache", "products"),))] == 1
+
+
+def test_auth_errors_are_counted_and_raised() -> None:
+    with RedisServer() as srv:
+        secured = redis.Redis(port=srv.port)
+        secured.config_set("requirepass", "s3cret")
+        registry = Registry()
+        r = instrument_redis(redis.Redis(port=srv.port, socket_timeout=0.5), registry=registry)
+        with pytest.raises(redis.AuthenticationError):
+            r.get("x")
+        errors = {dict(lb)["error"] for (name, lb), _ in samples(registry).items() if name == "cache_errors_total"}
+        assert errors == {"AuthenticationError"}
