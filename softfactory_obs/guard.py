@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+log = logging.getLogger("softfactory_obs.security")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -65,6 +67,10 @@ class Guard:
             status = self.refusal(environ)
             if status is None:
                 return app(environ, start_response)
+            # Refusals are logged (they may be probing), never counted as app traffic.
+            log.warning("refused %s %s from %s: %s", environ.get("REQUEST_METHOD", ""),
+                        str(environ.get("PATH_INFO", ""))[:200], environ.get("REMOTE_ADDR", ""), status,
+                        extra={"status": int(status[:3]), "remote_addr": environ.get("REMOTE_ADDR", "")})
             headers = [("Content-Type", "text/plain"), ("Content-Length", "0"), ("Cache-Control", "no-store")]
             if status.startswith("401"):
                 headers.append(("WWW-Authenticate", 'Bearer realm="telemetry"'))

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, make_environ
+from conftest import LogCapture, call_wsgi, make_environ
 from servers import Gunicorn
 from servers import get as http_get
 
@@ -161,7 +161,7 @@ def test_head_and_methods() -> None:
     assert status == 405 and headers["allow"] == "GET, HEAD"
 
 
-def test_metrics_guarded_by_token_and_network_probes_stay_open() -> None:
+def test_metrics_guarded_by_token_and_network_probes_stay_open(logs: LogCapture) -> None:
     mw = make(telemetry_token="s3cret", telemetry_allow=("10.0.0.0/8", "127.0.0.1/32"))
     assert get(mw, "/metrics", REMOTE_ADDR="10.0.0.7")[0] == 401
     status, headers, _ = get(mw, "/metrics", REMOTE_ADDR="10.0.0.7", HTTP_AUTHORIZATION="Bearer wrong")
@@ -171,6 +171,9 @@ def test_metrics_guarded_by_token_and_network_probes_stay_open() -> None:
     assert get(mw, "/metrics", REMOTE_ADDR="10.0.0.7", QUERY_STRING="token=s3cret")[0] == 401  # header only
     assert get(mw, "/live", REMOTE_ADDR="203.0.113.9")[0] == 200
     assert get(mw, "/ready", REMOTE_ADDR="203.0.113.9")[0] == 200
+    refused = [r for r in logs.lines() if r["logger"] == "softfactory_obs.security"]
+    assert [r["status"] for r in refused] == [401, 401, 403, 401]
+    assert all(r["request_id"] for r in refused) and "s3cret" not in logs.raw()
 
 
 def test_readiness_flips_on_sigterm_before_exit() -> None:
