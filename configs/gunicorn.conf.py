@@ -10,7 +10,12 @@ to a directory on /dev/shm or a Kubernetes emptyDir with medium: Memory (see the
 
 import os
 
-from softfactory_obs.gunicorn import logconfig_dict, on_exit, on_starting  # noqa: F401 - gunicorn reads these
+from softfactory_obs.gunicorn import (  # noqa: F401 - gunicorn reads these names
+    logconfig_dict,
+    on_exit,
+    on_starting,
+    post_worker_init,
+)
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WORKERS", "4"))

@@ -4,7 +4,12 @@ import os
 
 os.environ.setdefault("SOFTFACTORY_OBS_SERVICE_NAME", "demo-shop")
 
-from softfactory_obs.gunicorn import json_logconfig, on_exit, on_starting  # noqa: F401 - gunicorn reads these
+from softfactory_obs.gunicorn import (  # noqa: F401 - gunicorn reads these names
+    json_logconfig,
+    on_exit,
+    on_starting,
+    post_worker_init,
+)
 
 logconfig_dict = json_logconfig()
 

@@ -6,6 +6,8 @@ make the set-up explicit and tidy:
 - ``on_starting``: the master picks the metrics directory once and exports it to every worker it
   will ever fork, instead of each worker inferring it from its parent;
 - ``on_exit``: the master removes the directory it created, so tmpfs does not fill across restarts;
+- ``post_worker_init``: hooks SIGTERM on the worker's main thread, so /ready turns 503 as soon as a
+  worker starts draining, gthread workers included;
 - ``logconfig_dict``: gunicorn's own log lines as the same JSON as the app's, on stdout.
 """
 
@@ -15,6 +17,7 @@ import os
 import shutil
 from typing import Any
 
+from .health import watch_sigterm_everywhere
 from .store.location import ENV, create_auto_directory
 
 _created_here: list[str] = []
@@ -25,6 +28,12 @@ def on_starting(server: Any) -> None:
         path = create_auto_directory(os.getpid())
         os.environ[ENV] = path
         _created_here.append(path)
+
+
+def post_worker_init(worker: Any) -> None:
+    # The worker's main thread, with the app loaded: the one place a gthread worker can hook SIGTERM
+    # so /ready turns 503 the moment it starts draining.
+    watch_sigterm_everywhere()
 
 
 def on_exit(server: Any) -> None:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -193,6 +194,19 @@ def sql_check(connect: Callable[[], Any], query: str = "SELECT 1") -> Callable[[
 # -- readiness state ------------------------------------------------------------------------------
 
 
+_all_readiness: weakref.WeakSet[Readiness] = weakref.WeakSet()
+
+
+def watch_sigterm_everywhere() -> None:
+    """From a worker's main thread (gunicorn's post_worker_init): hook SIGTERM for every middleware.
+
+    gthread workers never serve a request on the main thread, so the first-request hook cannot
+    install the handler there; this can.
+    """
+    for readiness in list(_all_readiness):
+        readiness.watch_sigterm()
+
+
 class Readiness:
     """Started (the app may opt in to declaring it) and not draining (SIGTERM flips it at once)."""
 
@@ -200,6 +214,7 @@ class Readiness:
         self.started = ready_on_start
         self.draining = False
         self._hooked_pid = 0
+        _all_readiness.add(self)
 
     def watch_sigterm(self) -> None:
         """Chain a SIGTERM handler that marks this worker draining; only possible from the main thread."""

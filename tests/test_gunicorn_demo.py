@@ -144,3 +144,12 @@ def test_metrics_token_under_gunicorn(tmp_path: Path) -> None:
         assert get(guarded, "/metrics")[0] == 401
         assert get(guarded, "/metrics", {"Authorization": "Bearer t0ken"})[0] == 200
         assert get(guarded, "/live")[0] == 200
+
+
+def test_metrics_allow_list_under_gunicorn(tmp_path: Path) -> None:
+    with Gunicorn(tmp_path, workers=2, SOFTFACTORY_OBS_TELEMETRY_ALLOW="10.0.0.0/8") as guarded:
+        assert get(guarded, "/metrics")[0] == 403  # we come from 127.0.0.1
+        assert get(guarded, "/api/metrics/summary")[0] == 403
+        assert get(guarded, "/ready")[0] == 200
+    with Gunicorn(tmp_path, workers=2, SOFTFACTORY_OBS_TELEMETRY_ALLOW="10.0.0.0/8,127.0.0.0/8") as allowed:
+        assert get(allowed, "/metrics")[0] == 200

@@ -235,3 +235,22 @@ def test_health_under_gunicorn_hung_and_failing_checks(tmp_path: Any) -> None:
         flag.unlink()
         time.sleep(1.1)
         assert http_get(server.port, "/ready")[0] == 200
+
+
+@pytest.mark.gunicorn
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_readiness_flips_on_sigterm_under_gunicorn_before_the_worker_exits(tmp_path: Any, worker_class: str) -> None:
+    tests_dir = os.path.dirname(__file__)
+    server = Gunicorn(tmp_path, app="drain_app:app", workers=1, GUNICORN_CMD_ARGS=f"--worker-class {worker_class}",
+                      PYTHONPATH=f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}")
+    with server:
+        assert server.proc is not None
+        result: list[tuple[int, bytes]] = []
+        in_flight = threading.Thread(target=lambda: result.append(http_get(server.port, "/slow?s=1.5")))
+        in_flight.start()
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)  # graceful stop: the in-flight request still finishes
+        in_flight.join(10)
+        server.proc.wait(timeout=15)
+    assert result and result[0][0] == 200
+    assert json.loads(result[0][1]) == {"draining": True}

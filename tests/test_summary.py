@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from servers import Gunicorn, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.store.metrics import Gauge, Registry
-from softfactory_obs.summary import human, quantile
+from softfactory_obs.summary import History, human, quantile
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -83,3 +84,20 @@ def test_summary_matches_metrics_across_workers(tmp_path: Path) -> None:
     assert summary["endpoints"]["/api/users/{user_id}"]["count"] == 30
     assert errors["lifetime"]["by_endpoint"] == {"/api/error": 6}
     assert len(summary["system"]["workers"]) >= 1
+
+
+def test_recent_windows_count_only_what_happened_inside_them() -> None:
+    registry = Registry()
+    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False)
+    history = History(registry, "")  # sampled only by this test
+    for _ in range(5):
+        call_wsgi(mw, make_environ(PATH_INFO="/fail"))
+    first = history.sample()
+    assert history.window(60, first)[0] == {}  # nothing since the only sample
+    time.sleep(1.05)  # samples are at least a second apart
+    for _ in range(3):
+        call_wsgi(mw, make_environ(PATH_INFO="/fail"))
+    later = history.sample()
+    window, covered = history.window(60, later)
+    assert window == {("/fail", "500"): 3.0} and covered >= 1.0
+    assert later[("/fail", "500")] == 8
