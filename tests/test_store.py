@@ -541,3 +541,31 @@ def test_a_reader_killed_inside_its_read_section_blocks_nobody(store_dir: str) -
     assert in_child(die_holding_the_read_lock) == 0
     assert StoreDirectory(store_dir, lock_timeout=1.0).compact() == 1
     assert value(registry, "after_total") == 2
+
+
+def test_concurrent_snapshots_in_one_process_never_count_twice(store_dir: str) -> None:
+    # A scrape and the maintenance thread (or two gthread scrapes) reading while keys are added.
+    writer = Registry(store_dir)
+    counter = Counter("keys_total", "x", ["n"], registry=writer)
+    reader = StoreDirectory(store_dir)
+    stop = threading.Event()
+    too_high: list[int] = []
+    written = [0]
+
+    def scrape() -> None:
+        while not stop.is_set():
+            snap = reader.snapshot()
+            total = sum(v for (name, _, _), v in snap.counts.items() if name == "keys_total")
+            if total > written[0] * 1_000_000:
+                too_high.append(total)
+
+    threads = [threading.Thread(target=scrape) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for n in range(3000):
+        counter.labels(str(n)).inc()  # every inc adds a new key to the shard's tail
+        written[0] += 1
+    stop.set()
+    for t in threads:
+        t.join()
+    assert too_high == []

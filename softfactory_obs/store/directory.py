@@ -25,6 +25,7 @@ import json
 import mmap
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from .shard import (
 SHARD_RE = re.compile(r"w-(\d+)-(\d+)-([0-9a-f]{16})\.shard")
 ARCHIVE = "archive.json"
 ARCHIVE_VERSION = 1
+ARCHIVE_MAGIC = "SFOARCHIVE"
 
 
 class StoreBusyError(Exception):
@@ -79,6 +81,7 @@ class Archive:
     def load(cls, path: str) -> Archive:
         try:
             with open(path, "rb") as f:
+                f.readline()  # the generation header
                 data = json.load(f)
         except FileNotFoundError:
             return cls()
@@ -88,7 +91,9 @@ class Archive:
         return cls(int(data["generation"]), list(data["absorbed"]), dict(data["metas"]), counts)
 
     def dump(self) -> bytes:
-        return json.dumps({
+        # First line: the generation alone, so a reader can tell in one short read whether its
+        # cached copy is current (inode numbers are reused and file times are coarse).
+        return f"{ARCHIVE_MAGIC} {self.generation}\n".encode() + json.dumps({
             "version": ARCHIVE_VERSION,
             "generation": self.generation,
             "absorbed": self.absorbed,
@@ -152,7 +157,11 @@ class StoreDirectory:
             with open(os.path.join(self.path, name), "a"):
                 pass
         self._readers: dict[str, ShardReader] = {}  # parsed key tables of shards, by file name
-        self._archive_cache: tuple[tuple[int, int, int], Archive] | None = None
+        # One snapshot at a time per process: the incremental key tables above are shared, and two
+        # threads parsing the same tail (a scrape and the maintenance thread, or two gthread
+        # scrapes) would each append it, counting those series twice.
+        self._snapshot_lock = threading.Lock()
+        self._archive_cache: tuple[int, Archive] | None = None
 
     def new_shard(self) -> ShardWriter:
         name = f"w-{os.getpid()}-{time.time_ns()}-{os.urandom(8).hex()}.shard"
@@ -162,16 +171,20 @@ class StoreDirectory:
     # -- reading ----------------------------------------------------------------------------------
 
     def _archive(self) -> Archive:
+        """The archive, parsed only when its generation changed (callers hold dir.lock or compact.lock)."""
         path = os.path.join(self.path, ARCHIVE)
         try:
-            st = os.stat(path)
+            with open(path, "rb") as f:
+                header = f.readline(64).split()
         except FileNotFoundError:
             return Archive()
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._archive_cache is not None and self._archive_cache[0] == stamp:
+        if len(header) != 2 or header[0] != ARCHIVE_MAGIC.encode() or not header[1].isdigit():
+            raise CorruptShardError(f"{path}: not an archive header: {b' '.join(header)!r}")
+        generation = int(header[1])
+        if self._archive_cache is not None and self._archive_cache[0] == generation:
             return self._archive_cache[1]
         archive = Archive.load(path)
-        self._archive_cache = (stamp, archive)
+        self._archive_cache = (generation, archive)
         return archive
 
     def _shard_names(self) -> list[str]:
@@ -179,6 +192,10 @@ class StoreDirectory:
 
     def snapshot(self, own: ShardWriter | None = None) -> Snapshot:
         """A consistent merge of the archive and every shard not yet absorbed."""
+        with self._snapshot_lock:
+            return self._snapshot(own)
+
+    def _snapshot(self, own: ShardWriter | None) -> Snapshot:
         snap = Snapshot()
         fd = os.open(os.path.join(self.path, "dir.lock"), os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -171,6 +171,7 @@ class Registry:
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.
         self._lock = threading.Lock()
+        self._directory = None  # its locks may have been held by a thread that does not exist here
         if self._writer is not None:
             self._writer.close()
             self._writer = None
