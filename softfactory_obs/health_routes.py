@@ -17,8 +17,9 @@ READY_PATHS = ("/ready", "/readyz", "/api/metrics/ready")
 HEALTH_PATHS = ("/health", "/healthz", "/api/metrics/health")
 
 
-def _answer(environ: dict[str, Any], start_response: Callable[..., Any], status: str, body: bytes,
-            content_type: str = "application/json") -> Iterable[bytes]:
+def answer(environ: dict[str, Any], start_response: Callable[..., Any], status: str, body: bytes,
+           content_type: str = "application/json") -> Iterable[bytes]:
+    """A telemetry JSON response: GET and HEAD only (405 with Allow otherwise), never cached."""
     method = environ.get("REQUEST_METHOD", "GET")
     if method not in ("GET", "HEAD"):
         start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
@@ -39,7 +40,7 @@ class HealthRoutes:
 
     def live(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         body = json_body({"alive": True, "timestamp": _iso_utc(time.time()), "pid": os.getpid()})
-        return _answer(environ, start_response, "200 OK", body)
+        return answer(environ, start_response, "200 OK", body)
 
     def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         critical = [c.name for c in self.checks.checks.values() if c.critical]
@@ -53,7 +54,7 @@ class HealthRoutes:
             data["reason"] = "shutting down"
         elif failing and self.guard.may_see_details(environ):
             data["failing"] = failing
-        return _answer(environ, start_response, "200 OK" if ready else "503 Service Unavailable", json_body(data))
+        return answer(environ, start_response, "200 OK" if ready else "503 Service Unavailable", json_body(data))
 
     def health(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         results = self.checks.run()
@@ -66,7 +67,7 @@ class HealthRoutes:
             status, http = "healthy", "200 OK"
         details = self.guard.may_see_details(environ)
         if HEALTH_JSON in str(environ.get("HTTP_ACCEPT", "")):
-            return _answer(environ, start_response, http, json_body(self._ietf(status, results, now, details)),
+            return answer(environ, start_response, http, json_body(self._ietf(status, results, now, details)),
                            HEALTH_JSON)
         data: dict[str, Any] = {
             "status": status,
@@ -76,7 +77,7 @@ class HealthRoutes:
             "uptime_seconds": round(now - self.started_at, 3),
             "checks": {r.name: r.as_dict(now, details) for r in results},
         }
-        return _answer(environ, start_response, http, json_body(data))
+        return answer(environ, start_response, http, json_body(data))
 
     def _ietf(self, status: str, results: list[Result], now: float, details: bool) -> dict[str, Any]:
         ietf_status = {"healthy": "pass", "degraded": "warn", "unhealthy": "fail"}[status]

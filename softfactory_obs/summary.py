@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 
 from .exposition import families_from
 from .health import json_body
+from .health_routes import answer
 from .logs import _iso_utc
 from .settings import Settings
 from .store.metrics import Registry
@@ -125,7 +126,7 @@ class SummaryApp:
             "cache": self._cache(families),
             "gauges": self._business_gauges(families),
         }
-        return _json(environ, start_response, data)
+        return answer(environ, start_response, "200 OK", json_body(data))
 
     def errors(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         totals = self.history.sample()
@@ -133,7 +134,7 @@ class SummaryApp:
         for name, seconds in WINDOWS:
             window, covered = self.history.window(seconds, totals)
             data[f"last_{name}"] = {**self._error_view(window), "covered_seconds": round(covered, 1)}
-        return _json(environ, start_response, data)
+        return answer(environ, start_response, "200 OK", json_body(data))
 
     @staticmethod
     def _error_view(totals: Totals) -> dict[str, Any]:
@@ -207,14 +208,3 @@ class SummaryApp:
                       for s in family.samples}
             out[name] = values
         return out
-
-
-def _json(environ: dict[str, Any], start_response: Callable[..., Any], data: dict[str, Any]) -> Iterable[bytes]:
-    if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-        start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
-                                                  ("Content-Length", "0")])
-        return []
-    body = json_body(data)
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                              ("Cache-Control", "no-store")])
-    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
