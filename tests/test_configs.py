@@ -139,3 +139,15 @@ def test_prometheus_scrapes_the_demo_and_every_recording_rule_has_data(tmp_path:
         finally:
             server.terminate()
             server.wait(timeout=20)
+
+
+def test_every_alert_has_severity_and_a_runbook_section() -> None:
+    rules = yaml.safe_load((CONFIGS / "rules" / "alerts.yml").read_text())["groups"][0]["rules"]
+    runbooks = (CONFIGS.parent / "docs" / "RUNBOOKS.md").read_text()
+    anchors = {line[3:].strip().lower().replace(" ", "") for line in runbooks.splitlines() if line.startswith("## ")}
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        assert rule["annotations"]["runbook_url"].split("#")[1] in anchors, rule["alert"]
+    names = {rule["alert"] for rule in rules}
+    assert {"ServiceDown", "HighErrorRate", "HighResponseTime", "SlowRequests", "CacheHitRatioDegraded",
+            "RedisDown", "HighMemoryUsage", "CriticalMemoryUsage", "HighCPUUsage", "ServiceRestart"} <= names
