@@ -80,8 +80,14 @@ def _recording_rules() -> list[str]:
     return [rule["record"] for group in groups for rule in group["rules"]]
 
 
+def _dashboard_queries(job: str) -> list[str]:
+    dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "softfactory.json").read_text())
+    return [target["expr"].replace("$job", job).replace("$__rate_interval", "1m")
+            for panel in dashboard["panels"] for target in panel["targets"]]
+
+
 @pytest.mark.gunicorn
-def test_prometheus_scrapes_the_demo_and_every_recording_rule_has_data(tmp_path: Path) -> None:
+def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path: Path) -> None:
     prometheus = require_binary("prometheus")
     with RedisServer() as redis_server, Gunicorn(tmp_path, workers=4,
                                                  SOFTFACTORY_OBS_METRICS_DIR=str(tmp_path / "store"),
@@ -121,12 +127,14 @@ def test_prometheus_scrapes_the_demo_and_every_recording_rule_has_data(tmp_path:
             missing = _recording_rules()
             while time.monotonic() < deadline:
                 total = _query(port, 'sum(http_requests_total{job="softfactory-app"})')
-                missing = [r for r in _recording_rules() if not _has_data(_query(port, r))]
+                queries = _recording_rules() + _dashboard_queries("softfactory-app")
+                missing = [q for q in queries if not _has_data(_query(port, q))]
                 if total and float(total[0]["value"][1]) == len(paths) and not missing:
                     break
                 time.sleep(1)
             assert float(total[0]["value"][1]) == len(paths)
-            assert missing == [], f"recording rules without data (empty or NaN): {missing}"
+            # No dashboard panel shows "No data" because of a wrong metric name.
+            assert missing == [], f"recording rules or dashboard queries without data (empty or NaN): {missing}"
             wanted = {"HighErrorRate", "AvailabilityBudgetBurnFast"}
             states: dict[str, str] = {}
             deadline = time.monotonic() + 30
@@ -151,3 +159,15 @@ def test_every_alert_has_severity_and_a_runbook_section() -> None:
     names = {rule["alert"] for rule in rules}
     assert {"ServiceDown", "HighErrorRate", "HighResponseTime", "SlowRequests", "CacheHitRatioDegraded",
             "RedisDown", "HighMemoryUsage", "CriticalMemoryUsage", "HighCPUUsage", "ServiceRestart"} <= names
+
+
+def test_dashboard_and_provisioning_are_consistent() -> None:
+    dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "softfactory.json").read_text())
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {"Service up", "Request rate", "Latency percentiles", "CPU per worker", "Memory per worker",
+            "Errors by status", "Endpoint performance", "Cache hit ratio", "Uptime"} <= titles
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    datasource = yaml.safe_load((CONFIGS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["type"] == "prometheus"
+    provider = yaml.safe_load((CONFIGS / "grafana" / "provisioning" / "dashboards" / "softfactory.yml").read_text())
+    assert provider["providers"][0]["type"] == "file"
