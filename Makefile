@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 4
 
-.PHONY: run test soak bench lint clean
+.PHONY: run test soak bench lint clean stack
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ run: $(STAMP)
 	  SOFTFACTORY_OBS_REDIS_URL=$$REDIS DEMO_BIND=$(HOST):$(PORT) DEMO_WORKERS=$(WORKERS) \
 	  $(BIN)/gunicorn -c examples/gunicorn.conf.py examples.demo:app
 
+# Prometheus (:9090) and Alertmanager (:9093) from the Debian binaries, with configs/, scraping `make run`.
+# Placeholder secret files stand in for the real ones; notifications will fail to deliver, by design.
+stack:
+	@command -v prometheus >/dev/null || { echo "install prometheus (apt-get install prometheus)"; exit 1; }
+	mkdir -p .stack/secrets .stack/prometheus .stack/alertmanager
+	for f in smtp_password slack_webhook_url pagerduty_routing_key webhook_token; do \
+	  [ -f .stack/secrets/$$f ] || echo placeholder > .stack/secrets/$$f; done
+	sed 's|/etc/alertmanager/secrets|$(CURDIR)/.stack/secrets|' configs/alertmanager.yml > .stack/alertmanager.yml
+	@echo "Prometheus on http://127.0.0.1:9090, Alertmanager on http://127.0.0.1:9093 (Ctrl-C stops both)"
+	trap 'kill $$(jobs -p) 2>/dev/null' INT TERM EXIT; \
+	  prometheus-alertmanager --config.file=.stack/alertmanager.yml --storage.path=.stack/alertmanager \
+	    --web.listen-address=127.0.0.1:9093 --cluster.listen-address= & \
+	  prometheus --config.file=configs/prometheus.yml --storage.tsdb.path=.stack/prometheus \
+	    --web.listen-address=127.0.0.1:9090 --enable-feature=exemplar-storage & \
+	  wait
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
 
@@ -53,5 +69,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .stack
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -171,3 +171,24 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     assert datasource["datasources"][0]["type"] == "prometheus"
     provider = yaml.safe_load((CONFIGS / "grafana" / "provisioning" / "dashboards" / "softfactory.yml").read_text())
     assert provider["providers"][0]["type"] == "file"
+
+
+def test_kubernetes_deployment_probes_store_and_annotations() -> None:
+    deployment = yaml.safe_load((CONFIGS / "kubernetes" / "deployment.yml").read_text())
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    [volume] = pod["spec"]["volumes"]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SOFTFACTORY_OBS_METRICS_DIR"] == container["volumeMounts"][0]["mountPath"]
+
+
+def test_compose_file_mounts_the_tested_configs() -> None:
+    compose = yaml.safe_load((CONFIGS / "docker-compose.monitoring.yml").read_text())
+    mounts = " ".join(v for s in compose["services"].values() for v in s.get("volumes", []))
+    for path in ("prometheus.yml", "rules", "alertmanager.yml", "grafana/provisioning", "grafana/dashboards"):
+        assert f"./{path}:" in mounts  # relative to the compose file, which lives in configs/
+        assert (CONFIGS / path).exists()
