@@ -70,6 +70,18 @@ def _finite(value: Any) -> Any:
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=_json_fallback).encode
 
 
+# Our field names -> Elastic Common Schema (ECS 8) names, for log_schema="ecs". Dotted keys are
+# what Elasticsearch maps to the nested ECS objects.
+ECS_FIELDS = {
+    "timestamp": "@timestamp", "level": "log.level", "logger": "log.logger", "service": "service.name",
+    "pid": "process.pid", "request_id": "http.request.id", "trace_id": "trace.id",
+    "method": "http.request.method", "path": "url.original", "endpoint": "url.path",
+    "status": "http.response.status_code", "content_length": "http.response.body.bytes",
+    "remote_addr": "client.address", "user_agent": "user_agent.original", "user_id": "user.id",
+    "traceback": "error.stack_trace", "error_type": "error.type", "latency_ms": "event.duration_ms",
+}
+
+
 class JsonFormatter(_BaseJsonFormatter):
     """python-json-logger's formatter with our field names, UTC timestamps and fail-safe encoding.
 
@@ -78,11 +90,15 @@ class JsonFormatter(_BaseJsonFormatter):
     then ``traceback`` when an exception is attached.
     """
 
-    def __init__(self, *, service: str = "app", static_fields: dict[str, Any] | None = None) -> None:
+    def __init__(self, *, service: str = "app", static_fields: dict[str, Any] | None = None,
+                 schema: str = "default") -> None:
+        if schema not in ("default", "ecs"):
+            raise ValueError(f"schema: expected 'default' or 'ecs', got {schema!r}")
         super().__init__(
             static_fields=static_fields, json_ensure_ascii=True, reserved_attrs=[*RESERVED_ATTRS, "taskName"]
         )
         self.service = service
+        self.renames = ECS_FIELDS if schema == "ecs" else None
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_data["timestamp"] = _iso_utc(record.created)
@@ -105,6 +121,16 @@ class JsonFormatter(_BaseJsonFormatter):
                 log_data[key] = value
         if record.exc_info and record.exc_info[0] is not None and "error_type" not in log_data:
             log_data["error_type"] = record.exc_info[0].__name__
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        renames = self.renames
+        if renames is None:
+            return log_data
+        out = {renames.get(key, key): value for key, value in log_data.items()}
+        if "log.level" in out:
+            out["log.level"] = str(out["log.level"]).lower()
+        out["ecs.version"] = "8.11.0"
+        return out
 
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         try:
@@ -154,6 +180,7 @@ def configure_logging(
     backup_count: int = 30,
     service: str = "app",
     quiet_loggers: Iterable[str] = (),
+    schema: str = "default",
 ) -> None:
     """Send every log record of the process, as one JSON line, to stdout (default) and/or a file.
 
@@ -176,7 +203,7 @@ def configure_logging(
             handlers.append(WatchedLineHandler(log_file, encoding="utf-8"))
     if stream is not None or not log_file:
         handlers.append(StreamLineHandler(stream))
-    formatter = JsonFormatter(service=service)
+    formatter = JsonFormatter(service=service, schema=schema)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
         root.removeHandler(old)

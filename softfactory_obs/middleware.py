@@ -72,6 +72,7 @@ class ObservabilityMiddleware:
                 rotation=settings.log_rotation,
                 backup_count=settings.log_backup_count,
                 service=settings.service_name,
+                schema=settings.log_schema,
             )
 
     def _set_up_metrics(self, settings: Settings) -> None:

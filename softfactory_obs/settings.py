@@ -19,6 +19,7 @@ ENV_PREFIX = "SOFTFACTORY_OBS_"
 TrustPolicy = Literal["always", "never", "trusted_proxies"]
 LogFileMode = Literal["dated", "watched"]
 LogRotation = Literal["midnight", "hourly", "minutely", "secondly"]
+LogSchema = Literal["default", "ecs"]
 
 # Substrings (case-insensitive) of query parameter names whose values never reach a log line.
 DEFAULT_REDACT_QUERY = (
@@ -58,6 +59,8 @@ class Settings:
     log_file_mode: LogFileMode = "dated"
     log_rotation: LogRotation = "midnight"
     log_backup_count: int = 30
+    # Field names of every log line: ours (docs/LOG_SCHEMA.md) or Elastic Common Schema.
+    log_schema: LogSchema = "default"
 
     # Errors.
     propagate_exceptions: bool = False

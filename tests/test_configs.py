@@ -192,3 +192,11 @@ def test_compose_file_mounts_the_tested_configs() -> None:
     for path in ("prometheus.yml", "rules", "alertmanager.yml", "grafana/provisioning", "grafana/dashboards"):
         assert f"./{path}:" in mounts  # relative to the compose file, which lives in configs/
         assert (CONFIGS / path).exists()
+
+
+def test_logstash_pipeline_writes_daily_indices_from_our_files() -> None:
+    # No Logstash in Debian's archive: check the parts that tie it to our logs.
+    pipeline = (CONFIGS / "logstash" / "softfactory.conf").read_text()
+    assert 'index => "softfactory-logs-%{+YYYY.MM.dd}"' in pipeline
+    assert "codec => json" in pipeline and "app-*.log" in pipeline  # the dated files of log_file
+    assert pipeline.count("{") == pipeline.count("}")

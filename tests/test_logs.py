@@ -8,6 +8,7 @@ import logging
 import math
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,3 +249,40 @@ def test_telemetry_routes_are_not_logged_by_default(logs: LogCapture) -> None:
     assert [r["path"] for r in logs.access()] == ["/metrics"]
     with pytest.raises(ValueError, match="expected an absolute path"):
         mw.mount("metrics", ok)
+
+
+def _schema_table() -> dict[str, tuple[str, str]]:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "LOG_SCHEMA.md").read_text()
+    rows = [line.split("|")[1:4] for line in doc.splitlines() if line.startswith("| `")]
+    return {name.strip(" `"): (kind.strip(), ecs.strip(" `")) for name, kind, ecs in rows}
+
+
+def test_access_lines_follow_the_documented_schema(logs: LogCapture) -> None:
+    call_wsgi(wrap(ok), make_environ(HTTP_X_REQUEST_ID="bad id", HTTP_TRACEPARENT=(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")))
+    [line] = logs.access()
+    table = _schema_table()
+    types = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+    for field, value in line.items():
+        assert field in table, f"{field} is not in docs/LOG_SCHEMA.md"
+        kind = table[field][0]
+        if kind == "string or null":
+            assert value is None or isinstance(value, str), field
+        else:
+            assert isinstance(value, types[kind]), (field, value)
+
+
+def test_ecs_schema_renames_every_field() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, schema="ecs", service="shop")
+    call_wsgi(wrap(ok), make_environ(HTTP_X_REQUEST_ID="ecs-1", REMOTE_USER="ann"))
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    table = _schema_table()
+    expected = {table[f][1] for f in ("timestamp", "level", "logger", "message", "service", "pid", "request_id",
+                                      "method", "path", "endpoint", "status", "latency_ms", "content_length",
+                                      "remote_addr", "user_agent", "user_id")}
+    assert expected <= set(line)
+    assert line["http.request.id"] == "ecs-1" and line["user.id"] == "ann" and line["log.level"] == "info"
+    assert line["ecs.version"].startswith("8.")
+    with pytest.raises(ValueError, match="log_schema: expected one of 'default', 'ecs'"):
+        ObservabilityMiddleware(ok, log_schema="gelf", auto_configure_logging=False)
