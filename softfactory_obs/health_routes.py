@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
 from .guard import Guard
 from .health import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
 from .logs import _iso_utc
@@ -42,11 +44,19 @@ class HealthRoutes:
         body = json_body({"alive": True, "timestamp": _iso_utc(time.time()), "pid": os.getpid()})
         return answer(environ, start_response, "200 OK", body)
 
-    def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def _ready(self) -> tuple[bool, list[str]]:
         critical = [c.name for c in self.checks.checks.values() if c.critical]
-        results = self.checks.run(critical)
-        failing = [r.name for r in results if not r.ok]
-        ready = self.readiness.started and not self.readiness.draining and not failing
+        failing = [r.name for r in self.checks.run(critical) if not r.ok]
+        return self.readiness.started and not self.readiness.draining and not failing, failing
+
+    def ready_metric(self) -> Iterable[Metric]:
+        """``app_ready``: what /ready would answer from the worker serving the scrape (1 or 0)."""
+        family = GaugeMetricFamily("app_ready", "1 when this service would answer /ready with 200")
+        family.add_metric([], 1.0 if self._ready()[0] else 0.0)
+        yield family
+
+    def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        ready, failing = self._ready()
         data: dict[str, Any] = {"ready": ready, "timestamp": _iso_utc(time.time())}
         if not self.readiness.started:
             data["reason"] = "starting"

@@ -106,6 +106,9 @@ class ObservabilityMiddleware:
                 self.mount(path, handler)
         if self.maintenance is not None:
             self.maintenance.tasks.append(self.health_checks.refresh_background)
+            if not self.maintenance.readiness_exported:  # one app_ready family per registry
+                self.maintenance.readiness_exported = True
+                self.registry.callbacks.append(routes.ready_metric)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if ENVIRON_MARK in environ:

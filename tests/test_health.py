@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import LogCapture, call_wsgi, make_environ
+from conftest import LogCapture, call_wsgi, make_environ, samples
 from servers import Gunicorn
 from servers import get as http_get
 
@@ -254,3 +254,12 @@ def test_readiness_flips_on_sigterm_under_gunicorn_before_the_worker_exits(tmp_p
         server.proc.wait(timeout=15)
     assert result and result[0][0] == 200
     assert json.loads(result[0][1]) == {"draining": True}
+
+
+def test_app_ready_metric_follows_readiness() -> None:
+    registry = Registry()
+    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False,
+                                 ready_on_start=False, health_cache_seconds=0)
+    assert samples(registry)[("app_ready", ())] == 0
+    mw.mark_ready()
+    assert samples(registry)[("app_ready", ())] == 1

@@ -21,6 +21,7 @@ class Maintenance:
         self.interval = interval
         self.tasks: list[Callable[[], object]] = []  # more periodic work (process metrics)
         self.sampler: object | None = None  # the registry's ProcessSampler, once one is set up
+        self.readiness_exported = False
         self._wake = threading.Event()
         self.started = False  # read on every request: a plain flag, reset in a forked child
 
