@@ -200,3 +200,49 @@ def test_logstash_pipeline_writes_daily_indices_from_our_files() -> None:
     assert 'index => "softfactory-logs-%{+YYYY.MM.dd}"' in pipeline
     assert "codec => json" in pipeline and "app-*.log" in pipeline  # the dated files of log_file
     assert pipeline.count("{") == pipeline.count("}")
+
+
+@pytest.mark.gunicorn
+def test_alertmanager_inhibits_warnings_under_a_critical_for_the_same_job(tmp_path: Path) -> None:
+    binary = require_binary("prometheus-alertmanager")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("smtp_password", "slack_webhook_url", "pagerduty_routing_key", "webhook_token"):
+        (secrets / name).write_text("placeholder\n")
+    config = (CONFIGS / "alertmanager.yml").read_text().replace("/etc/alertmanager/secrets", str(secrets))
+    (tmp_path / "alertmanager.yml").write_text(config)
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/v2/alerts"
+    try:
+        deadline = time.monotonic() + 30
+        alerts = [{"labels": {"alertname": "HighErrorRate", "severity": "critical", "job": "shop"}},
+                  {"labels": {"alertname": "HighResponseTime", "severity": "warning", "job": "shop"}},
+                  {"labels": {"alertname": "HighResponseTime", "severity": "warning", "job": "other"}}]
+        while True:
+            try:
+                request = urllib.request.Request(base, data=json.dumps(alerts).encode(), method="POST",
+                                                 headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(request, timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        state: dict[tuple[str, str], list[str]] = {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(base, timeout=5) as resp:
+                state = {(a["labels"]["alertname"], a["labels"]["job"]): a["status"]["inhibitedBy"]
+                         for a in json.load(resp)}
+            if state.get(("HighResponseTime", "shop")):
+                break
+            time.sleep(0.3)
+        assert state[("HighResponseTime", "shop")]  # inhibited by the critical alert of the same job
+        assert state[("HighResponseTime", "other")] == []  # another job's warning still notifies
+        assert state[("HighErrorRate", "shop")] == []
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
