@@ -113,9 +113,8 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
                 except OSError:
                     pass
                 time.sleep(0.5)
-            # Healthy traffic plus errors (5 of 71, above the 5 % alert) and six slow ones (over 5 %, so
-            # p95 goes above 1 s), in
-            # three rounds a few scrapes apart: rate() needs each series to grow between samples.
+            # Healthy traffic, errors (5 of 71, above the 5 % alert) and six slow requests (over 5 %, so
+            # p95 goes above 1 s), in three rounds a few scrapes apart: rate() needs growth between samples.
             paths = ["/api/users/1"] * 40 + ["/api/products"] * 20 + ["/api/error"] * 5 + \
                 ["/api/slow?seconds=1.05"] * 6
             statuses = []
