@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
-from .logs import ACCESS_LOGGER
+from .logs import ACCESS_FIELDS, ACCESS_LOGGER
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ class AccessLog:
         # Built directly and handed to handle(): Logger.log would walk the stack for a caller we know.
         record = self.make_record(ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status), exc_info)
         record.__dict__.update(fields)
+        record.__dict__[ACCESS_FIELDS] = fields
         self.logger.handle(record)
 
     def _user_id(self, environ: dict[str, Any]) -> str | None:

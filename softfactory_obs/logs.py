@@ -23,6 +23,9 @@ from .log_files import DatedFileHandler, StreamLineHandler, WatchedLineHandler
 from .request_id import _current
 
 ACCESS_LOGGER = "softfactory_obs.access"
+# Record attribute holding the access line's fields as one dict (they are also set one by one, for
+# other formatters); our formatter serialises it directly.
+ACCESS_FIELDS = "softfactory_obs_fields"
 
 # Record attributes that become fields under another name; the rest of the standard ones are dropped.
 _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
@@ -95,7 +98,8 @@ class JsonFormatter(_BaseJsonFormatter):
         if schema not in ("default", "ecs"):
             raise ValueError(f"schema: expected 'default' or 'ecs', got {schema!r}")
         super().__init__(
-            static_fields=static_fields, json_ensure_ascii=True, reserved_attrs=[*RESERVED_ATTRS, "taskName"]
+            static_fields=static_fields, json_ensure_ascii=True,
+            reserved_attrs=[*RESERVED_ATTRS, "taskName", ACCESS_FIELDS],
         )
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
@@ -132,6 +136,17 @@ class JsonFormatter(_BaseJsonFormatter):
         out["ecs.version"] = "8.11.0"
         return out
 
+    def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
+        """The access line's fields are known and plain: skip the generic record scan (the hot path)."""
+        data: dict[str, Any] = {
+            "timestamp": _iso_utc(record.created), "level": record.levelname, "logger": record.name,
+            "message": record.getMessage(), "service": self.service, "pid": record.process,
+        }
+        data.update(fields)
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return self.jsonify_log_record(data)
+
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         try:
             return _encode(log_data)
@@ -140,6 +155,9 @@ class JsonFormatter(_BaseJsonFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         try:
+            fields = record.__dict__.get(ACCESS_FIELDS)
+            if fields is not None and self.renames is None and not self.static_fields:
+                return self._format_access(record, fields)
             return super().format(record)
         except Exception as exc:  # a broken __str__ or a bad %-format must not lose the record
             report_failure("log formatter", exc)
