@@ -25,7 +25,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
-from .request_id import _current
+from .request_id import _current, new_request_id, parse_traceparent
 
 if TYPE_CHECKING:
     from .middleware import ObservabilityMiddleware
@@ -80,6 +80,8 @@ class RequestCycle:
         "environ",
         "exc",
         "http_children",
+        "http_exemplar",
+        "http_gauge",
         "http_labels",
         "http_method",
         "id_rejected",
@@ -102,8 +104,13 @@ class RequestCycle:
         self._hooks = hooks
         self.environ = environ
         self._server_start_response = start_response
-        self.request_id, self.id_rejected = mw.request_ids.resolve(environ)
-        self.trace_id = mw.trace_id_of(environ)
+        sent_id = environ.get(mw.request_ids.environ_key)
+        if sent_id:
+            self.request_id, self.id_rejected = mw.request_ids.resolve(environ)
+        else:
+            self.request_id, self.id_rejected = new_request_id(), False
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        self.trace_id = parse_traceparent(traceparent) if traceparent else None
         environ["softfactory_obs.request_id"] = self.request_id
         self._token = _current.set((self.request_id, self.trace_id))
         self.status: str | None = None
@@ -114,17 +121,19 @@ class RequestCycle:
         self.duration = 0.0
         # Set by the HTTP metrics hooks for each other and for the access line.
         self.http_children: Any = None
+        self.http_gauge: Any = None
+        self.http_exemplar: bytes | None = None
         self.http_method: str | None = None
         self.http_labels: tuple[str, ...] = ()
         self.endpoint: str | None = None
-        if hooks.start:
-            _run_hooks(hooks.start, self)
         self._server_write: Callable[[bytes], Any] | None = None
         self._result: Any = None
         self._iterator: Iterator[bytes] | None = None
         self._closed = False
         self._finished = False
         self._recorded = False
+        if hooks.start:
+            _run_hooks(hooks.start, self)
 
     # -- the app side -------------------------------------------------------------------------
 
@@ -156,20 +165,21 @@ class RequestCycle:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], Any]:
-        header = self._mw.header_lower
+        mw = self._mw
         content_length = None
-        ours_at = -1
-        for i, (name, value) in enumerate(headers):
-            lname = name.lower()
-            if lname == "content-length":
+        ours_sent = False
+        for name, value in headers:
+            # Compare lengths first: lower() on every header is most of this loop's cost.
+            size = len(name)
+            if size == 14 and name.lower() == "content-length":
                 content_length = value
-            elif lname == header:
-                ours_at = i
-        if ours_at >= 0:
+            elif size == mw.header_size and name.lower() == mw.header_lower:
+                ours_sent = True
+        if ours_sent:
             # Logs carry our id, so the response must too; the app's value would be a second truth.
-            headers = [h for h in headers if h[0].lower() != header]
+            headers = [h for h in headers if h[0].lower() != mw.header_lower]
         # A new list: the app's may be a shared constant.
-        headers = [*headers, (self._mw.header_name, self.request_id)]
+        headers = [*headers, (mw.header_name, self.request_id)]
         if exc_info is None:
             self._server_write = self._server_start_response(status, headers)
         else:
@@ -195,10 +205,12 @@ class RequestCycle:
         result = self._result
         if type(result) is list and self._iterator is not None:
             # The common case needs no per-block work: the size is known now, nothing can raise.
-            try:
-                self.sent += sum(map(len, result))
-            except TypeError:
-                pass  # not bytes: the server will say so
+            declared = self.content_length
+            if declared is None or not declared.isdigit():
+                try:
+                    self.sent = sum(map(len, result))
+                except TypeError:
+                    pass  # not bytes: the server will say so
             self._record()
             return self._iterator
         return self
@@ -264,6 +276,13 @@ class RequestCycle:
         else:
             self.start_response(_STATUS_500, headers, sys.exc_info())
         self._iterator = iter((body,))
+
+    def response_size(self) -> int:
+        """Body bytes: the declared Content-Length when the app gave a valid one, else what was sent."""
+        declared = self.content_length
+        if declared is not None and declared.isdigit():
+            return int(declared)
+        return self.sent
 
     # -- the end ------------------------------------------------------------------------------
 

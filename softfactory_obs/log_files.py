@@ -41,7 +41,7 @@ def write_all(fd: int, data: bytes) -> None:
         data = data[written:]
 
 
-class _LineHandler(logging.Handler):
+class LineHandler(logging.Handler):
     """Base: format, encode once, write once; failures counted and reported once, never raised."""
 
     component = "log handler"
@@ -49,20 +49,21 @@ class _LineHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-            self.write_line(line, record)
+            self.write_line(line, record.created)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def write_line(self, line: bytes, record: logging.LogRecord) -> None:
+    def write_line(self, line: bytes, created: float) -> None:
+        """Write one whole line; ``created`` is the record's time (it picks a dated file)."""
         raise NotImplementedError
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         report_failure(self.component, sys.exc_info()[1] or RuntimeError("unknown"))
 
 
-class StreamLineHandler(_LineHandler):
+class StreamLineHandler(LineHandler):
     """Writes to a stream's file descriptor when it has one (stdout), else through the stream."""
 
     component = "log stream"
@@ -76,7 +77,7 @@ class StreamLineHandler(_LineHandler):
         except Exception:  # StringIO, pytest's capture: no descriptor of its own
             self._fd = None
 
-    def write_line(self, line: bytes, record: logging.LogRecord) -> None:
+    def write_line(self, line: bytes, created: float) -> None:
         if self._fd is not None:
             write_all(self._fd, line)
         else:
@@ -84,7 +85,7 @@ class StreamLineHandler(_LineHandler):
             self.stream.flush()
 
 
-class DatedFileHandler(_LineHandler):
+class DatedFileHandler(LineHandler):
     """Appends each record to ``<stem>-<period><suffix>``; keeps the newest ``backup_count`` old files."""
 
     component = "log file"
@@ -110,10 +111,10 @@ class DatedFileHandler(_LineHandler):
         stamp = time.strftime(self.pattern, time.gmtime(created))
         return os.path.join(self.directory, f"{self.stem}-{stamp}{self.suffix}")
 
-    def write_line(self, line: bytes, record: logging.LogRecord) -> None:
-        slot = int(record.created // self.period)
+    def write_line(self, line: bytes, created: float) -> None:
+        slot = int(created // self.period)
         if slot != self._slot or self._fd is None:
-            self._switch(slot, record.created)
+            self._switch(slot, created)
         assert self._fd is not None
         write_all(self._fd, line)
 

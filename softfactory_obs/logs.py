@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as json_string
 from typing import IO, Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from ._failures import report_failure
-from .log_files import DatedFileHandler, StreamLineHandler, WatchedLineHandler
+from .log_files import DatedFileHandler, LineHandler, StreamLineHandler, WatchedLineHandler
 from .request_id import _current
 
 ACCESS_LOGGER = "softfactory_obs.access"
@@ -32,6 +34,15 @@ _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
 
 
 _second_cache: tuple[int, str] = (-1, "")
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid  # noqa: PLW0603
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
 
 
 def _iso_utc(created: float) -> str:
@@ -103,6 +114,16 @@ class JsonFormatter(_BaseJsonFormatter):
         )
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
+        self._service_json = json_string(service)
+
+    def writes_plain_lines(self) -> bool:
+        """True when lines hold our field names and nothing else (``line_head`` can start them)."""
+        return type(self) is JsonFormatter and self.renames is None and not self.static_fields
+
+    def line_head(self, created: float, level: str, logger: str, message: str) -> str:
+        """The first fields of a line as ``format`` writes them, without the closing brace."""
+        return (f'{{"timestamp": "{_iso_utc(created)}", "level": "{level}", "logger": {json_string(logger)}, '
+                f'"message": {json_string(message)}, "service": {self._service_json}, "pid": {_pid}')
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_data["timestamp"] = _iso_utc(record.created)
@@ -183,6 +204,70 @@ class RequestContextFilter(logging.Filter):
             if ctx[1] is not None and not hasattr(record, "trace_id"):
                 record.trace_id = ctx[1]
         return True
+
+
+class DirectRoute:
+    """The handlers a logger's records reach, when they are only our line handlers with our formatter.
+
+    The access line is then written to them directly, skipping the LogRecord and logging's call
+    chain (most of what a log call costs); the bytes are the ones ``format`` would have produced.
+    Anything else on the way (another handler, a filter, a formatter of someone else's) sends
+    records through logging as usual. The snapshot is re-checked on every call with identity
+    comparisons, so reconfigured logging takes effect at once.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._loggers: list[tuple[Any, ...]] = []
+        self._handlers: list[tuple[Any, ...]] = []
+        self._targets: list[tuple[LineHandler, JsonFormatter]] | None = None
+        self._taken = False
+
+    def targets(self) -> list[tuple[LineHandler, JsonFormatter]] | None:
+        if not (self._taken and self._unchanged()):
+            self._take()
+        return self._targets
+
+    def _unchanged(self) -> bool:
+        if not logging.logProcesses:
+            return False
+        for lg, parent, handlers, filters, propagate, disabled in self._loggers:
+            if (lg.handlers != handlers or lg.filters != filters or lg.parent is not parent
+                    or lg.propagate is not propagate or lg.disabled is not disabled):
+                return False
+        for handler, formatter, filters in self._handlers:
+            if handler.formatter is not formatter or handler.filters != filters:
+                return False
+        return True
+
+    def _take(self) -> None:
+        loggers: list[tuple[Any, ...]] = []
+        handlers: list[tuple[Any, ...]] = []
+        targets: list[tuple[LineHandler, JsonFormatter]] | None = []
+        lg: Any = self.logger
+        while lg is not None:
+            loggers.append((lg, lg.parent, list(lg.handlers), list(lg.filters), lg.propagate, lg.disabled))
+            if lg.filters and lg is self.logger:
+                targets = None  # a logger filter may change or drop the record: let logging run it
+            for handler in lg.handlers:
+                handlers.append((handler, handler.formatter, list(handler.filters)))
+                if targets is not None and _direct(handler):
+                    targets.append((handler, handler.formatter))
+                else:
+                    targets = None
+            lg = lg.parent if lg.propagate else None
+        if not handlers:  # logging's lastResort handler would take it
+            targets = None
+        self._loggers, self._handlers, self._targets, self._taken = loggers, handlers, targets, True
+
+
+def _direct(handler: logging.Handler) -> bool:
+    """A handler we can write to directly: ours, unmodified, with our formatter and our filter only."""
+    cls = type(handler)
+    formatter = handler.formatter
+    return (isinstance(handler, LineHandler) and cls.emit is LineHandler.emit and cls.handle is logging.Handler.handle
+            and isinstance(formatter, JsonFormatter) and formatter.writes_plain_lines()
+            and all(type(f) is RequestContextFilter for f in handler.filters))
 
 
 _OURS = "_softfactory_obs_handler"

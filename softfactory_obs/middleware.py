@@ -18,7 +18,7 @@ from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
 from .process_metrics import ProcessSampler, service_process
-from .request_id import RequestIdPolicy, parse_traceparent
+from .request_id import RequestIdPolicy
 from .settings import Settings
 from .store.maintenance import Maintenance, maintenance_for
 from .store.metrics import REGISTRY, Registry
@@ -46,6 +46,7 @@ class ObservabilityMiddleware:
         self.request_ids = RequestIdPolicy(settings)
         self.header_name = settings.request_id_header
         self.header_lower = settings.request_id_header.lower()
+        self.header_size = len(self.header_lower)
         self.telemetry_routes: dict[str, WSGIApp] = {}
         self.finish_hooks: list[FinishHook] = []
         self.response_hooks: list[FinishHook] = []
@@ -179,11 +180,6 @@ class ObservabilityMiddleware:
     def _store_path(self) -> str | None:
         directory = self.registry.directory
         return directory.path if directory is not None else None
-
-    @staticmethod
-    def trace_id_of(environ: dict[str, Any]) -> str | None:
-        header = environ.get("HTTP_TRACEPARENT")
-        return parse_traceparent(header) if header else None
 
 
 def instrument(app: WSGIApp, **options: Any) -> ObservabilityMiddleware:

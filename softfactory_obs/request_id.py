@@ -8,8 +8,10 @@ accepts leading whitespace and underscores) and a rejected value is dropped, not
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from .settings import Settings
@@ -23,13 +25,41 @@ _ZERO_TRACE = "0" * 32
 # (request_id, trace_id) of the request in flight in this context, or None between requests.
 _current: ContextVar[tuple[str, str | None] | None] = ContextVar("softfactory_obs_request", default=None)
 
-_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+# Ids are cut from one batch of kernel randomness: os.urandom per request is a syscall (~0.5 µs).
+_BATCH = 512
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6: version nibble 4
+_VARIANT_1 = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: RFC 4122 variant
+
+
+def _new_batch() -> tuple[str, Callable[[], int]]:
+    raw = bytearray(os.urandom(16 * _BATCH))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT_1)
+    # The hex and its counter travel as one tuple, so a thread never pairs one batch's text with
+    # another's position; count().__next__ is atomic under the GIL, so no two threads share an id.
+    return raw.hex(), itertools.count().__next__
+
+
+_batch = _new_batch()
+
+
+def _renew_after_fork() -> None:
+    global _batch  # noqa: PLW0603
+    _batch = _new_batch()  # a forked worker must never hand out its parent's (or a sibling's) next ids
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def new_request_id() -> str:
-    """32 lowercase hex digits of a version-4 UUID (``uuid.uuid4().hex`` at a third of the cost)."""
-    return "%032x" % ((int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR) | _UUID4_SET)
+    """32 lowercase hex digits of a version-4 UUID, like ``uuid.uuid4().hex`` at a fifth of the cost."""
+    global _batch  # noqa: PLW0603
+    while True:
+        text, take = _batch
+        i = take()
+        if i < _BATCH:
+            return text[i * 32 : i * 32 + 32]
+        _batch = _new_batch()
 
 
 def current_request_id() -> str | None:

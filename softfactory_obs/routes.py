@@ -94,6 +94,8 @@ class RouteTable:
     def __init__(self, templates: Iterable[str]) -> None:
         self._compiled = [(self._compile(t), t) for t in templates]
         self._cache: dict[str, str | None] = {}
+        # raw PATH_INFO (with SCRIPT_NAME) -> (endpoint, matched a template): what ``resolve`` decided
+        self.resolved: dict[str, tuple[str, bool]] = {}
 
     @staticmethod
     def _compile(template: str) -> re.Pattern[str]:
@@ -128,13 +130,13 @@ class EndpointCap:
     def __init__(self, limit: int, directory: Callable[[], str | None] = lambda: None) -> None:
         self.limit = limit
         self._directory = directory
-        self._admitted: set[str] = set()
+        self.admitted: set[str] = set()  # read by the hot path before calling admit()
         self._full = False
         self._lock = threading.Lock()
         self._warned = False
 
     def admit(self, endpoint: str) -> bool:
-        if endpoint in self._admitted:
+        if endpoint in self.admitted:
             return True
         if self._full:
             return False
@@ -153,8 +155,8 @@ class EndpointCap:
         return admitted
 
     def _admit_local(self, endpoint: str) -> bool:
-        if len(self._admitted) < self.limit:
-            self._admitted.add(endpoint)
+        if len(self.admitted) < self.limit:
+            self.admitted.add(endpoint)
             return True
         self._full = True
         return False
@@ -166,14 +168,14 @@ class EndpointCap:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "r", encoding="utf-8", newline="\n") as f:
                 known = [line.rstrip("\n") for line in f if line.endswith("\n")]
-            self._admitted.update(known[: self.limit])
-            if endpoint in self._admitted:
+            self.admitted.update(known[: self.limit])
+            if endpoint in self.admitted:
                 return True
             if len(known) >= self.limit:
                 self._full = True
                 return False
             os.write(fd, endpoint.replace("\n", " ").encode("utf-8", "replace") + b"\n")
-            self._admitted.add(endpoint)
+            self.admitted.add(endpoint)
             return True
         finally:
             os.close(fd)  # releases the lock
@@ -185,15 +187,21 @@ def resolve(environ: dict[str, object], table: RouteTable, status: str | None) -
     Templates are relative to where the app is mounted, so the mount point (``SCRIPT_NAME``) is
     put in front: two apps mounted at /a and /b never share an endpoint.
     """
-    mount = wsgi_to_text(str(environ.get("SCRIPT_NAME", "")))
+    script = environ.get("SCRIPT_NAME")
     route = environ.get(ROUTE_KEY)
     if route:
-        return mount + wsgi_to_text(str(route))
-    path = mount + wsgi_to_text(str(environ.get("PATH_INFO", "")))
-    template = table.match(path)
-    if template is not None:
-        return template
-    if status is not None and status.startswith("404"):
+        return (wsgi_to_text(str(script)) if script else "") + wsgi_to_text(str(route))
+    raw = str(environ.get("PATH_INFO", ""))
+    if script:
+        raw = str(script) + raw
+    known = table.resolved.get(raw)
+    if known is None:
+        path = wsgi_to_text(raw)
+        template = table.match(path)
+        known = (template, True) if template is not None else (normalise(path) or "/", False)
+        if len(table.resolved) < 10_000:  # hot paths repeat; a scanner cannot grow this without bound
+            table.resolved[raw] = known
+    endpoint, matched = known
+    if not matched and status is not None and status.startswith("404"):
         return UNMATCHED
-    return normalise(path) or "/"
-
+    return endpoint

@@ -91,6 +91,32 @@ def test_each_family_records_what_it_says(registry: Registry, logs: LogCapture) 
                                                       "/x"]
 
 
+@pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
+def test_every_write_path_counts_exactly(registry: Registry, threaded: bool) -> None:
+    """wsgi.multithread true: 8 threads at once through the locked writes; false: the server
+    promises one request thread, and the unlocked writes must record exactly the same."""
+    wsgi = metrics_app(registry)
+    per_thread, threads = 300, 8 if threaded else 1
+
+    def serve() -> None:
+        for i in range(per_thread):
+            get(wsgi, f"/users/{i}", REQUEST_METHOD="POST", CONTENT_LENGTH="10", **{"wsgi.multithread": threaded})
+
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    n = per_thread * threads
+    labels = {"method": "POST", "endpoint": "/users/{id}"}
+    assert one(registry, "http_requests_total", status="200", **labels) == n
+    assert one(registry, "http_request_duration_seconds_count", **labels) == n
+    assert one(registry, "http_request_size_bytes_sum", **labels) == 10 * n
+    assert one(registry, "http_response_size_bytes_sum", **labels) == 2 * n
+    assert one(registry, "http_response_size_bytes_bucket", le="100.0", **labels) == n
+    assert one(registry, "http_requests_in_progress", method="POST") == 0
+
+
 def test_in_progress_counts_requests_being_served(registry: Registry) -> None:
     inside = threading.Event()
     release = threading.Event()

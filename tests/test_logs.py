@@ -10,13 +10,14 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from wsgiref.validate import validator
 
 import pytest
 from conftest import LogCapture, call_wsgi, make_environ, wrap
 
 from softfactory_obs import ObservabilityMiddleware, RequestContextFilter, configure_logging
 from softfactory_obs._failures import failure_counts
-from softfactory_obs.access_log import redact_query
+from softfactory_obs.access_log import AccessLog, redact_query
 from softfactory_obs.settings import DEFAULT_REDACT_QUERY
 
 TEXT = [("Content-Type", "text/plain")]
@@ -286,3 +287,67 @@ def test_ecs_schema_renames_every_field() -> None:
     assert line["ecs.version"].startswith("8.")
     with pytest.raises(ValueError, match="log_schema: expected one of 'default', 'ecs'"):
         ObservabilityMiddleware(ok, log_schema="gelf", auto_configure_logging=False)
+
+
+# -- the direct access line (written to our handlers without a LogRecord) --------------------------
+
+# What differs between two requests; a rejected id is replaced by a fresh one each time.
+_VOLATILE = re.compile(r'"(timestamp|latency_ms|request_id)": ("[^"]*"|[0-9.e-]+)')
+
+
+def _stable(line: str) -> str:
+    return _VOLATILE.sub(r'"\1": X', line)
+
+
+@pytest.mark.parametrize("environ", [
+    pytest.param({}, id="plain"),
+    pytest.param({"PATH_INFO": "/caf\xc3\xa9/\"q\"\\\x00", "QUERY_STRING": "token=s3cret&q=\u00e9",
+                  "HTTP_USER_AGENT": "agent \"x\"\n\u2028\x1b[31m", "REMOTE_USER": "bob\t\"o\""}, id="hostile"),
+    pytest.param({"HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                  "HTTP_X_REQUEST_ID": "bad id!"}, id="trace-and-rejected-id"),
+    pytest.param({"PATH_INFO": "/missing", "REQUEST_METHOD": "DELETE"}, id="error-status"),
+])
+def test_direct_line_is_byte_identical_to_the_formatted_record(logs: LogCapture, environ: dict[str, Any]) -> None:
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        status = "503 Service Unavailable" if env["PATH_INFO"] == "/missing" else "200 OK"
+        start_response(status, TEXT)
+        return [b"body"]
+
+    mw = ObservabilityMiddleware(validator(app), auto_configure_logging=False)
+    [access] = [h for h in mw.finish_hooks if isinstance(h, AccessLog)]
+    environ = {"HTTP_X_REQUEST_ID": "same-id", **environ}
+    assert access.route.targets() is not None  # our handler, our formatter: the direct line
+    call_wsgi(validator(mw), make_environ(**environ))
+    [handler] = [h for h in logging.getLogger().handlers if getattr(h, "_softfactory_obs_handler", False)]
+    handler.addFilter(logging.Filter())  # anyone else's filter: logging must run, with a LogRecord
+    assert access.route.targets() is None
+    call_wsgi(validator(mw), make_environ(**environ))
+    direct, formatted = logs.raw().splitlines()
+    assert _stable(direct) == _stable(formatted)
+
+
+def test_direct_line_follows_logging_reconfigured_between_requests(logs: LogCapture) -> None:
+    wsgi = wrap(ok)
+    call_wsgi(wsgi, make_environ(PATH_INFO="/one"))
+    extra = io.StringIO()
+    handler = logging.StreamHandler(extra)
+    logging.getLogger("softfactory_obs.access").addHandler(handler)  # someone else's handler, added late
+    try:
+        call_wsgi(wsgi, make_environ(PATH_INFO="/two"))
+    finally:
+        logging.getLogger("softfactory_obs.access").removeHandler(handler)
+    call_wsgi(wsgi, make_environ(PATH_INFO="/three"))
+    assert [line["path"] for line in logs.access()] == ["/one", "/two", "/three"]
+    assert extra.getvalue() == "GET /two 200\n"
+    logs.stream.truncate(0)
+    logging.getLogger().setLevel(logging.ERROR)  # the access logger inherits it: silenced at once
+    call_wsgi(wsgi, make_environ(PATH_INFO="/four"))
+    assert logs.raw().strip("\x00") == ""
+
+
+def test_direct_line_write_failure_is_counted_and_the_response_still_goes_out(logs: LogCapture) -> None:
+    logs.stream.close()  # the handler's stream is gone: writing raises
+    resp = call_wsgi(wrap(ok), make_environ())
+    assert resp.status.startswith("200") and resp.body == b"ok"
+    assert failure_counts().get("log stream") == 1
+    logs.stream = io.StringIO()  # the fixture's final parse

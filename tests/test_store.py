@@ -555,16 +555,17 @@ def test_concurrent_snapshots_in_one_process_never_count_twice(store_dir: str) -
     def scrape() -> None:
         while not stop.is_set():
             snap = reader.snapshot()
+            ceiling = written[0]  # read after the snapshot: it can only have seen fewer increments
             total = sum(v for (name, _, _), v in snap.counts.items() if name == "keys_total")
-            if total > written[0] * 1_000_000:
+            if total > ceiling * 1_000_000:
                 too_high.append(total)
 
     threads = [threading.Thread(target=scrape) for _ in range(3)]
     for t in threads:
         t.start()
     for n in range(3000):
+        written[0] += 1  # before the write, so a reader's ceiling is never below what it saw
         counter.labels(str(n)).inc()  # every inc adds a new key to the shard's tail
-        written[0] += 1
     stop.set()
     for t in threads:
         t.join()

@@ -8,7 +8,6 @@ it inherited and writes to a shard of its own, never into its parent's.
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import mmap
@@ -16,6 +15,7 @@ import os
 import re
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,6 +38,8 @@ from .shard import (
     record_size,
     write_exemplar,
 )
+
+_INF = math.inf
 
 COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e12 increments per process
 SUM_SCALE = 1_000_000_000  # histogram sums in nano-units (nanoseconds for _seconds): 292 years per process
@@ -339,8 +341,9 @@ class Counter(_Family):
 class CounterChild(_Child):
     __slots__ = ()
 
-    def inc(self, amount: float = 1, exemplar: bytes | None = None) -> None:
-        """``exemplar``: an ASCII id (e.g. ``b"trace_id=4bf9..."``) kept as this series' newest exemplar."""
+    def inc(self, amount: float = 1, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
+        """``exemplar``: an ASCII id (e.g. ``b"trace_id=4bf9..."``) kept as this series' newest exemplar
+        (``stamp_ns``: its wall-clock time, when the caller already has it)."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
@@ -353,7 +356,17 @@ class CounterChild(_Child):
         with self._lock:
             ints[self._i] += units
             if exemplar is not None and self._ex:
-                write_exemplar(self._seg, self._ex[0], float(amount), exemplar)
+                write_exemplar(self._seg, self._ex[0], float(amount), exemplar, stamp_ns)
+
+    def inc_unlocked(self, exemplar: bytes | None = None) -> None:
+        """``inc(1, exemplar)`` without the lock, for the one thread that writes this child: a request
+        hook under a server that says ``wsgi.multithread`` is false (sync and gevent workers)."""
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        ints[self._i] += COUNTER_SCALE
+        if exemplar is not None and self._ex:
+            write_exemplar(self._seg, self._ex[0], 1.0, exemplar)
 
 
 class Gauge(_Family):
@@ -405,6 +418,15 @@ class GaugeChild(_Child):
     def dec(self, amount: float = 1) -> None:
         self.inc(-amount)
 
+    def add_unlocked(self, amount: float) -> None:
+        """``inc(amount)`` without the lock, for the one thread that writes this child (see
+        ``CounterChild.inc_unlocked``); live-sum gauges only, which carry no stamp."""
+        floats = self._floats
+        if floats is None:
+            self._bind()
+            floats = self._floats
+        floats[self._i] += amount
+
 
 class Histogram(_Family):
     kind = "histogram"
@@ -436,18 +458,25 @@ class Histogram(_Family):
 
 
 class HistogramChild(_Child):
-    __slots__ = ()
+    __slots__ = ("_bounds", "_top")
 
-    def observe(self, value: float, exemplar: bytes | None = None) -> None:
-        """``exemplar``: an ASCII id kept as the newest exemplar of the bucket ``value`` falls in."""
+    def __init__(self, family: Histogram, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]],
+                 exemplar_keys: Sequence[bytes] = ()) -> None:
+        super().__init__(family, labelvalues, keys, exemplar_keys)
+        self._bounds = family.bounds
+        self._top = family.bounds[-2] if len(family.bounds) > 1 else -math.inf  # the last finite bound
+
+    def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
+        """``exemplar``: an ASCII id kept as the newest exemplar of the bucket ``value`` falls in
+        (``stamp_ns``: its wall-clock time, when the caller already has it)."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
         idx = self._idx
-        if -math.inf < value <= self._family.bounds[-2]:  # type: ignore[attr-defined]
-            n = bisect.bisect_left(self._family.bounds, value)  # type: ignore[attr-defined]
+        if -_INF < value <= self._top:
+            n = bisect_left(self._bounds, value)
             units = round(value * SUM_SCALE)
-        elif math.isfinite(value):  # above the last finite bound: +Inf bucket
+        elif -_INF < value < _INF:  # above the last finite bound: +Inf bucket
             n, units = len(idx) - 2, round(value * SUM_SCALE)
         else:  # NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it forever)
             n, units = len(idx) - 2, 0
@@ -455,7 +484,20 @@ class HistogramChild(_Child):
             ints[idx[n]] += 1
             ints[idx[-1]] += units
             if exemplar is not None and self._ex:
-                write_exemplar(self._seg, self._ex[n], value, exemplar)
+                write_exemplar(self._seg, self._ex[n], value, exemplar, stamp_ns)
+
+    def observe_unlocked(self, value: float, exemplar: bytes | None = None) -> None:
+        """``observe`` of a finite value >= 0 (a duration, a size) without the lock, for the one thread
+        that writes this child (see ``CounterChild.inc_unlocked``)."""
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        idx = self._idx
+        n = bisect_left(self._bounds, value) if value <= self._top else len(idx) - 2
+        ints[idx[n]] += 1
+        ints[idx[-1]] += round(value * SUM_SCALE)
+        if exemplar is not None and self._ex:
+            write_exemplar(self._seg, self._ex[n], value, exemplar)
 
 
 class CallbackGauge:

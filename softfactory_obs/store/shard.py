@@ -84,16 +84,16 @@ def record_size(raw_key: bytes, kind: int = KIND_COUNT) -> int:
     return RECORD_HEAD.size + _round_up(len(raw_key), 8) + value_size(kind)
 
 
-def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes) -> None:
+# value, wall-clock stamp (ns), id length, id: the exemplar slot after its sequence word.
+_EXEMPLAR_BODY = struct.Struct(f"<dqB{EXEMPLAR_ID_MAX}s")
+
+
+def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
     """Seqlock write (caller holds the shard lock): odd seq while the fields change, even after."""
     ints = seg.ints
     ints[slot] += 1
-    seg.floats[slot + 1] = value
-    ints[slot + 2] = time.time_ns()
-    at = (slot + 3) * 8
-    ident = ident[:EXEMPLAR_ID_MAX]
-    seg.buf[at] = len(ident)
-    seg.buf[at + 1: at + 1 + len(ident)] = ident
+    _EXEMPLAR_BODY.pack_into(seg.buf, (slot + 1) * 8, value, stamp_ns or time.time_ns(),
+                             min(len(ident), EXEMPLAR_ID_MAX), ident)
     ints[slot] += 1
 
 
