@@ -61,6 +61,8 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@# wrk drives the gunicorn part; without it that part is skipped with a message.
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -q wrk >/dev/null || true
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)

@@ -1,130 +1,158 @@
-"""In-process overhead of the middleware: call the WSGI callable directly, many times, median of repeats.
+"""``make bench``: our cost next to the bare app and the peers, measured side by side in one run.
 
-Variants are measured interleaved (A, B, C, A, B, C, ...) in one run, so the noise of a shared
-machine hits them alike; results are medians, overhead is the difference to the bare app.
+Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``load`` (gunicorn + wrk:
+throughput, p99, worker RSS), ``store`` (one write), ``scrape`` (scrape time vs dead workers),
+``startup`` (import time). The tables are printed and written to ``bench/results/`` as JSON and
+Markdown, named by time, so a run can be compared with an earlier one.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import datetime
+import json
 import os
+import platform
+import shutil
 import statistics
+import subprocess
 import sys
-import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
-from softfactory_obs import ObservabilityMiddleware, configure_logging
+from . import load, peers, store
+from .apps import VARIANTS
 
-from . import peers, store
-
-WSGIApp = Callable[[dict[str, Any], Any], Any]
-
-
-def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
-    return [b"hello"]
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("peers", "load", "store", "scrape", "startup")
+# Import time of each package alone, in a fresh interpreter.
+MODULES = ("softfactory_obs", "prometheus_client", "prometheus_flask_exporter", "opentelemetry.instrumentation.wsgi")
 
 
-def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-    return None
+def spread(values: list[float]) -> str:
+    """min-max of the samples, the noise every median here hides."""
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
 
 
-def make_environ() -> dict[str, Any]:
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/api/users/42", "QUERY_STRING": "page=2",
-        "REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "bench/1.0",
-    }
-    setup_testing_defaults(environ)
-    return environ
+def bare_of(variant: str) -> str:
+    return "flask" if variant.startswith("flask") else "bare"
 
 
-def serve_once(app: WSGIApp, environ: dict[str, Any]) -> None:
-    result = app(environ.copy(), start_response)
-    for _ in result:
-        pass
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()
+def peers_table(samples: dict[str, list[float]]) -> list[str]:
+    med = {v: statistics.median(s) for v, s in samples.items()}
+    lines = ["| variant | µs/request (median) | spread | overhead µs | x bare |", "|---|---:|---:|---:|---:|"]
+    for variant, values in samples.items():
+        base = med[bare_of(variant)]
+        over = "" if variant in ("bare", "flask") else f"{med[variant] - base:.2f}"
+        lines.append(f"| {VARIANTS[variant]} | {med[variant]:.2f} | {spread(values)} | {over} | "
+                     f"{med[variant] / base:.1f} |")
+    ours = med["ours"] - med["bare"]
+    for peer in ("naive", "otel-sdk", "otel-noop"):
+        lines.append(f"| *ours full overhead / {VARIANTS[peer]} overhead* | | | | "
+                     f"{ours / max(med[peer] - med['bare'], 1e-9):.2f} |")
+    flask_ours, flask_pfe = med["flask-ours"] - med["flask"], med["flask-pfe"] - med["flask"]
+    lines.append(f"| *Flask: ours full overhead / prometheus_flask_exporter overhead* | | | | "
+                 f"{flask_ours / max(flask_pfe, 1e-9):.2f} |")
+    return lines
 
 
-def time_per_call(app: WSGIApp, environ: dict[str, Any], n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        serve_once(app, environ)
-    return (time.perf_counter() - start) / n * 1e6
+def load_table(results: dict[str, load.LoadResult]) -> list[str]:
+    rps = {v: statistics.median(r.rps) for v, r in results.items()}
+    rss = {v: statistics.median(r.rss_mb) for v, r in results.items()}
+    lines = ["| variant | req/s (median) | spread | of bare | p99 ms | worker RSS MB | RSS above bare MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for variant, r in results.items():
+        base = bare_of(variant)
+        lines.append(f"| {VARIANTS[variant]} | {rps[variant]:.0f} | {spread(r.rps)} | {rps[variant] / rps[base]:.3f} "
+                     f"| {statistics.median(r.p99_ms):.2f} | {rss[variant]:.1f} | {rss[variant] - rss[base]:+.1f} |")
+    return lines
 
 
-def variants() -> dict[str, WSGIApp]:
-    return {
-        "bare plain-WSGI hello": hello,
-        "ours: full (id, JSON log, metrics)": ObservabilityMiddleware(hello, auto_configure_logging=False),
-        "ours: metrics, no access log": ObservabilityMiddleware(hello, access_log=False,
-                                                                 auto_configure_logging=False),
-        "ours: id + access log, no metrics": ObservabilityMiddleware(hello, metrics=False,
-                                                                      auto_configure_logging=False),
-    }
+def import_ms(module: str, repeats: int = 7) -> float | None:
+    code = f"import time; t = time.perf_counter(); import {module}; print((time.perf_counter() - t) * 1000)"
+    samples = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            return None  # not installed
+        samples.append(float(out.stdout))
+    return statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iterations", type=int, default=20000, help="calls per measurement")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
-    parser.add_argument("--only", choices=["wsgi", "peers", "store", "scrape"], help="run one part only")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=PARTS, help="run this part (repeatable); default all")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the in-process peers table")
+    parser.add_argument("--iterations", type=int, default=20000, help="requests per in-process sample")
+    parser.add_argument("--load-rounds", type=int, default=3, help="interleaved rounds under gunicorn")
+    parser.add_argument("--load-seconds", type=float, default=5.0, help="wrk duration per sample")
     parser.add_argument("--dead", default="100,1000,8000", help="dead-worker counts for the scrape benchmark")
+    parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results/")
     args = parser.parse_args(argv)
-    if args.only in (None, "wsgi"):
-        wsgi_overhead(args)
-    if args.only in (None, "peers"):
-        print("\nper-request cost next to the peers, µs (median of 5 rounds, each variant in its own interpreter)")
-        rows = peers.run()
-        base = dict(rows)
-        for name, us in rows:
-            bare = base["bare Flask hello"] if name.startswith("Flask") else base["bare plain-WSGI hello"]
-            overhead = "" if name.startswith("bare") else f"{us - bare:10.2f}"
-            print(f"  {name:<60} {us:9.2f} {overhead:>10}")
-    if args.only in (None, "store"):
-        print("\nstore writes, ns per call (median of 5 x 200k, each in a fresh interpreter)")
-        for name, ns in store.write_costs():
-            print(f"  {name:<40} {ns:8.0f}")
-    if args.only in (None, "scrape"):
+    parts = args.only or list(PARTS)
+    report: dict[str, Any] = {"meta": meta()}
+    markdown = [f"# softfactory_obs benchmark, {report['meta']['date']}", "",
+                f"python {report['meta']['python']}, {report['meta']['cpus']} CPUs, load average at start "
+                f"{report['meta']['loadavg']}, commit {report['meta']['commit']}. Medians of interleaved rounds; "
+                "spread is min-max.", ""]
+
+    def section(title: str, lines: list[str]) -> None:
+        markdown.extend([f"## {title}", "", *lines, ""])
+        print(f"\n{title}\n" + "\n".join(lines), flush=True)
+
+    if "peers" in parts:
+        samples = peers.run(rounds=args.rounds, n=args.iterations)
+        report["peers_us_per_request"] = samples
+        section(f"In-process, µs per request ({args.iterations} direct WSGI calls per sample, each variant in its "
+                "own interpreter)", peers_table(samples))
+    if "load" in parts and shutil.which("wrk") is None:
+        print("\nwrk is not installed (apt-get install wrk; `make bench` does it as root): no gunicorn load part")
+    elif "load" in parts:
+        results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
+        report["gunicorn"] = {v: vars(r) for v, r in results.items()}
+        section(f"gunicorn, 4 sync workers, wrk -c16 on loopback, {args.load_seconds:g} s per sample; "
+                "our access lines to a file", load_table(results))
+    if "store" in parts:
+        rows = store.write_costs()
+        report["store_ns_per_call"] = dict(rows)
+        section("Store, ns per call (median of 5 x 200k, each in a fresh interpreter)",
+                ["| operation | ns |", "|---|---:|", *(f"| {name} | {ns:.0f} |" for name, ns in rows)])
+    if "scrape" in parts:
         counts = tuple(int(x) for x in args.dead.split(","))
-        print(f"\nscrape time vs dead workers ({store.ROUTES} routes, counter + histogram each)")
-        rows = store.scrape_vs_dead(counts)
-        for name, n, seconds in rows:
-            print(f"  {name:<42} dead={n:<6} {seconds * 1000:10.1f} ms")
-        for name in {r[0] for r in rows}:
-            series = {n: s for label, n, s in rows if label == name}
-            if len(series) > 1:
-                lo, hi = min(series), max(series)
-                print(f"  ratio {hi}/{lo} {name:<40} {series[hi] / series[lo]:6.2f}")
+        rows3 = store.scrape_vs_dead(counts)
+        report["scrape_seconds"] = [list(r) for r in rows3]
+        lines = ["| scrape | dead workers | ms |", "|---|---:|---:|"]
+        lines += [f"| {name} | {n} | {s * 1000:.1f} |" for name, n, s in rows3]
+        steady = {n: s for name, n, s in rows3 if name.startswith("ours, every later")}
+        if len(steady) > 1:
+            lines.append(f"| *ours steady state, {max(steady)} / {min(steady)} dead* | | "
+                         f"{steady[max(steady)] / steady[min(steady)]:.2f}x |")
+        section(f"Scrape time vs dead workers ({store.ROUTES} routes, counter + histogram each)", lines)
+    if "startup" in parts:
+        times = {m: import_ms(m) for m in MODULES}
+        report["import_ms"] = times
+        section("Import time, ms (median of 7 fresh interpreters)",
+                ["| module | ms |", "|---|---:|", *(f"| {m} | {t:.1f} |" for m, t in times.items() if t is not None)])
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stem = RESULTS / report["meta"]["date"].replace(":", "")
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        stem.with_suffix(".md").write_text("\n".join(markdown))
+        print(f"\nwritten: {stem}.json, {stem}.md")
     return 0
 
 
-def wsgi_overhead(args: argparse.Namespace) -> None:
-
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    configure_logging(stream=devnull)  # real formatting and a real write per line, to /dev/null
-    apps = variants()
-    environ = make_environ()
-    for app in apps.values():  # warm up
-        time_per_call(app, environ, 1000)
-    samples: dict[str, list[float]] = {name: [] for name in apps}
-    for _ in range(args.repeats):
-        for name, app in apps.items():
-            samples[name].append(time_per_call(app, environ, args.iterations))
-    logging.shutdown()
-
-    bare = statistics.median(samples["bare plain-WSGI hello"])
-    python = sys.version.split()[0]
-    print(f"in-process, {args.iterations} calls x {args.repeats} interleaved rounds, median; python {python}")
-    print(f"{'variant':<36} {'µs/request':>11} {'overhead µs':>12} {'x bare':>8}")
-    for name, values in samples.items():
-        med = statistics.median(values)
-        over = "" if name.startswith("bare") else f"{med - bare:12.2f}"
-        print(f"{name:<36} {med:11.2f} {over:>12} {med / bare:8.1f}")
+def meta() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=RESULTS.parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(), "cpus": os.cpu_count(), "commit": commit,
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 if __name__ == "__main__":

@@ -47,13 +47,9 @@ class Hooks:
 NO_HOOKS = Hooks()
 
 
-def _run_hooks(hooks: tuple[FinishHook, ...], cycle: RequestCycle) -> None:
-    for hook in hooks:
-        try:
-            hook(cycle)
-        except Exception as exc:
-            owner = getattr(hook, "__self__", hook)
-            report_failure(getattr(owner, "component", "request hook"), exc)
+def _hook_failed(hook: FinishHook, exc: Exception) -> None:
+    owner = getattr(hook, "__self__", hook)
+    report_failure(getattr(owner, "component", "request hook"), exc)
 
 _STATUS_500 = "500 Internal Server Error"
 
@@ -132,19 +128,23 @@ class RequestCycle:
         self._closed = False
         self._finished = False
         self._recorded = False
-        if hooks.start:
-            _run_hooks(hooks.start, self)
+        for hook in hooks.start:  # the hook loops are inlined: a helper call per stage is measurable here
+            try:
+                hook(self)
+            except Exception as exc:
+                _hook_failed(hook, exc)
 
     # -- the app side -------------------------------------------------------------------------
 
     def run(self, app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
         try:
-            result = app(self.environ, self.start_response)
+            result = self._result = app(self.environ, self.start_response)
+            if type(result) is list:  # the common case: __iter__ hands the server the list's own iterator
+                return self
             file_wrapper = self.environ.get("wsgi.file_wrapper")
             if type(file_wrapper) is type and isinstance(result, file_wrapper) and self._hook_close(result):
                 self._record()
                 return result
-            self._result = result
             self._iterator = iter(result)
         except Exception as exc:
             self.exc = exc
@@ -203,7 +203,7 @@ class RequestCycle:
 
     def __iter__(self) -> Iterator[bytes]:
         result = self._result
-        if type(result) is list and self._iterator is not None:
+        if type(result) is list and self._iterator is None:
             # The common case needs no per-block work: the size is known now, nothing can raise.
             declared = self.content_length
             if declared is None or not declared.isdigit():
@@ -212,11 +212,12 @@ class RequestCycle:
                 except TypeError:
                     pass  # not bytes: the server will say so
             self._record()
-            return self._iterator
+            return iter(result)
         return self
 
     def __next__(self) -> bytes:
-        assert self._iterator is not None
+        if self._iterator is None:  # a server that calls next() without iter() first
+            self._iterator = iter(self._result)
         try:
             block = next(self._iterator)
         except StopIteration:
@@ -288,7 +289,11 @@ class RequestCycle:
 
     def _record(self) -> None:
         self._recorded = True
-        _run_hooks(self._hooks.response, self)
+        for hook in self._hooks.response:
+            try:
+                hook(self)
+            except Exception as exc:
+                _hook_failed(hook, exc)
 
     def finish(self) -> None:
         """Run once, after the body was sent and closed (or the request failed): hooks, then reset."""
@@ -299,7 +304,11 @@ class RequestCycle:
         try:
             if not self._recorded:  # no body byte ever went out: errors, empty bodies, early closes
                 self._record()
-            _run_hooks(self._hooks.finish, self)
+            for hook in self._hooks.finish:
+                try:
+                    hook(self)
+                except Exception as exc:
+                    _hook_failed(hook, exc)
         finally:
             self.exc = None
             try:

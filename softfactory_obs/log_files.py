@@ -36,9 +36,10 @@ ROTATIONS = {
 
 def write_all(fd: int, data: bytes) -> None:
     # A blocking write returns short only on signals or a full disk; finish the line or raise.
-    while data:
-        written = os.write(fd, data)
+    written = os.write(fd, data)
+    while written < len(data):
         data = data[written:]
+        written = os.write(fd, data)
 
 
 class LineHandler(logging.Handler):
@@ -58,6 +59,14 @@ class LineHandler(logging.Handler):
     def write_line(self, line: bytes, created: float) -> None:
         """Write one whole line; ``created`` is the record's time (it picks a dated file)."""
         raise NotImplementedError
+
+    def write_text_line(self, line: bytes, created: float) -> None:
+        """``emit`` for a line formatted elsewhere (the direct access line): no LogRecord, same guarantees."""
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.write_line(line, created)
+        except Exception as exc:
+            report_failure(self.component, exc)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         report_failure(self.component, sys.exc_info()[1] or RuntimeError("unknown"))
@@ -83,6 +92,15 @@ class StreamLineHandler(LineHandler):
         else:
             self.stream.write(line.decode("utf-8"))
             self.stream.flush()
+
+    def write_text_line(self, line: bytes, created: float) -> None:
+        if self._fd is None:
+            super().write_text_line(line, created)
+            return
+        try:
+            write_all(self._fd, line)  # one write(2) of a whole line: the kernel keeps lines apart, no lock needed
+        except Exception as exc:
+            report_failure(self.component, exc)
 
 
 class DatedFileHandler(LineHandler):

@@ -45,6 +45,9 @@ def _renew_pid() -> None:
 os.register_at_fork(after_in_child=_renew_pid)
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def _iso_utc(created: float) -> str:
     """2026-11-22T05:39:49.123Z. The part up to the second is formatted once per second."""
     global _second_cache  # noqa: PLW0603 - a module-level cache swapped atomically
@@ -53,7 +56,7 @@ def _iso_utc(created: float) -> str:
     if cached_second != second:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_cache = (second, text)
-    return f"{text}.{int((created - second) * 1000):03d}Z"
+    return text + _MILLIS[int((created - second) * 1000)]
 
 
 def _json_fallback(value: Any) -> Any:
@@ -114,7 +117,7 @@ class JsonFormatter(_BaseJsonFormatter):
         )
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
-        self._service_json = json_string(service)
+        self._service_pid = (0, "")
 
     def writes_plain_lines(self) -> bool:
         """True when lines hold our field names and nothing else (``line_head`` can start them)."""
@@ -122,8 +125,11 @@ class JsonFormatter(_BaseJsonFormatter):
 
     def line_head(self, created: float, level: str, logger: str, message: str) -> str:
         """The first fields of a line as ``format`` writes them, without the closing brace."""
+        service_pid = self._service_pid
+        if service_pid[0] != _pid:  # first use, or a forked worker
+            service_pid = self._service_pid = (_pid, f'"service": {json_string(self.service)}, "pid": {_pid}')
         return (f'{{"timestamp": "{_iso_utc(created)}", "level": "{level}", "logger": {json_string(logger)}, '
-                f'"message": {json_string(message)}, "service": {self._service_json}, "pid": {_pid}')
+                f'"message": {json_string(message)}, {service_pid[1]}')
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_data["timestamp"] = _iso_utc(record.created)

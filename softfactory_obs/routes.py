@@ -59,9 +59,17 @@ def _param_name(match: re.Match[str]) -> str:
     return "{" + name + "}"
 
 
+_templates: dict[str, str] = {}
+
+
 def to_template(rule: str) -> str:
     """A framework's route rule in one spelling: ``{name}`` for every parameter, regex anchors dropped."""
-    return _FRAMEWORK_PARAM.sub(_param_name, rule).replace("^", "").replace("$", "") or "/"
+    template = _templates.get(rule)  # adapters call this per request; an app has a fixed set of rules
+    if template is None:
+        template = _FRAMEWORK_PARAM.sub(_param_name, rule).replace("^", "").replace("$", "") or "/"
+        if len(_templates) < 10_000:
+            _templates[rule] = template
+    return template
 
 
 _normalised: dict[str, str] = {}

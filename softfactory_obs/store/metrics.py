@@ -17,6 +17,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from time import time_ns
 from typing import Any
 
 from prometheus_client.metrics_core import GaugeMetricFamily
@@ -26,6 +27,7 @@ from .._failures import report_failure
 from .directory import Snapshot, StoreDirectory, merge_values
 from .location import ENV, auto_directory
 from .shard import (
+    EXEMPLAR_BODY,
     KIND_COUNT,
     KIND_EXEMPLAR,
     KIND_GAUGE,
@@ -366,7 +368,7 @@ class CounterChild(_Child):
             ints = self._bind()
         ints[self._i] += COUNTER_SCALE
         if exemplar is not None and self._ex:
-            write_exemplar(self._seg, self._ex[0], 1.0, exemplar)
+            _write_exemplar_inline(ints, self._seg.view, self._ex[0], 1.0, exemplar)
 
 
 class Gauge(_Family):
@@ -497,7 +499,14 @@ class HistogramChild(_Child):
         ints[idx[n]] += 1
         ints[idx[-1]] += round(value * SUM_SCALE)
         if exemplar is not None and self._ex:
-            write_exemplar(self._seg, self._ex[n], value, exemplar)
+            _write_exemplar_inline(ints, self._seg.view, self._ex[n], value, exemplar)
+
+
+def _write_exemplar_inline(ints: Any, view: Any, slot: int, value: float, ident: bytes) -> None:
+    """``write_exemplar`` for the single-writer paths; ``ident`` is at most EXEMPLAR_ID_MAX bytes."""
+    ints[slot] += 1  # odd: readers retry
+    EXEMPLAR_BODY.pack_into(view, slot * 8 + 8, value, time_ns(), len(ident), ident)
+    ints[slot] += 1
 
 
 class CallbackGauge:

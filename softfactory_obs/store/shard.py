@@ -85,14 +85,14 @@ def record_size(raw_key: bytes, kind: int = KIND_COUNT) -> int:
 
 
 # value, wall-clock stamp (ns), id length, id: the exemplar slot after its sequence word.
-_EXEMPLAR_BODY = struct.Struct(f"<dqB{EXEMPLAR_ID_MAX}s")
+EXEMPLAR_BODY = struct.Struct(f"<dqB{EXEMPLAR_ID_MAX}s")
 
 
 def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
     """Seqlock write (caller holds the shard lock): odd seq while the fields change, even after."""
     ints = seg.ints
     ints[slot] += 1
-    _EXEMPLAR_BODY.pack_into(seg.buf, (slot + 1) * 8, value, stamp_ns or time.time_ns(),
+    EXEMPLAR_BODY.pack_into(seg.buf, (slot + 1) * 8, value, stamp_ns or time.time_ns(),
                              min(len(ident), EXEMPLAR_ID_MAX), ident)
     ints[slot] += 1
 
@@ -113,11 +113,12 @@ def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, i
 
 
 class Segment:
-    __slots__ = ("base", "buf", "floats", "ints", "size")
+    __slots__ = ("base", "buf", "floats", "ints", "size", "view")
 
     def __init__(self, base: int, buf: mmap.mmap) -> None:
         self.base = base
         self.buf = buf
+        self.view = memoryview(buf)
         self.size = len(buf)
         self.ints = memoryview(buf).cast("q")
         self.floats = memoryview(buf).cast("d")

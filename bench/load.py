@@ -1,0 +1,115 @@
+"""Under gunicorn: throughput and p99 with wrk, worker RSS after the load, per variant.
+
+Every variant is served by a real gunicorn (sync workers, the deployment the targets speak of)
+and loaded by wrk on loopback, in turns round after round so a noisy neighbour hits all of them.
+Our JSON access lines go to a file, as they would to a container's log file. Worker RSS is read
+from /proc after the load and after a few scrapes, so everything a worker imports over its life
+(the exposition code included) is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER = ["bare", "ours", "ours-metrics", "naive", "flask", "flask-ours", "flask-pfe"]
+
+
+@dataclass
+class LoadResult:
+    rps: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def gunicorn(variant: str, workers: int, tmp: str) -> Iterator[tuple[int, int]]:
+    """A gunicorn serving ``variant``; yields (port, master pid)."""
+    port = _free_port()
+    env = dict(os.environ, BENCH_VARIANT=variant, PYTHONPATH=str(ROOT))
+    if variant in ("naive", "flask-pfe"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
+    log = open(os.path.join(tmp, f"{variant}.log"), "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
+         "--log-level", "warning", "bench.apps:app"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(port, "/")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn for {variant} did not start; see {log.name}") from None
+                time.sleep(0.1)
+        yield port, proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _wrk(port: int, seconds: float, connections: int, path: str) -> tuple[float, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\b", out, re.M).groups()  # type: ignore[union-attr]
+    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def _worker_rss_mb(master: int) -> list[float]:
+    return [child.memory_info().rss / 2**20 for child in psutil.Process(master).children()]
+
+
+def run(rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: int = 16,
+        path: str = "/api/users/42") -> dict[str, LoadResult]:
+    results = {v: LoadResult() for v in ORDER}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for variant in ORDER:
+                with gunicorn(variant, workers, tmp) as (port, master):
+                    _wrk(port, 1.0, connections, path)  # warm-up: imports, first binds, caches
+                    rps, p99 = _wrk(port, seconds, connections, path)
+                    for _ in range(4 * workers):  # let every worker serve a scrape, as Prometheus would
+                        _get(port, "/metrics")
+                    results[variant].rps.append(rps)
+                    results[variant].p99_ms.append(p99)
+                    results[variant].rss_mb.append(statistics.median(_worker_rss_mb(master)))
+    return results
