@@ -1,9 +1,11 @@
-"""``/metrics``: the merged store rendered by prometheus_client's own encoders, with content negotiation.
+"""``/metrics``: the merged store as Prometheus text (0.0.4) or OpenMetrics (1.0), with content negotiation.
 
-We build metric families from a store snapshot and let prometheus_client write the text (0.0.4)
-or OpenMetrics (1.0) format, so escaping and format details are theirs, not ours. Negotiation is
-our own because prometheus_client's raises on a malformed Accept header (a 500 for the scrape)
-and ignores q-values.
+The encoders are ours and small (the formats are a few lines each; tests hold them to
+prometheus_client's parsers and to promtool), so a worker never imports prometheus_client just
+to answer a scrape: that import costs every worker about 2.3 MB of resident memory. An app that
+keeps its own metrics in prometheus_client's multiprocess mode gets them exposed beside ours, and
+only then is prometheus_client imported. Negotiation is our own too: prometheus_client's raises
+on a malformed Accept header (a 500 for the scrape) and ignores q-values.
 """
 
 from __future__ import annotations
@@ -13,24 +15,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY as PROMETHEUS_REGISTRY
-from prometheus_client import CollectorRegistry
-from prometheus_client import exposition as text_format
-from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.openmetrics import exposition as openmetrics_format
-from prometheus_client.samples import Exemplar
-
 from ._failures import report_failure
+from .families import Exemplar, Family, Sample, gauge
 from .store.directory import Snapshot, StoreBusyError
 from .store.metrics import COUNTER_SCALE, SUM_SCALE, Registry
 
@@ -39,7 +28,7 @@ TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
-def families_from(snap: Snapshot) -> Iterator[Metric]:
+def families_from(snap: Snapshot) -> Iterable[Family]:
     """Each family exactly once, in name order, samples in label order: a deterministic body."""
     samples: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {}
     for (name, suffix, labels), value in snap.counts.items():
@@ -65,20 +54,20 @@ def _valid(labelnames: list[str], by_labels: dict[tuple[str, ...], dict[str, Any
     return sorted(lv for lv in by_labels if len(lv) == len(labelnames))
 
 
-def _counter(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Metric:
-    family = CounterMetricFamily(name, meta.get("help", ""), labels=labelnames)
+def _counter(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Family:
+    family = Family(name, meta.get("help", ""), "counter", labelnames)
     if not labelnames and () not in by_labels:
-        family.add_metric([], 0.0)
+        family.add((), 0.0)
     scale = meta.get("scale", COUNTER_SCALE)
     for labels in _valid(labelnames, by_labels):
         parts = by_labels[labels]
         if "" in parts:
-            family.add_metric(list(labels), parts[""] / scale, exemplar=parts.get("exemplar x"))
+            family.add(labels, parts[""] / scale, parts.get("exemplar x"))
     return family
 
 
-def _gauge(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Metric:
-    family = GaugeMetricFamily(name, meta.get("help", ""), labels=labelnames)
+def _gauge(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Family:
+    family = Family(name, meta.get("help", ""), "gauge", labelnames)
     mode = meta.get("mode", "livesum")
     for labels in _valid(labelnames, by_labels):
         entries = by_labels[labels].get("gauge")
@@ -93,12 +82,12 @@ def _gauge(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: di
             value = max(entries, key=lambda e: e[1])[0]
         else:
             value = math.fsum(values)
-        family.add_metric(list(labels), value)
+        family.add(labels, value)
     return family
 
 
-def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Metric:
-    family = HistogramMetricFamily(name, meta.get("help", ""), labels=labelnames)
+def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels: dict[Any, Any]) -> Family:
+    family = Family(name, meta.get("help", ""), "histogram", labelnames)
     declared = [float(b) for b in meta.get("buckets", ["inf"])]
     if not labelnames and () not in by_labels:
         by_labels = {(): {}}
@@ -111,14 +100,12 @@ def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels
                 bound = float(suffix[1:])
                 counts[bound] = counts.get(bound, 0) + value
         counts.setdefault(math.inf, 0)
-        cumulative: list[Any] = []
+        cumulative: list[tuple[str, float, Exemplar | None]] = []
         running = 0
         for bound in sorted(counts):
             running += counts[bound]
-            exemplar = parts.get("exemplar x" + repr(bound))
-            le = _le(bound)
-            cumulative.append((le, float(running), exemplar) if exemplar else (le, float(running)))
-        family.add_metric(list(labels), cumulative, parts.get("sum", 0) / SUM_SCALE)
+            cumulative.append((_le(bound), float(running), parts.get("exemplar x" + repr(bound))))
+        family.add_histogram(labels, cumulative, parts.get("sum", 0) / SUM_SCALE)
     return family
 
 
@@ -134,19 +121,98 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(bound)
 
 
+# -- the two formats ----------------------------------------------------------------------------------
+
+
+def go_float(value: float) -> str:
+    """A sample value as Prometheus (Go) writes it: +Inf, -Inf, NaN, exponents from 1e+06 on (as
+    prometheus_client's floatToGoString)."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:  # noqa: PLR0124 - NaN
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+# Text-format names and types of the OpenMetrics-only kinds (as prometheus_client maps them).
+_TEXT_KINDS = {"counter": ("_total", "counter"), "info": ("_info", "gauge"), "stateset": ("", "gauge"),
+               "gaugehistogram": ("", "histogram"), "unknown": ("", "untyped")}
+
+
+def encode_text(families: Iterable[Family]) -> bytes:
+    """Prometheus text format 0.0.4."""
+    out = []
+    for family in families:
+        suffix, kind = _TEXT_KINDS.get(family.type, ("", family.type))
+        name = family.name + suffix
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+        out.extend(f"{s.name}{_labels(s.labels)} {go_float(s.value)}\n" for s in family.samples)
+    return "".join(out).encode("utf-8")
+
+
+def encode_openmetrics(families: Iterable[Family]) -> bytes:
+    """OpenMetrics 1.0 text, with exemplars on counter and bucket samples."""
+    out = []
+    for family in families:
+        out.append(f"# HELP {family.name} {_escape(family.documentation)}\n# TYPE {family.name} {family.type}\n")
+        for s in family.samples:
+            line = f"{s.name}{_labels(s.labels)} {go_float(s.value)}"
+            ex = s.exemplar
+            if ex is not None:
+                stamp = "" if ex.timestamp is None else f" {ex.timestamp}"
+                line += f" # {_labels(ex.labels) or '{}'} {go_float(ex.value)}{stamp}"
+            out.append(line + "\n")
+    out.append("# EOF\n")
+    return "".join(out).encode("utf-8")
+
+
 def _base_name(name: str) -> str:
     # prometheus_client names a counter family without _total; compare on the common stem.
     return name[:-6] if name.endswith("_total") else name
 
 
-def prometheus_client_families() -> list[Metric]:
+def prometheus_client_families() -> list[Family]:
     """Metrics an app keeps in prometheus_client's own multiprocess mode, to expose beside ours."""
     path = os.environ.get(PROMETHEUS_MULTIPROC_ENV)
     if not path:
         return []
+    # Only here: an app that uses prometheus_client's multiprocess mode has it imported anyway.
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
     registry = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    return list(registry.collect())
+    families = []
+    for metric in registry.collect():
+        family = Family(metric.name, metric.documentation, metric.type)
+        family.samples = [Sample(s.name, dict(s.labels), s.value, _exemplar_of(s.exemplar)) for s in metric.samples]
+        families.append(family)
+    return families
+
+
+def _exemplar_of(theirs: Any) -> Exemplar | None:
+    if theirs is None:
+        return None
+    stamp = theirs.timestamp
+    return Exemplar(dict(theirs.labels), theirs.value, None if stamp is None else float(stamp))
 
 
 def check_no_clash(ours: Iterable[str], theirs: Iterable[str]) -> None:
@@ -162,19 +228,14 @@ def check_prometheus_client_registry(registry: Registry) -> None:
     """At start-up: the app's prometheus_client metrics (multiprocess mode) must not reuse our names."""
     if not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         return
+    from prometheus_client import REGISTRY as PROMETHEUS_REGISTRY  # noqa: PLC0415 - only for apps that use it
+    from prometheus_client.metrics import MetricWrapperBase  # noqa: PLC0415
+
     # Only metrics the app defined (not prometheus_client's own process and GC collectors, which
     # multiprocess mode does not expose anyway).
     theirs = [getattr(c, "_name", "") for c in getattr(PROMETHEUS_REGISTRY, "_collector_to_names", {})
               if isinstance(c, MetricWrapperBase)]
     check_no_clash(registry.families, [n for n in theirs if n])
-
-
-class _Collected:
-    def __init__(self, metrics: list[Metric]) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return self.metrics
 
 
 def negotiate(accept: str) -> str:
@@ -208,19 +269,16 @@ def gzip_accepted(accept_encoding: str) -> bool:
     return False
 
 
-def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Metric]:
-    shards = GaugeMetricFamily("softfactory_obs_store_shards", "Shard files in the metrics store by state",
-                               labels=["state"])
-    shards.add_metric(["live"], snap.live_shards)
-    shards.add_metric(["dead"], snap.dead_shards)
-    duration = GaugeMetricFamily("softfactory_obs_scrape_duration_seconds",
-                                 "Time the previous scrape took to merge and render the store")
-    duration.add_metric([], scrape_seconds)
-    files = GaugeMetricFamily("softfactory_obs_scrape_files_read",
-                              "Shard files this scrape read (stays near the number of live workers under churn)")
-    files.add_metric([], snap.files_opened)
-    generation = CounterMetricFamily("softfactory_obs_store_compactions", "Compactions published to the store")
-    generation.add_metric([], snap.archive_generation)
+def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Family]:
+    shards = Family("softfactory_obs_store_shards", "Shard files in the metrics store by state", "gauge", ["state"])
+    shards.add(["live"], snap.live_shards)
+    shards.add(["dead"], snap.dead_shards)
+    duration = gauge("softfactory_obs_scrape_duration_seconds",
+                     "Time the previous scrape took to merge and render the store", scrape_seconds)
+    files = gauge("softfactory_obs_scrape_files_read",
+                  "Shard files this scrape read (stays near the number of live workers under churn)", snap.files_opened)
+    generation = Family("softfactory_obs_store_compactions", "Compactions published to the store", "counter")
+    generation.add((), snap.archive_generation)
     return [shards, duration, files, generation]
 
 
@@ -233,7 +291,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.metrics: list[Metric] = []
+        self.metrics: list[Family] = []
         self.error: BaseException | None = None
 
 
@@ -292,13 +350,11 @@ class MetricsApp:
             raise ScrapeLimitError(f"the scrape in progress took longer than {self.timeout:g} s")
         if flight.error is not None:
             raise flight.error
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collected(flight.metrics))
         content_type = negotiate(accept)
-        encoder = openmetrics_format.generate_latest if content_type == OPENMETRICS else text_format.generate_latest
-        return encoder(registry), content_type
+        encode = encode_openmetrics if content_type == OPENMETRICS else encode_text
+        return encode(flight.metrics), content_type
 
-    def _collect(self) -> list[Metric]:
+    def _collect(self) -> list[Family]:
         self.merges += 1
         started = time.perf_counter()
         snap = self.registry.snapshot()
@@ -308,7 +364,7 @@ class MetricsApp:
         foreign = prometheus_client_families()
         check_no_clash([m.name for m in metrics], [m.name for m in foreign])
         metrics.extend(foreign)
-        extra: dict[str, Metric] = {}
+        extra: dict[str, Family] = {}
         for callback in self.registry.callbacks:
             try:
                 for family in callback():

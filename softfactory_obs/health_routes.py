@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-
+from .families import Family, gauge
 from .guard import Guard
 from .health import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
 from .logs import _iso_utc
@@ -49,11 +48,9 @@ class HealthRoutes:
         failing = [r.name for r in self.checks.run(critical) if not r.ok]
         return self.readiness.started and not self.readiness.draining and not failing, failing
 
-    def ready_metric(self) -> Iterable[Metric]:
+    def ready_metric(self) -> Iterable[Family]:
         """``app_ready``: what /ready would answer from the worker serving the scrape (1 or 0)."""
-        family = GaugeMetricFamily("app_ready", "1 when this service would answer /ready with 200")
-        family.add_metric([], 1.0 if self._ready()[0] else 0.0)
-        yield family
+        yield gauge("app_ready", "1 when this service would answer /ready with 200", 1.0 if self._ready()[0] else 0.0)
 
     def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         ready, failing = self._ready()

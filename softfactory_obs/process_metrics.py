@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterable
 
 import psutil
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from .families import Family, gauge
 from .store.metrics import Counter, Gauge, Registry
 
 MAX_SLOTS = 1024
@@ -108,20 +108,17 @@ class ProcessSampler:
             self.cpu.inc(used - self._cpu_seen)
             self._cpu_seen = used
 
-    def collect_at_scrape(self) -> Iterable[Metric]:
+    def collect_at_scrape(self) -> Iterable[Family]:
         """Service-level facts computed in the scraping process: uptime, master memory, info."""
         service_start = service_process()
-        uptime = GaugeMetricFamily("app_uptime_seconds", "Seconds since the service (the gunicorn master, "
-                                   "or this process) started")
-        uptime.add_metric([], max(0.0, time.time() - service_start.create_time()))
-        info = GaugeMetricFamily("app_info", "Service name and version", labels=["service", "version"])
-        info.add_metric([self.service, self.version], 1)
-        yield uptime
+        yield gauge("app_uptime_seconds", "Seconds since the service (the gunicorn master, or this process) started",
+                    max(0.0, time.time() - service_start.create_time()))
+        info = Family("app_info", "Service name and version", "gauge", ["service", "version"])
+        info.add([self.service, self.version], 1)
         yield info
         if service_start.pid != os.getpid():
-            master = GaugeMetricFamily("gunicorn_master_resident_memory_bytes", "Resident memory of the master")
-            master.add_metric([], service_start.memory_info().rss)
-            yield master
+            yield gauge("gunicorn_master_resident_memory_bytes", "Resident memory of the master",
+                        service_start.memory_info().rss)
 
 
 def service_process() -> psutil.Process:

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis as redis_py
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._failures import report_failure
+from .families import Family
 from .store.metrics import REGISTRY, Counter, Histogram, Registry
 
 READS = {"GET", "GETEX", "GETDEL", "MGET", "HGET", "HMGET", "HGETALL"}
@@ -224,15 +224,15 @@ class RedisInfoCollector:
         self.probe = probe_client(client, timeout)
         self.cache = cache
 
-    def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("redis_up", "1 when the last INFO to Redis succeeded", labels=["cache"])
+    def collect(self) -> Iterable[Family]:
+        up = Family("redis_up", "1 when the last INFO to Redis succeeded", "gauge", ["cache"])
         try:
             info = self.probe.info()
         except Exception:
-            up.add_metric([self.cache], 0)
+            up.add([self.cache], 0)
             yield up
             return
-        up.add_metric([self.cache], 1)
+        up.add([self.cache], 1)
         yield up
         for name, field, kind in (
             ("redis_keyspace_hits_total", "keyspace_hits", "counter"),
@@ -242,15 +242,9 @@ class RedisInfoCollector:
             ("redis_connected_clients", "connected_clients", "gauge"),
             ("redis_memory_used_bytes", "used_memory", "gauge"),
         ):
-            value = float(info.get(field, 0))
-            if kind == "counter":
-                counter = CounterMetricFamily(name, f"Redis INFO {field}", labels=["cache"])
-                counter.add_metric([self.cache], value)
-                yield counter
-            else:
-                gauge = GaugeMetricFamily(name, f"Redis INFO {field}", labels=["cache"])
-                gauge.add_metric([self.cache], value)
-                yield gauge
+            family = Family(name, f"Redis INFO {field}", kind, ["cache"])
+            family.add([self.cache], float(info.get(field, 0)))
+            yield family
 
     def ping(self) -> dict[str, Any]:
         started = time.perf_counter()

@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.metrics_core import Metric
-
 from .exposition import families_from
+from .families import Family
 from .health import json_body
 from .health_routes import answer
 from .logs import _iso_utc
@@ -28,11 +27,11 @@ WINDOWS = (("1m", 60.0), ("5m", 300.0))
 Totals = dict[tuple[str, str], float]  # (endpoint, status) -> requests
 
 
-def _families(registry: Registry) -> dict[str, Metric]:
+def _families(registry: Registry) -> dict[str, Family]:
     return {f.name: f for f in families_from(registry.snapshot())}
 
 
-def _request_totals(families: dict[str, Metric], prefix: str) -> Totals:
+def _request_totals(families: dict[str, Family], prefix: str) -> Totals:
     totals: Totals = collections.defaultdict(float)
     family = families.get(f"{prefix}http_requests")
     for sample in family.samples if family else ():
@@ -72,7 +71,7 @@ class History:
         self._samples: collections.deque[tuple[float, Totals]] = collections.deque(maxlen=400)
         self._lock = threading.Lock()
 
-    def sample(self, families: dict[str, Metric] | None = None) -> Totals:
+    def sample(self, families: dict[str, Family] | None = None) -> Totals:
         totals = _request_totals(families if families is not None else _families(self.registry), self.prefix)
         now = time.monotonic()
         with self._lock:
@@ -148,7 +147,7 @@ class SummaryApp:
         return {"requests": requests, "errors_5xx": errors, "error_rate_percent": _rate(errors, requests),
                 "by_status": dict(sorted(by_status.items())), "by_endpoint": dict(sorted(by_endpoint.items()))}
 
-    def _system(self, families: dict[str, Metric]) -> dict[str, Any]:
+    def _system(self, families: dict[str, Family]) -> dict[str, Any]:
         workers: dict[str, dict[str, float]] = collections.defaultdict(dict)
         fields = {"process_resident_memory_bytes": "rss_mb", "process_virtual_memory_bytes": "vms_mb",
                   "softfactory_obs_worker_cpu_percent": "cpu_percent",
@@ -161,7 +160,7 @@ class SummaryApp:
                  for key in ("rss_mb", "vms_mb", "cpu_percent", "memory_percent")}
         return {"workers": dict(sorted(workers.items())), "total": total}
 
-    def _endpoints(self, families: dict[str, Metric], totals: Totals, uptime: float) -> dict[str, Any]:
+    def _endpoints(self, families: dict[str, Family], totals: Totals, uptime: float) -> dict[str, Any]:
         hist = families.get(f"{self.prefix}http_request_duration_seconds")
         latency: dict[str, dict[str, Any]] = collections.defaultdict(lambda: {"buckets": {}, "sum": 0.0, "count": 0.0})
         for sample in hist.samples if hist else ():
@@ -190,7 +189,7 @@ class SummaryApp:
         return table
 
     @staticmethod
-    def _cache(families: dict[str, Metric]) -> dict[str, Any]:
+    def _cache(families: dict[str, Family]) -> dict[str, Any]:
         caches: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"hits": 0.0, "misses": 0.0})
         for name, key in (("cache_hits", "hits"), ("cache_misses", "misses")):
             for sample in families[name].samples if name in families else ():
@@ -198,7 +197,7 @@ class SummaryApp:
         return {cache: {**v, "hit_ratio": round(v["hits"] / (v["hits"] + v["misses"]), 4)
                         if v["hits"] + v["misses"] else None} for cache, v in sorted(caches.items())}
 
-    def _business_gauges(self, families: dict[str, Metric]) -> dict[str, Any]:
+    def _business_gauges(self, families: dict[str, Family]) -> dict[str, Any]:
         ours = ("process_", "softfactory_obs_", "app_", "gunicorn_", "http_", f"{self.prefix}http_", "redis_")
         out: dict[str, Any] = {}
         for name, family in sorted(families.items()):

@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from time import time_ns
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily
-
 from .. import _failures
 from .._failures import report_failure
+from ..families import Family
 from .directory import Snapshot, StoreDirectory, merge_values
 from .location import ENV, auto_directory
 from .shard import (
@@ -522,14 +521,14 @@ class CallbackGauge:
         self.name, self.documentation, self.fn, self.labelnames = name, documentation, fn, list(labelnames)
         (registry if registry is not None else REGISTRY).callbacks.append(self.collect)
 
-    def collect(self) -> Iterable[Any]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def collect(self) -> Iterable[Family]:
+        family = Family(self.name, self.documentation, "gauge", self.labelnames)
         value = self.fn()
         if self.labelnames:
             for labels, v in dict(value).items():
-                family.add_metric([_label_text(x) for x in labels], float(v))
+                family.add([_label_text(x) for x in labels], float(v))
         else:
-            family.add_metric([], float(value))
+            family.add((), float(value))
         yield family
 
 

@@ -201,6 +201,7 @@ class ShardWriter:
         for seg in self.segments:
             seg.ints.release()
             seg.floats.release()
+            seg.view.release()  # every view must go first: an mmap with exported buffers cannot close
             seg.buf.close()
         self.segments = []
         if self.fd is not None:
