@@ -27,8 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
+from . import procfs
 from ._failures import report_failure
 from .logs import _iso_utc
 
@@ -167,7 +166,7 @@ def disk_space_check(path: str = "/", min_free_percent: float = 10.0) -> Callabl
 
 def memory_check(max_used_percent: float = 95.0) -> Callable[[], dict[str, Any]]:
     def check() -> dict[str, Any]:
-        used = psutil.virtual_memory().percent
+        used = procfs.memory()[1]
         if used > max_used_percent:
             raise RuntimeError(f"{used:.1f}% of memory used, above {max_used_percent:g}%")
         return {"used_percent": used}

@@ -1,7 +1,7 @@
 """Per-worker process metrics, sampled by each worker about itself off the request path.
 
-psutil costs 10-40 µs a call, so it runs in the maintenance thread every few seconds, never in a
-request. Each worker claims the lowest free slot number (a ``flock`` on ``slot-<n>.lock`` held for
+Reading them (procfs.py) costs tens of µs, so it runs in the maintenance thread every few seconds,
+never in a request. Each worker claims the lowest free slot number (a ``flock`` on ``slot-<n>.lock`` held for
 life, so a killed worker's slot frees itself) and labels its series ``worker="<n>"``: the label
 set stays as small as the number of workers, and a successor takes over its predecessor's series.
 Gauges are live-only, so a dead worker's memory disappears from the next scrape, kill -9 included.
@@ -18,8 +18,7 @@ import os
 import time
 from collections.abc import Iterable
 
-import psutil
-
+from . import procfs
 from .families import Family, gauge
 from .store.metrics import Counter, Gauge, Registry
 
@@ -52,7 +51,7 @@ class ProcessSampler:
         self._slot_fd: int | None = None
         self._slot = "0"
         self._cpu_seen = 0.0
-        self._process: psutil.Process | None = None
+        self._sampled_at = 0.0
         registry.callbacks.append(self.collect_at_scrape)
 
     def _claim_slot(self) -> str:
@@ -81,52 +80,42 @@ class ProcessSampler:
                     os.close(self._slot_fd)
                 self._slot_fd = None
             self._pid = pid
-            self._process = psutil.Process(pid)
             self._slot = self._claim_slot()
             self._cpu_seen = 0.0
-        process = self._process
-        assert process is not None
-        with process.oneshot():
-            memory = process.memory_info()
-            cpu = process.cpu_times()
-            fds = process.num_fds()
-            threads = process.num_threads()
-            started = process.create_time()
-            cpu_percent = process.cpu_percent(interval=None)  # since the previous sample
-            memory_percent = process.memory_percent()
+            self._sampled_at = 0.0
+        stats = procfs.process_stats(pid)
+        now = time.monotonic()
+        used = stats.cpu_seconds
+        # Since the previous sample (0 on the first, as psutil's cpu_percent(interval=None)).
+        cpu_percent = (used - self._cpu_seen) / (now - self._sampled_at) * 100 if self._sampled_at else 0.0
+        self._sampled_at = now
+        total_memory = procfs.memory()[0]
         slot = self._slot
-        self.rss.labels(slot).set(memory.rss)
-        self.vms.labels(slot).set(memory.vms)
-        self.fds.labels(slot).set(fds)
-        self.threads.labels(slot).set(threads)
-        self.start.labels(slot).set(started)
-        self.cpu_percent.labels(slot).set(cpu_percent)
-        self.memory_percent.labels(slot).set(memory_percent)
+        self.rss.labels(slot).set(stats.rss)
+        self.vms.labels(slot).set(stats.vms)
+        self.fds.labels(slot).set(stats.fds)
+        self.threads.labels(slot).set(stats.threads)
+        self.start.labels(slot).set(stats.start_time)
+        self.cpu_percent.labels(slot).set(max(0.0, cpu_percent))
+        self.memory_percent.labels(slot).set(stats.rss / total_memory * 100 if total_memory else 0.0)
         self.pid.labels(slot).set(pid)
-        used = cpu.user + cpu.system
         if used > self._cpu_seen:  # cumulative per process: add the growth, never anything negative
             self.cpu.inc(used - self._cpu_seen)
             self._cpu_seen = used
 
     def collect_at_scrape(self) -> Iterable[Family]:
         """Service-level facts computed in the scraping process: uptime, master memory, info."""
-        service_start = service_process()
+        service = service_pid()
         yield gauge("app_uptime_seconds", "Seconds since the service (the gunicorn master, or this process) started",
-                    max(0.0, time.time() - service_start.create_time()))
+                    max(0.0, time.time() - procfs.start_time(service)))
         info = Family("app_info", "Service name and version", "gauge", ["service", "version"])
         info.add([self.service, self.version], 1)
         yield info
-        if service_start.pid != os.getpid():
+        if service != os.getpid():
             yield gauge("gunicorn_master_resident_memory_bytes", "Resident memory of the master",
-                        service_start.memory_info().rss)
+                        procfs.resident_bytes(service))
 
 
-def service_process() -> psutil.Process:
-    me = psutil.Process()
-    try:
-        parent = me.parent()
-        if parent is not None and any("gunicorn" in part for part in parent.cmdline()):
-            return parent
-    except psutil.Error:
-        pass
-    return me
+def service_pid() -> int:
+    """The gunicorn master when we are one of its workers, else this process."""
+    return os.getppid() if procfs.parent_is_gunicorn() else os.getpid()

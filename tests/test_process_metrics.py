@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 from conftest import call_wsgi, in_child, make_environ, samples
 from servers import Gunicorn, get, scrape, worker_pids
 
-from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs import ObservabilityMiddleware, procfs
 from softfactory_obs.process_metrics import ProcessSampler
 from softfactory_obs.store.metrics import Registry
 
@@ -81,16 +82,15 @@ def test_worker_series_follow_live_workers_under_kill_9(tmp_path: Path) -> None:
         assert len([k for k in after if k[0] == "process_resident_memory_bytes"]) == 3
 
 
-def test_psutil_is_never_called_on_the_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_process_facts_are_never_read_on_the_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
     callers: list[str] = []
-    real = psutil.Process.memory_info
+    real = procfs.process_stats
 
-    @functools.wraps(real)  # keeps psutil's oneshot() cache hooks
-    def spy(self: psutil.Process) -> object:
+    def spy(pid: int) -> procfs.ProcessStats:
         callers.append(threading.current_thread().name)
-        return real(self)
+        return real(pid)
 
-    monkeypatch.setattr(psutil.Process, "memory_info", spy)
+    monkeypatch.setattr(procfs, "process_stats", spy)
     registry = Registry()
     mw = ObservabilityMiddleware(hello, registry=registry, auto_configure_logging=False, access_log=False,
                                  maintenance_interval_seconds=0.05)
@@ -101,6 +101,49 @@ def test_psutil_is_never_called_on_the_request_path(monkeypatch: pytest.MonkeyPa
         time.sleep(0.05)
     assert callers, "the sampler never ran"
     assert set(callers) == {"softfactory_obs-maintenance"}
+
+
+@pytest.mark.parametrize("from_proc", [True, False], ids=["/proc", "psutil-fallback"])
+def test_procfs_agrees_with_psutil(monkeypatch: pytest.MonkeyPatch, from_proc: bool) -> None:
+    monkeypatch.setattr(procfs, "_PROC", from_proc and procfs._PROC)
+    me = psutil.Process()
+    stats = procfs.process_stats(os.getpid())
+    assert abs(stats.rss - me.memory_info().rss) / stats.rss < 0.2
+    assert abs(stats.vms - me.memory_info().vms) / stats.vms < 0.2
+    assert stats.threads == me.num_threads()
+    assert abs(stats.fds - me.num_fds()) <= 2  # listing /proc/self/fd opens one itself
+    cpu = me.cpu_times()
+    assert abs(stats.cpu_seconds - (cpu.user + cpu.system)) < 0.5
+    assert abs(stats.start_time - me.create_time()) < 1.0
+    assert abs(procfs.start_time(os.getppid()) - psutil.Process(os.getppid()).create_time()) < 1.0
+    assert procfs.command_line(os.getpid())[:len(me.cmdline())] == me.cmdline()
+    total, used = procfs.memory()
+    assert total == psutil.virtual_memory().total
+    assert abs(used - psutil.virtual_memory().percent) < 5
+
+
+def test_serving_and_scraping_never_import_psutil_or_prometheus_client(tmp_path: Path) -> None:
+    """Each costs every worker about 1 and 2.3 MB of memory (issue 8's RSS budget)."""
+    code = f"""
+import sys, time
+from softfactory_obs import ObservabilityMiddleware, procfs
+from softfactory_obs.store.metrics import Registry
+from wsgiref.util import setup_testing_defaults
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hi"]
+mw = ObservabilityMiddleware(hello, registry=Registry({str(tmp_path / "store")!r}), auto_configure_logging=False,
+                             maintenance_interval_seconds=0.05)
+for path in ("/x", "/metrics", "/health", "/ready", "/api/metrics/summary"):
+    env = {{"PATH_INFO": path}}
+    setup_testing_defaults(env)
+    body = b"".join(mw(env, lambda *a: None))
+time.sleep(0.3)  # a few maintenance rounds: process sampling, history
+print(sorted(m for m in ("psutil", "prometheus_client", "hmac") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={
+        k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:

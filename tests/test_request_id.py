@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import uuid
@@ -31,6 +32,37 @@ def test_generated_ids_are_uuid4_hex_and_unique() -> None:
     for rid in list(ids)[:200]:
         assert HEX32.fullmatch(rid)
         assert uuid.UUID(rid).version == 4 and uuid.UUID(rid).variant == uuid.RFC_4122
+
+
+def test_ids_from_one_batch_stay_unique_across_threads_and_batches() -> None:
+    # 8 threads drawing 4,000 ids cross several batch refills at once.
+    drawn: list[list[str]] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=lambda out=out: out.extend(new_request_id() for _ in range(500)))
+               for out in drawn]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [rid for out in drawn for rid in out]
+    assert len(set(ids)) == len(ids) == 4000
+
+
+def test_a_forked_worker_never_repeats_its_parents_next_ids() -> None:
+    new_request_id()  # the parent is in the middle of a batch when it forks
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, "".join(new_request_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    text = os.read(read_end, 1 << 16).decode()
+    os.close(read_end)
+    child = {text[i:i + 32] for i in range(0, len(text), 32)}
+    parent = {new_request_id() for _ in range(100)}
+    assert len(child) == 100 and not child & parent
 
 
 @pytest.mark.parametrize("incoming", [

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 
-import psutil
+from ..procfs import parent_is_gunicorn, pid_exists
 
 ENV = "SOFTFACTORY_OBS_METRICS_DIR"
 _AUTO = re.compile(r"softfactory_obs-(\d+)")
@@ -26,18 +26,11 @@ def _base() -> str:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-def _parent_is_gunicorn() -> bool:
-    try:
-        return any("gunicorn" in part for part in psutil.Process(os.getppid()).cmdline())
-    except (psutil.Error, OSError):
-        return False
-
-
 def auto_directory() -> str | None:
     """The directory for this gunicorn master's workers, or None outside gunicorn (memory mode)."""
     if "gunicorn" not in sys.modules:
         return None
-    master = os.getppid() if _parent_is_gunicorn() else os.getpid()
+    master = os.getppid() if parent_is_gunicorn() else os.getpid()
     path = create_auto_directory(master)
     os.environ[ENV] = path
     return path
@@ -58,5 +51,5 @@ def _remove_stale(base: str, keep: str) -> None:
         for name in os.listdir(base):
             match = _AUTO.fullmatch(name)
             path = os.path.join(base, name)
-            if match and path != keep and not psutil.pid_exists(int(match[1])):
+            if match and path != keep and not pid_exists(int(match[1])):
                 shutil.rmtree(path, ignore_errors=True)

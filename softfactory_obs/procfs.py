@@ -1,0 +1,130 @@
+"""The few process and machine facts we report, read from /proc on Linux; psutil elsewhere.
+
+We need six numbers about a process and two about the machine. On Linux they are a couple of
+small reads away; importing psutil for them costs every worker about 1 MB of resident memory, so
+psutil is imported only where /proc is missing (macOS and other development machines).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+_PROC = os.path.isdir("/proc/self/fd") and os.path.exists("/proc/self/statm")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    rss: int  # bytes
+    vms: int  # bytes
+    cpu_seconds: float  # user + system, all threads
+    fds: int
+    threads: int
+    start_time: float  # Unix time
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read().decode("ascii", "replace")
+    return raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces and parentheses
+
+
+_boot_time: float | None = None
+
+
+def boot_time() -> float:
+    global _boot_time  # noqa: PLW0603 - read once per process
+    if _boot_time is None:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _boot_time = float(line.split()[1])
+                    break
+            else:
+                _boot_time = 0.0
+    return _boot_time
+
+
+def process_stats(pid: int) -> ProcessStats:
+    if not _PROC:
+        return _psutil_stats(pid)
+    fields = _stat_fields(pid)  # field n of proc(5) is fields[n - 3]
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        size, resident = f.read().split()[:2]
+    return ProcessStats(
+        rss=int(resident) * _PAGE,
+        vms=int(size) * _PAGE,
+        cpu_seconds=(int(fields[11]) + int(fields[12])) / _TICKS,
+        fds=len(os.listdir(f"/proc/{pid}/fd")),
+        threads=int(fields[17]),
+        start_time=boot_time() + int(fields[19]) / _TICKS,
+    )
+
+
+def start_time(pid: int) -> float:
+    if not _PROC:
+        return float(_psutil().Process(pid).create_time())
+    return boot_time() + int(_stat_fields(pid)[19]) / _TICKS
+
+
+def resident_bytes(pid: int) -> int:
+    if not _PROC:
+        return int(_psutil().Process(pid).memory_info().rss)
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def command_line(pid: int) -> list[str]:
+    if not _PROC:
+        return list(_psutil().Process(pid).cmdline())
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode("utf-8", "replace").split("\0")
+
+
+def parent_is_gunicorn() -> bool:
+    try:
+        return any("gunicorn" in part for part in command_line(os.getppid()))
+    except (OSError, ValueError):  # gone already, or not ours to read
+        return False
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def memory() -> tuple[int, float]:
+    """(total bytes, percent in use) of the machine, as psutil.virtual_memory() counts them."""
+    if not _PROC:
+        vm = _psutil().virtual_memory()
+        return int(vm.total), float(vm.percent)
+    info: dict[str, int] = {}
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            key, _, rest = line.partition(b":")
+            info[key.decode()] = int(rest.split()[0]) * 1024
+    total = info["MemTotal"]
+    available = info.get("MemAvailable", info.get("MemFree", 0))
+    return total, round((total - available) / total * 100, 1) if total else 0.0
+
+
+def _psutil() -> Any:
+    import psutil  # noqa: PLC0415 - only where /proc is missing
+
+    return psutil
+
+
+def _psutil_stats(pid: int) -> ProcessStats:
+    process = _psutil().Process(pid)
+    with process.oneshot():
+        memory_info, cpu = process.memory_info(), process.cpu_times()
+        return ProcessStats(int(memory_info.rss), int(memory_info.vms), cpu.user + cpu.system, process.num_fds(),
+                            process.num_threads(), process.create_time())
