@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if "store" in parts:
         rows = store.write_costs()
         report["store_ns_per_call"] = dict(rows)
-        section("Store, ns per call (median of 5 x 200k, each in a fresh interpreter)",
+        section("Store, ns per call (median of 7 x 200k, each in a fresh interpreter)",
                 ["| operation | ns |", "|---|---:|", *(f"| {name} | {ns:.0f} |" for name, ns in rows)])
     if "scrape" in parts:
         counts = tuple(int(x) for x in args.dead.split(","))
