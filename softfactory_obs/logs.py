@@ -212,6 +212,9 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+Targets = list[tuple[LineHandler, JsonFormatter]] | None  # None: logging must run
+
+
 class DirectRoute:
     """The handlers a logger's records reach, when they are only our line handlers with our formatter.
 
@@ -224,32 +227,33 @@ class DirectRoute:
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self._loggers: list[tuple[Any, ...]] = []
-        self._handlers: list[tuple[Any, ...]] = []
-        self._targets: list[tuple[LineHandler, JsonFormatter]] | None = None
-        self._taken = False
+        # (loggers on the way, their handlers, the targets): one tuple, swapped whole, so a thread
+        # never checks one snapshot and returns another's targets.
+        self._state: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Targets] | None = None
 
-    def targets(self) -> list[tuple[LineHandler, JsonFormatter]] | None:
-        if not (self._taken and self._unchanged()):
-            self._take()
-        return self._targets
+    def targets(self) -> Targets:
+        state = self._state
+        if state is None or not self._unchanged(state[0], state[1]):
+            state = self._state = self._take()
+        return state[2]
 
-    def _unchanged(self) -> bool:
+    @staticmethod
+    def _unchanged(loggers: list[tuple[Any, ...]], handlers: list[tuple[Any, ...]]) -> bool:
         if not logging.logProcesses:
             return False
-        for lg, parent, handlers, filters, propagate, disabled in self._loggers:
-            if (lg.handlers != handlers or lg.filters != filters or lg.parent is not parent
+        for lg, parent, lg_handlers, filters, propagate, disabled in loggers:
+            if (lg.handlers != lg_handlers or lg.filters != filters or lg.parent is not parent
                     or lg.propagate is not propagate or lg.disabled is not disabled):
                 return False
-        for handler, formatter, filters in self._handlers:
+        for handler, formatter, filters in handlers:
             if handler.formatter is not formatter or handler.filters != filters:
                 return False
         return True
 
-    def _take(self) -> None:
+    def _take(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Targets]:
         loggers: list[tuple[Any, ...]] = []
         handlers: list[tuple[Any, ...]] = []
-        targets: list[tuple[LineHandler, JsonFormatter]] | None = []
+        targets: Targets = []
         lg: Any = self.logger
         while lg is not None:
             loggers.append((lg, lg.parent, list(lg.handlers), list(lg.filters), lg.propagate, lg.disabled))
@@ -264,7 +268,7 @@ class DirectRoute:
             lg = lg.parent if lg.propagate else None
         if not handlers:  # logging's lastResort handler would take it
             targets = None
-        self._loggers, self._handlers, self._targets, self._taken = loggers, handlers, targets, True
+        return loggers, handlers, targets
 
 
 def _direct(handler: logging.Handler) -> bool:
