@@ -211,7 +211,8 @@ class RequestCycle:
                     self.sent = sum(map(len, result))
                 except TypeError:
                     pass  # not bytes: the server will say so
-            self._record()
+            if not self._recorded:  # a server may ask twice; the request is counted once
+                self._record()
             return iter(result)
         return self
 

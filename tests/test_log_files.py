@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, skip_or_fail, wrap
+from conftest import call_wsgi, make_environ, skip_or_fail, wrap
 
-from softfactory_obs import configure_logging
+from softfactory_obs import ObservabilityMiddleware, configure_logging
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.log_files import DatedFileHandler
 
 WRITER = textwrap.dedent("""
     import logging, random, sys, time
-    from softfactory_obs import configure_logging
+    from softfactory_obs import ObservabilityMiddleware, configure_logging
 
     worker, lines, log_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     configure_logging(log_file=log_file, rotation="secondly", backup_count=100)
@@ -117,7 +117,7 @@ def test_stdout_lines_from_many_processes_never_interleave(tmp_path: Path) -> No
     # Four writers share one pipe, as gunicorn workers share the master's stdout.
     script = textwrap.dedent("""
         import logging, sys
-        from softfactory_obs import configure_logging
+        from softfactory_obs import ObservabilityMiddleware, configure_logging
         configure_logging()
         for seq in range(300):
             logging.getLogger("w").info("line", extra={"w": int(sys.argv[1]), "seq": seq, "pad": "y" * 3000})
@@ -130,3 +130,17 @@ def test_stdout_lines_from_many_processes_never_interleave(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", driver], capture_output=True, timeout=60, check=True).stdout
     records = [json.loads(line) for line in out.decode().splitlines()]
     assert sorted((r["w"], r["seq"]) for r in records) == [(w, s) for w in range(4) for s in range(300)]
+
+
+def test_access_lines_reach_a_dated_file_directly(tmp_path: Path) -> None:
+    configure_logging(log_file=str(tmp_path / "app.log"))
+    mw = ObservabilityMiddleware(lambda env, sr: sr("200 OK", [("Content-Length", "0")]) or [],
+                                 auto_configure_logging=False, metrics=False)
+    [access] = [h for h in mw.finish_hooks if type(h).__name__ == "AccessLog"]
+    assert access.route.targets() is not None  # our DatedFileHandler: the direct path
+    for n in range(3):
+        call_wsgi(mw, make_environ(PATH_INFO=f"/p{n}"))
+    [path] = tmp_path.iterdir()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["path"] for x in lines] == ["/p0", "/p1", "/p2"]
+    assert all(path.name == f"app-{x['timestamp'][:10]}.log" for x in lines)
