@@ -165,7 +165,7 @@ def encode_text(families: Iterable[Family]) -> bytes:
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
         out.extend(f"{s.name}{_labels(s.labels)} {go_float(s.value)}\n" for s in family.samples)
-    return "".join(out).encode("utf-8")
+    return "".join(out).encode("utf-8", "replace")  # a stray surrogate from a callback: "?"
 
 
 def encode_openmetrics(families: Iterable[Family]) -> bytes:
@@ -181,7 +181,7 @@ def encode_openmetrics(families: Iterable[Family]) -> bytes:
                 line += f" # {_labels(ex.labels) or '{}'} {go_float(ex.value)}{stamp}"
             out.append(line + "\n")
     out.append("# EOF\n")
-    return "".join(out).encode("utf-8")
+    return "".join(out).encode("utf-8", "replace")  # a stray surrogate from a callback: "?"
 
 
 def _base_name(name: str) -> str:

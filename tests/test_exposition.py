@@ -11,11 +11,17 @@ from typing import Any
 
 import pytest
 from conftest import call_wsgi, make_environ, require_binary
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as their_text
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.openmetrics import exposition as their_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from prometheus_client.samples import Exemplar as TheirExemplar
 
 from softfactory_obs import ObservabilityMiddleware
-from softfactory_obs.exposition import OPENMETRICS, TEXT, MetricsApp, negotiate
+from softfactory_obs.exposition import OPENMETRICS, TEXT, MetricsApp, encode_openmetrics, encode_text, negotiate
+from softfactory_obs.families import Exemplar, Family
 from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
 
 HOSTILE_LABELS = ['quote"d', "back\\slash", "new\nline", "carriage\rreturn", "caf\u00e9 \u2603", "/caf\udcff",
@@ -240,3 +246,45 @@ def test_a_scrape_never_gets_a_merge_that_read_the_store_before_it_arrived() -> 
     follower.join()
     assert b"fresh_total 1.0" in first[0]
     assert b"fresh_total 2.0" in second[0]  # not the stale merge it could have piggy-backed on
+
+
+def test_our_encoders_write_exactly_what_prometheus_client_writes() -> None:
+    """The same families through both: byte for byte, in both formats (help text, label values,
+    values from NaN to 1e+21, exemplars, histograms)."""
+    values = [0.0, 1.0, -2.5, 0.1, 123456.0, 1234567.0, 1e21, 3.14e-7, float("inf"), float("-inf"), float("nan")]
+    ours_counter = Family("jobs_total", 'Jobs "done"\\ so far\nand more', "counter", ["kind"])
+    theirs_counter = CounterMetricFamily("jobs_total", 'Jobs "done"\\ so far\nand more', labels=["kind"])
+    ours_gauge = Family("depth", "Queue depth", "gauge", ["queue", "zone"])
+    theirs_gauge = GaugeMetricFamily("depth", "Queue depth", labels=["queue", "zone"])
+    valid = [label for label in HOSTILE_LABELS if "\udcff" not in label]
+    for i, label in enumerate(valid):  # a lone surrogate: prometheus_client raises, we write "?"
+        value = values[i % len(values)]
+        ex = Exemplar({"trace_id": label}, 0.5, 1700000000.25) if i % 2 else None
+        ours_counter.add([label], abs(value) if value == value else 1.0, ex)
+        theirs_counter.add_metric([label], abs(value) if value == value else 1.0,
+                                  exemplar=TheirExemplar({"trace_id": label}, 0.5, 1700000000.25) if i % 2 else None)
+    for i, value in enumerate(values):
+        ours_gauge.add([f"q{i}", "z"], value)
+        theirs_gauge.add_metric([f"q{i}", "z"], value)
+    ours_hist = Family("render_seconds", "Render time", "histogram", ["page"])
+    theirs_hist = HistogramMetricFamily("render_seconds", "Render time", labels=["page"])
+    buckets = [("0.1", 2.0, Exemplar({"request_id": "r1"}, 0.05, 1700000000.5)), ("1.0", 5.0, None),
+               ("+Inf", 6.0, None)]
+    ours_hist.add_histogram(["/a"], buckets, 3.25)
+    theirs_hist.add_metric(["/a"], [("0.1", 2.0, TheirExemplar({"request_id": "r1"}, 0.05, 1700000000.5)),
+                                    ("1.0", 5.0), ("+Inf", 6.0)], 3.25)
+    ours = [ours_counter, ours_gauge, ours_hist]
+
+    class Theirs:
+        def collect(self) -> Any:
+            return [theirs_counter, theirs_gauge, theirs_hist]
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Theirs())
+    assert encode_openmetrics(ours) == their_openmetrics.generate_latest(registry)
+    for family in (theirs_counter, theirs_hist):  # the text format has no exemplars
+        family.samples[:] = [s._replace(exemplar=None) for s in family.samples]
+    assert encode_text(ours) == their_text.generate_latest(registry)
+    stray = Family("x", "y", "gauge", ["l"])
+    stray.add(["caf\udcff"], 1)
+    assert encode_text([stray]).endswith(b'x{l="caf?"} 1.0\n')
