@@ -62,7 +62,8 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	@# wrk drives the gunicorn part; without it that part is skipped with a message.
-	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -q wrk >/dev/null || true
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; } >/dev/null 2>&1 || true
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
