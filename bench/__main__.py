@@ -49,10 +49,61 @@ def peers_table(samples: dict[str, list[float]]) -> list[str]:
     ours = med["ours"] - med["bare"]
     for peer in ("naive", "otel-sdk", "otel-noop"):
         lines.append(f"| *ours full overhead / {VARIANTS[peer]} overhead* | | | | "
-                     f"{ours / max(med[peer] - med['bare'], 1e-9):.2f} |")
+                     f"{ratio(ours, med[peer] - med['bare'])} |")
     flask_ours, flask_pfe = med["flask-ours"] - med["flask"], med["flask-pfe"] - med["flask"]
     lines.append(f"| *Flask: ours full overhead / prometheus_flask_exporter overhead* | | | | "
-                 f"{flask_ours / max(flask_pfe, 1e-9):.2f} |")
+                 f"{ratio(flask_ours, flask_pfe)} |")
+    return lines
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs > 0 else "n/a (no measurable peer overhead)"
+
+
+def _overhead(report: dict[str, Any], variant: str) -> float:
+    samples = report["peers_us_per_request"]
+    return statistics.median(samples[variant]) - statistics.median(samples["bare"])
+
+
+def _of_bare(report: dict[str, Any], variant: str) -> float:
+    runs = report["gunicorn"]
+    return statistics.median(runs[variant]["rps"]) / statistics.median(runs["bare"]["rps"])
+
+
+def _rss_above(report: dict[str, Any], variant: str) -> float:
+    runs = report["gunicorn"]
+    return statistics.median(runs[variant]["rss_mb"]) - statistics.median(runs["bare"]["rss_mb"])
+
+
+def _scrape_growth(report: dict[str, Any]) -> float:
+    steady = {n: sec for name, n, sec in report["scrape_seconds"] if name.startswith("ours, every later")}
+    if len(steady) < 2:
+        raise KeyError("scrape")
+    return steady[max(steady)] / steady[min(steady)]
+
+
+# Issue 8's targets: (what, where in the report, limit, at most?)
+TARGETS = [
+    ("full instrumentation overhead, in-process µs", lambda r: _overhead(r, "ours"), 10.0, True),
+    ("metrics-only overhead, in-process µs", lambda r: _overhead(r, "ours-metrics"), 3.0, True),
+    ("gunicorn full / bare throughput", lambda r: _of_bare(r, "ours"), 0.90, False),
+    ("counter inc, ns", lambda r: r["store_ns_per_call"]["ours-directory counter inc"], 300.0, True),
+    ("histogram observe, ns", lambda r: r["store_ns_per_call"]["ours-directory histogram observe"], 600.0, True),
+    ("scrape flat under churn: most dead / fewest dead", _scrape_growth, 1.5, True),
+    ("worker RSS above bare, MB", lambda r: _rss_above(r, "ours"), 4.0, True),
+    ("import softfactory_obs, ms", lambda r: r["import_ms"]["softfactory_obs"], 150.0, True),
+]
+
+
+def targets_table(report: dict[str, Any]) -> list[str]:
+    lines = ["| target | limit | this run | met |", "|---|---:|---:|---|"]
+    for what, measure, limit, at_most in TARGETS:
+        try:
+            value = measure(report)
+        except KeyError:
+            continue  # that part did not run
+        met = value <= limit if at_most else value >= limit
+        lines.append(f"| {what} | {'<=' if at_most else '>='} {limit:g} | {value:.2f} | {'yes' if met else 'NO'} |")
     return lines
 
 
@@ -133,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         report["import_ms"] = times
         section("Import time, ms (median of 7 fresh interpreters)",
                 ["| module | ms |", "|---|---:|", *(f"| {m} | {t:.1f} |" for m, t in times.items() if t is not None)])
+    section("Issue 8's targets", targets_table(report))
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stem = RESULTS / report["meta"]["date"].replace(":", "")
