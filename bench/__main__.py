@@ -95,16 +95,34 @@ TARGETS = [
 ]
 
 
-def targets_table(report: dict[str, Any]) -> list[str]:
-    lines = ["| target | limit | this run | met |", "|---|---:|---:|---|"]
+def targets_table(report: dict[str, Any], previous: dict[str, Any] | None = None) -> list[str]:
+    """Each target against this run, and against the previous saved run when there is one."""
+    before = f" ({previous['meta']['date']})" if previous else ""
+    lines = [f"| target | limit | this run | met | previous run{before} |", "|---|---:|---:|---|---:|"]
     for what, measure, limit, at_most in TARGETS:
         try:
             value = measure(report)
         except KeyError:
             continue  # that part did not run
+        try:
+            earlier = f"{measure(previous):.2f}" if previous else ""
+        except KeyError:
+            earlier = ""
         met = value <= limit if at_most else value >= limit
-        lines.append(f"| {what} | {'<=' if at_most else '>='} {limit:g} | {value:.2f} | {'yes' if met else 'NO'} |")
+        lines.append(f"| {what} | {'<=' if at_most else '>='} {limit:g} | {value:.2f} | {'yes' if met else 'NO'} "
+                     f"| {earlier} |")
     return lines
+
+
+def previous_report() -> dict[str, Any] | None:
+    saved = sorted(RESULTS.glob("*.json"))  # named by UTC time: the last sorts last
+    if not saved:
+        return None
+    try:
+        report: dict[str, Any] = json.loads(saved[-1].read_text())
+    except (OSError, ValueError):
+        return None
+    return report
 
 
 def load_table(results: dict[str, load.LoadResult]) -> list[str]:
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         report["import_ms"] = times
         section("Import time, ms (median of 7 fresh interpreters)",
                 ["| module | ms |", "|---|---:|", *(f"| {m} | {t:.1f} |" for m, t in times.items() if t is not None)])
-    section("Issue 8's targets", targets_table(report))
+    section("Issue 8's targets", targets_table(report, previous_report()))
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stem = RESULTS / report["meta"]["date"].replace(":", "")
