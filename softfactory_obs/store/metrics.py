@@ -3,9 +3,9 @@
 The hot path of a pre-bound child is one lock and one aligned 8-byte add into a memory-mapped
 slot; the ``*_unlocked`` variants drop the lock for callers that are the only thread writing
 that child (the HTTP metrics under a server that is not multithreaded). Binding happens on first
-use in each process, so metrics created in the gunicorn master
-(``--preload``) or at import time work without hooks: after a fork the child drops every binding
-it inherited and writes to a shard of its own, never into its parent's.
+use in each process, so metrics created in the gunicorn master (``--preload``) or at import time
+work without hooks: after a fork the child drops every binding it inherited and writes to a
+shard of its own, never into its parent's.
 """
 
 from __future__ import annotations
