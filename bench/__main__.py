@@ -13,7 +13,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -174,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         report["peers_us_per_request"] = samples
         section(f"In-process, µs per request ({args.iterations} direct WSGI calls per sample, each variant in its "
                 "own interpreter)", peers_table(samples))
-    if "load" in parts and shutil.which("wrk") is None:
-        print("\nwrk is not installed (apt-get install wrk; `make bench` does it as root): no gunicorn load part")
-    elif "load" in parts:
+    if "load" in parts:
         results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
         report["gunicorn"] = {v: vars(r) for v, r in results.items()}
-        section(f"gunicorn, 4 sync workers, wrk -c16 on loopback, {args.load_seconds:g} s per sample; "
+        how = ("wrk -c16" if load.generator() == "wrk" else
+               "4 Python client processes, wrk not being installed")
+        section(f"gunicorn, 4 sync workers, {how} on loopback, {args.load_seconds:g} s per sample; "
                 "our access lines to a file", load_table(results))
     if "store" in parts:
         rows = store.write_costs()

@@ -1,10 +1,10 @@
 """Under gunicorn: throughput and p99 with wrk, worker RSS after the load, per variant.
 
 Every variant is served by a real gunicorn (sync workers, the deployment the targets speak of)
-and loaded by wrk on loopback, in turns round after round so a noisy neighbour hits all of them.
-Our JSON access lines go to a file, as they would to a container's log file. Worker RSS is read
-from /proc after the load and after a few scrapes, so everything a worker imports over its life
-(the exposition code included) is counted.
+and loaded by wrk on loopback (by Python client processes where wrk is missing), in turns round
+after round so a noisy neighbour hits all of them. Our JSON access lines go to a file, as they
+would to a container's log file. Worker RSS is read from /proc after the load and after a few
+scrapes, so everything a worker imports over its life (the exposition code included) is counted.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -94,19 +95,53 @@ def _wrk(port: int, seconds: float, connections: int, path: str) -> tuple[float,
     return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+# Without wrk: the same closed loop from Python processes (one per connection), bounded in time.
+# A fallback: the clients share the machine's cores with the server, more heavily than wrk does.
+_CLIENT = """
+import socket, sys, time
+port, path, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+request = f"GET {path} HTTP/1.0\\r\\nHost: bench\\r\\n\\r\\n".encode()
+latencies = []
+deadline = time.perf_counter() + seconds
+while (start := time.perf_counter()) < deadline:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(request)
+        while s.recv(65536):
+            pass
+    latencies.append(time.perf_counter() - start)
+print(" ".join(f"{x:.6f}" for x in latencies))
+"""
+
+
+def _python_load(port: int, seconds: float, connections: int, path: str) -> tuple[float, float]:
+    clients = [subprocess.Popen([sys.executable, "-c", _CLIENT, str(port), path, str(seconds)], stdout=subprocess.PIPE,
+                                text=True) for _ in range(connections)]
+    latencies = sorted(float(x) for c in clients for x in c.communicate()[0].split())
+    if not latencies:
+        raise RuntimeError("the Python load generator completed no request")
+    return len(latencies) / seconds, latencies[int(len(latencies) * 0.99) - 1] * 1000
+
+
+def generator() -> str:
+    return "wrk" if shutil.which("wrk") else "python"
+
+
 def _worker_rss_mb(master: int) -> list[float]:
     return [child.memory_info().rss / 2**20 for child in psutil.Process(master).children()]
 
 
 def run(rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: int = 16,
         path: str = "/api/users/42") -> dict[str, LoadResult]:
+    load = _wrk if generator() == "wrk" else _python_load
+    if load is _python_load:
+        connections = min(connections, 4)  # each Python client is a process on these same cores
     results = {v: LoadResult() for v in ORDER}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             for variant in ORDER:
                 with gunicorn(variant, workers, tmp) as (port, master):
-                    _wrk(port, 1.0, connections, path)  # warm-up: imports, first binds, caches
-                    rps, p99 = _wrk(port, seconds, connections, path)
+                    load(port, 1.0, connections, path)  # warm-up: imports, first binds, caches
+                    rps, p99 = load(port, seconds, connections, path)
                     for _ in range(4 * workers):  # let every worker serve a scrape, as Prometheus would
                         _get(port, "/metrics")
                     results[variant].rps.append(rps)
