@@ -16,7 +16,7 @@ import pytest
 from conftest import call_wsgi, in_child, make_environ, samples
 from servers import Gunicorn, get, scrape, worker_pids
 
-from softfactory_obs import ObservabilityMiddleware, procfs
+from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.process_metrics import ProcessSampler
 from softfactory_obs.store.metrics import Registry
 
@@ -126,7 +126,7 @@ def test_serving_and_scraping_never_import_psutil_or_prometheus_client(tmp_path:
     """Each costs every worker about 1 and 2.3 MB of memory (issue 8's RSS budget)."""
     code = f"""
 import sys, time
-from softfactory_obs import ObservabilityMiddleware, procfs
+from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.store.metrics import Registry
 from wsgiref.util import setup_testing_defaults
 def hello(environ, start_response):
