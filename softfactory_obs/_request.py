@@ -52,10 +52,73 @@ def _hook_failed(hook: FinishHook, exc: Exception) -> None:
     report_failure(getattr(owner, "component", "request hook"), exc)
 
 _STATUS_500 = "500 Internal Server Error"
+REQUEST_ID_KEY = "softfactory_obs.request_id"
+_new = object.__new__
+
+
+def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: Callable[..., Any], hooks: Hooks,
+          app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
+    """Run one request through ``app``: what the server gets back is the ``RequestCycle`` (or the
+    app's own file wrapper, whose ``close`` we hooked).
+
+    A function, not ``__init__`` + a method: on this path a Python frame costs as much as a
+    dozen attribute stores. Set here is only what a reader may need before anything else sets
+    it; ``duration`` and ``size`` are set by ``finish`` before any hook reads them,
+    ``_server_write`` by ``start_response``, ``wrote`` by ``write``, ``_iterator`` when the body
+    is not a list (``__next__`` covers a server that never called ``iter()``).
+    """
+    cycle = _new(RequestCycle)
+    cycle._started = perf_counter()
+    cycle._mw = mw
+    cycle._hooks = hooks
+    cycle.environ = environ
+    cycle._server_start_response = start_response
+    if environ.get(mw.id_key):
+        request_id, cycle.id_rejected = mw.request_ids.resolve(environ)
+    else:
+        request_id = new_request_id()
+        cycle.id_rejected = False
+    cycle.request_id = environ[REQUEST_ID_KEY] = request_id
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    trace_id = cycle.trace_id = parse_traceparent(traceparent) if traceparent else None
+    cycle._token = _current.set((request_id, trace_id))
+    cycle.status = cycle.content_length = cycle.exc = cycle._result = None
+    cycle.http = cycle.http_series = cycle.endpoint = None  # set by the HTTP metrics hooks
+    cycle.sent = 0
+    cycle._closed = cycle._finished = cycle._recorded = False
+    for hook in hooks.start:  # the hook loops are inlined: a helper call per stage is measurable here
+        try:
+            hook(cycle)
+        except Exception as exc:
+            _hook_failed(hook, exc)
+    try:
+        result = cycle._result = app(environ, cycle.start_response)
+        if type(result) is list:  # the common case: __iter__ hands the server the list's own iterator
+            return cycle
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if type(file_wrapper) is type and isinstance(result, file_wrapper) and cycle._hook_close(result):
+            cycle._record()
+            return result
+        cycle._iterator = iter(result)
+    except Exception as exc:
+        cycle.exc = exc
+        if mw.settings.propagate_exceptions or getattr(cycle, "wrote", False):
+            cycle.finish()
+            raise
+        try:
+            cycle._answer_500()
+        except BaseException:  # the server refused the late 500: its error stands
+            cycle.finish()
+            raise
+    except BaseException as exc:  # SystemExit from gunicorn's timeout, KeyboardInterrupt: record, never keep
+        cycle.exc = exc
+        cycle.finish()
+        raise
+    return cycle
 
 
 class RequestCycle:
-    """Per-request state; the middleware instance itself holds configuration only."""
+    """Per-request state, made by ``serve``; the middleware instance holds configuration only."""
 
     __slots__ = (
         "__weakref__",
@@ -75,92 +138,46 @@ class RequestCycle:
         "endpoint",
         "environ",
         "exc",
-        "http_children",
+        "http",
         "http_exemplar",
-        "http_gauge",
-        "http_labels",
-        "http_method",
+        "http_series",
+        "http_stamp",
         "id_rejected",
         "request_id",
         "sent",
+        "size",
         "status",
         "trace_id",
         "wrote",
     )
 
-    def __init__(
-        self,
-        mw: ObservabilityMiddleware,
-        environ: dict[str, Any],
-        start_response: Callable[..., Any],
-        hooks: Hooks,
-    ) -> None:
-        self._started = perf_counter()
-        self._mw = mw
-        self._hooks = hooks
-        self.environ = environ
-        self._server_start_response = start_response
-        sent_id = environ.get(mw.request_ids.environ_key)
-        if sent_id:
-            self.request_id, self.id_rejected = mw.request_ids.resolve(environ)
-        else:
-            self.request_id, self.id_rejected = new_request_id(), False
-        traceparent = environ.get("HTTP_TRACEPARENT")
-        self.trace_id = parse_traceparent(traceparent) if traceparent else None
-        environ["softfactory_obs.request_id"] = self.request_id
-        self._token = _current.set((self.request_id, self.trace_id))
-        self.status: str | None = None
-        self.content_length: str | None = None
-        self.sent = 0
-        self.wrote = False
-        self.exc: BaseException | None = None
-        self.duration = 0.0
-        # Set by the HTTP metrics hooks for each other and for the access line.
-        self.http_children: Any = None
-        self.http_gauge: Any = None
-        self.http_exemplar: bytes | None = None
-        self.http_method: str | None = None
-        self.http_labels: tuple[str, ...] = ()
-        self.endpoint: str | None = None
-        self._server_write: Callable[[bytes], Any] | None = None
-        self._result: Any = None
-        self._iterator: Iterator[bytes] | None = None
-        self._closed = False
-        self._finished = False
-        self._recorded = False
-        for hook in hooks.start:  # the hook loops are inlined: a helper call per stage is measurable here
-            try:
-                hook(self)
-            except Exception as exc:
-                _hook_failed(hook, exc)
-
-    # -- the app side -------------------------------------------------------------------------
-
-    def run(self, app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
-        try:
-            result = self._result = app(self.environ, self.start_response)
-            if type(result) is list:  # the common case: __iter__ hands the server the list's own iterator
-                return self
-            file_wrapper = self.environ.get("wsgi.file_wrapper")
-            if type(file_wrapper) is type and isinstance(result, file_wrapper) and self._hook_close(result):
-                self._record()
-                return result
-            self._iterator = iter(result)
-        except Exception as exc:
-            self.exc = exc
-            if self._mw.settings.propagate_exceptions or self.wrote:
-                self.finish()
-                raise
-            try:
-                self._answer_500()
-            except BaseException:  # the server refused the late 500: its error stands
-                self.finish()
-                raise
-        except BaseException as exc:  # SystemExit from gunicorn's timeout, KeyboardInterrupt: record, never keep
-            self.exc = exc
-            self.finish()
-            raise
-        return self
+    _closed: bool
+    _finished: bool
+    _hooks: Hooks
+    _iterator: Iterator[bytes]
+    _mw: ObservabilityMiddleware
+    _recorded: bool
+    _result: Any
+    _server_start_response: Callable[..., Any]
+    _server_write: Callable[[bytes], Any]
+    _started: float
+    _token: Any
+    content_length: str | None
+    duration: float
+    endpoint: str | None
+    environ: dict[str, Any]
+    exc: BaseException | None
+    http: Any  # the method's in-progress state; None when the request is not measured
+    http_exemplar: bytes | None
+    http_series: Any
+    http_stamp: int
+    id_rejected: bool
+    request_id: str
+    sent: int
+    size: int
+    status: str | None
+    trace_id: str | None
+    wrote: bool
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -168,12 +185,13 @@ class RequestCycle:
         mw = self._mw
         content_length = None
         ours_sent = False
+        ours_size = mw.header_size
         for name, value in headers:
             # Compare lengths first: lower() on every header is most of this loop's cost.
             size = len(name)
             if size == 14 and name.lower() == "content-length":
                 content_length = value
-            elif size == mw.header_size and name.lower() == mw.header_lower:
+            elif size == ours_size and name.lower() == mw.header_lower:
                 ours_sent = True
         if ours_sent:
             # Logs carry our id, so the response must too; the app's value would be a second truth.
@@ -196,14 +214,13 @@ class RequestCycle:
             self._record()
         self.wrote = True
         self.sent += len(data)
-        assert self._server_write is not None, "write() called before start_response()"
-        return self._server_write(data)
+        return self._server_write(data)  # AttributeError: write() before start_response(), an app bug
 
     # -- the server side ----------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[bytes]:
         result = self._result
-        if type(result) is list and self._iterator is None:
+        if type(result) is list:  # (a failed app's 500 is never a list: _result stays None)
             # The common case needs no per-block work: the size is known now, nothing can raise.
             declared = self.content_length
             if declared is None or not declared.isdigit():
@@ -212,20 +229,27 @@ class RequestCycle:
                 except TypeError:
                     pass  # not bytes: the server will say so
             if not self._recorded:  # a server may ask twice; the request is counted once
-                self._record()
+                self._recorded = True
+                for hook in self._hooks.response:  # _record, inlined
+                    try:
+                        hook(self)
+                    except Exception as exc:
+                        _hook_failed(hook, exc)
             return iter(result)
         return self
 
     def __next__(self) -> bytes:
-        if self._iterator is None:  # a server that calls next() without iter() first
-            self._iterator = iter(self._result)
         try:
-            block = next(self._iterator)
+            iterator = self._iterator
+        except AttributeError:  # a list body, and a server that calls next() without iter() first
+            iterator = self._iterator = iter(self._result)
+        try:
+            block = next(iterator)
         except StopIteration:
             raise
         except Exception as exc:
             self.exc = exc
-            if self._mw.settings.propagate_exceptions or self.sent or self.wrote:
+            if self._mw.settings.propagate_exceptions or self.sent or getattr(self, "wrote", False):
                 raise  # headers may be out: PEP 3333 says let it propagate
             self._answer_500()
             block = next(self._iterator)
@@ -242,8 +266,12 @@ class RequestCycle:
         if self._closed:
             return
         self._closed = True
+        result = self._result
+        if type(result) is list:  # nothing to close; getattr's miss would cost a caught AttributeError
+            self.finish()
+            return
         try:
-            close = getattr(self._result, "close", None)
+            close = getattr(result, "close", None)
             if close is not None:
                 close()
         finally:
@@ -279,13 +307,6 @@ class RequestCycle:
             self.start_response(_STATUS_500, headers, sys.exc_info())
         self._iterator = iter((body,))
 
-    def response_size(self) -> int:
-        """Body bytes: the declared Content-Length when the app gave a valid one, else what was sent."""
-        declared = self.content_length
-        if declared is not None and declared.isdigit():
-            return int(declared)
-        return self.sent
-
     # -- the end ------------------------------------------------------------------------------
 
     def _record(self) -> None:
@@ -302,6 +323,9 @@ class RequestCycle:
             return
         self._finished = True
         self.duration = perf_counter() - self._started
+        # Body bytes: the declared Content-Length when the app gave a valid one, else what was sent.
+        declared = self.content_length
+        self.size = int(declared) if declared is not None and declared.isdigit() else self.sent
         try:
             if not self._recorded:  # no body byte ever went out: errors, empty bodies, early closes
                 self._record()

@@ -133,8 +133,7 @@ class AccessLog:
         full_path = text(f"{path}?{redact_query(query, self.sensitive)}") if query else path
         endpoint = cycle.endpoint or environ.get("softfactory_obs.route")
         endpoint = text(endpoint) if endpoint else path
-        declared = cycle.content_length
-        length = int(declared) if declared is not None and declared.isdigit() else cycle.sent
+        length = cycle.size
         user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
         values = (cycle.request_id, method, full_path, endpoint, status, round(cycle.duration * 1000.0, 3), length,
                   str(environ.get("REMOTE_ADDR", "")), text(environ.get("HTTP_USER_AGENT", "")), user_id)

@@ -21,7 +21,7 @@ from typing import Any
 from ._failures import report_failure
 from .families import Exemplar, Family, Sample, gauge
 from .store.directory import Snapshot, StoreBusyError
-from .store.metrics import COUNTER_SCALE, SUM_SCALE, Registry
+from .store.metrics import COUNTER_SCALE, Registry, sum_scale
 
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -105,7 +105,8 @@ def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels
         for bound in sorted(counts):
             running += counts[bound]
             cumulative.append((_le(bound), float(running), parts.get("exemplar x" + repr(bound))))
-        family.add_histogram(labels, cumulative, parts.get("sum", 0) / SUM_SCALE)
+        total = sum(v / sum_scale(k) for k, v in parts.items() if k.startswith("sum"))
+        family.add_histogram(labels, cumulative, total)
     return family
 
 

@@ -11,29 +11,23 @@ templates under a cross-worker cap, statuses are 3-digit codes.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
-from .routes import OVERFLOW, EndpointCap, RouteTable, resolve
+from .routes import OVERFLOW, ROUTE_KEY, EndpointCap, RouteTable, resolve
 from .settings import Settings
-from .store.metrics import Counter, Gauge, Histogram, Registry
+from .store.metrics import COUNTER_SCALE, SUM_SCALE, Counter, Gauge, Histogram, Registry, pack_exemplar
+from .store.shard import next_odd
 
 if TYPE_CHECKING:
     from ._request import RequestCycle
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
-SKIPPED: tuple[Any, ...] = ("skipped",)  # a unique object: marks requests skip_paths/skip_methods exclude
+_SIZE_TOP, _SIZE_INF = SIZE_BUCKETS[-1], len(SIZE_BUCKETS)
 MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
-
-
-def _exemplar_id(cycle: RequestCycle) -> bytes | None:
-    """``trace_id=<32 hex>`` when the client sent a traceparent, else ``request_id=<id>`` (ids are ASCII)."""
-    if cycle.trace_id is not None:
-        return b"trace_id=" + cycle.trace_id.encode()
-    if len(cycle.request_id) <= 60:  # what fits the slot; longer client ids are not cut into false ones
-        return b"request_id=" + cycle.request_id.encode()
-    return None
 
 
 class HttpMetrics:
@@ -70,8 +64,9 @@ class HttpMetrics:
         self.skip_exact, self.skip_patterns = settings.skip
         self.skip_methods = frozenset(settings.skip_methods)
         self.skipping = bool(self.skip_methods or self.skip_exact or self.skip_patterns)
-        self._by_method: dict[tuple[str, ...], Any] = {}
-        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._live: dict[str, _Live] = {}  # by REQUEST_METHOD, when no label is computed per request
+        self._by_labels: dict[tuple[str, ...], _Live] = {}
+        registry.on_fork.append(self._forget)
         static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
         self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
         self._static = tuple(static.get(k, "") for k in settings.default_labels)
@@ -92,89 +87,230 @@ class HttpMetrics:
                 or any(p.match(path) for p in self.skip_patterns))
 
     # Under a server that says wsgi.multithread is false (gunicorn's sync and gevent workers), only
-    # the thread serving requests writes these children: the store's lock (a third of a write's
-    # cost) is skipped. Threaded servers take it on every write.
+    # the thread serving requests writes these series: the store's lock is skipped and each hook
+    # writes its slots inline (_Series). Threaded servers go through the children's locked writes.
 
     def start(self, cycle: RequestCycle) -> None:
         environ = cycle.environ
+        live = self._live.get(environ.get("REQUEST_METHOD"))  # type: ignore[arg-type]
+        if live is None or self.skipping:
+            live = self._live_for(environ)
+            if live is None:
+                return
+        if environ.get("wsgi.multithread", True):
+            live.gauge.inc()
+        else:
+            floats = live.floats
+            if floats is None:
+                floats = live.bind()
+            floats[live.slot] += 1.0
+        cycle.http = live
+
+    def _live_for(self, environ: dict[str, Any]) -> _Live | None:
+        """The request's method and default labels (None when skipped), cached when they are static."""
         method = environ.get("REQUEST_METHOD", "")
         if method not in METHODS:
             method = "_OTHER"
         if self.skipping and self._skipped(method, environ.get("PATH_INFO", "")):
-            cycle.http_children = SKIPPED
-            return
-        extra = cycle.http_labels = self._labels_for(environ) if self._dynamic else self._static
-        key = (method, *extra)
-        gauge = self._by_method.get(key)
-        if gauge is None:
-            gauge = self._by_method[key] = self.in_progress.labels(*key)
-        if environ.get("wsgi.multithread", True):
-            gauge.inc()
-        else:
-            gauge.add_unlocked(1.0)
-        cycle.http_gauge = gauge
-        cycle.http_method = method
+            return None
+        labels = self._labels_for(environ) if self._dynamic else self._static
+        key = (method, *labels)
+        live = self._by_labels.get(key)
+        if live is None:
+            live = self._by_labels[key] = _Live(self.in_progress.labels(*key), method, labels)
+            if not self._dynamic and method == environ.get("REQUEST_METHOD"):
+                self._live[method] = live
+        return live
 
     def count(self, cycle: RequestCycle) -> None:
-        if cycle.http_children is SKIPPED:
-            return
-        method = cycle.http_method or "_OTHER"
-        status = cycle.status[:3] if cycle.status else "500"  # no status at all: the app raised first
-        endpoint = resolve(cycle.environ, self.table, cycle.status)
-        if endpoint not in self.cap.admitted and (
-                len(endpoint) > MAX_ENDPOINT_LENGTH or not self.cap.admit(endpoint)):
-            endpoint = OVERFLOW
-            self.overflow.inc()
-        cycle.endpoint = endpoint
-        extra = cycle.http_labels
-        key = (method, endpoint, status, *extra)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(method, endpoint, status, *extra),
-                self.duration.labels(method, endpoint, *extra),
-                self.slow.labels(method, endpoint, *extra),
-                self.request_size.labels(method, endpoint, *extra),
-                self.response_size.labels(method, endpoint, *extra),
-            )
-        cycle.http_children = children
-        exemplar = cycle.http_exemplar = _exemplar_id(cycle) if self.exemplars else None
-        if cycle.environ.get("wsgi.multithread", True):
-            children[0].inc(1, exemplar)
-        else:
-            children[0].inc_unlocked(exemplar)
-
-    def observe(self, cycle: RequestCycle) -> None:
-        children = cycle.http_children
-        if children is SKIPPED:
+        live = cycle.http
+        if live is None:
             return
         environ = cycle.environ
-        threaded = environ.get("wsgi.multithread", True)
-        gauge = cycle.http_gauge
-        if gauge is not None:
-            if threaded:
-                gauge.dec()
-            else:
-                gauge.add_unlocked(-1.0)
-        if not children:  # the response hook failed: nothing more to attribute
-            return
-        duration = cycle.duration
-        length = environ.get("CONTENT_LENGTH")
-        size = cycle.response_size()
-        if threaded:
-            children[1].observe(duration, cycle.http_exemplar)
-            if length and length.isdigit():  # never int() an unchecked header
-                children[3].observe(int(length))
-            children[4].observe(size)
-            if duration > self.slow_seconds:
-                children[2].inc()
+        status = cycle.status or _STATUS_500  # no status at all: the app raised first
+        # The series by what the server sent, when no mount point or adapter route is involved:
+        # the common case skips endpoint resolution (bounded: paths are the client's to choose).
+        by_path = None if environ.get("SCRIPT_NAME") or environ.get(ROUTE_KEY) else (environ.get("PATH_INFO"), status)
+        series = live.by_path.get(by_path) if by_path is not None else None
+        if series is None:
+            series = self._series_for(cycle, live, status, by_path)
+        if series.overflow:
+            self.overflow.inc()
+        cycle.endpoint = series.endpoint
+        if self.exemplars:
+            exemplar = cycle.http_exemplar = (b"trace_id=" + cycle.trace_id.encode() if cycle.trace_id is not None
+                                              else _request_exemplar(cycle.request_id))
+            stamp = cycle.http_stamp = time_ns()
         else:
-            children[1].observe_unlocked(duration, cycle.http_exemplar)
-            if length and length.isdigit():
-                children[3].observe_unlocked(int(length))
-            children[4].observe_unlocked(size)
-            if duration > self.slow_seconds:
-                children[2].inc_unlocked()
+            exemplar = cycle.http_exemplar = None
+            stamp = cycle.http_stamp = 0
+        cycle.http_series = series
+        if environ.get("wsgi.multithread", True):
+            series.requests.inc(1, exemplar, stamp)
+        else:
+            series.count_unlocked(exemplar, stamp)
+
+    def _series_for(self, cycle: RequestCycle, live: _Live, status: str, by_path: tuple[Any, str] | None) -> _Series:
+        endpoint = resolve(cycle.environ, self.table, status)
+        overflow = endpoint not in self.cap.admitted and (
+            len(endpoint) > MAX_ENDPOINT_LENGTH or not self.cap.admit(endpoint))
+        if overflow:
+            endpoint = OVERFLOW
+        series = live.series.get((endpoint, status))
+        if series is None:
+            method, extra, code = live.method, live.labels, status[:3]
+            series = _Series(
+                endpoint,
+                self.requests.labels(method, endpoint, code, *extra),
+                self.duration.labels(method, endpoint, *extra),
+                self.response_size.labels(method, endpoint, *extra),
+            )
+            if len(live.series) < _CACHED:  # bounded by the endpoint cap, unless an app makes up reason phrases
+                live.series[(endpoint, status)] = series
+        if overflow:
+            series = series.folded()  # the overflow counter counts each request it folds
+        if by_path is not None and len(live.by_path) < _CACHED and len(str(by_path[0])) <= _CACHED_PATH:
+            live.by_path[by_path] = series
+        return series
+
+    def observe(self, cycle: RequestCycle) -> None:
+        live = cycle.http
+        if live is None:
+            return
+        environ = cycle.environ
+        series = cycle.http_series
+        duration = cycle.duration
+        if environ.get("wsgi.multithread", True):
+            live.gauge.dec()
+            if series is None:  # the response hook failed: nothing more to attribute
+                return
+            series.duration.observe(duration, cycle.http_exemplar, cycle.http_stamp)
+            series.response_size.observe(cycle.size)
+        else:
+            floats = live.floats
+            if floats is None:
+                floats = live.bind()
+            floats[live.slot] -= 1.0
+            if series is None:
+                return
+            series.finish_unlocked(duration, cycle.size, cycle.http_exemplar, cycle.http_stamp)
+        # The rare ones, through the children:
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit():  # never int() an unchecked header
+            self.request_size.labels(live.method, series.endpoint, *live.labels).observe(int(length))
+        if duration > self.slow_seconds:
+            self.slow.labels(live.method, series.endpoint, *live.labels).inc()
         if cycle.exc is not None and isinstance(cycle.exc, Exception):
-            method, endpoint = cycle.http_method or "_OTHER", cycle.endpoint or ""
-            self.exceptions.labels(method, endpoint, type(cycle.exc).__name__, *cycle.http_labels).inc()
+            self.exceptions.labels(live.method, series.endpoint, type(cycle.exc).__name__, *live.labels).inc()
+
+    def _forget(self) -> None:
+        """After a fork: every cached slot points into the parent's shard."""
+        for live in self._by_labels.values():
+            live.floats = None
+            for series in (*live.series.values(), *live.by_path.values()):
+                series.unbind()
+        self._live.clear()
+        self._by_labels.clear()
+
+
+_STATUS_500 = "500 Internal Server Error"
+_CACHED = 4096
+_CACHED_PATH = 256  # longer paths are resolved each time: a scanner's 8 KB paths must not pile up
+
+
+class _Live:
+    """One method and default-label set: its in-progress gauge and the series answered under it."""
+
+    __slots__ = ("by_path", "floats", "gauge", "labels", "method", "series", "slot")
+
+    def __init__(self, gauge: Any, method: str, labels: tuple[str, ...]) -> None:
+        self.gauge = gauge
+        self.method = method
+        self.labels = labels
+        self.series: dict[tuple[str, str], _Series] = {}  # (endpoint, status line) -> series
+        self.by_path: dict[tuple[Any, str], _Series] = {}  # (PATH_INFO, status line) -> series
+        self.floats: Any = None
+        self.slot = 0
+
+    def bind(self) -> Any:
+        _, floats, _, idx, _ = self.gauge.bound()
+        self.slot = idx[0]
+        self.floats = floats
+        return floats
+
+
+class _Series:
+    """One label set's counter and two histograms, and their slots for the unlocked path: each hook
+    writes them inline, one call instead of one per child. Slow requests, request sizes and
+    exceptions are rare and go through the children."""
+
+    __slots__ = ("d_bounds", "d_ex", "d_inf", "d_ints", "d_slots", "d_sum", "d_top", "d_view", "duration", "endpoint",
+                 "overflow", "r_ex", "r_ints", "r_slot", "r_view", "requests", "response_size", "s_ints", "s_slots",
+                 "s_sum")
+
+    def __init__(self, endpoint: str, requests: Any, duration: Any, response_size: Any) -> None:
+        self.endpoint = endpoint
+        self.requests = requests
+        self.duration = duration
+        self.response_size = response_size
+        self.overflow = False
+        family = duration._family
+        self.d_bounds = family.bounds
+        self.d_top = family.bounds[-2] if len(family.bounds) > 1 else -1.0  # the last finite bound
+        self.d_inf = len(family.bounds) - 1
+        self.unbind()
+
+    def folded(self) -> _Series:
+        copy = _Series(self.endpoint, self.requests, self.duration, self.response_size)
+        copy.overflow = True
+        return copy
+
+    def unbind(self) -> None:
+        self.r_ints: Any = None
+        self.d_ints: Any = None
+
+    def bind(self) -> None:
+        ints, _, view, idx, ex = self.requests.bound()
+        self.r_slot, self.r_ex, self.r_view = idx[0], ex[0] if ex else -1, view
+        self.r_ints = ints
+        ints, _, view, idx, ex = self.duration.bound()
+        self.d_slots, self.d_sum, self.d_ex, self.d_view = idx, idx[-1], ex or None, view
+        self.s_ints, _, _, idx, _ = self.response_size.bound()
+        self.s_slots, self.s_sum = idx, idx[-1]
+        self.d_ints = ints  # last: it is the "bound" flag finish_unlocked checks
+
+    def count_unlocked(self, exemplar: bytes | None, stamp: int) -> None:
+        ints = self.r_ints
+        if ints is None:
+            self.bind()
+            ints = self.r_ints
+        ints[self.r_slot] += COUNTER_SCALE
+        slot = self.r_ex
+        if exemplar is not None and slot >= 0:
+            odd = ints[slot] = next_odd()  # the seqlock of store.shard.write_exemplar
+            pack_exemplar(self.r_view, slot * 8 + 8, 1.0, stamp, len(exemplar), exemplar)
+            ints[slot] = odd + 1
+
+    def finish_unlocked(self, duration: float, size: int, exemplar: bytes | None, stamp: int) -> None:
+        ints = self.d_ints
+        if ints is None:
+            self.bind()
+            ints = self.d_ints
+        n = bisect_left(self.d_bounds, duration) if duration <= self.d_top else self.d_inf
+        ints[self.d_slots[n]] += 1
+        ints[self.d_sum] += round(duration * SUM_SCALE)
+        if exemplar is not None and self.d_ex is not None:
+            slot = self.d_ex[n]
+            odd = ints[slot] = next_odd()
+            pack_exemplar(self.d_view, slot * 8 + 8, duration, stamp, len(exemplar), exemplar)
+            ints[slot] = odd + 1
+        ints = self.s_ints
+        n = bisect_left(SIZE_BUCKETS, size) if size <= _SIZE_TOP else _SIZE_INF
+        ints[self.s_slots[n]] += 1
+        ints[self.s_sum] += size  # _bytes sums are whole bytes
+
+
+def _request_exemplar(request_id: str) -> bytes | None:
+    if len(request_id) <= 60:  # what fits the slot; longer client ids are not cut into false ones
+        return b"request_id=" + request_id.encode()
+    return None

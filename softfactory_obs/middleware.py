@@ -1,4 +1,4 @@
-"""The WSGI middleware: routes telemetry paths to their apps and hands every request to a ``RequestCycle``.
+"""The WSGI middleware: routes telemetry paths to their apps and hands every request to ``serve`` (a ``RequestCycle``).
 
 ``__call__`` is the hot path and stays small: one marker check, one dict lookup, one object.
 Everything else was decided in ``__init__``.
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import procfs
-from ._request import NO_HOOKS, FinishHook, Hooks, RequestCycle
+from ._request import NO_HOOKS, FinishHook, Hooks, serve
 from .access_log import AccessLog
 from .exposition import MetricsApp, check_prometheus_client_registry
 from .guard import Guard
@@ -45,6 +45,7 @@ class ObservabilityMiddleware:
         self.app = app
         self.settings = settings
         self.request_ids = RequestIdPolicy(settings)
+        self.id_key = self.request_ids.environ_key
         self.header_name = settings.request_id_header
         self.header_lower = settings.request_id_header.lower()
         self.header_size = len(self.header_lower)
@@ -119,10 +120,11 @@ class ObservabilityMiddleware:
         if self.maintenance is not None and not self.maintenance.started:
             self.maintenance.ensure_started()  # once per worker process
             self.readiness.watch_sigterm()
-        telemetry = self.telemetry_routes.get(environ.get("PATH_INFO", "")) if self.telemetry_routes else None
+        routes = self.telemetry_routes
+        telemetry = routes.get(environ.get("PATH_INFO")) if routes else None  # type: ignore[arg-type]
         if telemetry is None:
-            return RequestCycle(self, environ, start_response, self._hooks).run(self.app)
-        return RequestCycle(self, environ, start_response, self._telemetry_hooks).run(telemetry)
+            return serve(self, environ, start_response, self._hooks, self.app)
+        return serve(self, environ, start_response, self._telemetry_hooks, telemetry)
 
     # -- extension points for the metrics, health and Redis modules ----------------------------
 

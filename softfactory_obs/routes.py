@@ -207,7 +207,7 @@ def resolve(environ: dict[str, object], table: RouteTable, status: str | None) -
         path = wsgi_to_text(raw)
         template = table.match(path)
         known = (template, True) if template is not None else (normalise(path) or "/", False)
-        if len(table.resolved) < 10_000:  # hot paths repeat; a scanner cannot grow this without bound
+        if len(table.resolved) < 10_000 and len(raw) <= 256:  # hot paths repeat; a scanner's must not pile up
             table.resolved[raw] = known
     endpoint, matched = known
     if not matched and status is not None and status.startswith("404"):

@@ -22,7 +22,7 @@ from softfactory_obs import ObservabilityMiddleware, _failures
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.exposition import MetricsApp, families_from
 from softfactory_obs.store.directory import StoreDirectory
-from softfactory_obs.store.metrics import CallbackGauge, Counter, Gauge, Histogram, Registry
+from softfactory_obs.store.metrics import SUM_SCALE, CallbackGauge, Counter, Gauge, Histogram, Registry
 from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
 
 
@@ -352,6 +352,34 @@ def test_histogram_bucket_layout_change_exposes_the_union(store_dir: str) -> Non
         ("layout_seconds_bucket", (("le", "1.0"),)): 2,
         ("layout_seconds_bucket", (("le", "+Inf"),)): 2,
     }
+
+
+def test_histogram_sums_last_a_lifetime_in_their_unit(store_dir: str) -> None:
+    """Sums are int64 fixed point; at nano-units a _bytes sum would overflow after 9.2 GB. Each unit
+    has its own scale, kept in the key, so shards written before and after a scale change add up."""
+    registry = Registry(store_dir)
+    sizes = Histogram("big_response_bytes", "x", buckets=(100.0,), registry=registry)
+    rows = Histogram("big_rows", "x", buckets=(1.0,), registry=registry)
+    for _ in range(20):
+        sizes.observe(2_000_000_000)  # 40 GB in all
+        rows.observe(1e9)
+    rows.observe(0.25)
+    got = samples(registry)
+    assert got[("big_response_bytes_sum", ())] == 40_000_000_000
+    assert got[("big_rows_sum", ())] == 20e9 + 0.25
+    assert got[("big_rows_count", ())] == 21
+    assert failure_counts().get("metrics store", 0) == 0
+
+    def old_layout() -> None:  # a shard written by a version that kept every sum in nano-units
+        old = Histogram("mixed_bytes", "x", buckets=(100.0,), registry=Registry(store_dir))
+        old.sum_scale = SUM_SCALE
+        old.observe(50)
+
+    assert in_child(old_layout) == 0
+    Histogram("mixed_bytes", "x", buckets=(100.0,), registry=registry).observe(30)
+    got = samples(registry)
+    assert got[("mixed_bytes_sum", ())] == 80
+    assert got[("mixed_bytes_count", ())] == 2
 
 
 def _call(app: Any, **environ: Any) -> tuple[str, str]:

@@ -19,7 +19,6 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from time import time_ns
 from typing import Any
 
 from .. import _failures
@@ -38,6 +37,7 @@ from .shard import (
     ShardReader,
     ShardWriter,
     encode_key,
+    next_odd,
     record_size,
     write_exemplar,
 )
@@ -45,7 +45,22 @@ from .shard import (
 _INF = math.inf
 
 COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e12 increments per process
-SUM_SCALE = 1_000_000_000  # histogram sums in nano-units (nanoseconds for _seconds): 292 years per process
+# Histogram sums are fixed point too, scaled by unit so that an int64 lasts: nanoseconds for
+# _seconds (292 years), whole bytes for _bytes (9.2 EB; at nano-units 9.2 GB, an hour of a busy
+# service), micro-units for anything else. The scale is part of the sum's key (``sum`` is 1e9,
+# ``sum@1`` whole units), so shards written with different scales never add up wrongly.
+SUM_SCALE = 1_000_000_000
+SUM_SCALES = {"_seconds": SUM_SCALE, "_bytes": 1}
+OTHER_SUM_SCALE = 1_000_000
+
+
+def sum_suffix(scale: int) -> str:
+    return "sum" if scale == SUM_SCALE else f"sum@{scale}"
+
+
+def sum_scale(suffix: str) -> int:
+    """The scale of a stored sum from its key suffix (see ``sum_suffix``)."""
+    return SUM_SCALE if suffix == "sum" else int(suffix[4:])
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
 GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
 
@@ -84,6 +99,7 @@ class Registry:
         self._metas_written: set[str] = set()
         self._compact_pending = False
         self.callbacks: list[Callable[[], Iterable[Any]]] = []
+        self.on_fork: list[Callable[[], None]] = []  # run in a forked child: drop what holds slots
         _REGISTRIES.append(self)
 
     # -- configuration ---------------------------------------------------------------------------
@@ -184,6 +200,8 @@ class Registry:
         for child in self._children:
             child._unbind()
         self._children = []
+        for forget in self.on_fork:
+            forget()
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -313,6 +331,13 @@ class _Child:
         self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
         return seg.ints
 
+    def bound(self) -> tuple[Any, Any, Any, list[int], list[int]]:
+        """``(ints, floats, view, value slots, exemplar slots)`` in this process, binding first: for a
+        caller that writes several children inline. It must drop them in ``Registry.on_fork``."""
+        if self._ints is None:
+            self._bind()
+        return self._ints, self._floats, self._seg.view, self._idx, self._ex
+
     def _ex_keys(self) -> list[bytes]:
         return [raw for raw, kind in self._keys if kind == KIND_EXEMPLAR]
 
@@ -365,15 +390,19 @@ class CounterChild(_Child):
         finally:
             lock.release()
 
-    def inc_unlocked(self, exemplar: bytes | None = None) -> None:
+    def inc_unlocked(self, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
         """``inc(1, exemplar)`` without the lock, for the one thread that writes this child: a request
-        hook under a server that says ``wsgi.multithread`` is false (sync and gevent workers)."""
+        hook under a server that says ``wsgi.multithread`` is false (sync and gevent workers).
+        With an exemplar, ``stamp_ns`` (``time.time_ns()``, one per request) is required."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
         ints[self._i] += COUNTER_SCALE
         if exemplar is not None and self._ex:
-            _write_exemplar_inline(ints, self._seg.view, self._ex[0], 1.0, exemplar)
+            slot = self._ex[0]
+            odd = ints[slot] = next_odd()  # the seqlock of write_exemplar
+            pack_exemplar(self._seg.view, slot * 8 + 8, 1.0, stamp_ns, len(exemplar), exemplar)
+            ints[slot] = odd + 1
 
 
 class Gauge(_Family):
@@ -449,6 +478,7 @@ class Histogram(_Family):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
                  buckets: Sequence[float] = DEFAULT_BUCKETS, exemplars: bool = False,
                  registry: Registry | None = None) -> None:
+        self.sum_scale = next((v for unit, v in SUM_SCALES.items() if name.endswith(unit)), OTHER_SUM_SCALE)
         bounds = sorted(float(b) for b in buckets)
         if not bounds or any(math.isnan(b) for b in bounds) or len(set(bounds)) != len(bounds):
             raise ValueError(f"histogram {name!r}: buckets must be distinct numbers, got {list(buckets)}")
@@ -464,7 +494,7 @@ class Histogram(_Family):
 
     def _new_child(self, labelvalues: tuple[str, ...]) -> HistogramChild:
         keys = [(_key(self, "b" + repr(b), labelvalues), KIND_COUNT) for b in self.bounds]
-        keys.append((_key(self, "sum", labelvalues), KIND_COUNT))
+        keys.append((_key(self, sum_suffix(self.sum_scale), labelvalues), KIND_COUNT))
         ex = [_key(self, "x" + repr(b), labelvalues) for b in self.bounds] if self.exemplars else []
         return HistogramChild(self, labelvalues, keys, ex)
 
@@ -473,13 +503,21 @@ class Histogram(_Family):
 
 
 class HistogramChild(_Child):
-    __slots__ = ("_bounds", "_top")
+    __slots__ = ("_bounds", "_inf", "_scale", "_sum", "_top")
 
     def __init__(self, family: Histogram, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]],
                  exemplar_keys: Sequence[bytes] = ()) -> None:
         super().__init__(family, labelvalues, keys, exemplar_keys)
         self._bounds = family.bounds
         self._top = family.bounds[-2] if len(family.bounds) > 1 else -math.inf  # the last finite bound
+        self._inf = len(family.bounds) - 1  # the +Inf bucket's position in _idx
+        self._scale = family.sum_scale
+        self._sum = 0  # the sum's slot, once bound
+
+    def _bind(self) -> Any:
+        ints = super()._bind()
+        self._sum = self._idx[-1]
+        return ints
 
     def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
         """``exemplar``: an ASCII id kept as the newest exemplar of the bucket ``value`` falls in
@@ -490,9 +528,9 @@ class HistogramChild(_Child):
         idx = self._idx
         if -_INF < value <= self._top:
             n = bisect_left(self._bounds, value)
-            units = round(value * SUM_SCALE)
+            units = round(value * self._scale)
         elif -_INF < value < _INF:  # above the last finite bound: +Inf bucket
-            n, units = len(idx) - 2, round(value * SUM_SCALE)
+            n, units = len(idx) - 2, round(value * self._scale)
         else:  # NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it forever)
             n, units = len(idx) - 2, 0
         lock = self._lock
@@ -505,25 +543,23 @@ class HistogramChild(_Child):
         finally:
             lock.release()
 
-    def observe_unlocked(self, value: float, exemplar: bytes | None = None) -> None:
+    def observe_unlocked(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
         """``observe`` of a finite value >= 0 (a duration, a size) without the lock, for the one thread
         that writes this child (see ``CounterChild.inc_unlocked``)."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
-        idx = self._idx
-        n = bisect_left(self._bounds, value) if value <= self._top else len(idx) - 2
-        ints[idx[n]] += 1
-        ints[idx[-1]] += round(value * SUM_SCALE)
+        n = bisect_left(self._bounds, value) if value <= self._top else self._inf
+        ints[self._idx[n]] += 1
+        ints[self._sum] += round(value * self._scale)
         if exemplar is not None and self._ex:
-            _write_exemplar_inline(ints, self._seg.view, self._ex[n], value, exemplar)
+            slot = self._ex[n]
+            odd = ints[slot] = next_odd()  # the seqlock of write_exemplar
+            pack_exemplar(self._seg.view, slot * 8 + 8, value, stamp_ns, len(exemplar), exemplar)
+            ints[slot] = odd + 1
 
 
-def _write_exemplar_inline(ints: Any, view: Any, slot: int, value: float, ident: bytes) -> None:
-    """``write_exemplar`` for the single-writer paths; ``ident`` is at most EXEMPLAR_ID_MAX bytes."""
-    ints[slot] += 1  # odd: readers retry
-    EXEMPLAR_BODY.pack_into(view, slot * 8 + 8, value, time_ns(), len(ident), ident)
-    ints[slot] += 1
+pack_exemplar = EXEMPLAR_BODY.pack_into
 
 
 class CallbackGauge:

@@ -22,6 +22,7 @@ Liveness is the kernel's: the owner holds ``flock(LOCK_EX)`` on the file from cr
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import mmap
 import os
@@ -88,13 +89,21 @@ def record_size(raw_key: bytes, kind: int = KIND_COUNT) -> int:
 EXEMPLAR_BODY = struct.Struct(f"<dqB{EXEMPLAR_ID_MAX}s")
 
 
+# Sequence words are stored, not incremented (a load and a store each through the memoryview):
+# a fresh odd number from this process's counter before the fields change, the even one after.
+# Only the owning process writes its slots, and no two writes share a number, so a reader that
+# sees the same even word before and after its read saw no write in between.
+next_odd = itertools.count(1, 2).__next__
+
+
 def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
-    """Seqlock write (caller holds the shard lock): odd seq while the fields change, even after."""
+    """Seqlock write: odd seq while the fields change, even after (see ``next_odd``)."""
     ints = seg.ints
-    ints[slot] += 1
+    odd = next_odd()
+    ints[slot] = odd
     EXEMPLAR_BODY.pack_into(seg.buf, (slot + 1) * 8, value, stamp_ns or time.time_ns(),
                              min(len(ident), EXEMPLAR_ID_MAX), ident)
-    ints[slot] += 1
+    ints[slot] = odd + 1
 
 
 def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, int, str] | None:
