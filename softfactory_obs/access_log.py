@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
 from .log_files import LineHandler
-from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DirectRoute, JsonFormatter
+from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DirectRoute, iso_utc
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -24,13 +24,9 @@ if TYPE_CHECKING:
 
 REDACTED = "[REDACTED]"
 TRUNCATED = "...[truncated]"
-# The access line's own fields, in the order the formatter writes them from a record (tests hold
-# the two paths to the same bytes).
-_TAIL = ('"request_id": "%s", "method": %s, "path": %s, "endpoint": %s, "status": %d, "latency_ms": %r, '
-         '"content_length": %d, "remote_addr": %s, "user_agent": %s, "user_id": %s')
+_LOGGER_JSON = json_string(ACCESS_LOGGER)
 _FIELDS = ("request_id", "method", "path", "endpoint", "status", "latency_ms", "content_length", "remote_addr",
            "user_agent", "user_id")
-_LEVEL_NAMES = {logging.INFO: "INFO", logging.ERROR: "ERROR"}
 
 
 def wsgi_to_text(value: str) -> str:
@@ -46,7 +42,9 @@ def wsgi_to_text(value: str) -> str:
 def sensitive_matcher(words: tuple[str, ...]) -> Callable[[str], bool]:
     """"Contains any of these words, in any case". Substring tests on the lowered text: an
     IGNORECASE regex alternation costs ten times as much on a typical query string."""
-    lowered = tuple(w.lower() for w in words if w)
+    lowered = {w.lower() for w in words if w}
+    # A word that contains another adds nothing ("access_token" after "token"): each costs a scan.
+    lowered = tuple(sorted(w for w in lowered if not any(o != w and o in w for o in lowered)))
 
     def search(text: str) -> bool:
         text = text.lower()
@@ -96,11 +94,10 @@ class AccessLog:
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.limit = settings.log_max_field_length
         self.sensitive = sensitive_matcher(settings.redact_query_params)
-        self.make_record = logging.getLogRecordFactory()
         self.user_id_getter = settings.user_id_getter
         self.route = DirectRoute(self.logger)
         self._statuses: dict[str, int] = {}
-        self._agents: dict[str, str] = {}  # user agent -> its JSON string
+        self._escaped: dict[str, str] = {}  # method, endpoint or user agent -> its JSON string
 
     def _cap(self, value: str) -> str:
         return value if len(value) <= self.limit else value[: self.limit] + TRUNCATED
@@ -120,28 +117,18 @@ class AccessLog:
             if len(self._statuses) < 256:  # apps answer a handful of status lines; never grow unbounded
                 self._statuses[status_line] = status  # type: ignore[index]
         exc = cycle.exc
+        if exc is None and status < 500:  # ERROR lines always go through logging, for whoever hooks it
+            targets = self.route.targets()
+            if targets is not None:
+                if targets:  # else INFO is off for this logger
+                    self._write_direct(targets, cycle, status)
+                return
         level = logging.ERROR if status >= 500 or (exc is not None and isinstance(exc, Exception)) else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
-        environ = cycle.environ
-        text = self._text
-        method = text(environ.get("REQUEST_METHOD", ""))[:32]
-        script = environ.get("SCRIPT_NAME")
-        path = text(script + environ.get("PATH_INFO", "") if script else environ.get("PATH_INFO", ""))
-        query = environ.get("QUERY_STRING")
-        # Redact before cutting, so a cut can never leave half a secret behind.
-        full_path = text(f"{path}?{redact_query(query, self.sensitive)}") if query else path
-        endpoint = cycle.endpoint or environ.get("softfactory_obs.route")
-        endpoint = text(endpoint) if endpoint else path
-        length = cycle.size
-        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
-        values = (cycle.request_id, method, full_path, endpoint, status, round(cycle.duration * 1000.0, 3), length,
-                  str(environ.get("REMOTE_ADDR", "")), text(environ.get("HTTP_USER_AGENT", "")), user_id)
-        if exc is None:
-            targets = self.route.targets()
-            if targets is not None:
-                self._write_direct(targets, cycle, level, f"{method} {path} {status}", values)
-                return
+        method, path, full_path, endpoint, user_id, agent = self._values(cycle.environ, cycle.endpoint)
+        values = (cycle.request_id, method, full_path, endpoint, status, round(cycle.duration * 1000.0, 3),
+                  cycle.size, str(cycle.environ.get("REMOTE_ADDR", "")), agent, user_id)
         fields: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
         if cycle.trace_id is not None:
             fields["trace_id"] = cycle.trace_id
@@ -152,34 +139,79 @@ class AccessLog:
             fields["error_type"] = type(exc).__name__
             exc_info = (type(exc), exc, exc.__traceback__)
         # Built directly and handed to handle(): Logger.log would walk the stack for a caller we know.
-        record = self.make_record(ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status), exc_info)
+        record = logging.getLogRecordFactory()(ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status),
+                                               exc_info)
         record.__dict__.update(fields)
         record.__dict__[ACCESS_FIELDS] = fields
         self.logger.handle(record)
 
-    def _write_direct(self, targets: list[tuple[LineHandler, JsonFormatter]], cycle: RequestCycle, level: int,
-                      message: str, values: tuple[Any, ...]) -> None:
-        """Write the line straight to our own handlers (see ``DirectRoute``)."""
-        request_id, method, path, endpoint, status, latency_ms, length, remote_addr, user_agent, user_id = values
-        # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
-        agent = self._agents.get(user_agent)
-        if agent is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
-            agent = json_string(user_agent)
-            if len(self._agents) < 512:
-                self._agents[user_agent] = agent
-        tail = _TAIL % (request_id, json_string(method), json_string(path), json_string(endpoint),
-                        status, latency_ms, length, json_string(remote_addr), agent,
-                        "null" if user_id is None else json_string(user_id))
+    def _values(self, environ: dict[str, Any], endpoint: str | None) -> tuple[str, str, str, str, str | None, str]:
+        """method, path, path with the redacted query, endpoint, user id and user agent, as bounded text."""
+        limit = self.limit
+        method = environ.get("REQUEST_METHOD", "")
+        if not (type(method) is str and method.isascii()):
+            method = self._text(method)
+        method = method[:32]
+        script = environ.get("SCRIPT_NAME")
+        path = script + environ.get("PATH_INFO", "") if script else environ.get("PATH_INFO", "")
+        if not (type(path) is str and path.isascii() and len(path) <= limit):  # the _text fast case, inlined
+            path = self._text(path)
+        query = environ.get("QUERY_STRING")
+        # Redact before cutting, so a cut can never leave half a secret behind.
+        full_path = self._text(f"{path}?{redact_query(query, self.sensitive)}") if query else path
+        endpoint = endpoint or environ.get("softfactory_obs.route")
+        if not endpoint:
+            endpoint = path
+        elif not (type(endpoint) is str and endpoint.isascii() and len(endpoint) <= limit):
+            endpoint = self._text(endpoint)
+        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
+        agent = environ.get("HTTP_USER_AGENT", "")
+        if not (type(agent) is str and agent.isascii() and len(agent) <= limit):
+            agent = self._text(agent)
+        return method, path, full_path, endpoint, user_id, agent
+
+    def _write_direct(self, targets: tuple[tuple[LineHandler, str], ...], cycle: RequestCycle, status: int) -> None:
+        """Write an INFO line straight to our own handlers (see ``DirectRoute``): the bytes ``format`` writes."""
+        environ = cycle.environ
+        method, path, full_path, endpoint, user_id, agent = self._values(environ, cycle.endpoint)
+        escaped = self._escaped
+        method_json = escaped.get(method)
+        if method_json is None:
+            method_json = self._remember(method)
+        path_json = json_string(path)
+        endpoint_json = escaped.get(endpoint)
+        if endpoint_json is None:
+            endpoint_json = self._remember(endpoint)
+        agent_json = escaped.get(agent)
+        if agent_json is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
+            agent_json = self._remember(agent)
+        extra = ""
         if cycle.trace_id is not None:
-            tail += f', "trace_id": {json_string(cycle.trace_id)}'
+            extra = f', "trace_id": {json_string(cycle.trace_id)}'
         if cycle.id_rejected:
-            tail += ', "request_id_rejected": true'
+            extra += ', "request_id_rejected": true'
         created = time.time()
-        level_name = _LEVEL_NAMES[level]
-        for handler, formatter in targets:
-            if level >= handler.level:
-                line = f"{formatter.line_head(created, level_name, ACCESS_LOGGER, message)}, {tail}}}\n"
-                handler.write_text_line(line.encode("ascii"), created)
+        # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
+        # The JSON of the message is its escaped parts joined: escaping is per character.
+        front = (f'{{"timestamp": "{iso_utc(created)}", "level": "INFO", "logger": {_LOGGER_JSON}, '
+                 f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ')
+        latency_ms = round(cycle.duration * 1000.0, 3)
+        remote_json = json_string(str(environ.get("REMOTE_ADDR", "")))
+        user_json = "null" if user_id is None else json_string(user_id)
+        rest = (f'"request_id": "{cycle.request_id}", "method": {method_json}, '
+                f'"path": {json_string(full_path) if full_path is not path else path_json}, '
+                f'"endpoint": {endpoint_json}, "status": {status}, "latency_ms": {latency_ms!r}, '
+                f'"content_length": {cycle.size}, "remote_addr": {remote_json}, '
+                f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n')
+        for handler, service_fields in targets:
+            handler.write_text_line(f"{front}{service_fields}{rest}".encode("ascii"), created)
+
+    def _remember(self, text: str) -> str:
+        """The JSON string of a value that repeats (methods, endpoints, user agents); bounded."""
+        escaped = json_string(text)
+        if len(self._escaped) < 1024 and len(text) <= 256:  # a scanner's long random agents are not kept
+            self._escaped[text] = escaped
+        return escaped
 
     def _user_id(self, environ: dict[str, Any]) -> str | None:
         if self.user_id_getter is not None:

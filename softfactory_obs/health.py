@@ -29,7 +29,7 @@ from typing import Any
 
 from . import procfs
 from ._failures import report_failure
-from .logs import _iso_utc
+from .logs import iso_utc
 
 HEALTH_JSON = "application/health+json"
 _SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|://[^/@\s]+@")
@@ -57,7 +57,7 @@ class Result:
     def as_dict(self, now: float, with_details: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"status": "pass" if self.ok else "fail", "critical": self.critical,
                                "latency_ms": round(self.latency_ms, 3), "age_seconds": round(now - self.checked_at, 3),
-                               "checked_at": _iso_utc(self.checked_at)}
+                               "checked_at": iso_utc(self.checked_at)}
         if with_details:
             if self.details:
                 out["details"] = self.details

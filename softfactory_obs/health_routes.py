@@ -10,7 +10,7 @@ from typing import Any
 from .families import Family, gauge
 from .guard import Guard
 from .health import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
-from .logs import _iso_utc
+from .logs import iso_utc
 from .settings import Settings
 
 LIVE_PATHS = ("/live", "/livez", "/api/metrics/live")
@@ -40,7 +40,7 @@ class HealthRoutes:
         self.started_at = time.time()
 
     def live(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        body = json_body({"alive": True, "timestamp": _iso_utc(time.time()), "pid": os.getpid()})
+        body = json_body({"alive": True, "timestamp": iso_utc(time.time()), "pid": os.getpid()})
         return answer(environ, start_response, "200 OK", body)
 
     def _ready(self) -> tuple[bool, list[str]]:
@@ -54,7 +54,7 @@ class HealthRoutes:
 
     def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         ready, failing = self._ready()
-        data: dict[str, Any] = {"ready": ready, "timestamp": _iso_utc(time.time())}
+        data: dict[str, Any] = {"ready": ready, "timestamp": iso_utc(time.time())}
         if not self.readiness.started:
             data["reason"] = "starting"
         elif self.readiness.draining:
@@ -80,7 +80,7 @@ class HealthRoutes:
             "status": status,
             "service": self.settings.service_name,
             "version": self.settings.service_version,
-            "timestamp": _iso_utc(now),
+            "timestamp": iso_utc(now),
             "uptime_seconds": round(now - self.started_at, 3),
             "checks": {r.name: r.as_dict(now, details) for r in results},
         }
@@ -92,7 +92,7 @@ class HealthRoutes:
         for r in results:
             entry: dict[str, Any] = {"componentId": r.name, "status": "pass" if r.ok else "fail",
                                      "observedValue": round(r.latency_ms, 3), "observedUnit": "ms",
-                                     "time": _iso_utc(r.checked_at)}
+                                     "time": iso_utc(r.checked_at)}
             if details and r.error:
                 entry["output"] = r.error
             checks[f"{r.name}:responseTime"] = [entry]

@@ -138,8 +138,12 @@ class HttpMetrics:
             self.overflow.inc()
         cycle.endpoint = series.endpoint
         if self.exemplars:
-            exemplar = cycle.http_exemplar = (b"trace_id=" + cycle.trace_id.encode() if cycle.trace_id is not None
-                                              else _request_exemplar(cycle.request_id))
+            if cycle.trace_id is not None:
+                exemplar = cycle.http_exemplar = b"trace_id=" + cycle.trace_id.encode()
+            elif len(cycle.request_id) <= 60:  # what fits the slot; longer client ids are not cut into false ones
+                exemplar = cycle.http_exemplar = b"request_id=" + cycle.request_id.encode()
+            else:
+                exemplar = cycle.http_exemplar = None
             stamp = cycle.http_stamp = time_ns()
         else:
             exemplar = cycle.http_exemplar = None
@@ -147,8 +151,16 @@ class HttpMetrics:
         cycle.http_series = series
         if environ.get("wsgi.multithread", True):
             series.requests.inc(1, exemplar, stamp)
-        else:
-            series.count_unlocked(exemplar, stamp)
+            return
+        ints = series.r_ints  # the single-writer path, inlined: see _Series
+        if ints is None:
+            ints = series.bind()
+        ints[series.r_slot] += COUNTER_SCALE
+        slot = series.r_ex
+        if exemplar is not None and slot >= 0:
+            odd = ints[slot] = next_odd()  # the seqlock of store.shard.write_exemplar
+            pack_exemplar(series.r_view, slot * 8 + 8, 1.0, stamp, len(exemplar), exemplar)
+            ints[slot] = odd + 1
 
     def _series_for(self, cycle: RequestCycle, live: _Live, status: str, by_path: tuple[Any, str] | None) -> _Series:
         endpoint = resolve(cycle.environ, self.table, status)
@@ -193,7 +205,24 @@ class HttpMetrics:
             floats[live.slot] -= 1.0
             if series is None:
                 return
-            series.finish_unlocked(duration, cycle.size, cycle.http_exemplar, cycle.http_stamp)
+            ints = series.d_ints  # the single-writer path, inlined: see _Series
+            if ints is None:
+                series.bind()
+                ints = series.d_ints
+            n = bisect_left(series.d_bounds, duration) if duration <= series.d_top else series.d_inf
+            ints[series.d_slots[n]] += 1
+            ints[series.d_sum] += round(duration * SUM_SCALE)
+            exemplar = cycle.http_exemplar
+            if exemplar is not None and series.d_ex is not None:
+                slot = series.d_ex[n]
+                odd = ints[slot] = next_odd()
+                pack_exemplar(series.d_view, slot * 8 + 8, duration, cycle.http_stamp, len(exemplar), exemplar)
+                ints[slot] = odd + 1
+            size = cycle.size
+            n = bisect_left(SIZE_BUCKETS, size) if size <= _SIZE_TOP else _SIZE_INF
+            ints = series.s_ints  # each child's slots share a view; two children's may not
+            ints[series.s_slots[n]] += 1
+            ints[series.s_sum] += size  # _bytes sums are whole bytes
         # The rare ones, through the children:
         length = environ.get("CONTENT_LENGTH")
         if length and length.isdigit():  # never int() an unchecked header
@@ -240,9 +269,9 @@ class _Live:
 
 
 class _Series:
-    """One label set's counter and two histograms, and their slots for the unlocked path: each hook
-    writes them inline, one call instead of one per child. Slow requests, request sizes and
-    exceptions are rare and go through the children."""
+    """One label set's counter and two histograms, and where their slots are in this process: the
+    single-writer hooks write them inline (a call per child costs more than the write). Slow
+    requests, request sizes and exceptions are rare and go through the children."""
 
     __slots__ = ("d_bounds", "d_ex", "d_inf", "d_ints", "d_slots", "d_sum", "d_top", "d_view", "duration", "endpoint",
                  "overflow", "r_ex", "r_ints", "r_slot", "r_view", "requests", "response_size", "s_ints", "s_slots",
@@ -269,48 +298,14 @@ class _Series:
         self.r_ints: Any = None
         self.d_ints: Any = None
 
-    def bind(self) -> None:
-        ints, _, view, idx, ex = self.requests.bound()
-        self.r_slot, self.r_ex, self.r_view = idx[0], ex[0] if ex else -1, view
-        self.r_ints = ints
-        ints, _, view, idx, ex = self.duration.bound()
-        self.d_slots, self.d_sum, self.d_ex, self.d_view = idx, idx[-1], ex or None, view
+    def bind(self) -> Any:
+        """Bind the three children (each child's slots share a view; two children's may not)."""
+        ints, _, self.r_view, idx, ex = self.requests.bound()
+        self.r_slot, self.r_ex = idx[0], ex[0] if ex else -1
         self.s_ints, _, _, idx, _ = self.response_size.bound()
         self.s_slots, self.s_sum = idx, idx[-1]
-        self.d_ints = ints  # last: it is the "bound" flag finish_unlocked checks
-
-    def count_unlocked(self, exemplar: bytes | None, stamp: int) -> None:
-        ints = self.r_ints
-        if ints is None:
-            self.bind()
-            ints = self.r_ints
-        ints[self.r_slot] += COUNTER_SCALE
-        slot = self.r_ex
-        if exemplar is not None and slot >= 0:
-            odd = ints[slot] = next_odd()  # the seqlock of store.shard.write_exemplar
-            pack_exemplar(self.r_view, slot * 8 + 8, 1.0, stamp, len(exemplar), exemplar)
-            ints[slot] = odd + 1
-
-    def finish_unlocked(self, duration: float, size: int, exemplar: bytes | None, stamp: int) -> None:
-        ints = self.d_ints
-        if ints is None:
-            self.bind()
-            ints = self.d_ints
-        n = bisect_left(self.d_bounds, duration) if duration <= self.d_top else self.d_inf
-        ints[self.d_slots[n]] += 1
-        ints[self.d_sum] += round(duration * SUM_SCALE)
-        if exemplar is not None and self.d_ex is not None:
-            slot = self.d_ex[n]
-            odd = ints[slot] = next_odd()
-            pack_exemplar(self.d_view, slot * 8 + 8, duration, stamp, len(exemplar), exemplar)
-            ints[slot] = odd + 1
-        ints = self.s_ints
-        n = bisect_left(SIZE_BUCKETS, size) if size <= _SIZE_TOP else _SIZE_INF
-        ints[self.s_slots[n]] += 1
-        ints[self.s_sum] += size  # _bytes sums are whole bytes
-
-
-def _request_exemplar(request_id: str) -> bytes | None:
-    if len(request_id) <= 60:  # what fits the slot; longer client ids are not cut into false ones
-        return b"request_id=" + request_id.encode()
-    return None
+        d_ints, _, self.d_view, idx, ex = self.duration.bound()
+        self.d_slots, self.d_sum, self.d_ex = idx, idx[-1], ex or None
+        self.r_ints = ints
+        self.d_ints = d_ints  # last: the "bound" flag the finish hook checks
+        return ints

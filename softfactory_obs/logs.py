@@ -48,7 +48,7 @@ os.register_at_fork(after_in_child=_renew_pid)
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
-def _iso_utc(created: float) -> str:
+def iso_utc(created: float) -> str:
     """2026-11-22T05:39:49.123Z. The part up to the second is formatted once per second."""
     global _second_cache  # noqa: PLW0603 - a module-level cache swapped atomically
     second = int(created)
@@ -120,19 +120,15 @@ class JsonFormatter(_BaseJsonFormatter):
         self._service_pid = (0, "")
 
     def writes_plain_lines(self) -> bool:
-        """True when lines hold our field names and nothing else (``line_head`` can start them)."""
+        """True when lines hold our field names and nothing else (the direct access line can stand in)."""
         return type(self) is JsonFormatter and self.renames is None and not self.static_fields
 
-    def line_head(self, created: float, level: str, logger: str, message: str) -> str:
-        """The first fields of a line as ``format`` writes them, without the closing brace."""
-        service_pid = self._service_pid
-        if service_pid[0] != _pid:  # first use, or a forked worker
-            service_pid = self._service_pid = (_pid, f'"service": {json_string(self.service)}, "pid": {_pid}')
-        return (f'{{"timestamp": "{_iso_utc(created)}", "level": "{level}", "logger": {json_string(logger)}, '
-                f'"message": {json_string(message)}, {service_pid[1]}')
+    def service_fields(self) -> str:
+        """``"service": ..., "pid": ..., `` as ``format`` writes them (the direct access line's middle)."""
+        return f'"service": {json_string(self.service)}, "pid": {_pid}, '
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
-        log_data["timestamp"] = _iso_utc(record.created)
+        log_data["timestamp"] = iso_utc(record.created)
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
         log_data["message"] = record.message
@@ -166,7 +162,7 @@ class JsonFormatter(_BaseJsonFormatter):
     def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
         """The access line's fields are known and plain: skip the generic record scan (the hot path)."""
         data: dict[str, Any] = {
-            "timestamp": _iso_utc(record.created), "level": record.levelname, "logger": record.name,
+            "timestamp": iso_utc(record.created), "level": record.levelname, "logger": record.name,
             "message": record.getMessage(), "service": self.service, "pid": record.process,
         }
         data.update(fields)
@@ -189,7 +185,7 @@ class JsonFormatter(_BaseJsonFormatter):
         except Exception as exc:  # a broken __str__ or a bad %-format must not lose the record
             report_failure("log formatter", exc)
             return json.dumps({
-                "timestamp": _iso_utc(record.created),
+                "timestamp": iso_utc(record.created),
                 "level": record.levelname,
                 "logger": record.name,
                 "message": _json_fallback(record.msg),
@@ -212,63 +208,79 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
-Targets = list[tuple[LineHandler, JsonFormatter]] | None  # None: logging must run
-
+Targets = tuple[tuple[LineHandler, str], ...] | None  # (handler, its service fields); None: logging must run
 
 class DirectRoute:
-    """The handlers a logger's records reach, when they are only our line handlers with our formatter.
+    """Where an INFO access line goes, when that is only our line handlers with our formatter.
 
-    The access line is then written to them directly, skipping the LogRecord and logging's call
-    chain (most of what a log call costs); the bytes are the ones ``format`` would have produced.
-    Anything else on the way (another handler, a filter, a formatter of someone else's) sends
-    records through logging as usual. The snapshot is re-checked on every call with identity
-    comparisons, so reconfigured logging takes effect at once.
+    The line is then written to them directly, skipping the LogRecord and logging's call chain
+    (most of what a log call costs); the bytes are the ones ``format`` would have produced.
+    Anything else on the way (another handler, a filter, a formatter of someone else's, a record
+    factory or a patched ``Logger``, as tracing and error-reporting integrations install) sends
+    records through logging as usual. The snapshot is re-checked on every call: each logger's and
+    handler's whole ``__dict__`` against a copy (one C-level comparison each, and stricter than a
+    list of attributes), so reconfigured logging takes effect at once.
     """
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        # (loggers on the way, their handlers, the targets): one tuple, swapped whole, so a thread
-        # never checks one snapshot and returns another's targets.
-        self._state: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Targets] | None = None
+        # (objects with their copied state, module-wide switches, targets): one tuple, swapped
+        # whole, so a thread never checks one snapshot and returns another's targets.
+        self._state: tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets] | None = None
 
     def targets(self) -> Targets:
+        """The (handler, service fields) pairs an INFO line goes to; empty when INFO is off for this
+        logger; None when logging must run."""
         state = self._state
-        if state is None or not self._unchanged(state[0], state[1]):
-            state = self._state = self._take()
+        if state is not None and state[1] == _switches():
+            for obj, saved in state[0]:
+                if obj.__dict__ != saved:
+                    break
+            else:
+                return state[2]
+        state = self._state = self._take()
         return state[2]
 
-    @staticmethod
-    def _unchanged(loggers: list[tuple[Any, ...]], handlers: list[tuple[Any, ...]]) -> bool:
-        if not logging.logProcesses:
-            return False
-        for lg, parent, lg_handlers, filters, propagate, disabled in loggers:
-            if (lg.handlers != lg_handlers or lg.filters != filters or lg.parent is not parent
-                    or lg.propagate is not propagate or lg.disabled is not disabled):
-                return False
-        for handler, formatter, filters in handlers:
-            if handler.formatter is not formatter or handler.filters != filters:
-                return False
-        return True
-
-    def _take(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Targets]:
-        loggers: list[tuple[Any, ...]] = []
-        handlers: list[tuple[Any, ...]] = []
-        targets: Targets = []
+    def _take(self) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets]:
+        watched: list[Any] = []
+        targets: list[tuple[LineHandler, str]] | None = []
         lg: Any = self.logger
         while lg is not None:
-            loggers.append((lg, lg.parent, list(lg.handlers), list(lg.filters), lg.propagate, lg.disabled))
+            watched.append(lg)
             if lg.filters and lg is self.logger:
                 targets = None  # a logger filter may change or drop the record: let logging run it
             for handler in lg.handlers:
-                handlers.append((handler, handler.formatter, list(handler.filters)))
+                watched.append(handler)
                 if targets is not None and _direct(handler):
-                    targets.append((handler, handler.formatter))
+                    if handler.level <= logging.INFO:
+                        targets.append((handler, handler.formatter.service_fields()))
                 else:
                     targets = None
             lg = lg.parent if lg.propagate else None
-        if not handlers:  # logging's lastResort handler would take it
+        switches = _switches()
+        if (len(watched) == sum(isinstance(o, logging.Logger) for o in watched)  # no handler: lastResort's
+                or not logging.logProcesses  # the line's pid would be null
+                or switches[3:] != (logging.LogRecord, _LOGGER_HANDLE, _LOGGER_CALL_HANDLERS)):
             targets = None
-        return loggers, handlers, targets
+        if targets is not None and not self.logger.isEnabledFor(logging.INFO):
+            targets = []
+        # Copied after isEnabledFor, which fills the loggers' level caches.
+        return [(obj, _copied(obj.__dict__)) for obj in watched], switches, None if targets is None else tuple(targets)
+
+
+def _copied(attributes: dict[str, Any]) -> dict[str, Any]:
+    """An attribute dict with its lists and dicts copied, so that changes made in place show."""
+    return {k: list(v) if type(v) is list else dict(v) if type(v) is dict else v for k, v in attributes.items()}
+
+
+def _switches() -> tuple[Any, ...]:
+    """Module-wide state a direct line depends on (the pid is part of the line)."""
+    return (_pid, logging.logProcesses, logging.root.manager.disable,
+            logging._logRecordFactory, logging.Logger.handle, logging.Logger.callHandlers)  # type: ignore[attr-defined]
+
+
+_LOGGER_HANDLE = logging.Logger.handle
+_LOGGER_CALL_HANDLERS = logging.Logger.callHandlers
 
 
 def _direct(handler: logging.Handler) -> bool:

@@ -19,7 +19,7 @@ from .exposition import families_from
 from .families import Family
 from .health import json_body
 from .health_routes import answer
-from .logs import _iso_utc
+from .logs import iso_utc
 from .settings import Settings
 from .store.metrics import Registry
 
@@ -116,7 +116,7 @@ class SummaryApp:
         data = {
             "service": self.settings.service_name,
             "version": self.settings.service_version,
-            "timestamp": _iso_utc(time.time()),
+            "timestamp": iso_utc(time.time()),
             "uptime": {"seconds": round(uptime, 3), "human": human(uptime)},
             "system": self._system(families),
             "application": {"requests_total": requests, "errors_total": errors,
@@ -129,7 +129,7 @@ class SummaryApp:
 
     def errors(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         totals = self.history.sample()
-        data: dict[str, Any] = {"timestamp": _iso_utc(time.time()), "lifetime": self._error_view(totals)}
+        data: dict[str, Any] = {"timestamp": iso_utc(time.time()), "lifetime": self._error_view(totals)}
         for name, seconds in WINDOWS:
             window, covered = self.history.window(seconds, totals)
             data[f"last_{name}"] = {**self._error_view(window), "covered_seconds": round(covered, 1)}

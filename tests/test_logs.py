@@ -351,3 +351,59 @@ def test_direct_line_write_failure_is_counted_and_the_response_still_goes_out(lo
     assert resp.status.startswith("200") and resp.body == b"ok"
     assert failure_counts().get("log stream") == 1
     logs.stream = io.StringIO()  # the fixture's final parse
+
+
+def test_integrations_that_hook_logging_see_every_access_line(logs: LogCapture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracing and error reporters install a record factory or patch Logger methods (Sentry patches
+    callHandlers): with either in place the line goes through logging. Error lines always do."""
+    seen: list[str] = []
+    default_factory = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = default_factory(*args, **kwargs)
+        seen.append(f"factory {record.getMessage()}")
+        return record
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("503 Busy" if environ["PATH_INFO"] == "/busy" else "200 OK", TEXT)
+        return [b"x"]
+
+    mw = ObservabilityMiddleware(validator(app), auto_configure_logging=False)
+    [access] = [h for h in mw.finish_hooks if isinstance(h, AccessLog)]
+    wsgi = validator(mw)
+    call_wsgi(wsgi, make_environ(PATH_INFO="/plain"))
+    assert access.route.targets()  # nothing hooked: the direct line
+    logging.setLogRecordFactory(factory)
+    try:
+        call_wsgi(wsgi, make_environ(PATH_INFO="/factory"))
+    finally:
+        logging.setLogRecordFactory(default_factory)
+    original = logging.Logger.callHandlers
+
+    def call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+        seen.append(f"patched {record.getMessage()}")
+        original(self, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", call_handlers)
+    call_wsgi(wsgi, make_environ(PATH_INFO="/patched"))
+    monkeypatch.undo()
+    logging.setLogRecordFactory(factory)
+    try:
+        call_wsgi(wsgi, make_environ(PATH_INFO="/busy"))  # an ERROR line: the factory sees it however it is set
+    finally:
+        logging.setLogRecordFactory(default_factory)
+    assert access.route.targets()  # everything restored: direct again
+    assert seen == ["factory GET /factory 200", "patched GET /patched 200", "factory GET /busy 503"]
+    assert [line["path"] for line in logs.access()] == ["/plain", "/factory", "/patched", "/busy"]
+
+
+def test_redaction_words_are_reduced_to_the_ones_that_matter() -> None:
+    from softfactory_obs.access_log import sensitive_matcher  # noqa: PLC0415
+
+    search = sensitive_matcher(("access_token", "token", "API_KEY", "key", ""))
+    assert search("x_ToKeN_y") and search("apikey") and search("ACCESS_TOKEN")
+    assert not search("page") and not search("tok")
+    assert search.__closure__ is not None
+    [words] = [c.cell_contents for c in search.__closure__ if isinstance(c.cell_contents, tuple)]
+    assert words == ("key", "token")
