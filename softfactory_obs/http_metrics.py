@@ -137,6 +137,7 @@ class HttpMetrics:
         if series.overflow:
             self.overflow.inc()
         cycle.endpoint = series.endpoint
+        exemplar: bytes | None
         if self.exemplars:
             if cycle.trace_id is not None:
                 exemplar = cycle.http_exemplar = b"trace_id=" + cycle.trace_id.encode()
