@@ -177,6 +177,7 @@ class HttpMetrics:
                 self.requests.labels(method, endpoint, code, *extra),
                 self.duration.labels(method, endpoint, *extra),
                 self.response_size.labels(method, endpoint, *extra),
+                self.request_size.labels(method, endpoint, *extra),
             )
             if len(live.series) < _CACHED:  # bounded by the endpoint cap, unless an app makes up reason phrases
                 live.series[(endpoint, status)] = series
@@ -199,6 +200,9 @@ class HttpMetrics:
                 return
             series.duration.observe(duration, cycle.http_exemplar, cycle.http_stamp)
             series.response_size.observe(cycle.size)
+            length = environ.get("CONTENT_LENGTH")
+            if length and length.isdigit():  # never int() an unchecked header
+                series.request_size.observe(int(length))
         else:
             floats = live.floats
             if floats is None:
@@ -224,10 +228,10 @@ class HttpMetrics:
             ints = series.s_ints  # each child's slots share a view; two children's may not
             ints[series.s_slots[n]] += 1
             ints[series.s_sum] += size  # _bytes sums are whole bytes
-        # The rare ones, through the children:
-        length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit():  # never int() an unchecked header
-            self.request_size.labels(live.method, series.endpoint, *live.labels).observe(int(length))
+            length = environ.get("CONTENT_LENGTH")
+            if length and length.isdigit():
+                series.request_size.observe_unlocked(int(length))
+        # The rare ones, through the family:
         if duration > self.slow_seconds:
             self.slow.labels(live.method, series.endpoint, *live.labels).inc()
         if cycle.exc is not None and isinstance(cycle.exc, Exception):
@@ -271,18 +275,20 @@ class _Live:
 
 class _Series:
     """One label set's counter and two histograms, and where their slots are in this process: the
-    single-writer hooks write them inline (a call per child costs more than the write). Slow
-    requests, request sizes and exceptions are rare and go through the children."""
+    single-writer hooks write them inline (a call per child costs more than the write). Request
+    sizes (only for requests with a body) go through their child; slow requests and exceptions,
+    rare, through their family."""
 
     __slots__ = ("d_bounds", "d_ex", "d_inf", "d_ints", "d_slots", "d_sum", "d_top", "d_view", "duration", "endpoint",
-                 "overflow", "r_ex", "r_ints", "r_slot", "r_view", "requests", "response_size", "s_ints", "s_slots",
-                 "s_sum")
+                 "overflow", "r_ex", "r_ints", "r_slot", "r_view", "request_size", "requests", "response_size",
+                 "s_ints", "s_slots", "s_sum")
 
-    def __init__(self, endpoint: str, requests: Any, duration: Any, response_size: Any) -> None:
+    def __init__(self, endpoint: str, requests: Any, duration: Any, response_size: Any, request_size: Any) -> None:
         self.endpoint = endpoint
         self.requests = requests
         self.duration = duration
         self.response_size = response_size
+        self.request_size = request_size
         self.overflow = False
         family = duration._family
         self.d_bounds = family.bounds
@@ -291,7 +297,7 @@ class _Series:
         self.unbind()
 
     def folded(self) -> _Series:
-        copy = _Series(self.endpoint, self.requests, self.duration, self.response_size)
+        copy = _Series(self.endpoint, self.requests, self.duration, self.response_size, self.request_size)
         copy.overflow = True
         return copy
 
