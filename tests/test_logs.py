@@ -407,3 +407,22 @@ def test_redaction_words_are_reduced_to_the_ones_that_matter() -> None:
     assert search.__closure__ is not None
     [words] = [c.cell_contents for c in search.__closure__ if isinstance(c.cell_contents, tuple)]
     assert words == ("key", "token")
+
+
+def test_a_handler_attribute_that_cannot_be_compared_never_stops_the_access_line(logs: LogCapture) -> None:
+    class Unequal:
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("ambiguous")  # numpy arrays and pandas frames behave like this
+
+        __hash__ = object.__hash__
+
+    wsgi = wrap(ok)
+    call_wsgi(wsgi, make_environ(PATH_INFO="/one"))
+    [handler] = [h for h in logging.getLogger().handlers if getattr(h, "_softfactory_obs_handler", False)]
+    handler.extra_state = Unequal()  # type: ignore[attr-defined]
+    for path in ("/two", "/three"):
+        call_wsgi(wsgi, make_environ(PATH_INFO=path))
+    handler.extra_state = Unequal()  # type: ignore[attr-defined]  # replaced again: compared, raises
+    call_wsgi(wsgi, make_environ(PATH_INFO="/four"))
+    assert [line["path"] for line in logs.access()] == ["/one", "/two", "/three", "/four"]
+    assert failure_counts().get("access log", 0) == 0
