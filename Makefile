@@ -61,9 +61,10 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	@# wrk drives the gunicorn part; without it that part is skipped with a message.
-	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
-	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; } >/dev/null 2>&1 || true
+	@# wrk drives the gunicorn part, valgrind counts instructions; without one, its part is skipped with a message.
+	@for tool in wrk valgrind; do command -v $$tool >/dev/null || [ "$$(id -u)" != 0 ] || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$tool || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$tool; }; } >/dev/null 2>&1 || true; done
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)

@@ -1,8 +1,9 @@
 """``make bench``: our cost next to the bare app and the peers, measured side by side in one run.
 
-Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``load`` (gunicorn + wrk:
-throughput, p99, worker RSS), ``store`` (one write), ``scrape`` (scrape time vs dead workers),
-``startup`` (import time). The tables are printed and written to ``bench/results/`` as JSON and
+Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``instructions`` (the same
+requests under callgrind: instructions per request, which the host's load does not move),
+``load`` (gunicorn + wrk: throughput, p99, worker RSS), ``store`` (one write), ``scrape`` (scrape
+time vs dead workers), ``startup`` (import time). The tables are printed and written to ``bench/results/`` as JSON and
 Markdown, named by time, so a run can be compared with an earlier one.
 """
 
@@ -16,14 +17,15 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import load, peers, store
+from . import instructions, load, peers, store
 from .apps import VARIANTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("peers", "load", "store", "scrape", "startup")
+PARTS = ("peers", "instructions", "load", "store", "scrape", "startup")
 # Import time of each package alone, in a fresh interpreter.
 MODULES = ("softfactory_obs", "prometheus_client", "prometheus_flask_exporter", "opentelemetry.instrumentation.wsgi")
 
@@ -91,14 +93,34 @@ def _at_reference_speed(report: dict[str, Any], variant: str) -> float:
     return _overhead(report, variant) * REFERENCE_NAIVE_US / _overhead(report, "naive")
 
 
+def _by_instructions(report: dict[str, Any], variant: str) -> float:
+    counts = report["instructions_per_request"]
+    return (counts[variant] - counts["bare"]) / (counts["naive"] - counts["bare"]) * REFERENCE_NAIVE_US
+
+
+def instructions_table(counts: dict[str, float]) -> list[str]:
+    naive = counts["naive"] - counts["bare"]
+    lines = ["| variant | instructions / request | over bare | x naive's overhead | µs at issue 8's speed |",
+             "|---|---:|---:|---:|---:|"]
+    for variant, count in counts.items():
+        over = count - counts["bare"]
+        cells = ("", "", "") if variant == "bare" else (
+            f"{over:,.0f}", f"{over / naive:.2f}", f"{over / naive * REFERENCE_NAIVE_US:.2f}")
+        lines.append(f"| {VARIANTS[variant]} | {count:,.0f} | {' | '.join(cells)} |")
+    return lines
+
+
 # Issue 8's targets: (what, where in the report, limit, at most?)
 TARGETS = [
     ("full instrumentation overhead, in-process µs", lambda r: _overhead(r, "ours"), 10.0, True),
     (f"  the same at issue 8's speed (naive prometheus_client = {REFERENCE_NAIVE_US} µs)",
      lambda r: _at_reference_speed(r, "ours"), 10.0, True),
+    ("  the same by instructions (callgrind), at issue 8's speed", lambda r: _by_instructions(r, "ours"), 10.0, True),
     ("metrics-only overhead, in-process µs", lambda r: _overhead(r, "ours-metrics"), 3.0, True),
     (f"  the same at issue 8's speed (naive prometheus_client = {REFERENCE_NAIVE_US} µs)",
      lambda r: _at_reference_speed(r, "ours-metrics"), 3.0, True),
+    ("  the same by instructions (callgrind), at issue 8's speed",
+     lambda r: _by_instructions(r, "ours-metrics"), 3.0, True),
     ("gunicorn full / bare throughput", lambda r: _of_bare(r, "ours"), 0.90, False),
     ("counter inc, ns", lambda r: r["store_ns_per_call"]["ours-directory counter inc"], 300.0, True),
     ("histogram observe, ns", lambda r: r["store_ns_per_call"]["ours-directory histogram observe"], 600.0, True),
@@ -161,6 +183,16 @@ def import_ms(module: str, repeats: int = 7) -> float | None:
     return statistics.median(samples)
 
 
+def instructions_part(report: dict[str, Any], section: Callable[[str, list[str]], None]) -> None:
+    if not instructions.available():
+        print("\ninstructions: skipped, valgrind is not installed (make bench installs it when run as root)")
+        return
+    counts = instructions.run()
+    report["instructions_per_request"] = counts
+    section("In-process, instructions per request (callgrind; the same on a busy or an idle host)",
+            instructions_table(counts))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=PARTS, help="run this part (repeatable); default all")
@@ -187,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         report["peers_us_per_request"] = samples
         section(f"In-process, µs per request ({args.iterations} direct WSGI calls per sample, each variant in its "
                 "own interpreter)", peers_table(samples))
+    if "instructions" in parts:
+        instructions_part(report, section)
     if "load" in parts:
         results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
         report["gunicorn"] = {v: vars(r) for v, r in results.items()}
@@ -217,12 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                 ["| module | ms |", "|---|---:|", *(f"| {m} | {t:.1f} |" for m, t in times.items() if t is not None)])
     section("Issue 8's targets", targets_table(report, previous_report()))
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / report["meta"]["date"].replace(":", "")
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        stem.with_suffix(".md").write_text("\n".join(markdown))
-        print(f"\nwritten: {stem}.json, {stem}.md")
+        save(report, markdown)
     return 0
+
+
+def save(report: dict[str, Any], markdown: list[str]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / report["meta"]["date"].replace(":", "")
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(markdown))
+    print(f"\nwritten: {stem}.json, {stem}.md")
 
 
 def meta() -> dict[str, Any]:
