@@ -53,6 +53,7 @@ def _hook_failed(hook: FinishHook, exc: Exception) -> None:
 
 _STATUS_500 = "500 Internal Server Error"
 REQUEST_ID_KEY = "softfactory_obs.request_id"
+ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
 _new = object.__new__
 
 

@@ -15,6 +15,7 @@ from json.encoder import encode_basestring_ascii as json_string
 from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
+from ._request import ROUTE_KEY
 from .log_files import LineHandler
 from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DirectRoute, iso_utc
 from .settings import Settings
@@ -97,7 +98,8 @@ class AccessLog:
         self.user_id_getter = settings.user_id_getter
         self.route = DirectRoute(self.logger)
         self._statuses: dict[str, int] = {}
-        self._escaped: dict[str, str] = {}  # method, endpoint or user agent -> its JSON string
+        self._escaped: dict[str, str] = {}  # user agent -> its JSON string
+        self._rendered: dict[tuple[Any, ...], tuple[str, str]] = {}  # see _write_direct
 
     def _cap(self, value: str) -> str:
         return value if len(value) <= self.limit else value[: self.limit] + TRUNCATED
@@ -126,9 +128,12 @@ class AccessLog:
         level = logging.ERROR if status >= 500 or (exc is not None and isinstance(exc, Exception)) else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
-        method, path, full_path, endpoint, user_id, agent = self._values(cycle.environ, cycle.endpoint)
+        environ = cycle.environ
+        method, path, full_path, endpoint = self._values(environ, cycle.endpoint)
+        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
         values = (cycle.request_id, method, full_path, endpoint, status, round(cycle.duration * 1000.0, 3),
-                  cycle.size, str(cycle.environ.get("REMOTE_ADDR", "")), agent, user_id)
+                  cycle.size, str(environ.get("REMOTE_ADDR", "")), self._text(environ.get("HTTP_USER_AGENT", "")),
+                  user_id)
         fields: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
         if cycle.trace_id is not None:
             fields["trace_id"] = cycle.trace_id
@@ -145,8 +150,8 @@ class AccessLog:
         record.__dict__[ACCESS_FIELDS] = fields
         self.logger.handle(record)
 
-    def _values(self, environ: dict[str, Any], endpoint: str | None) -> tuple[str, str, str, str, str | None, str]:
-        """method, path, path with the redacted query, endpoint, user id and user agent, as bounded text."""
+    def _values(self, environ: dict[str, Any], endpoint: str | None) -> tuple[str, str, str, str]:
+        """method, path, path with the redacted query and endpoint, as bounded text."""
         limit = self.limit
         method = environ.get("REQUEST_METHOD", "")
         if not (type(method) is str and method.isascii()):
@@ -159,31 +164,33 @@ class AccessLog:
         query = environ.get("QUERY_STRING")
         # Redact before cutting, so a cut can never leave half a secret behind.
         full_path = self._text(f"{path}?{redact_query(query, self.sensitive)}") if query else path
-        endpoint = endpoint or environ.get("softfactory_obs.route")
+        endpoint = endpoint or environ.get(ROUTE_KEY)
         if not endpoint:
             endpoint = path
         elif not (type(endpoint) is str and endpoint.isascii() and len(endpoint) <= limit):
             endpoint = self._text(endpoint)
-        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
-        agent = environ.get("HTTP_USER_AGENT", "")
-        if not (type(agent) is str and agent.isascii() and len(agent) <= limit):
-            agent = self._text(agent)
-        return method, path, full_path, endpoint, user_id, agent
+        return method, path, full_path, endpoint
 
     def _write_direct(self, targets: tuple[tuple[LineHandler, str], ...], cycle: RequestCycle, status: int) -> None:
         """Write an INFO line straight to our own handlers (see ``DirectRoute``): the bytes ``format`` writes."""
         environ = cycle.environ
-        method, path, full_path, endpoint, user_id, agent = self._values(environ, cycle.endpoint)
-        escaped = self._escaped
-        method_json = escaped.get(method)
-        if method_json is None:
-            method_json = self._remember(method)
-        path_json = json_string(path)
-        endpoint_json = escaped.get(endpoint)
-        if endpoint_json is None:
-            endpoint_json = self._remember(endpoint)
-        agent_json = escaped.get(agent)
+        endpoint = cycle.endpoint or environ.get(ROUTE_KEY)
+        # What the request line renders to repeats (health checks, hot routes): rendered once.
+        key = (environ.get("REQUEST_METHOD"), environ.get("SCRIPT_NAME"), environ.get("PATH_INFO"),
+               environ.get("QUERY_STRING"), endpoint, status)
+        try:
+            rendered = self._rendered.get(key)
+        except TypeError:  # a server that put something unhashable in the environ: render, never keep
+            rendered = self._render(environ, endpoint, status, None)
+        if rendered is None:
+            rendered = self._render(environ, endpoint, status, key)
+        message, request = rendered
+        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
+        agent = environ.get("HTTP_USER_AGENT", "")
+        agent_json = self._escaped.get(agent)
         if agent_json is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
+            if not (type(agent) is str and agent.isascii() and len(agent) <= self.limit):
+                agent = self._text(agent)
             agent_json = self._remember(agent)
         extra = ""
         if cycle.trace_id is not None:
@@ -191,23 +198,36 @@ class AccessLog:
         if cycle.id_rejected:
             extra += ', "request_id_rejected": true'
         created = time.time()
-        # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
-        # The JSON of the message is its escaped parts joined: escaping is per character.
-        front = (f'{{"timestamp": "{iso_utc(created)}", "level": "INFO", "logger": {_LOGGER_JSON}, '
-                 f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ')
+        front = f'{{"timestamp": "{iso_utc(created)}", "level": "INFO", "logger": {_LOGGER_JSON}, {message}'
         latency_ms = round(cycle.duration * 1000.0, 3)
         remote_json = json_string(str(environ.get("REMOTE_ADDR", "")))
         user_json = "null" if user_id is None else json_string(user_id)
-        rest = (f'"request_id": "{cycle.request_id}", "method": {method_json}, '
-                f'"path": {json_string(full_path) if full_path is not path else path_json}, '
-                f'"endpoint": {endpoint_json}, "status": {status}, "latency_ms": {latency_ms!r}, '
+        # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
+        rest = (f'"request_id": "{cycle.request_id}", {request}, "latency_ms": {latency_ms!r}, '
                 f'"content_length": {cycle.size}, "remote_addr": {remote_json}, '
                 f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n')
         for handler, service_fields in targets:
             handler.write_text_line(f"{front}{service_fields}{rest}".encode("ascii"), created)
 
+    def _render(self, environ: dict[str, Any], endpoint: str | None, status: int,
+                key: tuple[Any, ...] | None) -> tuple[str, str]:
+        """The line's message, and its method, path, endpoint and status fields, as JSON."""
+        method, path, full_path, endpoint = self._values(environ, endpoint)
+        path_json = json_string(path)
+        method_json = json_string(method)
+        # The JSON of the message is its escaped parts joined: escaping is per character.
+        full_path_json = json_string(full_path) if full_path is not path else path_json
+        rendered = (f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ',
+                    f'"method": {method_json}, "path": {full_path_json}, "endpoint": {json_string(endpoint)}, '
+                    f'"status": {status}')
+        if key is not None and len(full_path) <= 256:
+            if len(self._rendered) >= 1024:  # bounded; emptied rather than frozen, so hot lines come back
+                self._rendered.clear()
+            self._rendered[key] = rendered
+        return rendered
+
     def _remember(self, text: str) -> str:
-        """The JSON string of a value that repeats (methods, endpoints, user agents); bounded."""
+        """The JSON string of a user agent (clients repeat them); bounded."""
         escaped = json_string(text)
         if len(self._escaped) < 1024 and len(text) <= 256:  # a scanner's long random agents are not kept
             self._escaped[text] = escaped

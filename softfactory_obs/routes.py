@@ -21,10 +21,11 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 
+from . import _request
 from ._failures import report_failure
 from .access_log import wsgi_to_text
 
-ROUTE_KEY = "softfactory_obs.route"
+ROUTE_KEY = _request.ROUTE_KEY  # where the adapters put the template; defined beside the other environ keys
 UNMATCHED = "__unmatched__"
 OVERFLOW = "__overflow__"
 

@@ -426,3 +426,20 @@ def test_a_handler_attribute_that_cannot_be_compared_never_stops_the_access_line
     call_wsgi(wsgi, make_environ(PATH_INFO="/four"))
     assert [line["path"] for line in logs.access()] == ["/one", "/two", "/three", "/four"]
     assert failure_counts().get("access log", 0) == 0
+
+
+def test_rendered_request_lines_are_reused_and_bounded(logs: LogCapture) -> None:
+    mw = ObservabilityMiddleware(validator(ok), auto_configure_logging=False, metrics=False)
+    [access] = [h for h in mw.finish_hooks if isinstance(h, AccessLog)]
+    wsgi = validator(mw)
+    for n in range(1100):  # more distinct request lines than the cache keeps
+        call_wsgi(wsgi, make_environ(PATH_INFO=f"/items/{n}", QUERY_STRING="token=s3cret&page=2"))
+    call_wsgi(wsgi, make_environ(PATH_INFO="/items/7", QUERY_STRING="token=s3cret&page=2"))
+    call_wsgi(wsgi, make_environ(PATH_INFO="/items/7", QUERY_STRING="page=3", REQUEST_METHOD="POST"))
+    assert 0 < len(access._rendered) <= 1024
+    lines = logs.access()
+    assert [x["path"] for x in lines[:2]] == ["/items/0?token=[REDACTED]&page=2", "/items/1?token=[REDACTED]&page=2"]
+    assert lines[-2]["path"] == lines[7]["path"] and lines[-2]["message"] == lines[7]["message"] == "GET /items/7 200"
+    assert (lines[-1]["method"], lines[-1]["path"], lines[-1]["message"]) == ("POST", "/items/7?page=3",
+                                                                              "POST /items/7 200")
+    assert "s3cret" not in logs.raw()
