@@ -98,7 +98,7 @@ class AccessLog:
         self.user_id_getter = settings.user_id_getter
         self.route = DirectRoute(self.logger)
         self._statuses: dict[str, int] = {}
-        self._escaped: dict[str, str] = {}  # user agent -> its JSON string
+        self._agents: dict[str, str] = {}  # user agent -> its JSON string
         self._rendered: dict[tuple[Any, ...], tuple[str, str]] = {}  # see _write_direct
 
     def _cap(self, value: str) -> str:
@@ -187,7 +187,7 @@ class AccessLog:
         message, request = rendered
         user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
         agent = environ.get("HTTP_USER_AGENT", "")
-        agent_json = self._escaped.get(agent)
+        agent_json = self._agents.get(agent)
         if agent_json is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
             if not (type(agent) is str and agent.isascii() and len(agent) <= self.limit):
                 agent = self._text(agent)
@@ -229,8 +229,8 @@ class AccessLog:
     def _remember(self, text: str) -> str:
         """The JSON string of a user agent (clients repeat them); bounded."""
         escaped = json_string(text)
-        if len(self._escaped) < 1024 and len(text) <= 256:  # a scanner's long random agents are not kept
-            self._escaped[text] = escaped
+        if len(self._agents) < 1024 and len(text) <= 256:  # a scanner's long random agents are not kept
+            self._agents[text] = escaped
         return escaped
 
     def _user_id(self, environ: dict[str, Any]) -> str | None:

@@ -117,7 +117,6 @@ class JsonFormatter(_BaseJsonFormatter):
         )
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
-        self._service_pid = (0, "")
 
     def writes_plain_lines(self) -> bool:
         """True when lines hold our field names and nothing else (the direct access line can stand in)."""
@@ -210,6 +209,7 @@ class RequestContextFilter(logging.Filter):
 
 Targets = tuple[tuple[LineHandler, str], ...] | None  # (handler, its service fields); None: logging must run
 
+
 class DirectRoute:
     """Where an INFO access line goes, when that is only our line handlers with our formatter.
 
@@ -239,6 +239,7 @@ class DirectRoute:
     def _take(self) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets]:
         watched: list[Any] = []
         targets: list[tuple[LineHandler, str]] | None = []
+        handlers = 0
         lg: Any = self.logger
         while lg is not None:
             watched.append(lg)
@@ -246,6 +247,7 @@ class DirectRoute:
                 targets = None  # a logger filter may change or drop the record: let logging run it
             for handler in lg.handlers:
                 watched.append(handler)
+                handlers += 1
                 if targets is not None and _direct(handler):
                     if handler.level <= logging.INFO:
                         targets.append((handler, handler.formatter.service_fields()))
@@ -253,7 +255,7 @@ class DirectRoute:
                     targets = None
             lg = lg.parent if lg.propagate else None
         switches = _switches()
-        if (len(watched) == sum(isinstance(o, logging.Logger) for o in watched)  # no handler: lastResort's
+        if (not handlers  # logging's lastResort handler would take it
                 or not logging.logProcesses  # the line's pid would be null
                 or switches[3:] != (logging.LogRecord, _LOGGER_HANDLE, _LOGGER_CALL_HANDLERS)):
             targets = None
@@ -283,7 +285,7 @@ def _copied(attributes: dict[str, Any]) -> dict[str, Any]:
 def _switches() -> tuple[Any, ...]:
     """Module-wide state a direct line depends on (the pid is part of the line)."""
     return (_pid, logging.logProcesses, logging.root.manager.disable,
-            logging._logRecordFactory, logging.Logger.handle, logging.Logger.callHandlers)  # type: ignore[attr-defined]
+            logging.getLogRecordFactory(), logging.Logger.handle, logging.Logger.callHandlers)
 
 
 _LOGGER_HANDLE = logging.Logger.handle

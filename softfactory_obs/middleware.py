@@ -1,4 +1,4 @@
-"""The WSGI middleware: routes telemetry paths to their apps and hands every request to ``serve`` (a ``RequestCycle``).
+"""The WSGI middleware: routes telemetry paths to their apps and hands every request to ``_request.serve``.
 
 ``__call__`` is the hot path and stays small: one marker check, one dict lookup, one object.
 Everything else was decided in ``__init__``.

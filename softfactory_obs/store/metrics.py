@@ -1,8 +1,8 @@
 """Metric primitives (Counter, Gauge, Histogram) and the registry that binds them to this process's shard.
 
 The hot path of a pre-bound child is one lock and one aligned 8-byte add into a memory-mapped
-slot; the ``*_unlocked`` variants drop the lock for callers that are the only thread writing
-that child (the HTTP metrics under a server that is not multithreaded). Binding happens on first
+slot. Callers that are the only thread writing a child (the HTTP metrics under a server that is
+not multithreaded) skip the lock: ``observe_unlocked``, or ``bound()`` to write the slots inline. Binding happens on first
 use in each process, so metrics created in the gunicorn master (``--preload``) or at import time
 work without hooks: after a fork the child drops every binding it inherited and writes to a
 shard of its own, never into its parent's.
@@ -52,6 +52,8 @@ COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e1
 SUM_SCALE = 1_000_000_000
 SUM_SCALES = {"_seconds": SUM_SCALE, "_bytes": 1}
 OTHER_SUM_SCALE = 1_000_000
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
+GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
 
 
 def sum_suffix(scale: int) -> str:
@@ -61,8 +63,7 @@ def sum_suffix(scale: int) -> str:
 def sum_scale(suffix: str) -> int:
     """The scale of a stored sum from its key suffix (see ``sum_suffix``)."""
     return SUM_SCALE if suffix == "sum" else int(suffix[4:])
-DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
-GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
+
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -390,20 +391,6 @@ class CounterChild(_Child):
         finally:
             lock.release()
 
-    def inc_unlocked(self, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
-        """``inc(1, exemplar)`` without the lock, for the one thread that writes this child: a request
-        hook under a server that says ``wsgi.multithread`` is false (sync and gevent workers).
-        With an exemplar, ``stamp_ns`` (``time.time_ns()``, one per request) is required."""
-        ints = self._ints
-        if ints is None:
-            ints = self._bind()
-        ints[self._i] += COUNTER_SCALE
-        if exemplar is not None and self._ex:
-            slot = self._ex[0]
-            odd = ints[slot] = next_odd()  # the seqlock of write_exemplar
-            pack_exemplar(self._seg.view, slot * 8 + 8, 1.0, stamp_ns, len(exemplar), exemplar)
-            ints[slot] = odd + 1
-
 
 class Gauge(_Family):
     kind = "gauge"
@@ -461,15 +448,6 @@ class GaugeChild(_Child):
 
     def dec(self, amount: float = 1) -> None:
         self.inc(-amount)
-
-    def add_unlocked(self, amount: float) -> None:
-        """``inc(amount)`` without the lock, for the one thread that writes this child (see
-        ``CounterChild.inc_unlocked``); live-sum gauges only, which carry no stamp."""
-        floats = self._floats
-        if floats is None:
-            self._bind()
-            floats = self._floats
-        floats[self._i] += amount
 
 
 class Histogram(_Family):
@@ -545,7 +523,8 @@ class HistogramChild(_Child):
 
     def observe_unlocked(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
         """``observe`` of a finite value >= 0 (a duration, a size) without the lock, for the one thread
-        that writes this child (see ``CounterChild.inc_unlocked``)."""
+        that writes this child: a request hook under a server that says ``wsgi.multithread`` is false
+        (sync and gevent workers). ``stamp_ns`` (``time.time_ns()``) is required with an exemplar."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
