@@ -66,7 +66,7 @@ class HttpMetrics:
         self.skipping = bool(self.skip_methods or self.skip_exact or self.skip_patterns)
         self._live: dict[str, _Live] = {}  # by REQUEST_METHOD, when no label is computed per request
         self._by_labels: dict[tuple[str, ...], _Live] = {}
-        registry.on_fork.append(self._forget)
+        registry.on_fork(self._forget)
         static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
         self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
         self._static = tuple(static.get(k, "") for k in settings.default_labels)

@@ -598,3 +598,25 @@ def test_concurrent_snapshots_in_one_process_never_count_twice(store_dir: str) -
     for t in threads:
         t.join()
     assert too_high == []
+
+
+def test_fork_callbacks_do_not_keep_their_owners_alive() -> None:
+    import gc  # noqa: PLC0415
+    import weakref  # noqa: PLC0415
+
+    registry = Registry()
+    calls: list[str] = []
+
+    class Owner:
+        def forget(self) -> None:
+            calls.append("forgot")
+
+    kept, dropped = Owner(), Owner()
+    registry.on_fork(kept.forget)
+    registry.on_fork(dropped.forget)
+    gone = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert gone() is None  # the registry held no strong reference
+    registry._after_fork_in_child()  # what os.fork runs in the child, on a registry of its own here
+    assert calls == ["forgot"]  # once: for the owner still alive

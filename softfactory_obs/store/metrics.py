@@ -2,10 +2,10 @@
 
 The hot path of a pre-bound child is one lock and one aligned 8-byte add into a memory-mapped
 slot. Callers that are the only thread writing a child (the HTTP metrics under a server that is
-not multithreaded) skip the lock: ``observe_unlocked``, or ``bound()`` to write the slots inline. Binding happens on first
-use in each process, so metrics created in the gunicorn master (``--preload``) or at import time
-work without hooks: after a fork the child drops every binding it inherited and writes to a
-shard of its own, never into its parent's.
+not multithreaded) skip the lock: ``observe_unlocked``, or ``bound()`` to write the slots inline.
+Binding happens on first use in each process, so metrics created in the gunicorn master
+(``--preload``) or at import time work without hooks: after a fork the child drops every binding
+it inherited and writes to a shard of its own, never into its parent's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -100,7 +101,7 @@ class Registry:
         self._metas_written: set[str] = set()
         self._compact_pending = False
         self.callbacks: list[Callable[[], Iterable[Any]]] = []
-        self.on_fork: list[Callable[[], None]] = []  # run in a forked child: drop what holds slots
+        self._on_fork: list[weakref.WeakMethod[Callable[[], None]]] = []
         _REGISTRIES.append(self)
 
     # -- configuration ---------------------------------------------------------------------------
@@ -144,6 +145,12 @@ class Registry:
         return family
 
     # -- binding (first use in a process) ---------------------------------------------------------
+
+    def on_fork(self, forget: Callable[[], None]) -> None:
+        """Call the bound method ``forget`` in a forked child (to drop what it cached of this
+        process's slots), for as long as its object lives."""
+        self._on_fork = [ref for ref in self._on_fork if ref() is not None]
+        self._on_fork.append(weakref.WeakMethod(forget))
 
     def _writer_or_none(self) -> ShardWriter:
         if self._writer is None:
@@ -201,8 +208,10 @@ class Registry:
         for child in self._children:
             child._unbind()
         self._children = []
-        for forget in self.on_fork:
-            forget()
+        for ref in self._on_fork:
+            forget = ref()
+            if forget is not None:
+                forget()
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -334,7 +343,7 @@ class _Child:
 
     def bound(self) -> tuple[Any, Any, Any, list[int], list[int]]:
         """``(ints, floats, view, value slots, exemplar slots)`` in this process, binding first: for a
-        caller that writes several children inline. It must drop them in ``Registry.on_fork``."""
+        caller that writes several children inline. It must drop them after a fork (``Registry.on_fork``)."""
         if self._ints is None:
             self._bind()
         return self._ints, self._floats, self._seg.view, self._idx, self._ex
