@@ -187,7 +187,10 @@ class RequestCycle:
         content_length = None
         ours_sent = False
         ours_size = mw.header_size
+        others = mw.other_headers
         for name, value in headers:
+            if name in others:  # the usual names, as apps spell them: neither ours nor Content-Length
+                continue
             # Compare lengths first: lower() on every header is most of this loop's cost.
             size = len(name)
             if size == 14 and name.lower() == "content-length":

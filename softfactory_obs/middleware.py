@@ -27,6 +27,15 @@ from .summary import History, SummaryApp
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
+# Response headers frameworks send on most responses (Werkzeug, Django, Falcon spell them so or in
+# lower case): start_response passes over them with one set lookup.
+COMMON_RESPONSE_HEADERS = (
+    "Content-Type", "Cache-Control", "Set-Cookie", "ETag", "Last-Modified", "Vary", "Location", "Expires", "Date",
+    "Server", "Content-Encoding", "Content-Language", "Content-Disposition", "Accept-Ranges", "Allow",
+    "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy",
+    "Strict-Transport-Security", "Content-Security-Policy", "Access-Control-Allow-Origin",
+)
+
 # Set in environ by the outermost instance; an inner instance seeing it passes the request through.
 ENVIRON_MARK = "softfactory_obs.middleware"
 
@@ -49,6 +58,9 @@ class ObservabilityMiddleware:
         self.header_name = settings.request_id_header
         self.header_lower = settings.request_id_header.lower()
         self.header_size = len(self.header_lower)
+        self.other_headers = frozenset(
+            spelling for name in COMMON_RESPONSE_HEADERS for spelling in (name, name.lower())
+            if spelling.lower() not in (self.header_lower, "content-length"))
         self.telemetry_routes: dict[str, WSGIApp] = {}
         self.finish_hooks: list[FinishHook] = []
         self.response_hooks: list[FinishHook] = []

@@ -315,10 +315,15 @@ def test_empty_body_and_head(logs: LogCapture) -> None:
     assert line["method"] == "HEAD" and line["content_length"] == 0
 
 
-def test_app_set_request_id_header_is_replaced_not_duplicated(logs: LogCapture) -> None:
-    resp = call_wsgi(wrap(app_returning([b"x"], headers=[*TEXT, ("x-request-id", "from-app")])),
-                     make_environ(HTTP_X_REQUEST_ID="from-client"))
-    assert resp.header("X-Request-Id") == ["from-client"]
+@pytest.mark.parametrize(("ours", "sent"), [("X-Request-Id", "x-request-id"), ("X-Request-Id", "X-Request-Id"),
+                                            ("Server", "Server"), ("ETag", "etag")])
+def test_app_set_request_id_header_is_replaced_not_duplicated(logs: LogCapture, ours: str, sent: str) -> None:
+    """Also when our header's name is one start_response usually passes over (a common name)."""
+    headers = [*TEXT, ("Content-Length", "1"), (sent, "from-app")]
+    resp = call_wsgi(wrap(app_returning([b"x"], headers=headers), request_id_header=ours),
+                     make_environ(**{"HTTP_" + ours.upper().replace("-", "_"): "from-client"}))
+    assert resp.header(ours) == ["from-client"]
+    assert logs.access()[0]["content_length"] == 1
 
 
 def test_headers_list_of_the_app_is_not_mutated(logs: LogCapture) -> None:
