@@ -18,7 +18,7 @@ from .health import Check, HealthChecks, Readiness
 from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
-from .process_metrics import ProcessSampler, service_pid
+from .process_metrics import ProcessSampler
 from .request_id import RequestIdPolicy
 from .settings import Settings
 from .store.maintenance import Maintenance, maintenance_for
@@ -110,7 +110,7 @@ class ObservabilityMiddleware:
         if settings.summary:
             history = History(self.registry, f"{settings.namespace}_" if settings.namespace else "")
             maintenance.tasks.append(history.sample)
-            summary = SummaryApp(settings, self.registry, history, started_at=procfs.start_time(service_pid()))
+            summary = SummaryApp(settings, self.registry, history, started_at=procfs.start_time(procfs.service_pid()))
             self.mount("/api/metrics/summary", self.guard.protect(summary.summary))
             self.mount("/api/metrics/errors", self.guard.protect(summary.errors))
 

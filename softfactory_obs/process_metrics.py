@@ -1,9 +1,10 @@
 """Per-worker process metrics, sampled by each worker about itself off the request path.
 
-Reading them (procfs.py) costs tens of µs, so it runs in the maintenance thread every few seconds,
-never in a request. Each worker claims the lowest free slot number (a ``flock`` on ``slot-<n>.lock`` held for
-life, so a killed worker's slot frees itself) and labels its series ``worker="<n>"``: the label
-set stays as small as the number of workers, and a successor takes over its predecessor's series.
+Reading them (procfs.py) costs tens of µs, so it runs in the maintenance thread every few
+seconds, never in a request. Each worker claims the lowest free slot number (a ``flock`` on
+``slot-<n>.lock`` held for life, so a killed worker's slot frees itself) and labels its series
+``worker="<n>"``: the label set stays as small as the number of workers, and a successor takes
+over its predecessor's series.
 Gauges are live-only, so a dead worker's memory disappears from the next scrape, kill -9 included.
 CPU is a single counter over all workers: each incarnation adds what it used since its last
 sample, so the total only grows across any churn.
@@ -105,7 +106,7 @@ class ProcessSampler:
 
     def collect_at_scrape(self) -> Iterable[Family]:
         """Service-level facts computed in the scraping process: uptime, master memory, info."""
-        service = service_pid()
+        service = procfs.service_pid()
         yield gauge("app_uptime_seconds", "Seconds since the service (the gunicorn master, or this process) started",
                     max(0.0, time.time() - procfs.start_time(service)))
         info = Family("app_info", "Service name and version", "gauge", ["service", "version"])
@@ -114,8 +115,3 @@ class ProcessSampler:
         if service != os.getpid():
             yield gauge("gunicorn_master_resident_memory_bytes", "Resident memory of the master",
                         procfs.resident_bytes(service))
-
-
-def service_pid() -> int:
-    """The gunicorn master when we are one of its workers, else this process."""
-    return os.getppid() if procfs.parent_is_gunicorn() else os.getpid()

@@ -91,6 +91,11 @@ def parent_is_gunicorn() -> bool:
         return False
 
 
+def service_pid() -> int:
+    """The gunicorn master when we are one of its workers, else this process."""
+    return os.getppid() if parent_is_gunicorn() else os.getpid()
+
+
 def pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 
-from ..procfs import parent_is_gunicorn, pid_exists
+from ..procfs import pid_exists, service_pid
 
 ENV = "SOFTFACTORY_OBS_METRICS_DIR"
 _AUTO = re.compile(r"softfactory_obs-(\d+)")
@@ -30,8 +30,7 @@ def auto_directory() -> str | None:
     """The directory for this gunicorn master's workers, or None outside gunicorn (memory mode)."""
     if "gunicorn" not in sys.modules:
         return None
-    master = os.getppid() if parent_is_gunicorn() else os.getpid()
-    path = create_auto_directory(master)
+    path = create_auto_directory(service_pid())
     os.environ[ENV] = path
     return path
 
