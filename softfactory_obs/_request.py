@@ -140,9 +140,7 @@ class RequestCycle:
         "environ",
         "exc",
         "http",
-        "http_exemplar",
         "http_series",
-        "http_stamp",
         "id_rejected",
         "request_id",
         "sent",
@@ -169,9 +167,7 @@ class RequestCycle:
     environ: dict[str, Any]
     exc: BaseException | None
     http: Any  # the method's in-progress state; None when the request is not measured
-    http_exemplar: bytes | None
     http_series: Any
-    http_stamp: int
     id_rejected: bool
     request_id: str
     sent: int

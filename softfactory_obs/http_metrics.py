@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from math import inf
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ class HttpMetrics:
         self.duration = Histogram(f"{p}http_request_duration_seconds",
                                   "Time from the request's arrival until its body was sent and closed",
                                   endpoint_labels, buckets=settings.duration_buckets, exemplars=ex, registry=registry)
-        self.exemplars = ex
+        self.exemplar_interval = settings.exemplar_interval_seconds
         self.in_progress = Gauge(f"{p}http_requests_in_progress", "Requests being served now, all workers",
                                  ["method", *extra], mode="livesum", registry=registry)
         self.slow = Counter(f"{p}http_slow_requests_total",
@@ -137,31 +138,26 @@ class HttpMetrics:
         if series.overflow:
             self.overflow.inc()
         cycle.endpoint = series.endpoint
-        exemplar: bytes | None
-        if self.exemplars:
-            if cycle.trace_id is not None:
-                exemplar = cycle.http_exemplar = b"trace_id=" + cycle.trace_id.encode()
-            elif len(cycle.request_id) <= 60:  # what fits the slot; longer client ids are not cut into false ones
-                exemplar = cycle.http_exemplar = b"request_id=" + cycle.request_id.encode()
-            else:
-                exemplar = cycle.http_exemplar = None
-            stamp = cycle.http_stamp = time_ns()
-        else:
-            exemplar = cycle.http_exemplar = None
-            stamp = cycle.http_stamp = 0
         cycle.http_series = series
+        due = cycle._started >= series.r_due  # an exemplar is kept at least exemplar_interval_seconds
         if environ.get("wsgi.multithread", True):
-            series.requests.inc(1, exemplar, stamp)
+            exemplar = _exemplar(cycle) if due else None
+            if exemplar is not None:
+                series.r_due = cycle._started + self.exemplar_interval
+            series.requests.inc(1, exemplar, time_ns() if exemplar is not None else 0)
             return
         ints = series.r_ints  # the single-writer path, inlined: see _Series
         if ints is None:
             ints = series.bind()
         ints[series.r_slot] += COUNTER_SCALE
-        slot = series.r_ex
-        if exemplar is not None and slot >= 0:
-            odd = ints[slot] = next_odd()  # the seqlock of store.shard.write_exemplar
-            pack_exemplar(series.r_view, slot * 8 + 8, 1.0, stamp, len(exemplar), exemplar)
-            ints[slot] = odd + 1
+        if due:
+            exemplar = _exemplar(cycle)
+            if exemplar is not None:
+                series.r_due = cycle._started + self.exemplar_interval
+                slot = series.r_ex
+                odd = ints[slot] = next_odd()  # the seqlock of store.shard.write_exemplar
+                pack_exemplar(series.r_view, slot * 8 + 8, 1.0, time_ns(), len(exemplar), exemplar)
+                ints[slot] = odd + 1
 
     def _series_for(self, cycle: RequestCycle, live: _Live, status: str, by_path: tuple[Any, str] | None) -> _Series:
         endpoint = resolve(cycle.environ, self.table, status)
@@ -198,7 +194,11 @@ class HttpMetrics:
             live.gauge.dec()
             if series is None:  # the response hook failed: nothing more to attribute
                 return
-            series.duration.observe(duration, cycle.http_exemplar, cycle.http_stamp)
+            n = bisect_left(series.d_bounds, duration) if duration <= series.d_top else series.d_inf
+            exemplar = _exemplar(cycle) if cycle._started >= series.d_due[n] else None
+            if exemplar is not None:
+                series.d_due[n] = cycle._started + self.exemplar_interval
+            series.duration.observe(duration, exemplar, time_ns() if exemplar is not None else 0)
             series.response_size.observe(cycle.size)
             length = environ.get("CONTENT_LENGTH")
             if length and length.isdigit():  # never int() an unchecked header
@@ -217,12 +217,14 @@ class HttpMetrics:
             n = bisect_left(series.d_bounds, duration) if duration <= series.d_top else series.d_inf
             ints[series.d_slots[n]] += 1
             ints[series.d_sum] += round(duration * SUM_SCALE)
-            exemplar = cycle.http_exemplar
-            if exemplar is not None and series.d_ex is not None:
-                slot = series.d_ex[n]
-                odd = ints[slot] = next_odd()
-                pack_exemplar(series.d_view, slot * 8 + 8, duration, cycle.http_stamp, len(exemplar), exemplar)
-                ints[slot] = odd + 1
+            if cycle._started >= series.d_due[n]:
+                exemplar = _exemplar(cycle)
+                if exemplar is not None:
+                    series.d_due[n] = cycle._started + self.exemplar_interval
+                    slot = series.d_ex[n]
+                    odd = ints[slot] = next_odd()
+                    pack_exemplar(series.d_view, slot * 8 + 8, duration, time_ns(), len(exemplar), exemplar)
+                    ints[slot] = odd + 1
             size = cycle.size
             n = bisect_left(SIZE_BUCKETS, size) if size <= _SIZE_TOP else _SIZE_INF
             ints = series.s_ints  # each child's slots share a view; two children's may not
@@ -245,6 +247,16 @@ class HttpMetrics:
                 series.unbind()
         self._live.clear()
         self._by_labels.clear()
+
+
+def _exemplar(cycle: RequestCycle) -> bytes | None:
+    """The request's exemplar labels: its trace id, else its id when that fits the slot (a longer
+    client id is not cut into a false one)."""
+    if cycle.trace_id is not None:
+        return b"trace_id=" + cycle.trace_id.encode()
+    if len(cycle.request_id) <= 60:
+        return b"request_id=" + cycle.request_id.encode()
+    return None
 
 
 _STATUS_500 = "500 Internal Server Error"
@@ -279,9 +291,9 @@ class _Series:
     sizes (only for requests with a body) go through their child; slow requests and exceptions,
     rare, through their family."""
 
-    __slots__ = ("d_bounds", "d_ex", "d_inf", "d_ints", "d_slots", "d_sum", "d_top", "d_view", "duration", "endpoint",
-                 "overflow", "r_ex", "r_ints", "r_slot", "r_view", "request_size", "requests", "response_size",
-                 "s_ints", "s_slots", "s_sum")
+    __slots__ = ("d_bounds", "d_due", "d_ex", "d_inf", "d_ints", "d_slots", "d_sum", "d_top", "d_view", "duration",
+                 "endpoint", "overflow", "r_due", "r_ex", "r_ints", "r_slot", "r_view", "request_size", "requests",
+                 "response_size", "s_ints", "s_slots", "s_sum")
 
     def __init__(self, endpoint: str, requests: Any, duration: Any, response_size: Any, request_size: Any) -> None:
         self.endpoint = endpoint
@@ -304,6 +316,9 @@ class _Series:
     def unbind(self) -> None:
         self.r_ints: Any = None
         self.d_ints: Any = None
+        # When this process may next replace the exemplar of the counter, and of each latency bucket.
+        self.r_due = 0.0 if self.requests._family.exemplars else inf
+        self.d_due = [0.0 if self.duration._family.exemplars else inf] * (self.d_inf + 1)
 
     def bind(self) -> Any:
         """Bind the three children (each child's slots share a view; two children's may not)."""

@@ -86,6 +86,9 @@ class Settings:
     skip_methods: tuple[str, ...] = ()
     # Attach the trace id (or request id) to the request counter and latency buckets (OpenMetrics only).
     exemplars: bool = True
+    # Each worker replaces an exemplar (the counter's, each bucket's) at most this often, as
+    # client_java's sampler does: a scrape shows one per bucket, so one per request is wasted work.
+    exemplar_interval_seconds: float = 1.0
     # Extra labels on every HTTP metric: {"region": "eu-west-1"} (static), or
     # {"tenant": (callable(environ) -> str, {"acme", "globex"})}: values outside the allow-list are "other".
     default_labels: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -136,6 +139,8 @@ class Settings:
                  and len(set(self.duration_buckets)) == len(self.duration_buckets), "duration_buckets",
                  "distinct positive numbers of seconds", self.duration_buckets)
         object.__setattr__(self, "duration_buckets", tuple(sorted(self.duration_buckets)))
+        _require(0 <= self.exemplar_interval_seconds <= 3600, "exemplar_interval_seconds", "0 to 3600 seconds",
+                 self.exemplar_interval_seconds)
         _require(self.slow_request_seconds > 0, "slow_request_seconds", "a positive number of seconds",
                  self.slow_request_seconds)
         _require(10 <= self.max_endpoints <= 100_000, "max_endpoints", "an integer from 10 to 100000",

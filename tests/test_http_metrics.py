@@ -310,8 +310,13 @@ def test_mixed_workload_counts_are_exact_across_4_workers(tmp_path: Path) -> Non
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+def openmetrics(wsgi: Any) -> dict[str, Any]:
+    body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text")).body
+    return {f.name: f for f in parse_openmetrics(body.decode())}
+
+
 def test_exemplars_carry_the_trace_id_in_openmetrics_only(registry: Registry) -> None:
-    wsgi = metrics_app(registry, routes=("/users/{id}",))
+    wsgi = metrics_app(registry, routes=("/users/{id}",), exemplar_interval_seconds=0)
     get(wsgi, "/users/1", HTTP_TRACEPARENT=TRACEPARENT)
     get(wsgi, "/users/2", HTTP_X_REQUEST_ID="req-abc")  # no traceparent: the request id is the exemplar
     body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics",
@@ -355,6 +360,40 @@ def test_newest_exemplar_wins_across_processes(tmp_path: Path) -> None:
     finally:
         os.write(release[1], b"x")
         os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
+def test_an_exemplar_is_kept_for_the_interval_and_each_bucket_has_its_own(registry: Registry, threaded: bool) -> None:
+    wsgi = metrics_app(registry, exemplar_interval_seconds=0.5, duration_buckets=(0.1, 1.0))
+
+    def request(path: str, rid: str) -> None:
+        get(wsgi, path, HTTP_X_REQUEST_ID=rid, **{"wsgi.multithread": threaded})
+
+    def exemplars() -> dict[tuple[str, str], str]:
+        families = openmetrics(wsgi)
+        found = [s for s in families["http_requests"].samples if s.name == "http_requests_total"]
+        found += [s for s in families["http_request_duration_seconds"].samples if s.name.endswith("_bucket")]
+        return {(s.labels["endpoint"], s.labels.get("le", "count")): s.exemplar.labels["request_id"]
+                for s in found if s.exemplar}
+
+    request("/users/1", "first")
+    request("/users/1", "second")  # within the interval: the first stays
+    request("/slow", "slow")  # another series has its own
+    slow = {("/slow", "count"): "slow", ("/slow", "1.0"): "slow"}
+    assert exemplars() == {("/users/{id}", "count"): "first", ("/users/{id}", "0.1"): "first", **slow}
+    time.sleep(0.5)
+    request("/users/1", "third")
+    assert exemplars() == {("/users/{id}", "count"): "third", ("/users/{id}", "0.1"): "third", **slow}
+    assert one(registry, "http_requests_total", method="GET", endpoint="/users/{id}", status="200") == 3
+
+
+def test_a_slow_request_gets_its_bucket_exemplar_within_the_interval(registry: Registry) -> None:
+    wsgi = metrics_app(registry, exemplar_interval_seconds=60, duration_buckets=(0.1, 1.0), routes=("/{page}",))
+    get(wsgi, "/fast", HTTP_X_REQUEST_ID="fast")
+    get(wsgi, "/slow", HTTP_X_REQUEST_ID="slow")  # the same series (/{page}), another bucket
+    buckets = [s for s in openmetrics(wsgi)["http_request_duration_seconds"].samples if s.name.endswith("_bucket")]
+    assert {s.labels["le"]: s.exemplar.labels["request_id"] for s in buckets if s.exemplar} == {
+        "0.1": "fast", "1.0": "slow"}
 
 
 def test_exemplars_can_be_switched_off(registry: Registry) -> None:
