@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
 from .request_id import _current, new_request_id, parse_traceparent
+from .request_id import _take as _take_id
 
 if TYPE_CHECKING:
     from .middleware import ObservabilityMiddleware
@@ -77,7 +78,10 @@ def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: 
     if environ.get(mw.id_key):
         request_id, cycle.id_rejected = mw.request_ids.resolve(environ)
     else:
-        request_id = new_request_id()
+        try:
+            request_id = _take_id()  # new_request_id, inlined
+        except IndexError:
+            request_id = new_request_id()
         cycle.id_rejected = False
     cycle.request_id = environ[REQUEST_ID_KEY] = request_id
     traceparent = environ.get("HTTP_TRACEPARENT")

@@ -98,7 +98,10 @@ class StreamLineHandler(LineHandler):
             super().write_text_line(line, created)
             return
         try:
-            write_all(self._fd, line)  # one write(2) of a whole line: the kernel keeps lines apart, no lock needed
+            # One write(2) of a whole line: the kernel keeps lines apart, no lock needed (write_all, inlined).
+            written = os.write(self._fd, line)
+            if written < len(line):
+                write_all(self._fd, line[written:])
         except Exception as exc:
             report_failure(self.component, exc)
 

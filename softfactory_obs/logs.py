@@ -232,9 +232,18 @@ class DirectRoute:
         """The (handler, service fields) pairs an INFO line goes to; empty when INFO is off for this
         logger; None when logging must run."""
         state = self._state
-        if state is None or not _unchanged(state):
+        try:  # unchanged since the snapshot? (inlined: a call per request is measurable here)
+            fresh = state is not None and state[1] == _switches()
+            if fresh:
+                for obj, saved in state[0]:  # type: ignore[index]
+                    if obj.__dict__ != saved:  # attributes still the same object compare without their __eq__
+                        fresh = False
+                        break
+        except Exception:  # an attribute replaced by an object whose == raises: take a new snapshot
+            fresh = False
+        if not fresh:
             state = self._state = self._take()
-        return state[2]
+        return state[2]  # type: ignore[index]
 
     def _take(self) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets]:
         watched: list[Any] = []
@@ -263,18 +272,6 @@ class DirectRoute:
             targets = []
         # Copied after isEnabledFor, which fills the loggers' level caches.
         return [(obj, _copied(obj.__dict__)) for obj in watched], switches, None if targets is None else tuple(targets)
-
-
-def _unchanged(state: tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets]) -> bool:
-    try:
-        if state[1] != _switches():
-            return False
-        for obj, saved in state[0]:
-            if obj.__dict__ != saved:  # attributes still the same object compare without their __eq__
-                return False
-    except Exception:  # an attribute replaced by an object whose == raises: take a new snapshot
-        return False
-    return True
 
 
 def _copied(attributes: dict[str, Any]) -> dict[str, Any]:
