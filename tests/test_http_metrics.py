@@ -339,6 +339,7 @@ def test_newest_exemplar_wins_across_processes(tmp_path: Path) -> None:
     def one_request(rid: str) -> None:
         call_wsgi(wsgi, make_environ(PATH_INFO="/users/9", HTTP_X_REQUEST_ID=rid))
 
+    one_request("parent")  # within the exemplar interval of what follows: a forked worker must not inherit it
     answered, release = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:  # a live worker that answered first
@@ -355,7 +356,7 @@ def test_newest_exemplar_wins_across_processes(tmp_path: Path) -> None:
         body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text")).body
         families = {f.name: f for f in parse_openmetrics(body.decode())}
         [counter] = [s for s in families["http_requests"].samples if s.name == "http_requests_total"]
-        assert counter.value == 2
+        assert counter.value == 3
         assert counter.exemplar is not None and counter.exemplar.labels == {"request_id": "newer"}
     finally:
         os.write(release[1], b"x")
