@@ -34,6 +34,9 @@ ROTATIONS = {
 }
 
 
+PIPE_BUF = 4096  # POSIX's minimum and Linux's value: a write to a pipe up to this size is never split
+
+
 def write_all(fd: int, data: bytes) -> None:
     # A blocking write returns short only on signals or a full disk; finish the line or raise.
     written = os.write(fd, data)
@@ -94,7 +97,7 @@ class StreamLineHandler(LineHandler):
             self.stream.flush()
 
     def write_text_line(self, line: bytes, created: float) -> None:
-        if self._fd is None:
+        if self._fd is None or len(line) > PIPE_BUF:  # a longer write to a pipe may be split: under the lock
             super().write_text_line(line, created)
             return
         try:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from conftest import call_wsgi, make_environ, skip_or_fail, wrap
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging
 from softfactory_obs._failures import failure_counts
-from softfactory_obs.log_files import DatedFileHandler
+from softfactory_obs.log_files import DatedFileHandler, StreamLineHandler
 
 WRITER = textwrap.dedent("""
     import logging, random, sys, time
@@ -144,3 +145,25 @@ def test_access_lines_reach_a_dated_file_directly(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["path"] for x in lines] == ["/p0", "/p1", "/p2"]
     assert all(path.name == f"app-{x['timestamp'][:10]}.log" for x in lines)
+
+
+
+def test_a_direct_line_beyond_pipe_buf_waits_for_the_handler_lock() -> None:
+    # The kernel may split a write of more than PIPE_BUF bytes to a pipe: a long line takes the
+    # handler's lock (as logging's emit does), so two threads of one worker never mix theirs.
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as stream:
+        handler = StreamLineHandler(stream)
+        handler.write_text_line(b"short\n", 0.0)  # a line PIPE_BUF keeps whole: no lock
+        handler.acquire()
+        try:
+            writer = threading.Thread(target=handler.write_text_line, args=(b"x" * 5000 + b"\n", 0.0))
+            writer.start()
+            writer.join(0.2)
+            assert writer.is_alive()  # waiting for the lock
+        finally:
+            handler.release()
+        writer.join(5)
+        assert not writer.is_alive()
+    with os.fdopen(read_fd, "rb") as pipe:
+        assert pipe.read() == b"short\n" + b"x" * 5000 + b"\n"
