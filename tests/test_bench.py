@@ -1,0 +1,66 @@
+"""`make bench`'s arithmetic: what it reports against issue 8's targets must follow from what it measured."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository's bench/ folder, not an installed package
+bench = importlib.import_module("bench.__main__")
+
+
+def report(**parts: Any) -> dict[str, Any]:
+    return {"meta": {"date": "then"}, **parts}
+
+
+def row(lines: list[str], starts: str) -> list[str]:
+    [found] = [line for line in lines if line.startswith(f"| {starts}")]
+    return [cell.strip() for cell in found.strip("|").split("|")]
+
+
+def test_instructions_are_converted_by_the_naive_middleware_measured_beside_them() -> None:
+    counts = {"bare": 5_000.0, "ours": 86_000.0, "ours-metrics": 32_000.0, "naive": 59_000.0}
+    lines = bench.instructions_table(counts)
+    over, times, at_speed = row(lines, bench.VARIANTS["ours-metrics"])[2:]
+    assert (over, times, at_speed) == ("27,000", "0.50", "2.65")  # 27k of naive's 54k, and 5.3 µs x 0.5
+    targets = bench.targets_table(report(instructions_per_request=counts))
+    full, metrics = [line for line in targets if line.startswith("|   the same by instructions")]
+    assert "| <= 10 | 7.95 | yes |" in full  # 81k / 54k x 5.3
+    assert "| <= 3 | 2.65 | yes |" in metrics
+
+
+def test_gunicorn_throughput_is_judged_on_medians_and_on_each_round() -> None:
+    gunicorn = {
+        "bare": {"rps": [1000.0, 600.0, 1000.0], "rss_mb": [19.0] * 3},
+        # A host that slowed down in round 2 for both: each round's ratio is 0.92, the medians' 0.92 too.
+        "ours": {"rps": [920.0, 552.0, 920.0], "rss_mb": [22.0] * 3},
+    }
+    targets = bench.targets_table(report(gunicorn=gunicorn))
+    assert row(targets, "gunicorn full / bare")[2:4] == ["0.92", "yes"]
+    assert row(targets, "  the same, median of each round's ratio")[2:4] == ["0.92", "yes"]
+    assert row(targets, "worker RSS above bare")[2:4] == ["3.00", "yes"]
+    # Unpaired medians can flatter or hide: ours slow in the round bare was fast.
+    gunicorn["ours"]["rps"] = [800.0, 590.0, 990.0]
+    targets = bench.targets_table(report(gunicorn=gunicorn))
+    assert row(targets, "gunicorn full / bare")[2:4] == ["0.80", "NO"]
+    assert row(targets, "  the same, median of each round's ratio")[2:4] == ["0.98", "yes"]
+
+
+def test_parts_that_did_not_run_are_left_out_and_the_previous_run_is_shown() -> None:
+    now = report(import_ms={"softfactory_obs": 160.0})
+    before = report(import_ms={"softfactory_obs": 120.0})
+    targets = bench.targets_table(now, before)
+    assert row(targets, "import softfactory_obs")[2:5] == ["160.00", "NO", "120.00"]
+    assert not [line for line in targets if "gunicorn" in line or "instructions" in line]
+
+
+def test_the_bench_runs_a_part_end_to_end() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "--only", "startup", "--no-save"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    imported = row(out.splitlines(), "softfactory_obs")
+    assert 0 < float(imported[1]) < 5000
+    assert "| import softfactory_obs, ms | <= 150 |" in out
