@@ -77,7 +77,8 @@ class ObservabilityMiddleware:
         if settings.access_log:
             self.finish_hooks.append(AccessLog(settings))
         if settings.metrics:
-            self.finish_hooks.append(self.registry.compact_if_pending)  # last: after the access line
+            self.finish_hooks.append(self._compact_once)  # last: after the access line
+            self.registry.on_fork(self._rearm_compaction)
         self._rebuild_hooks()
         if settings.auto_configure_logging and not logging_configured():
             configure_logging(
@@ -185,6 +186,21 @@ class ObservabilityMiddleware:
         """Call ``hook(cycle)`` once per application request, when its status is final, before the body."""
         self.response_hooks.append(hook)
         self._rebuild_hooks()
+
+    def _compact_once(self, _: object) -> None:
+        """Finish hook until this process's compaction has run; then it leaves the request path."""
+        if not self.registry.compact_if_pending():
+            try:
+                self.finish_hooks.remove(self._compact_once)
+            except ValueError:  # another thread took it out first
+                return
+            self._rebuild_hooks()
+
+    def _rearm_compaction(self) -> None:
+        """In a forked worker: its first request has a compaction to run again."""
+        if self._compact_once not in self.finish_hooks:
+            self.finish_hooks.append(self._compact_once)
+            self._rebuild_hooks()
 
     def _rebuild_hooks(self) -> None:
         self._hooks = Hooks(tuple(self.response_hooks), tuple(self.finish_hooks), tuple(self.start_hooks))

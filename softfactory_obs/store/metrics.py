@@ -181,12 +181,13 @@ class Registry:
             report_failure("metrics store", failure)  # after the lock: reporting writes a metric itself
         return seg, idx
 
-    def compact_if_pending(self, _: object = None) -> None:
+    def compact_if_pending(self, _: object = None) -> bool:
         """Absorb the shards of workers that died before this one started; once per process.
 
-        The middleware calls it after each request's body was sent (a flag check), so the first
-        request of a new worker does not wait for it, and even a worker that lives for a single
-        request leaves no backlog behind.
+        The middleware calls it after a request's body was sent, so the first request of a new
+        worker does not wait for it, and even a worker that lives for a single request leaves no
+        backlog behind. Returns whether a later call may still have work to do: until this process
+        has its shard and has compacted (after a fork, again).
         """
         if self._compact_pending:
             self._compact_pending = False
@@ -196,6 +197,7 @@ class Registry:
                 self.compact(wait=2.0)
             except Exception as exc:
                 report_failure("metrics compaction", exc)
+        return self._writer is None or self._compact_pending
 
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.
