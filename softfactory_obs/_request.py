@@ -144,6 +144,7 @@ class RequestCycle:
         "environ",
         "exc",
         "http",
+        "http_locked",
         "http_series",
         "id_rejected",
         "request_id",
@@ -171,6 +172,7 @@ class RequestCycle:
     environ: dict[str, Any]
     exc: BaseException | None
     http: Any  # the method's in-progress state; None when the request is not measured
+    http_locked: bool  # set by the HTTP metrics' start hook: the server may run requests in threads
     http_series: Any
     id_rejected: bool
     request_id: str

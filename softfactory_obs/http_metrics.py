@@ -98,9 +98,11 @@ class HttpMetrics:
             live = self._live_for(environ)
             if live is None:
                 return
-        if environ.get("wsgi.multithread", True):
+        if environ.get("wsgi.multithread", True):  # read once: the other hooks go by cycle.http_locked
+            cycle.http_locked = True
             live.gauge.inc()
         else:
+            cycle.http_locked = False
             floats = live.floats
             if floats is None:
                 floats = live.bind()
@@ -140,7 +142,7 @@ class HttpMetrics:
         cycle.endpoint = series.endpoint
         cycle.http_series = series
         due = cycle._started >= series.r_due  # an exemplar is kept at least exemplar_interval_seconds
-        if environ.get("wsgi.multithread", True):
+        if cycle.http_locked:
             exemplar = _exemplar(cycle) if due else None
             if exemplar is not None:
                 series.r_due = cycle._started + self.exemplar_interval
@@ -190,7 +192,7 @@ class HttpMetrics:
         environ = cycle.environ
         series = cycle.http_series
         duration = cycle.duration
-        if environ.get("wsgi.multithread", True):
+        if cycle.http_locked:
             live.gauge.dec()
             if series is None:  # the response hook failed: nothing more to attribute
                 return
