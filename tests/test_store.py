@@ -539,13 +539,24 @@ def test_callback_gauges_are_evaluated_at_scrape_time() -> None:
         CallbackGauge("bad name", "x", lambda: 1, registry=registry)
 
 
-def test_a_new_worker_absorbs_its_predecessors_after_its_first_request(store_dir: str) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["built-in-each-worker", "built-before-the-fork"])
+def test_a_new_worker_absorbs_its_predecessors_after_its_first_request(store_dir: str, preload: bool) -> None:
+    # preload: gunicorn --preload builds the app in the master; each worker must still compact.
     registry = Registry(store_dir)
     counter = Counter("handled_total", "x", registry=registry)
 
+    def middleware() -> ObservabilityMiddleware:
+        return ObservabilityMiddleware(lambda e, s: (s("200 OK", [("Content-Type", "text/plain")]), [b"x"])[1],
+                                       registry=registry, auto_configure_logging=False, access_log=False)
+
+    preloaded = middleware() if preload else None
+    if preloaded is not None:
+        call_wsgi(preloaded, {"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
+        assert preloaded._compact_once not in preloaded.finish_hooks  # done in this process: off the request path
+
     def worker_serving_one_request() -> None:
-        mw = ObservabilityMiddleware(lambda e, s: (s("200 OK", [("Content-Type", "text/plain")]), [b"x"])[1],
-                                     registry=registry, auto_configure_logging=False, access_log=False)
+        mw = preloaded or middleware()
+        assert mw._compact_once in mw.finish_hooks
         counter.inc()
         call_wsgi(mw, {"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
 
@@ -554,27 +565,6 @@ def test_a_new_worker_absorbs_its_predecessors_after_its_first_request(store_dir
     snap = StoreDirectory(store_dir).snapshot()
     assert snap.dead_shards == 1  # each worker folded the one before it into the archive
     assert snap.counts[("handled_total", "", ())] == 20 * 1_000_000
-
-
-def test_a_middleware_built_before_the_fork_compacts_again_in_each_worker(store_dir: str) -> None:
-    # gunicorn --preload: the app is built in the master; each worker must still absorb its predecessors.
-    registry = Registry(store_dir)
-    counter = Counter("handled_total", "x", registry=registry)
-    mw = ObservabilityMiddleware(lambda e, s: (s("200 OK", [("Content-Type", "text/plain")]), [b"x"])[1],
-                                 registry=registry, auto_configure_logging=False, access_log=False)
-    call_wsgi(mw, {"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
-    assert mw._compact_once not in mw.finish_hooks  # done in this process: off the request path
-
-    def worker_serving_one_request() -> None:
-        assert mw._compact_once in mw.finish_hooks
-        counter.inc()
-        call_wsgi(mw, {"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
-
-    for _ in range(10):
-        assert in_child(worker_serving_one_request) == 0
-    snap = StoreDirectory(store_dir).snapshot()
-    assert snap.dead_shards == 1  # each worker folded the one before it into the archive
-    assert snap.counts[("handled_total", "", ())] == 10 * 1_000_000
 
 
 def test_a_reader_killed_inside_its_read_section_blocks_nobody(store_dir: str) -> None:
