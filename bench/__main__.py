@@ -2,7 +2,7 @@
 
 Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``instructions`` (the same
 requests under callgrind: instructions per request, which the host's load does not move),
-``load`` (gunicorn + wrk: throughput, p99, worker RSS), ``store`` (one write), ``scrape`` (scrape
+``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one write), ``scrape`` (scrape
 time vs dead workers), ``startup`` (import time). The tables are printed and written to
 ``bench/results/`` as JSON and Markdown, named by time, so a run can be compared with an earlier
 one.
@@ -79,6 +79,15 @@ def _of_bare_paired(report: dict[str, Any], variant: str) -> float:
     return statistics.median(v / b for v, b in zip(runs[variant]["rps"], runs["bare"]["rps"], strict=True))
 
 
+def _cpu_of_bare(report: dict[str, Any], variant: str) -> float:
+    """Bare's worker CPU per request over the variant's: the throughput ratio when the workers alone
+    had the cores (older saved runs did not measure it)."""
+    runs = report["gunicorn"]
+    if "cpu_us" not in runs[variant]:
+        raise KeyError("cpu_us")
+    return statistics.median(runs["bare"]["cpu_us"]) / statistics.median(runs[variant]["cpu_us"])
+
+
 def _rss_above(report: dict[str, Any], variant: str) -> float:
     runs = report["gunicorn"]
     return statistics.median(runs[variant]["rss_mb"]) - statistics.median(runs["bare"]["rss_mb"])
@@ -131,6 +140,7 @@ TARGETS = [
      lambda r: _by_instructions(r, "ours-metrics"), 3.0, True),
     ("gunicorn full / bare throughput", lambda r: _of_bare(r, "ours"), 0.90, False),
     ("  the same, median of each round's ratio", lambda r: _of_bare_paired(r, "ours"), 0.90, False),
+    ("  the same by the workers' CPU per request (bare / full)", lambda r: _cpu_of_bare(r, "ours"), 0.90, False),
     ("counter inc, ns", lambda r: r["store_ns_per_call"]["ours-directory counter inc"], 300.0, True),
     ("histogram observe, ns", lambda r: r["store_ns_per_call"]["ours-directory histogram observe"], 600.0, True),
     ("scrape flat under churn: most dead / fewest dead", _scrape_growth, 1.5, True),
@@ -172,12 +182,15 @@ def previous_report() -> dict[str, Any] | None:
 def load_table(results: dict[str, load.LoadResult]) -> list[str]:
     rps = {v: statistics.median(r.rps) for v, r in results.items()}
     rss = {v: statistics.median(r.rss_mb) for v, r in results.items()}
-    lines = ["| variant | req/s (median) | spread | of bare | p99 ms | worker RSS MB | RSS above bare MB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    cpu = {v: statistics.median(r.cpu_us) for v, r in results.items()}
+    lines = ["| variant | req/s (median) | spread | of bare | p99 ms | worker CPU µs / request | bare's CPU / this "
+             "| worker RSS MB | RSS above bare MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, r in results.items():
         base = bare_of(variant)
         lines.append(f"| {VARIANTS[variant]} | {rps[variant]:.0f} | {spread(r.rps)} | {rps[variant] / rps[base]:.3f} "
-                     f"| {statistics.median(r.p99_ms):.2f} | {rss[variant]:.1f} | {rss[variant] - rss[base]:+.1f} |")
+                     f"| {statistics.median(r.p99_ms):.2f} | {cpu[variant]:.0f} | {cpu[base] / cpu[variant]:.3f} "
+                     f"| {rss[variant]:.1f} | {rss[variant] - rss[base]:+.1f} |")
     return lines
 
 

@@ -1,4 +1,4 @@
-"""Under gunicorn: throughput and p99 with wrk, worker RSS after the load, per variant.
+"""Under gunicorn: throughput and p99 with wrk, the workers' CPU per request, worker RSS after the load.
 
 Every variant is served by a real gunicorn (sync workers, the deployment the targets speak of)
 and loaded by wrk on loopback (by Python client processes where wrk is missing), in turns round
@@ -35,6 +35,9 @@ class LoadResult:
     rps: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    # The workers' CPU time (user + system, all threads) per request answered: what the app and we
+    # cost, without the load generator and the neighbours that share the cores and move req/s.
+    cpu_us: list[float] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -126,6 +129,10 @@ def generator() -> str:
     return "wrk" if shutil.which("wrk") else "python"
 
 
+def _workers_cpu_seconds(master: int) -> float:
+    return sum(sum(child.cpu_times()[:2]) for child in psutil.Process(master).children())
+
+
 def _worker_rss_mb(master: int) -> list[float]:
     return [child.memory_info().rss / 2**20 for child in psutil.Process(master).children()]
 
@@ -141,7 +148,9 @@ def run(rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: in
             for variant in ORDER:
                 with gunicorn(variant, workers, tmp) as (port, master):
                     load(port, 1.0, connections, path)  # warm-up: imports, first binds, caches
+                    cpu = _workers_cpu_seconds(master)
                     rps, p99 = load(port, seconds, connections, path)
+                    results[variant].cpu_us.append((_workers_cpu_seconds(master) - cpu) / (rps * seconds) * 1e6)
                     for _ in range(4 * workers):  # let every worker serve a scrape, as Prometheus would
                         _get(port, "/metrics")
                     results[variant].rps.append(rps)
