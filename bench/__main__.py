@@ -2,10 +2,10 @@
 
 Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``instructions`` (the same
 requests under callgrind: instructions per request, which the host's load does not move),
-``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one write), ``scrape`` (scrape
-time vs dead workers), ``startup`` (import time). The tables are printed and written to
-``bench/results/`` as JSON and Markdown, named by time, so a run can be compared with an earlier
-one.
+``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one
+write), ``scrape`` (scrape time vs dead workers), ``startup`` (import time). The tables are
+printed and written to ``bench/results/`` as JSON and Markdown, named by time, so a run can be
+compared with an earlier one.
 """
 
 from __future__ import annotations
