@@ -1,6 +1,7 @@
 """``make bench``: our cost next to the bare app and the peers, measured side by side in one run.
 
-Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``instructions`` (the same
+Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``cold`` (the same with
+the caches swept before each request, as under gunicorn), ``instructions`` (the same
 requests under callgrind: instructions per request, which the host's load does not move),
 ``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one
 write), ``scrape`` (scrape time vs dead workers), ``startup`` (import time). The tables are
@@ -26,7 +27,7 @@ from . import instructions, load, peers, store
 from .apps import VARIANTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("peers", "instructions", "load", "store", "scrape", "startup")
+PARTS = ("peers", "cold", "instructions", "load", "store", "scrape", "startup")
 # Import time of each package alone, in a fresh interpreter.
 MODULES = ("softfactory_obs", "prometheus_client", "prometheus_flask_exporter", "opentelemetry.instrumentation.wsgi")
 
@@ -55,6 +56,18 @@ def peers_table(samples: dict[str, list[float]]) -> list[str]:
     flask_ours, flask_pfe = med["flask-ours"] - med["flask"], med["flask-pfe"] - med["flask"]
     lines.append(f"| *Flask: ours full overhead / prometheus_flask_exporter overhead* | | | | "
                  f"{ratio(flask_ours, flask_pfe)} |")
+    return lines
+
+
+def cold_table(samples: dict[str, list[float]]) -> list[str]:
+    med = {v: statistics.median(s) for v, s in samples.items()}
+    naive = med["naive"] - med["bare"]
+    lines = ["| variant | µs/request (median) | spread | overhead µs | x naive's overhead |",
+             "|---|---:|---:|---:|---:|"]
+    for variant, values in samples.items():
+        over = med[variant] - med["bare"]
+        cells = ("", "") if variant == "bare" else (f"{over:.2f}", ratio(over, naive))
+        lines.append(f"| {VARIANTS[variant]} | {med[variant]:.2f} | {spread(values)} | {' | '.join(cells)} |")
     return lines
 
 
@@ -241,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         report["peers_us_per_request"] = samples
         section(f"In-process, µs per request ({args.iterations} direct WSGI calls per sample, each variant in its "
                 "own interpreter)", peers_table(samples))
+    if "cold" in parts:
+        cold = report["cold_us_per_request"] = peers.run(rounds=args.rounds, n=1500, order=peers.COLD_ORDER,
+                                                          sweep=peers.COLD_SWEEP)
+        section(f"In-process with cold caches, µs per request ({peers.COLD_SWEEP // 1_000_000} MB swept through the "
+                "caches before each of 1500 calls, not timed)", cold_table(cold))
     if "instructions" in parts:
         instructions_part(report, section)
     if "load" in parts:

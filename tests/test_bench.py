@@ -67,3 +67,9 @@ def test_the_bench_runs_a_part_end_to_end() -> None:
     imported = row(out.splitlines(), "softfactory_obs")
     assert 0 < float(imported[1]) < 5000
     assert "| import softfactory_obs, ms | <= 150 |" in out
+
+
+def test_the_cold_table_compares_overheads_with_the_naive_middleware() -> None:
+    lines = bench.cold_table({"bare": [4.0, 5.0, 4.0], "ours": [40.0, 44.0, 39.0], "naive": [24.0, 26.0, 30.0]})
+    assert row(lines, bench.VARIANTS["ours"])[1:] == ["40.00", "39.00-44.00", "36.00", "1.64"]  # 36 / 22
+    assert row(lines, bench.VARIANTS["bare"])[3:] == ["", ""]
