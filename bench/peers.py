@@ -24,7 +24,7 @@ RUNNER = textwrap.dedent('''
     import io, os, sys, time
     from bench.apps import PATH, build
     variant, n = sys.argv[1], int(sys.argv[2])
-    flush = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # bytes to sweep through the caches before each request
+    sweep = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # bytes to run through the caches before each request
     app = build(variant, log_stream=open(os.devnull, "w"))
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": PATH, "QUERY_STRING": "", "SERVER_NAME": "bench",
                "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
@@ -44,16 +44,16 @@ RUNNER = textwrap.dedent('''
             close()
     for _ in range(500):
         once()
-    if not flush:
+    if not sweep:
         t = time.perf_counter()
         for _ in range(n):
             once()
         print((time.perf_counter() - t) / n * 1e6)
     else:
-        sweep, objects = bytearray(flush), [object() for _ in range(flush // 200)]
+        data, objects = bytearray(sweep), [object() for _ in range(sweep // 200)]
         spent = 0.0
         for _ in range(n):
-            bytes(sweep)  # data caches, and the allocator's hot blocks
+            bytes(data)  # data caches, and the allocator's hot blocks
             for _ in objects:
                 pass
             t = time.perf_counter()
@@ -64,7 +64,7 @@ RUNNER = textwrap.dedent('''
 
 
 # With the caches swept before each request, as a gunicorn worker meets its next request after
-# the kernel, the parser and the other workers have run: our in-process cost times 3-6 there.
+# the kernel, the parser and the other workers have run: our in-process cost times 3-4 there.
 COLD_ORDER = ["bare", "ours", "ours-metrics", "ours-log", "naive"]
 COLD_SWEEP = 4_000_000
 
