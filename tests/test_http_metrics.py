@@ -365,7 +365,8 @@ def test_newest_exemplar_wins_across_processes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
 def test_an_exemplar_is_kept_for_the_interval_and_each_bucket_has_its_own(registry: Registry, threaded: bool) -> None:
-    wsgi = metrics_app(registry, exemplar_interval_seconds=0.5, duration_buckets=(0.1, 1.0))
+    # A second apart at least: a busy CI host must not stretch the first two requests past the interval.
+    wsgi = metrics_app(registry, exemplar_interval_seconds=1.0, duration_buckets=(0.1, 1.0))
 
     def request(path: str, rid: str) -> None:
         get(wsgi, path, HTTP_X_REQUEST_ID=rid, **{"wsgi.multithread": threaded})
@@ -382,7 +383,7 @@ def test_an_exemplar_is_kept_for_the_interval_and_each_bucket_has_its_own(regist
     request("/slow", "slow")  # another series has its own
     slow = {("/slow", "count"): "slow", ("/slow", "1.0"): "slow"}
     assert exemplars() == {("/users/{id}", "count"): "first", ("/users/{id}", "0.1"): "first", **slow}
-    time.sleep(0.5)
+    time.sleep(1.0)
     request("/users/1", "third")
     assert exemplars() == {("/users/{id}", "count"): "third", ("/users/{id}", "0.1"): "third", **slow}
     assert one(registry, "http_requests_total", method="GET", endpoint="/users/{id}", status="200") == 3
