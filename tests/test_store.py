@@ -611,6 +611,36 @@ def test_concurrent_snapshots_in_one_process_never_count_twice(store_dir: str) -
     assert too_high == []
 
 
+def test_a_failing_fork_reset_leaves_every_other_registry_reset(store_dir: str) -> None:
+    # One registry's trouble after fork must not leave another bound to the parent's shard.
+    broken, sound = Registry(), Registry(store_dir)
+    calls: list[str] = []
+
+    class Owner:
+        def boom(self) -> None:
+            raise RuntimeError("boom")
+
+        def forget(self) -> None:
+            calls.append("forgot")
+
+    owner = Owner()
+    broken.on_fork(owner.boom)
+    broken.on_fork(owner.forget)  # after the failing one, on the same registry
+    sound.on_fork(owner.forget)
+    counter = Counter("after_fork_total", "x", registry=sound)
+    counter.inc()  # bound to this process's shard
+
+    def child() -> None:
+        assert calls == ["forgot", "forgot"]
+        assert failure_counts().get("metrics store after fork") == 1
+        counter.inc()  # into the child's own shard
+
+    assert in_child(child) == 0
+    snap = StoreDirectory(store_dir).snapshot()
+    assert snap.live_shards + snap.dead_shards == 2  # the parent's and the child's, not one shared
+    assert value(sound, "after_fork_total") == 2
+
+
 def test_fork_callbacks_do_not_keep_their_owners_alive() -> None:
     import gc  # noqa: PLC0415
     import weakref  # noqa: PLC0415

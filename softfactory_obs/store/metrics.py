@@ -201,19 +201,30 @@ class Registry:
 
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.
+        # Every step runs whatever an earlier one raised (a binding left behind would write into
+        # the parent's shard); the first failure is raised at the end.
         self._lock = threading.Lock()
         self._directory = None  # its locks may have been held by a thread that does not exist here
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
         self._metas_written = set()
         for child in self._children:
             child._unbind()
         self._children = []
+        failure: Exception | None = None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception as exc:
+                failure = exc
         for ref in self._on_fork:
             forget = ref()
             if forget is not None:
-                forget()
+                try:
+                    forget()
+                except Exception as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -244,8 +255,14 @@ _REGISTRIES: list[Registry] = []
 
 
 def _after_fork() -> None:
-    for registry in _REGISTRIES:
-        registry._after_fork_in_child()
+    failures: list[Exception] = []
+    for registry in _REGISTRIES:  # each one, whatever another raised
+        try:
+            registry._after_fork_in_child()
+        except Exception as exc:
+            failures.append(exc)
+    for failure in failures:  # after the loop: counting a failure writes a metric, which needs reset registries
+        report_failure("metrics store after fork", failure)
 
 
 os.register_at_fork(after_in_child=_after_fork)
