@@ -641,6 +641,26 @@ def test_a_failing_fork_reset_leaves_every_other_registry_reset(store_dir: str) 
     assert value(sound, "after_fork_total") == 2
 
 
+def test_a_view_of_the_parents_shard_left_alive_does_not_stop_the_childs_reset(store_dir: str) -> None:
+    # A reader's generator abandoned mid-scrape keeps a view of the shard until it is collected.
+    registry = Registry(store_dir)
+    counter = Counter("viewed_total", "x", registry=registry)
+    counter.inc()
+    assert registry._writer is not None
+    lingering = memoryview(registry._writer.buffers()[0][1]).cast("q")
+
+    def child() -> None:
+        assert "metrics store after fork" not in failure_counts()
+        assert registry._writer is None  # reset: the next write binds a shard of the child's own
+        counter.inc()
+
+    try:
+        assert in_child(child) == 0
+    finally:
+        lingering.release()
+    assert StoreDirectory(store_dir).snapshot().counts[("viewed_total", "", ())] == 2 * 1_000_000
+
+
 def test_fork_callbacks_do_not_keep_their_owners_alive() -> None:
     import gc  # noqa: PLC0415
     import weakref  # noqa: PLC0415

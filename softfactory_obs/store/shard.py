@@ -211,7 +211,10 @@ class ShardWriter:
             seg.ints.release()
             seg.floats.release()
             seg.view.release()  # every view must go first: an mmap with exported buffers cannot close
-            seg.buf.close()
+            try:
+                seg.buf.close()
+            except BufferError:  # a reader's view not yet collected: the mapping goes with it
+                pass
         self.segments = []
         if self.fd is not None:
             os.close(self.fd)  # in a forked child this drops only the child's copy; the parent keeps its lock
