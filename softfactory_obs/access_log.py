@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from ._request import RequestCycle
 
 REDACTED = "[REDACTED]"
+# The longest request text (path, user agent) a per-process cache keeps: hot values are short, and
+# a scanner's 8 KB paths or random agents must not pile up.
+MAX_CACHED_TEXT = 256
 TRUNCATED = "...[truncated]"
 _LOGGER_JSON = json_string(ACCESS_LOGGER)
 _FIELDS = ("request_id", "method", "path", "endpoint", "status", "latency_ms", "content_length", "remote_addr",
@@ -220,7 +223,7 @@ class AccessLog:
         rendered = (f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ',
                     f'"method": {method_json}, "path": {full_path_json}, "endpoint": {json_string(endpoint)}, '
                     f'"status": {status}')
-        if key is not None and len(full_path) <= 256:
+        if key is not None and len(full_path) <= MAX_CACHED_TEXT:
             if len(self._rendered) >= 1024:  # bounded; emptied rather than frozen, so hot lines come back
                 self._rendered.clear()
             self._rendered[key] = rendered
@@ -229,7 +232,7 @@ class AccessLog:
     def _remember(self, text: str) -> str:
         """The JSON string of a user agent (clients repeat them); bounded."""
         escaped = json_string(text)
-        if len(self._agents) < 1024 and len(text) <= 256:  # a scanner's long random agents are not kept
+        if len(self._agents) < 1024 and len(text) <= MAX_CACHED_TEXT:
             self._agents[text] = escaped
         return escaped
 

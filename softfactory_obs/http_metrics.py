@@ -17,10 +17,11 @@ from math import inf
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
+from .access_log import MAX_CACHED_TEXT
 from .routes import OVERFLOW, ROUTE_KEY, EndpointCap, RouteTable, resolve
 from .settings import Settings
 from .store.metrics import COUNTER_SCALE, SUM_SCALE, Counter, Gauge, Histogram, Registry, pack_exemplar
-from .store.shard import next_odd
+from .store.shard import EXEMPLAR_ID_MAX, next_odd
 
 if TYPE_CHECKING:
     from ._request import RequestCycle
@@ -181,7 +182,7 @@ class HttpMetrics:
                 live.series[(endpoint, status)] = series
         if overflow:
             series = series.folded()  # the overflow counter counts each request it folds
-        if by_path is not None and len(live.by_path) < _CACHED and len(str(by_path[0])) <= _CACHED_PATH:
+        if by_path is not None and len(live.by_path) < _CACHED and len(str(by_path[0])) <= MAX_CACHED_TEXT:
             live.by_path[by_path] = series
         return series
 
@@ -256,14 +257,14 @@ def _exemplar(cycle: RequestCycle) -> bytes | None:
     client id is not cut into a false one)."""
     if cycle.trace_id is not None:
         return b"trace_id=" + cycle.trace_id.encode()
-    if len(cycle.request_id) <= 60:
+    if len(cycle.request_id) <= _ID_ROOM:
         return b"request_id=" + cycle.request_id.encode()
     return None
 
 
+_ID_ROOM = EXEMPLAR_ID_MAX - len(b"request_id=")  # 60: the longest client id an exemplar keeps whole
 _STATUS_500 = "500 Internal Server Error"
 _CACHED = 4096
-_CACHED_PATH = 256  # longer paths are resolved each time: a scanner's 8 KB paths must not pile up
 
 
 class _Live:

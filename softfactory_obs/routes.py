@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 from . import _request
 from ._failures import report_failure
-from .access_log import wsgi_to_text
+from .access_log import MAX_CACHED_TEXT, wsgi_to_text
 
 ROUTE_KEY = _request.ROUTE_KEY  # where the adapters put the template; defined beside the other environ keys
 UNMATCHED = "__unmatched__"
@@ -208,7 +208,7 @@ def resolve(environ: dict[str, object], table: RouteTable, status: str | None) -
         path = wsgi_to_text(raw)
         template = table.match(path)
         known = (template, True) if template is not None else (normalise(path) or "/", False)
-        if len(table.resolved) < 10_000 and len(raw) <= 256:  # hot paths repeat; a scanner's must not pile up
+        if len(table.resolved) < 10_000 and len(raw) <= MAX_CACHED_TEXT:  # hot paths repeat
             table.resolved[raw] = known
     endpoint, matched = known
     if not matched and status is not None and status.startswith("404"):
