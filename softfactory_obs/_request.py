@@ -53,9 +53,23 @@ def _hook_failed(hook: FinishHook, exc: Exception) -> None:
     report_failure(getattr(owner, "component", "request hook"), exc)
 
 _STATUS_500 = "500 Internal Server Error"
+# Content-Length values as ints: apps send a handful, and a lookup costs a tenth of int(). Bounded:
+# request lengths are the client's to choose.
+LENGTHS: dict[str, int] = {}
 REQUEST_ID_KEY = "softfactory_obs.request_id"
 ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
 _new = object.__new__
+
+
+def parse_length(value: object) -> int | None:
+    """A Content-Length header's byte count, or None when it is not one. ASCII digits only: int()
+    would take ' 5' and '5_0', and str.isdigit() passes '²', on which int() raises."""
+    if type(value) is not str or not (value.isascii() and value.isdigit()):
+        return None
+    length = int(value)
+    if len(LENGTHS) < 4096 and len(value) <= 20:
+        LENGTHS[value] = length
+    return length
 
 
 def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: Callable[..., Any], hooks: Hooks,
@@ -75,7 +89,7 @@ def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: 
     cycle._hooks = hooks
     cycle.environ = environ
     cycle._server_start_response = start_response
-    if environ.get(mw.id_key):
+    if mw.id_key in environ:  # an empty one is resolved as absent
         request_id, cycle.id_rejected = mw.request_ids.resolve(environ)
     else:
         try:
@@ -84,8 +98,8 @@ def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: 
             request_id = new_request_id()
         cycle.id_rejected = False
     cycle.request_id = environ[REQUEST_ID_KEY] = request_id
-    traceparent = environ.get("HTTP_TRACEPARENT")
-    trace_id = cycle.trace_id = parse_traceparent(traceparent) if traceparent else None
+    trace_id = cycle.trace_id = (
+        parse_traceparent(environ["HTTP_TRACEPARENT"]) if "HTTP_TRACEPARENT" in environ else None)
     cycle._token = _current.set((request_id, trace_id))
     cycle.status = cycle.content_length = cycle.exc = cycle._result = None
     cycle.http = cycle.http_series = cycle.endpoint = None  # set by the HTTP metrics hooks
@@ -193,7 +207,10 @@ class RequestCycle:
         for name, value in headers:
             if name in others:  # the usual names, as apps spell them: neither ours nor Content-Length
                 continue
-            # Compare lengths first: lower() on every header is most of this loop's cost.
+            if name == "Content-Length":
+                content_length = value
+                continue
+            # Other spellings. Compare lengths first: lower() on every header is most of this loop's cost.
             size = len(name)
             if size == 14 and name.lower() == "content-length":
                 content_length = value
@@ -212,7 +229,7 @@ class RequestCycle:
             finally:
                 exc_info = None  # no reference cycle through the traceback
         self.status = status
-        self.content_length = content_length
+        self.content_length = content_length if type(content_length) is str else None  # a lax server's int
         return self.write
 
     def write(self, data: bytes) -> Any:
@@ -229,7 +246,7 @@ class RequestCycle:
         if type(result) is list:  # (a failed app's 500 is never a list: _result stays None)
             # The common case needs no per-block work: the size is known now, nothing can raise.
             declared = self.content_length
-            if declared is None or not declared.isdigit():
+            if declared is None or (declared not in LENGTHS and parse_length(declared) is None):
                 try:
                     self.sent = sum(map(len, result))
                 except TypeError:
@@ -331,7 +348,13 @@ class RequestCycle:
         self.duration = perf_counter() - self._started
         # Body bytes: the declared Content-Length when the app gave a valid one, else what was sent.
         declared = self.content_length
-        self.size = int(declared) if declared is not None and declared.isdigit() else self.sent
+        if declared is None:
+            self.size = self.sent
+        else:
+            size = LENGTHS.get(declared)
+            if size is None:
+                size = parse_length(declared)
+            self.size = self.sent if size is None else size
         try:
             if not self._recorded:  # no body byte ever went out: errors, empty bodies, early closes
                 self._record()

@@ -17,6 +17,7 @@ from math import inf
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
+from ._request import LENGTHS, parse_length
 from .access_log import MAX_CACHED_TEXT
 from .routes import OVERFLOW, ROUTE_KEY, EndpointCap, RouteTable, resolve
 from .settings import Settings
@@ -190,9 +191,10 @@ class HttpMetrics:
         live = cycle.http
         if live is None:
             return
-        environ = cycle.environ
         series = cycle.http_series
         duration = cycle.duration
+        length = cycle.environ.get("CONTENT_LENGTH")  # the client's: never int() an unchecked header
+        request_size = (LENGTHS.get(length) or parse_length(length)) if length else None
         if cycle.http_locked:
             live.gauge.dec()
             if series is None:  # the response hook failed: nothing more to attribute
@@ -203,9 +205,8 @@ class HttpMetrics:
                 series.d_due[n] = cycle._started + self.exemplar_interval
             series.duration.observe(duration, exemplar, time_ns() if exemplar is not None else 0)
             series.response_size.observe(cycle.size)
-            length = environ.get("CONTENT_LENGTH")
-            if length and length.isdigit():  # never int() an unchecked header
-                series.request_size.observe(int(length))
+            if request_size is not None:
+                series.request_size.observe(request_size)
         else:
             floats = live.floats
             if floats is None:
@@ -233,9 +234,8 @@ class HttpMetrics:
             ints = series.s_ints  # each child's slots share a view; two children's may not
             ints[series.s_slots[n]] += 1
             ints[series.s_sum] += size  # _bytes sums are whole bytes
-            length = environ.get("CONTENT_LENGTH")
-            if length and length.isdigit():
-                series.request_size.observe_unlocked(int(length))
+            if request_size is not None:
+                series.request_size.observe_unlocked(request_size)
         # The rare ones, through the family:
         if duration > self.slow_seconds:
             self.slow.labels(live.method, series.endpoint, *live.labels).inc()

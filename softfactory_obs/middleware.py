@@ -133,11 +133,10 @@ class ObservabilityMiddleware:
         if self.maintenance is not None and not self.maintenance.started:
             self.maintenance.ensure_started()  # once per worker process
             self.readiness.watch_sigterm()
-        routes = self.telemetry_routes
-        telemetry = routes.get(environ.get("PATH_INFO")) if routes else None  # type: ignore[arg-type]
-        if telemetry is None:
+        path = environ.get("PATH_INFO")
+        if path not in self.telemetry_routes:
             return serve(self, environ, start_response, self._hooks, self.app)
-        return serve(self, environ, start_response, self._telemetry_hooks, telemetry)
+        return serve(self, environ, start_response, self._telemetry_hooks, self.telemetry_routes[path])
 
     # -- extension points for the metrics, health and Redis modules ----------------------------
 

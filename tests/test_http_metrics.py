@@ -19,6 +19,7 @@ from servers import Gunicorn, scrape
 from servers import get as http_get
 
 from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs._failures import failure_counts
 from softfactory_obs.routes import OVERFLOW, UNMATCHED, EndpointCap, RouteTable, normalise
 from softfactory_obs.store.metrics import Registry
 
@@ -115,6 +116,30 @@ def test_every_write_path_counts_exactly(registry: Registry, threaded: bool) -> 
     assert one(registry, "http_response_size_bytes_sum", **labels) == 2 * n
     assert one(registry, "http_response_size_bytes_bucket", le="100.0", **labels) == n
     assert one(registry, "http_requests_in_progress", method="POST") == 0
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
+@pytest.mark.parametrize("length", ["\u00b2", " 7", "7_0", "-7", "\u0663"])
+def test_a_content_length_that_is_not_ascii_digits_is_not_a_size(registry: Registry, threaded: bool,
+                                                                   length: str) -> None:
+    """'²' passes str.isdigit() and makes int() raise; ' 7' and '7_0' int() takes. Neither side's
+    value is a size: the response's falls back to the bytes sent, the request's is not observed,
+    and nothing fails (a raise in finish once left the request unfinished and its gauge up)."""
+    def odd(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [*TEXT, ("Content-Length", length)])
+        return [b"abc"]
+
+    wsgi = ObservabilityMiddleware(odd, registry=registry, auto_configure_logging=False, access_log=False)
+    for _ in range(2):  # the second request meets the parsed-lengths cache
+        response = call_wsgi(wsgi, make_environ(PATH_INFO="/odd", REQUEST_METHOD="POST", CONTENT_LENGTH=length,
+                                                **{"wsgi.multithread": threaded}))
+        assert response.body == b"abc"
+    labels = {"method": "POST", "endpoint": "/odd"}
+    assert one(registry, "http_requests_total", status="200", **labels) == 2
+    assert one(registry, "http_response_size_bytes_sum", **labels) == 6
+    assert sum(series(registry, "http_request_size_bytes_count").values()) == 0
+    assert one(registry, "http_requests_in_progress", method="POST") == 0
+    assert failure_counts() == {}
 
 
 def test_in_progress_counts_requests_being_served(registry: Registry) -> None:
