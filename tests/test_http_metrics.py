@@ -142,6 +142,25 @@ def test_a_content_length_that_is_not_ascii_digits_is_not_a_size(registry: Regis
     assert failure_counts() == {}
 
 
+@pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
+def test_sizes_on_a_bucket_bound_fall_in_that_bucket(registry: Registry, threaded: bool) -> None:
+    """le is inclusive: 100 bytes are in le=100, 101 in le=1000, on both write paths."""
+    def sized(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = b"x" * int(environ["PATH_INFO"][1:])
+        start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])
+        return [body]
+
+    wsgi = ObservabilityMiddleware(sized, registry=registry, auto_configure_logging=False, access_log=False,
+                                   routes=["/{n}"])
+    for n in (0, 100, 101, 1000, 10_001):
+        call_wsgi(wsgi, make_environ(PATH_INFO=f"/{n}", REQUEST_METHOD="PUT", CONTENT_LENGTH=str(n),
+                                     **{"wsgi.multithread": threaded}))
+    labels = {"method": "PUT", "endpoint": "/{n}"}
+    for name in ("http_response_size_bytes_bucket", "http_request_size_bytes_bucket"):
+        cumulative = {le: one(registry, name, le=le, **labels) for le in ("100.0", "1000.0", "10000.0", "+Inf")}
+        assert cumulative == {"100.0": 2, "1000.0": 4, "10000.0": 4, "+Inf": 5}, name
+
+
 def test_in_progress_counts_requests_being_served(registry: Registry) -> None:
     inside = threading.Event()
     release = threading.Event()
