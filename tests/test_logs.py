@@ -326,6 +326,24 @@ def test_direct_line_is_byte_identical_to_the_formatted_record(logs: LogCapture,
     assert _stable(direct) == _stable(formatted)
 
 
+@pytest.mark.parametrize("seconds", [0.0, 4e-7, 6e-7, 0.0000123, 0.0015, 0.0125, 0.999999, 1.0, 3.0004999, 86.4])
+def test_direct_line_spells_latency_as_the_formatted_record_does(logs: LogCapture, seconds: float) -> None:
+    """The direct line builds latency_ms from whole microseconds; the record holds round(ms, 3). (They
+    may end one digit apart for a duration within float error of half a microsecond.)"""
+    mw = ObservabilityMiddleware(ok, auto_configure_logging=False)
+
+    def fixed_duration(cycle: Any) -> None:
+        cycle.duration = seconds
+
+    mw.finish_hooks.insert(0, fixed_duration)  # before the access line reads it
+    mw._rebuild_hooks()
+    [access] = [h for h in mw.finish_hooks if isinstance(h, AccessLog)]
+    assert access.route.targets()  # the direct line
+    call_wsgi(mw)
+    [spelled] = re.findall(r'"latency_ms": ([^,]+),', logs.raw())
+    assert spelled == repr(round(seconds * 1000.0, 3))
+
+
 def test_direct_line_follows_logging_reconfigured_between_requests(logs: LogCapture) -> None:
     wsgi = wrap(ok)
     call_wsgi(wsgi, make_environ(PATH_INFO="/one"))
