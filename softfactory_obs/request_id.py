@@ -72,7 +72,7 @@ def current_trace_id() -> str | None:
 
 
 def parse_traceparent(value: str | None) -> str | None:
-    if not value:
+    if not value or type(value) is not str:  # a lax server's bytes: no trace rather than a failed request
         return None
     match = _TRACEPARENT(value.strip())
     if match is None or match[1] == "ff" or match[2] == _ZERO_TRACE or match[3] == "0" * 16:

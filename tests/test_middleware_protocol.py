@@ -6,6 +6,7 @@ import inspect
 import io
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from conftest import LogCapture, call_wsgi, make_environ, wrap
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging, current_request_id, instrument
 from softfactory_obs._failures import failure_counts
+from softfactory_obs.store.metrics import Registry
 
 TEXT = [("Content-Type", "text/plain")]
 
@@ -382,6 +384,32 @@ def test_failing_finish_hook_never_fails_the_request(logs: LogCapture) -> None:
     assert call_wsgi(mw).body == b"ok"
     assert failure_counts() == {"metrics": 1}
     assert len(logs.access()) == 1  # the other hooks still ran
+
+
+def test_no_thread_to_spare_never_fails_the_first_request(monkeypatch: pytest.MonkeyPatch,
+                                                         logs: LogCapture) -> None:
+    """A container's pids limit: the maintenance thread cannot start. The request is served, the
+    failure reported, and no later request tries again."""
+    starts = []
+
+    def refuse(thread: threading.Thread) -> None:
+        starts.append(thread.name)
+        raise RuntimeError("can't start new thread")
+
+    mw = ObservabilityMiddleware(app_returning([b"ok"]), registry=Registry(), auto_configure_logging=False)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    for _ in range(3):
+        assert call_wsgi(mw).body == b"ok"
+    assert starts == ["softfactory_obs-maintenance"]
+    assert failure_counts() == {"metrics maintenance": 1}
+    assert len(logs.access()) == 3
+
+
+def test_a_lax_servers_bytes_traceparent_is_no_trace(logs: LogCapture) -> None:
+    mw = ObservabilityMiddleware(app_returning([b"ok"]), auto_configure_logging=False)
+    header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert call_wsgi(mw, make_environ(HTTP_TRACEPARENT=header)).body == b"ok"
+    assert "trace_id" not in logs.access()[0]
 
 
 def test_non_bytes_chunks_do_not_crash_bookkeeping(logs: LogCapture) -> None:

@@ -35,8 +35,11 @@ class Maintenance:
             if self.started:
                 return
             self.started = True
-        threading.Thread(target=self._run, args=(self._wake, os.getpid()), name="softfactory_obs-maintenance",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(self._wake, os.getpid()), name="softfactory_obs-maintenance",
+                             daemon=True).start()
+        except RuntimeError as exc:  # "can't start new thread": a container's pids limit. Not retried per request;
+            report_failure("metrics maintenance", exc)  # the first request still compacts (the middleware's hook)
 
     def wake(self) -> None:
         self._wake.set()
