@@ -412,6 +412,26 @@ def test_a_lax_servers_bytes_traceparent_is_no_trace(logs: LogCapture) -> None:
     assert "trace_id" not in logs.access()[0]
 
 
+def test_a_failing_callable_hook_is_reported_under_its_component(logs: LogCapture) -> None:
+    """Objects with __call__ are called through their bound method; a failure still names the object's component."""
+    calls = []
+
+    class Audit:
+        component = "audit trail"
+
+        def __call__(self, cycle: Any) -> None:
+            calls.append(cycle.request_id)
+            raise LookupError
+
+    mw = ObservabilityMiddleware(app_returning([b"ok"]), auto_configure_logging=False)
+    mw.add_finish_hook(Audit())
+    mw.add_response_hook(Audit())
+    assert call_wsgi(mw, make_environ(HTTP_X_REQUEST_ID="audited")).body == b"ok"
+    assert calls == ["audited", "audited"]
+    assert failure_counts() == {"audit trail": 2}
+    assert len(logs.access()) == 1
+
+
 def test_non_bytes_chunks_do_not_crash_bookkeeping(logs: LogCapture) -> None:
     mw = ObservabilityMiddleware(app_returning(["not bytes"]), auto_configure_logging=False)
     result = mw(make_environ(), lambda s, h, e=None: None)
