@@ -65,7 +65,10 @@ def parse_length(value: object) -> int | None:
     """A Content-Length header's byte count, or None when it is not one. ASCII digits only: int()
     would take ' 5' and '5_0', and str.isdigit() passes '²', on which int() raises. At most 11
     digits (under 100 GB): the size sums are int64, which ten requests claiming an exabyte each
-    overflowed (it now takes some 92 million)."""
+    overflowed (it now takes some 92 million). The hot path looks in ``LENGTHS`` itself first."""
+    length = LENGTHS.get(value) if type(value) is str else None
+    if length is not None:
+        return length
     if type(value) is not str or not (value.isascii() and value.isdigit()) or len(value) > MAX_LENGTH_DIGITS:
         return None
     length = int(value)

@@ -17,7 +17,7 @@ from math import inf
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
-from ._request import LENGTHS, parse_length
+from ._request import parse_length
 from .access_log import MAX_CACHED_TEXT
 from .routes import OVERFLOW, ROUTE_KEY, EndpointCap, RouteTable, resolve
 from .settings import Settings
@@ -197,7 +197,7 @@ class HttpMetrics:
         series = cycle.http_series
         duration = cycle.duration
         length = cycle.environ.get("CONTENT_LENGTH")  # the client's: never int() an unchecked header
-        request_size = (LENGTHS.get(length) or parse_length(length)) if length else None
+        request_size = parse_length(length) if length else None
         if cycle.http_locked:
             live.gauge.dec()
             if series is None:  # the response hook failed: nothing more to attribute
