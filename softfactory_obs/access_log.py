@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._failures import report_failure
 from ._request import ROUTE_KEY
 from .log_files import LineHandler
-from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DirectRoute, iso_utc
+from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DirectRoute, iso_utc_ms
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class AccessLog:
         self.route = DirectRoute(self.logger)
         self._statuses: dict[str, int] = {}
         self._agents: dict[str, str] = {}  # user agent -> its JSON string
+        self._addresses: dict[str, str] = {}  # REMOTE_ADDR -> its JSON string
         self._rendered: dict[tuple[Any, ...], tuple[str, str]] = {}  # see _write_direct
 
     def _cap(self, value: str) -> str:
@@ -204,10 +205,13 @@ class AccessLog:
             extra = f', "trace_id": {json_string(cycle.trace_id)}'
         if cycle.id_rejected:
             extra += ', "request_id_rejected": true'
-        created = time.time()
-        stamp = iso_utc(created)
+        now_ms = time.time_ns() // 1_000_000
+        stamp = iso_utc_ms(now_ms)
         ms, fraction = divmod(round(cycle.duration * 1e6), 1000)  # latency_ms, see _MS_FRACTIONS
-        remote_json = json_string(str(environ.get("REMOTE_ADDR", "")))
+        remote = environ.get("REMOTE_ADDR", "")
+        remote_json = self._addresses.get(remote) if type(remote) is str else None
+        if remote_json is None:  # clients, or the one proxy in front, repeat their addresses
+            remote_json = self._remember_address(remote)
         user_json = "null" if user_id is None else json_string(user_id)
         for handler, service_fields in targets:  # one string per line: joining parts copies them again
             # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
@@ -215,7 +219,7 @@ class AccessLog:
                     f'"request_id": "{cycle.request_id}", {request}, "latency_ms": {ms}{_MS_FRACTIONS[fraction]}, '
                     f'"content_length": {cycle.size}, "remote_addr": {remote_json}, '
                     f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n')
-            handler.write_text_line(line.encode("ascii"), created)
+            handler.write_text_line(line.encode("ascii"), now_ms / 1000)
 
     def _render(self, environ: dict[str, Any], endpoint: str | None, status: int,
                 key: tuple[Any, ...] | None) -> tuple[str, str]:
@@ -239,6 +243,13 @@ class AccessLog:
         escaped = json_string(text)
         if len(self._agents) < 1024 and len(text) <= MAX_CACHED_TEXT:
             self._agents[text] = escaped
+        return escaped
+
+    def _remember_address(self, remote: object) -> str:
+        """The JSON string of a client address; bounded (a server facing the internet meets millions)."""
+        escaped = json_string(str(remote))
+        if type(remote) is str and len(self._addresses) < 1024 and len(remote) <= MAX_CACHED_TEXT:
+            self._addresses[remote] = escaped
         return escaped
 
     def _user_id(self, environ: dict[str, Any]) -> str | None:

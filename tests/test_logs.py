@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from conftest import LogCapture, call_wsgi, make_environ, wrap
 from softfactory_obs import ObservabilityMiddleware, RequestContextFilter, configure_logging
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.access_log import AccessLog, redact_query, sensitive_matcher
+from softfactory_obs.logs import iso_utc, iso_utc_ms
 from softfactory_obs.settings import DEFAULT_REDACT_QUERY
 
 TEXT = [("Content-Type", "text/plain")]
@@ -369,6 +371,43 @@ def test_direct_line_write_failure_is_counted_and_the_response_still_goes_out(lo
     assert resp.status.startswith("200") and resp.body == b"ok"
     assert failure_counts().get("log stream") == 1
     logs.stream = io.StringIO()  # the fixture's final parse
+
+
+@pytest.mark.parametrize("ms", [0, 999, 1000, 1_795_366_296_123, 1_795_366_296_999, 1_795_366_297_000,
+                                4_102_444_800_001])
+def test_timestamps_from_milliseconds_and_from_seconds(ms: int) -> None:
+    """The access line's stamp (whole milliseconds) and the records' (float seconds) spell one
+    instant alike; the second's text is cached, so neighbours across a second boundary are checked too."""
+    for value in (ms - 1, ms, ms + 1):
+        if value < 0:
+            continue
+        expected = (datetime(1970, 1, 1) + timedelta(milliseconds=value)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        assert iso_utc_ms(value) == expected
+        assert iso_utc(value / 1000 + 0.0004) == expected  # +0.4 ms: clear of float rounding at the edge
+
+
+def test_the_direct_check_reads_the_record_factory_logging_uses() -> None:
+    """DirectRoute reads logging's own global, not getLogRecordFactory(): the two must stay one."""
+    default_factory = logging.getLogRecordFactory()
+    assert logging._logRecordFactory is default_factory  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(logging.makeLogRecord)  # type: ignore[arg-type]
+    try:
+        assert logging._logRecordFactory is logging.makeLogRecord  # type: ignore[attr-defined]
+    finally:
+        logging.setLogRecordFactory(default_factory)
+
+
+def test_direct_lines_carry_each_requests_client_address(logs: LogCapture) -> None:
+    """Addresses are cached as JSON: each line still has its own, escaped as the formatted line
+    would, and a lax server's non-str address is written as text, never cached."""
+    mw = ObservabilityMiddleware(ok, auto_configure_logging=False)
+    [access] = [h for h in mw.finish_hooks if isinstance(h, AccessLog)]
+    assert access.route.targets()
+    sent: list[Any] = ["10.0.0.1", "10.0.0.2", "10.0.0.1", 'fe80::1%"eth0"', 1234, "", "10.0.0.2"]
+    for address in sent:
+        call_wsgi(mw, make_environ(REMOTE_ADDR=address))
+    assert [line["remote_addr"] for line in logs.access()] == [str(a) for a in sent]
+    assert 1234 not in access._addresses
 
 
 def test_integrations_that_hook_logging_see_every_access_line(logs: LogCapture,
