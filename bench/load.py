@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from . import interleaved
+
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["bare", "ours", "ours-metrics", "naive", "flask", "flask-ours", "flask-pfe"]
 
@@ -144,16 +146,15 @@ def run(rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: in
         connections = min(connections, 4)  # each Python client is a process on these same cores
     results = {v: LoadResult() for v in ORDER}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(rounds):
-            for variant in ORDER:
-                with gunicorn(variant, workers, tmp) as (port, master):
-                    load(port, 1.0, connections, path)  # warm-up: imports, first binds, caches
-                    cpu = _workers_cpu_seconds(master)
-                    rps, p99 = load(port, seconds, connections, path)
-                    results[variant].cpu_us.append((_workers_cpu_seconds(master) - cpu) / (rps * seconds) * 1e6)
-                    for _ in range(4 * workers):  # let every worker serve a scrape, as Prometheus would
-                        _get(port, "/metrics")
-                    results[variant].rps.append(rps)
-                    results[variant].p99_ms.append(p99)
-                    results[variant].rss_mb.append(statistics.median(_worker_rss_mb(master)))
+        for variant in interleaved(ORDER, rounds):
+            with gunicorn(variant, workers, tmp) as (port, master):
+                load(port, 1.0, connections, path)  # warm-up: imports, first binds, caches
+                cpu = _workers_cpu_seconds(master)
+                rps, p99 = load(port, seconds, connections, path)
+                results[variant].cpu_us.append((_workers_cpu_seconds(master) - cpu) / (rps * seconds) * 1e6)
+                for _ in range(4 * workers):  # let every worker serve a scrape, as Prometheus would
+                    _get(port, "/metrics")
+                results[variant].rps.append(rps)
+                results[variant].p99_ms.append(p99)
+                results[variant].rss_mb.append(statistics.median(_worker_rss_mb(master)))
     return results

@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from . import interleaved
 from .apps import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,14 +76,13 @@ def run(rounds: int = 5, n: int = 5000, order: list[str] | None = None, sweep: i
     order = order or ORDER
     samples: dict[str, list[float]] = {v: [] for v in order}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(rounds):
-            for variant in order:
-                env = dict(os.environ)
-                if variant in ("naive", "flask-pfe"):
-                    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
-                out = subprocess.run([sys.executable, "-c", RUNNER, variant, str(n), str(sweep)], capture_output=True,
-                                     text=True, check=False, cwd=ROOT, env=env)
-                if out.returncode != 0:
-                    raise RuntimeError(f"{VARIANTS[variant]}: {out.stderr.strip()[-500:]}")
-                samples[variant].append(float(out.stdout.strip().splitlines()[-1]))
+        for variant in interleaved(order, rounds):
+            env = dict(os.environ)
+            if variant in ("naive", "flask-pfe"):
+                env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
+            out = subprocess.run([sys.executable, "-c", RUNNER, variant, str(n), str(sweep)], capture_output=True,
+                                 text=True, check=False, cwd=ROOT, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"{VARIANTS[variant]}: {out.stderr.strip()[-500:]}")
+            samples[variant].append(float(out.stdout.strip().splitlines()[-1]))
     return samples
