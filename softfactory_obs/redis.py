@@ -12,7 +12,9 @@ front; never the raw key.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -104,6 +106,10 @@ def instrument_redis(client: Any, cache: str = "default", *, prefixes: Mapping[s
     """Count this client's cache traffic; returns the same client. Instrumenting twice is a no-op."""
     if getattr(client, MARK, None) is not None:
         return client
+    if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
+        # Wrapped, its coroutines would count as values read (every GET a hit) and time nothing.
+        raise TypeError(f"client: expected a synchronous redis-py client (redis.Redis), got {type(client).__name__} "
+                        "from redis.asyncio")
     metrics = cache_metrics(registry)
     namer = _Namer(cache, prefixes)
     original = client.execute_command
@@ -168,39 +174,62 @@ def cached(client: Any, *, ttl: float, cache: str = "default", key: Callable[...
            serializer: Any = json, registry: Registry | None = None) -> Callable[[Callable[..., Any]], Any]:
     """Read-through cache: a hit returns the stored value; a miss (or Redis down) calls the function.
 
-    Redis errors never reach the caller: the function's own result is returned and the error is
-    counted. ``serializer`` has ``dumps``/``loads`` (json by default).
+    The cache never makes a call fail that would succeed without it: Redis errors, a stored value
+    ``serializer`` cannot read (another version's format, a truncated write: it is replaced) and
+    arguments the default key cannot spell call the function, and are counted in
+    ``cache_errors_total`` (operation ``get``, ``set``, ``decode`` or ``key``). ``serializer`` has
+    ``dumps``/``loads`` (json by default); ``ttl`` is in seconds.
     """
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"ttl: expected a number of seconds > 0, got {ttl!r}")
     metrics = cache_metrics(registry)
     counted_by_client = getattr(client, MARK, None) is not None
+    ttl_ms = max(1, int(ttl * 1000))
+
+    def error(operation: str, exc: Exception) -> None:
+        _safely(lambda: metrics.errors.labels(cache, operation, type(exc).__name__).inc())
+
+    def count(counter: Counter) -> None:
+        if not counted_by_client:  # else the instrumented client counted its own GET and SET
+            _safely(lambda: counter.labels(cache).inc())
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         prefix = f"{fn.__module__}.{fn.__qualname__}:"
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            name = key(*args, **kwargs) if key is not None else prefix + json.dumps([args, kwargs], default=str,
-                                                                                  sort_keys=True)
+            if key is not None:
+                name = key(*args, **kwargs)  # the caller's own function: its errors are theirs
+            else:
+                try:
+                    name = prefix + json.dumps([args, kwargs], default=str, sort_keys=True)
+                except Exception as exc:  # e.g. a dict argument with str and int keys: sort_keys cannot order them
+                    error("key", exc)
+                    return fn(*args, **kwargs)
             try:
                 stored = client.get(name)
             except Exception as exc:
                 if not counted_by_client:
-                    metrics.errors.labels(cache, "get", type(exc).__name__).inc()
+                    error("get", exc)
                 return fn(*args, **kwargs)
             if stored is not None:
-                if not counted_by_client:
-                    metrics.hits.labels(cache).inc()
-                return serializer.loads(stored)
-            if not counted_by_client:
-                metrics.misses.labels(cache).inc()
+                try:
+                    value = serializer.loads(stored)
+                except Exception as exc:
+                    error("decode", exc)  # recomputed below, and the unreadable value replaced
+                else:
+                    count(metrics.hits)
+                    return value
+            else:
+                count(metrics.misses)
             value = fn(*args, **kwargs)
             try:
-                client.set(name, serializer.dumps(value), px=max(1, int(ttl * 1000)))
-                if not counted_by_client:
-                    metrics.puts.labels(cache).inc()
-            except Exception as exc:
-                if not counted_by_client:
-                    metrics.errors.labels(cache, "set", type(exc).__name__).inc()
+                client.set(name, serializer.dumps(value), px=ttl_ms)
+            except Exception as exc:  # Redis down, or a value the serializer cannot write
+                if not counted_by_client or not isinstance(exc, redis_py.RedisError):
+                    error("set", exc)
+            else:
+                count(metrics.puts)
             return value
 
         return wrapper

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from conftest import call_wsgi, free_port, make_environ, samples
 from servers import Gunicorn, RedisServer, get, scrape
 
@@ -98,6 +99,50 @@ def test_cached_decorator_reads_through(client: redis.Redis) -> None:
     assert one(registry, "cache_hits_total", cache="prices") == 1
     assert one(registry, "cache_misses_total", cache="prices") == 1
     assert one(registry, "cache_puts_total", cache="prices") == 1
+
+
+def test_cached_replaces_a_value_it_cannot_read_and_keys_it_cannot_spell(client: redis.Redis) -> None:
+    """Another version's format or a truncated value under the key, or arguments the default key
+    cannot spell: the function answers (counted as errors), as it would without the cache."""
+    registry = Registry()
+    calls = []
+
+    @cached(client, ttl=60, cache="prices", key=lambda sku: f"price:{sku}", registry=registry)
+    def price(sku: str) -> dict[str, Any]:
+        calls.append(sku)
+        return {"sku": sku, "cents": 199}
+
+    client.set("price:a", b"\xff{not json")
+    assert price("a") == {"sku": "a", "cents": 199}
+    assert one(registry, "cache_errors_total", cache="prices", operation="decode", error="UnicodeDecodeError") == 1
+    assert json.loads(client.get("price:a") or b"") == {"sku": "a", "cents": 199}  # replaced
+    assert price("a") == {"sku": "a", "cents": 199} and calls == ["a"]  # and read back: a hit
+    assert one(registry, "cache_hits_total", cache="prices") == 1
+
+    @cached(client, ttl=60, cache="mixed", registry=registry)
+    def size(options: dict[Any, Any]) -> int:
+        return len(options)
+
+    assert size({1: "a", "b": 2}) == 2  # json.dumps(sort_keys=True) cannot order 1 and "b"
+    assert one(registry, "cache_errors_total", cache="mixed", operation="key", error="TypeError") == 1
+
+    @cached(client, ttl=60, cache="objects", registry=registry)
+    def unserializable() -> object:
+        return {1, 2}
+
+    assert unserializable() == {1, 2}  # json cannot store a set: computed every time, never raised
+    assert one(registry, "cache_errors_total", cache="objects", operation="set", error="TypeError") == 1
+
+
+@pytest.mark.parametrize("ttl", [0, -5, float("nan"), float("inf"), "60", None, True])
+def test_cached_rejects_a_ttl_that_is_not_a_positive_number_of_seconds(client: redis.Redis, ttl: Any) -> None:
+    with pytest.raises(ValueError, match=r"ttl: expected a number of seconds > 0, got"):
+        cached(client, ttl=ttl)
+
+
+def test_an_asyncio_client_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(TypeError, match=r"synchronous redis-py client.*redis\.asyncio"):
+        instrument_redis(redis.asyncio.Redis(port=free_port()), registry=Registry())
 
 
 def test_redis_down_app_keeps_serving_and_errors_are_counted() -> None:
