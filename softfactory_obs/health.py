@@ -14,6 +14,7 @@ is not started again meanwhile, so probe storms cannot pile threads up.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -66,6 +67,10 @@ class Result:
         return out
 
 
+def _seconds(value: object) -> bool:
+    return type(value) in (int, float) and 0 < value < math.inf  # type: ignore[operator]
+
+
 def sanitise(exc: BaseException) -> str:
     """Exception class and message, with credentials and connection-string user info blanked."""
     message = _SECRETS.sub(lambda m: f"{m[1]}=***" if m[1] else "://***@", str(exc))[:200]
@@ -88,8 +93,12 @@ class HealthChecks:
             raise ValueError(f"a health check named {check.name!r} is already registered")
         if not callable(check.fn):
             raise ValueError(f"health check {check.name!r}: expected a callable, got {check.fn!r}")
-        if not check.timeout > 0:
-            raise ValueError(f"health check {check.name!r}: timeout must be > 0 seconds, got {check.timeout!r}")
+        if not _seconds(check.timeout):  # an infinite wait overflows the future's timeout and fails the probe
+            raise ValueError(f"health check {check.name!r}: timeout must be > 0 seconds and finite, "
+                             f"got {check.timeout!r}")
+        if check.interval is not None and not _seconds(check.interval):
+            raise ValueError(f"health check {check.name!r}: interval must be None or > 0 seconds and finite, "
+                             f"got {check.interval!r}")
         self.checks[check.name] = check
 
     def _submit(self, check: Check) -> Future[Result]:

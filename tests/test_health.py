@@ -211,8 +211,13 @@ def test_bad_check_registrations_are_refused() -> None:
         mw.add_health_check("db", lambda: True)
     with pytest.raises(ValueError, match="use letters"):
         mw.add_health_check("bad name", lambda: True)
-    with pytest.raises(ValueError, match="timeout must be > 0"):
-        mw.add_health_check("t", lambda: True, timeout=0)
+    for timeout in (0, -1, float("nan"), float("inf"), "2"):  # inf would overflow the probe's wait
+        with pytest.raises(ValueError, match="timeout must be > 0 seconds and finite"):
+            mw.add_health_check("t", lambda: True, timeout=timeout)  # type: ignore[arg-type]
+    for interval in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="interval must be None or > 0 seconds"):
+            mw.add_health_check("i", lambda: True, interval=interval)
+    assert list(mw.health_checks.checks) == ["db"]  # nothing half-registered
 
 
 @pytest.mark.gunicorn
