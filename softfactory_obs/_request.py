@@ -85,8 +85,7 @@ def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: 
     A function, not ``__init__`` + a method: on this path a Python frame costs as much as a
     dozen attribute stores. Set here is only what a reader may need before anything else sets
     it; ``duration`` and ``size`` are set by ``finish`` before any hook reads them,
-    ``_server_write`` by ``start_response``, ``wrote`` by ``write``, ``_iterator`` when the body
-    is not a list (``__next__`` covers a server that never called ``iter()``).
+    ``_server_write`` by ``start_response``, ``wrote`` by ``write``.
     """
     cycle = RequestCycle()  # no __init__: type() allocates it, cheaper than object.__new__(RequestCycle)
     cycle._started = perf_counter()
@@ -106,7 +105,7 @@ def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: 
     trace_id = cycle.trace_id = (
         parse_traceparent(environ["HTTP_TRACEPARENT"]) if "HTTP_TRACEPARENT" in environ else None)
     cycle._token = _current.set((request_id, trace_id))
-    cycle.status = cycle.content_length = cycle.exc = cycle._result = None
+    cycle.status = cycle.content_length = cycle.exc = cycle._result = cycle._iterator = None
     cycle.http = cycle.http_series = cycle.endpoint = None  # set by the HTTP metrics hooks
     cycle.sent = 0
     cycle._closed = cycle._finished = cycle._recorded = False
@@ -177,7 +176,7 @@ class RequestCycle:
     _closed: bool
     _finished: bool
     _hooks: Hooks
-    _iterator: Iterator[bytes]
+    _iterator: Iterator[bytes] | None  # what the body is read through; for a list, once the server asked
     _mw: ObservabilityMiddleware
     _recorded: bool
     _result: Any
@@ -249,27 +248,29 @@ class RequestCycle:
     def __iter__(self) -> Iterator[bytes]:
         result = self._result
         if type(result) is list:  # (a failed app's 500 is never a list: _result stays None)
+            if self._iterator is not None:  # a server that asks twice: the body was counted once
+                return iter(result)
+            iterator = self._iterator = iter(result)
             # The common case needs no per-block work: the size is known now, nothing can raise.
             declared = self.content_length
             if declared is None or (declared not in LENGTHS and parse_length(declared) is None):
                 try:
-                    self.sent = sum(map(len, result))
+                    self.sent += sum(map(len, result))  # after what write() sent, if the app used it
                 except TypeError:
                     pass  # not bytes: the server will say so
-            if not self._recorded:  # a server may ask twice; the request is counted once
+            if not self._recorded:
                 self._recorded = True
                 for hook in self._hooks.response:  # _record, inlined
                     try:
                         hook(self)
                     except Exception as exc:
                         _hook_failed(hook, exc)
-            return iter(result)
+            return iterator
         return self
 
     def __next__(self) -> bytes:
-        try:
-            iterator = self._iterator
-        except AttributeError:  # a list body, and a server that calls next() without iter() first
+        iterator = self._iterator
+        if iterator is None:  # a list body, and a server that calls next() without iter() first
             iterator = self._iterator = iter(self._result)
         try:
             block = next(iterator)
@@ -280,7 +281,7 @@ class RequestCycle:
             if self._mw.settings.propagate_exceptions or self.sent or getattr(self, "wrote", False):
                 raise  # headers may be out: PEP 3333 says let it propagate
             self._answer_500()
-            block = next(self._iterator)
+            block = next(self._iterator)  # type: ignore[arg-type]  # _answer_500 set it
         except BaseException as exc:
             self.exc = exc
             self.finish()

@@ -121,7 +121,9 @@ class AccessLog:
 
     def __call__(self, cycle: RequestCycle) -> None:
         status_line = cycle.status
-        status = self._statuses.get(status_line) if status_line is not None else 0
+        # No status at all: the app raised (or died) before start_response. The server answers 500,
+        # and the HTTP metrics count one: the line says the same.
+        status = self._statuses.get(status_line) if status_line is not None else 500
         if status is None:
             status = _status_code(status_line)
             if len(self._statuses) < 256:  # apps answer a handful of status lines; never grow unbounded

@@ -173,6 +173,21 @@ def test_write_callable_works_and_is_counted(logs: LogCapture) -> None:
     resp = call_wsgi(wrap(app))
     assert resp.body == b"written and returned"
     assert logs.access()[0]["content_length"] == len(b"written and returned")
+    # Without the validators the app's list reaches us as a list (the fast path): same count.
+    resp = call_wsgi(ObservabilityMiddleware(app, auto_configure_logging=False))
+    assert resp.body == b"written and returned"
+    assert logs.access()[1]["content_length"] == len(b"written and returned")
+
+
+def test_a_server_asking_for_the_iterator_twice_counts_the_body_once(logs: LogCapture) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", TEXT)
+        return [b"four", b"more"]
+
+    result = ObservabilityMiddleware(app, auto_configure_logging=False)(make_environ(), lambda s, h, e=None: None)
+    assert list(iter(result)) == list(iter(result)) == [b"four", b"more"]
+    result.close()  # type: ignore[attr-defined]
+    assert logs.access()[0]["content_length"] == 8
 
 
 def test_blocks_are_not_buffered(logs: LogCapture) -> None:
@@ -276,7 +291,7 @@ def test_propagate_exceptions_reraises_the_same_object(logs: LogCapture) -> None
         call_wsgi(wrap(app, propagate_exceptions=True))
     assert info.value is error
     [line] = logs.access()
-    assert line["status"] == 0 and line["error_type"] == "RuntimeError"
+    assert line["status"] == 500 and line["error_type"] == "RuntimeError"  # as the server answers; metrics agree
     assert current_request_id() is None
 
 
