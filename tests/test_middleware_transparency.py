@@ -4,12 +4,13 @@ Hypothesis draws an app's behaviour (status and headers, body as a list, generat
 iterable, start_response called eagerly or on the first iteration, blocks sent through write(),
 a failure before or after start_response, mid-stream or in close(), an app that recovers with
 exc_info) and a server's (threaded or not, the client's request id and Content-Length, a client
-gone after some blocks), and plays the request to a strict server twice: bare, and wrapped. With ``propagate_exceptions=True`` the two transcripts must be
-the same event for event (status, headers but our X-Request-Id, every block, every exception,
-one close); with the default, a failure before any byte becomes our JSON 500 and nothing else
-changes. Every request also leaves one access line whose status and size follow the transcript,
-one count in ``http_requests_total``, the in-progress gauge back at 0, no request id in the
-context, its request size counted when the client's Content-Length is one, and no failed hook.
+gone after some blocks), and plays the request to a strict server twice: bare, and wrapped.
+With ``propagate_exceptions=True`` the two transcripts must be the same event for event (status,
+headers but our X-Request-Id, every block, every exception, one close); with the default, a
+failure before the headers went out becomes our JSON 500 and nothing else changes. Every request
+also leaves one access line whose status and size follow the transcript, one count in
+``http_requests_total``, the in-progress gauge back at 0, no request id in the context, its
+request size counted when the client's Content-Length is one, and no failed hook.
 Run with ``max_examples=5000`` when the request path changes (about 80 s).
 """
 
