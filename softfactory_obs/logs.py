@@ -79,15 +79,30 @@ def _json_fallback(value: Any) -> Any:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _finite(value: Any) -> Any:
-    """Replace NaN and infinities (which ``json.dumps`` writes as bare, invalid tokens) by strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+def _json_safe(value: Any, _open: frozenset[int] = frozenset()) -> Any:
+    """A copy ``_encode`` can write, for a record it refused: NaN and infinities as strings (json
+    writes them as bare, invalid tokens), keys that are not strings as text (a tuple key raised
+    TypeError), sets and tuples as lists, a container inside itself as "<cycle>"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if not isinstance(value, (dict, list, tuple, set, frozenset)):
+        return value
+    if id(value) in _open:
+        return "<cycle>"
+    inner = _open | {id(value)}
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return {_key_text(k): _json_safe(v, inner) for k, v in value.items()}
+    return [_json_safe(v, inner) for v in value]
+
+
+def _key_text(key: Any) -> str:
+    """A dict key as text: bytes decoded, a tuple as Python spells it, an unprintable one named."""
+    if isinstance(key, (bytes, bytearray)):
+        return key.decode("utf-8", "backslashreplace")
+    try:
+        return str(key)
+    except Exception:
+        return f"<unprintable {type(key).__name__}>"
 
 
 # Built once: json.dumps with any option builds a new encoder per call.
@@ -179,8 +194,8 @@ class JsonFormatter(_BaseJsonFormatter):
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         try:
             return _encode(log_data)
-        except ValueError:  # NaN or an infinity somewhere
-            return _encode(_finite(log_data))
+        except (ValueError, TypeError):  # NaN or an infinity, a key json cannot write, a cycle
+            return _encode(_json_safe(log_data))
 
     def format(self, record: logging.LogRecord) -> str:
         try:
@@ -190,11 +205,15 @@ class JsonFormatter(_BaseJsonFormatter):
             return super().format(record)
         except Exception as exc:  # a broken __str__ or a bad %-format must not lose the record
             report_failure("log formatter", exc)
+            try:
+                message = record.getMessage()
+            except Exception:  # the bad %-format itself: the template, unformatted
+                message = _json_fallback(record.msg)
             return json.dumps({
                 "timestamp": iso_utc(record.created),
                 "level": record.levelname,
                 "logger": record.name,
-                "message": _json_fallback(record.msg),
+                "message": message,
                 "service": self.service,
                 "pid": record.process,
                 "format_error": f"{type(exc).__name__}: {exc}",

@@ -15,11 +15,13 @@ from wsgiref.validate import validator
 
 import pytest
 from conftest import LogCapture, call_wsgi, make_environ, wrap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softfactory_obs import ObservabilityMiddleware, RequestContextFilter, configure_logging
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.access_log import AccessLog, redact_query, sensitive_matcher
-from softfactory_obs.logs import iso_utc, iso_utc_ms
+from softfactory_obs.logs import JsonFormatter, iso_utc, iso_utc_ms
 from softfactory_obs.settings import DEFAULT_REDACT_QUERY
 
 TEXT = [("Content-Type", "text/plain")]
@@ -166,6 +168,41 @@ def test_extras_of_any_type_always_give_valid_json(logs: LogCapture) -> None:
     assert line["dec"] == "1.5"
     assert line["bad"] == "<unprintable Unprintable>"
     assert logs.raw().isascii()
+
+
+def test_extras_json_cannot_write_as_they_are_keep_the_line_whole(logs: LogCapture) -> None:
+    """A tuple key, a container inside itself, NaN in a set: each value is spelled safely, and the
+    record keeps its message and every other field (the fallback line kept neither)."""
+    loop: list[Any] = [1]
+    loop.append(loop)
+    logging.getLogger("app.extras").warning("hello %s", "w", extra={
+        "by_pair": {(1, 2): "a", b"raw": "b"}, "loop": loop, "odd": frozenset([math.nan]), "plain": 7})
+    [line] = logs.lines()
+    assert line["message"] == "hello w" and line["plain"] == 7 and "format_error" not in line
+    assert line["by_pair"] == {"(1, 2)": "a", "raw": "b"}
+    assert line["loop"] == [1, "<cycle>"]
+    assert line["odd"] == ["nan"]
+    assert failure_counts() == {}
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=8))
+_KEYS = st.one_of(st.text(max_size=5), st.integers(), st.tuples(st.integers()), st.none(), st.floats(), st.binary())
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3), st.tuples(inner, inner),
+    st.frozensets(st.one_of(st.integers(), st.floats(), st.text(max_size=3)), max_size=3)), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(extra=st.dictionaries(st.from_regex(r"x_[a-z]{1,5}", fullmatch=True), _VALUES, max_size=4),
+       schema=st.sampled_from(["default", "ecs"]))
+def test_any_extras_give_one_json_line_with_every_field(extra: dict[str, Any], schema: str) -> None:
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "hello %s", ("w",), None)
+    record.__dict__.update(extra)
+    line = JsonFormatter(schema=schema).format(record)
+    assert "\n" not in line and line.isascii()
+    data = json.loads(line)
+    assert data["message"] == "hello w" and "format_error" not in data
+    assert set(extra) <= set(data)
 
 
 def test_broken_message_format_falls_back_to_a_minimal_line(logs: LogCapture) -> None:
