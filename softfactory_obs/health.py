@@ -30,7 +30,7 @@ from typing import Any
 
 from . import procfs
 from ._failures import report_failure
-from .logs import iso_utc
+from .logs import iso_utc, json_safe
 
 HEALTH_JSON = "application/health+json"
 _SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|://[^/@\s]+@")
@@ -247,4 +247,9 @@ class Readiness:
 
 
 def json_body(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), default=str).encode()
+    """Always valid JSON: a check's details may hold NaN (json would write a bare NaN token) or a
+    key json cannot write (it would raise, and the probe answer a 500)."""
+    try:
+        return json.dumps(data, separators=(",", ":"), default=str, allow_nan=False).encode()
+    except (ValueError, TypeError):
+        return json.dumps(json_safe(data), separators=(",", ":"), default=str, allow_nan=False).encode()

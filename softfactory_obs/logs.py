@@ -79,8 +79,8 @@ def _json_fallback(value: Any) -> Any:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _json_safe(value: Any, _open: frozenset[int] = frozenset()) -> Any:
-    """A copy ``_encode`` can write, for a record it refused: NaN and infinities as strings (json
+def json_safe(value: Any, _open: frozenset[int] = frozenset()) -> Any:
+    """A copy json can write, for a record (or a health body) it refused: NaN and infinities as strings (json
     writes them as bare, invalid tokens), keys that are not strings as text (a tuple key raised
     TypeError), sets and tuples as lists, a container inside itself as "<cycle>"."""
     if isinstance(value, float):
@@ -91,8 +91,8 @@ def _json_safe(value: Any, _open: frozenset[int] = frozenset()) -> Any:
         return "<cycle>"
     inner = _open | {id(value)}
     if isinstance(value, dict):
-        return {_key_text(k): _json_safe(v, inner) for k, v in value.items()}
-    return [_json_safe(v, inner) for v in value]
+        return {_key_text(k): json_safe(v, inner) for k, v in value.items()}
+    return [json_safe(v, inner) for v in value]
 
 
 def _key_text(key: Any) -> str:
@@ -195,7 +195,7 @@ class JsonFormatter(_BaseJsonFormatter):
         try:
             return _encode(log_data)
         except (ValueError, TypeError):  # NaN or an infinity, a key json cannot write, a cycle
-            return _encode(_json_safe(log_data))
+            return _encode(json_safe(log_data))
 
     def format(self, record: logging.LogRecord) -> str:
         try:

@@ -118,6 +118,19 @@ def test_raising_check_is_sanitised() -> None:
     assert sanitise(ValueError("token=abc def")) == "ValueError: token=*** def"
 
 
+def test_details_json_cannot_write_as_they_are_still_give_valid_json() -> None:
+    mw = make(health_cache_seconds=0)
+    mw.add_health_check("replica", lambda: {"lag_seconds": float("nan"), ("shard", 1): "up", "ok": True})
+    resp = call_wsgi(mw, make_environ(PATH_INFO="/health", REMOTE_ADDR="127.0.0.1"))
+    assert resp.status.startswith("200")  # the tuple key made json raise: the probe answered 500
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")  # json.loads takes a bare NaN; JSON does not
+
+    body = json.loads(resp.body, parse_constant=strict)
+    assert body["checks"]["replica"]["details"] == {"lag_seconds": "nan", "('shard', 1)": "up", "ok": True}
+
+
 def test_results_are_cached_for_the_ttl() -> None:
     mw = make(health_cache_seconds=60)
     calls = []
