@@ -80,9 +80,9 @@ def _json_fallback(value: Any) -> Any:
 
 
 def json_safe(value: Any, _open: frozenset[int] = frozenset()) -> Any:
-    """A copy json can write, for a record (or a health body) it refused: NaN and infinities as strings (json
-    writes them as bare, invalid tokens), keys that are not strings as text (a tuple key raised
-    TypeError), sets and tuples as lists, a container inside itself as "<cycle>"."""
+    """A copy json can write, for a record (or a health body) it refused: NaN and infinities as
+    strings (json writes them as bare, invalid tokens), keys that are not strings as text (a tuple
+    key raised TypeError), sets and tuples as lists, a container inside itself as "<cycle>"."""
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if not isinstance(value, (dict, list, tuple, set, frozenset)):
