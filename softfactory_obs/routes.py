@@ -171,6 +171,9 @@ class EndpointCap:
         return False
 
     def _admit_shared(self, endpoint: str, directory: str) -> bool:
+        # The file holds one line per value: a newline (or a lone surrogate) cannot be written as it
+        # is, and every worker must recognise the spelling another one wrote, or each would add its own.
+        written = endpoint.replace("\n", " ").encode("utf-8", "replace").decode("utf-8")
         path = os.path.join(directory, "endpoints.txt")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -178,12 +181,13 @@ class EndpointCap:
             with os.fdopen(os.dup(fd), "r", encoding="utf-8", newline="\n") as f:
                 known = [line.rstrip("\n") for line in f if line.endswith("\n")]
             self.admitted.update(known[: self.limit])
-            if endpoint in self.admitted:
+            if endpoint in self.admitted or written in self.admitted:
+                self.admitted.add(endpoint)
                 return True
             if len(known) >= self.limit:
                 self._full = True
                 return False
-            os.write(fd, endpoint.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+            os.write(fd, written.encode("utf-8") + b"\n")
             self.admitted.add(endpoint)
             return True
         finally:

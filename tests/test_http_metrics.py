@@ -297,6 +297,21 @@ def test_cap_holds_across_processes(tmp_path: Path) -> None:
     assert caps.admit(admitted[0]) and not caps.admit("/brand-new")
 
 
+def test_a_value_the_file_cannot_hold_as_it_is_takes_one_slot(tmp_path: Path) -> None:
+    """A newline or a lone surrogate is written respelled; every worker must know that spelling,
+    or each one meeting the value appends its own line and uses up another slot."""
+    directory = str(tmp_path)
+    odd = ["/a\nb", "/c\udcffd"]
+
+    def worker() -> None:
+        cap = EndpointCap(10, lambda: directory)
+        assert all(cap.admit(v) for v in odd)
+
+    for _ in range(3):
+        assert in_child(worker) == 0
+    assert (tmp_path / "endpoints.txt").read_text().splitlines() == ["/a b", "/c?d"]
+
+
 def test_huge_paths_never_become_labels(registry: Registry) -> None:
     wsgi = metrics_app(registry)
     get(wsgi, "/" + "segment" * 100)
