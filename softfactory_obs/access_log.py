@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as json_string
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 from ._failures import report_failure
 from ._request import ROUTE_KEY
@@ -65,14 +66,16 @@ def sensitive_matcher(words: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 def redact_query(query: str, sensitive: tuple[str, ...] | Callable[[str], bool]) -> str:
-    """Replace the values of parameters whose name contains a sensitive word (case-insensitive)."""
+    """Replace the values of parameters whose name contains a sensitive word (case-insensitive),
+    also when the name is percent-encoded (``api%5Fkey``: frameworks decode it to ``api_key``)."""
     search = sensitive_matcher(sensitive) if isinstance(sensitive, tuple) else sensitive
-    if not search(query):
+    encoded = "%" in query or "+" in query
+    if not search(query) and not (encoded and search(unquote_plus(query))):
         return query
     parts = []
     for pair in query.split("&"):
         name, eq, _ = pair.partition("=")
-        if eq and search(name):
+        if eq and (search(name) or (encoded and search(unquote_plus(name)))):
             parts.append(f"{name}={REDACTED}")
         else:
             parts.append(pair)

@@ -75,6 +75,8 @@ def test_endpoint_falls_back_to_the_path_and_script_name_is_kept(logs: LogCaptur
      "&X-Amz-Signature=[REDACTED]"),
     ("token", "token"),  # a bare flag has no value to hide
     ("auth=&q=1", "auth=[REDACTED]&q=1"),
+    ("api%5Fkey=k&pass%77ord=p&q=%41", "api%5Fkey=[REDACTED]&pass%77ord=[REDACTED]&q=%41"),  # decoded names
+    ("my+token=t&q=a+b", "my+token=[REDACTED]&q=a+b"),
 ])
 def test_redact_query(query: str, expected: str) -> None:
     assert redact_query(query, DEFAULT_REDACT_QUERY) == expected
