@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from softfactory_obs import ObservabilityMiddleware, _failures
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.exposition import MetricsApp, families_from
+from softfactory_obs.store import location
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import SUM_SCALE, CallbackGauge, Counter, Gauge, Histogram, Registry
 from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
@@ -681,3 +682,23 @@ def test_fork_callbacks_do_not_keep_their_owners_alive() -> None:
     assert gone() is None  # the registry held no strong reference
     registry._after_fork_in_child()  # what os.fork runs in the child, on a registry of its own here
     assert calls == ["forgot"]  # once: for the owner still alive
+
+
+def test_an_auto_directory_someone_else_made_first_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/shm is shared by every user and the name is predictable (the master's pid)."""
+    monkeypatch.setattr(location, "_base", lambda: str(tmp_path))
+    monkeypatch.setattr(location, "pid_exists", lambda pid: True)  # none of them is stale
+    assert oct(os.stat(location.create_auto_directory(4240)).st_mode & 0o777) == "0o700"  # ours: fine
+    (tmp_path / "softfactory_obs-4241").mkdir(mode=0o777)
+    os.chmod(tmp_path / "softfactory_obs-4241", 0o777)  # past the umask
+    with pytest.raises(PermissionError, match=r"4241: .* only it can open, found owner uid \d+, mode drwxrwxrwx"):
+        location.create_auto_directory(4241)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "softfactory_obs-4242")
+    with pytest.raises(PermissionError, match="found a symbolic link"):
+        location.create_auto_directory(4242)
+    if os.getuid() == 0:  # as root (CI): a directory of another user
+        (tmp_path / "softfactory_obs-4243").mkdir(mode=0o700)
+        os.chown(tmp_path / "softfactory_obs-4243", 65534, 65534)
+        with pytest.raises(PermissionError, match="owner uid 65534"):
+            location.create_auto_directory(4243)

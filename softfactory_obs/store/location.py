@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -41,7 +42,21 @@ def create_auto_directory(master_pid: int) -> str:
     path = os.path.join(base, f"softfactory_obs-{master_pid}")
     _remove_stale(base, keep=path)
     os.makedirs(path, mode=0o700, exist_ok=True)
+    _check_private(path)
     return path
+
+
+def _check_private(path: str) -> None:
+    """The name is predictable and /dev/shm shared by every user of the machine: a directory someone
+    else made there first (or a link to one) would let them read and forge this service's metrics."""
+    found = os.lstat(path)
+    if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077:
+        return
+    what = "a symbolic link" if stat.S_ISLNK(found.st_mode) else (
+        f"owner uid {found.st_uid}, mode {stat.filemode(found.st_mode)}")
+    raise PermissionError(
+        f"metrics directory {path}: expected a directory of uid {os.getuid()} that only it can open, found {what}; "
+        f"remove it, or set {ENV} to a private directory")
 
 
 def _remove_stale(base: str, keep: str) -> None:
