@@ -26,8 +26,17 @@ _created_here: list[str] = []
 def on_starting(server: Any) -> None:
     if not os.environ.get(ENV):
         path = create_auto_directory(os.getpid())
+        _give_to_workers(path, server)
         os.environ[ENV] = path
         _created_here.append(path)
+
+
+def _give_to_workers(path: str, server: Any) -> None:
+    """A master started as root runs its workers as ``--user``/``--group``: the private directory
+    it made must be theirs, or no worker could write its shard (each would count alone, in memory)."""
+    uid, gid = getattr(server.cfg, "uid", 0), getattr(server.cfg, "gid", 0)
+    if os.getuid() == 0 and (uid, gid) != (0, 0):
+        os.chown(path, uid, gid)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -25,7 +25,8 @@ class Gunicorn:
     """``gunicorn -c examples/gunicorn.conf.py <app>`` with its stdout (our JSON logs) in a file."""
 
     def __init__(self, tmp: Path, app: str = "examples.demo:app", workers: int = 3, *,
-                 config: Path = ROOT / "examples" / "gunicorn.conf.py", **env: str) -> None:
+                 config: Path = ROOT / "examples" / "gunicorn.conf.py", python: str = sys.executable,
+                 args: tuple[str, ...] = (), **env: str) -> None:
         self.port = free_port()
         self.stdout_path = tmp / "gunicorn.stdout"
         self.stderr_path = tmp / "gunicorn.stderr"
@@ -33,12 +34,14 @@ class Gunicorn:
                     "PYTHONPATH": str(ROOT), **env}
         self.app = app
         self.config = config
+        self.python = python
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Gunicorn:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(self.config), self.app],
+                [self.python, "-m", "gunicorn", "-c", str(self.config), *self.args, self.app],
                 cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=True,
             )
         deadline = time.monotonic() + 30

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import random
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from servers import USERS, Gunicorn, get, scrape, served, worker_pids
 
 NO_HOOKS = Path(__file__).parent / "gunicorn_nohooks.conf.py"
@@ -149,6 +152,29 @@ def test_no_directory_configured_and_no_hooks_still_aggregates(tmp_path: Path) -
         totals = {served(scrape(server.port), "/api/slow") for _ in range(10)}
         assert totals == {30.0}
         assert auto.is_dir() or not Path("/dev/shm").is_dir()
+
+
+def test_workers_running_as_another_user_share_the_store(tmp_path: Path) -> None:
+    """A master started as root with --user/--group (as in many containers) makes the directory;
+    its workers, running as that user, must be able to write it (they could not: every scrape
+    failed with "not writable" and each worker counted alone)."""
+    if os.getuid() != 0:
+        skip_or_fail("starting gunicorn with --user nobody needs root")
+    # Debian's interpreter: user nobody may not read this one's installation (pyenv under /root).
+    python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(python, os.X_OK):
+        skip_or_fail(f"{python} is needed to run workers as user nobody (apt-get install python3)")
+    site = sysconfig.get_paths()["purelib"]
+    tests = Path(__file__).parent
+    with Gunicorn(tmp_path, "catchall_app:app", workers=3, python=python,
+                  args=("--user", "nobody", "--group", "nogroup"),
+                  PYTHONPATH=f"{site}:{tests.parent}:{tests}") as server:
+        assert server.proc is not None
+        for _ in range(30):
+            get(server.port, "/hello")
+        assert {served(scrape(server.port), "/hello") for _ in range(10)} == {30.0}  # every worker's share
+        auto = Path(f"/dev/shm/softfactory_obs-{server.proc.pid}")
+        assert auto.stat().st_uid == pwd.getpwnam("nobody").pw_uid
 
 
 def test_hooks_pick_the_directory_once_and_remove_it_at_exit(tmp_path: Path) -> None:
