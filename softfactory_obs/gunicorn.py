@@ -18,25 +18,30 @@ import shutil
 from typing import Any
 
 from .health import watch_sigterm_everywhere
-from .store.location import ENV, create_auto_directory
+from .store.location import ENV, auto_path, create_auto_directory
 
 _created_here: list[str] = []
 
 
 def on_starting(server: Any) -> None:
-    if not os.environ.get(ENV):
-        path = create_auto_directory(os.getpid())
+    path = os.environ.get(ENV)
+    if not path:
+        path = os.environ[ENV] = create_auto_directory(os.getpid())
+    # Ours whether made just now or, under --preload, by the app's first metric in this master
+    # (gunicorn loads a preloaded app before on_starting): the workers' to use, ours to remove.
+    if path == auto_path(os.getpid()):
         _give_to_workers(path, server)
-        os.environ[ENV] = path
         _created_here.append(path)
 
 
 def _give_to_workers(path: str, server: Any) -> None:
     """A master started as root runs its workers as ``--user``/``--group``: the private directory
-    it made must be theirs, or no worker could write its shard (each would count alone, in memory)."""
+    (and what a preloaded app wrote there: the master's shard, the lock files) must be theirs, or no
+    worker could use the store (each would count alone, in memory, and every scrape fail)."""
     uid, gid = getattr(server.cfg, "uid", 0), getattr(server.cfg, "gid", 0)
     if os.getuid() == 0 and (uid, gid) != (0, 0):
-        os.chown(path, uid, gid)
+        for name in (".", *os.listdir(path)):
+            os.chown(os.path.join(path, name), uid, gid)
 
 
 def post_worker_init(worker: Any) -> None:

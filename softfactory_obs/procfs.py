@@ -85,8 +85,14 @@ def command_line(pid: int) -> list[str]:
 
 
 def parent_is_gunicorn() -> bool:
+    """True in a gunicorn worker: a fork of its master, so the two share a command line (or, with
+    setproctitle, the parent calls itself ``gunicorn: master``). A parent that merely mentions
+    gunicorn (``sh -c "cd /app && gunicorn ..."``, a test runner) is not one: its child is a master."""
     try:
-        return any("gunicorn" in part for part in command_line(os.getppid()))
+        parent = command_line(os.getppid())
+        if parent[:1] and parent[0].startswith("gunicorn: master"):
+            return True
+        return "gunicorn" in " ".join(parent) and parent == command_line(os.getpid())
     except (OSError, ValueError):  # gone already, or not ours to read
         return False
 

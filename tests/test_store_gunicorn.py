@@ -154,10 +154,12 @@ def test_no_directory_configured_and_no_hooks_still_aggregates(tmp_path: Path) -
         assert auto.is_dir() or not Path("/dev/shm").is_dir()
 
 
-def test_workers_running_as_another_user_share_the_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["import-per-worker", "preload"])
+def test_workers_running_as_another_user_share_the_store(tmp_path: Path, preload: bool) -> None:
     """A master started as root with --user/--group (as in many containers) makes the directory;
-    its workers, running as that user, must be able to write it (they could not: every scrape
-    failed with "not writable" and each worker counted alone)."""
+    its workers, running as that user, must be able to use it (they could not: every scrape
+    failed with "not writable" and each worker counted alone). Under --preload the app's first
+    metric makes it, and files in it, before the hooks run."""
     if os.getuid() != 0:
         skip_or_fail("starting gunicorn with --user nobody needs root")
     # Debian's interpreter: user nobody may not read this one's installation (pyenv under /root).
@@ -166,15 +168,19 @@ def test_workers_running_as_another_user_share_the_store(tmp_path: Path) -> None
         skip_or_fail(f"{python} is needed to run workers as user nobody (apt-get install python3)")
     site = sysconfig.get_paths()["purelib"]
     tests = Path(__file__).parent
-    with Gunicorn(tmp_path, "catchall_app:app", workers=3, python=python,
-                  args=("--user", "nobody", "--group", "nogroup"),
-                  PYTHONPATH=f"{site}:{tests.parent}:{tests}") as server:
+    args = ("--user", "nobody", "--group", "nogroup", *(("--preload",) if preload else ()))
+    with Gunicorn(tmp_path, "preload_app:app", workers=3, python=python, args=args,
+                  PYTHONPATH=f"{site}:{tests.parent}:{tests}", SOFTFACTORY_OBS_METRICS_DIR="") as server:
         assert server.proc is not None
         for _ in range(30):
-            get(server.port, "/hello")
-        assert {served(scrape(server.port), "/hello") for _ in range(10)} == {30.0}  # every worker's share
+            get(server.port, "/api/users/1")
+        metrics = [scrape(server.port) for _ in range(10)]
+        assert {served(m) for m in metrics} == {30.0}  # every worker's share, in every scrape
+        if preload:  # the master's one import, in the master's own shard, read by every worker
+            assert {sum(v for (name, _), v in m.items() if name == "app_imports_total") for m in metrics} == {1.0}
         auto = Path(f"/dev/shm/softfactory_obs-{server.proc.pid}")
-        assert auto.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert {p.stat().st_uid for p in (auto, *auto.iterdir())} == {pwd.getpwnam("nobody").pw_uid}
+    assert not auto.exists()  # removed at exit, also when a preloaded app made it
 
 
 def test_hooks_pick_the_directory_once_and_remove_it_at_exit(tmp_path: Path) -> None:

@@ -36,11 +36,15 @@ def auto_directory() -> str | None:
     return path
 
 
+def auto_path(master_pid: int) -> str:
+    """Where ``create_auto_directory`` puts the store of this master's workers."""
+    return os.path.join(_base(), f"softfactory_obs-{master_pid}")
+
+
 def create_auto_directory(master_pid: int) -> str:
     """``<tmpfs>/softfactory_obs-<master pid>``, private to its user; stale siblings are removed."""
-    base = _base()
-    path = os.path.join(base, f"softfactory_obs-{master_pid}")
-    _remove_stale(base, keep=path)
+    path = auto_path(master_pid)
+    _remove_stale(os.path.dirname(path), keep=path)
     os.makedirs(path, mode=0o700, exist_ok=True)
     _check_private(path)
     return path
