@@ -308,11 +308,12 @@ def _copied(attributes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _switches() -> tuple[Any, ...]:
-    """Module-wide state a direct line depends on (the pid is part of the line). ``targets`` reads
-    the record factory as logging keeps it, ``logging._logRecordFactory``: getLogRecordFactory()
-    is a Python call, a seventh of the check's cost (a test holds the two equal)."""
+    """Module-wide state a direct line depends on (the pid is part of the line). The record factory
+    is read as logging keeps it, ``logging._logRecordFactory``: getLogRecordFactory() is a Python
+    call, a seventh of ``targets``' check (a test holds the two equal)."""
     return (_pid, logging.logProcesses, logging.root.manager.disable,
-            logging.getLogRecordFactory(), logging.Logger.handle, logging.Logger.callHandlers)
+            logging._logRecordFactory,  # type: ignore[attr-defined]
+            logging.Logger.handle, logging.Logger.callHandlers)
 
 
 _LOGGER_HANDLE = logging.Logger.handle
