@@ -174,7 +174,10 @@ def encode_openmetrics(families: Iterable[Family]) -> bytes:
     out = []
     for family in families:
         out.append(f"# HELP {family.name} {_escape(family.documentation)}\n# TYPE {family.name} {family.type}\n")
+        dropped = _sumless(family) if family.type == "histogram" else None
         for s in family.samples:
+            if dropped and s.name in dropped[0] and _series_key(s.labels) in dropped[1]:
+                continue
             line = f"{s.name}{_labels(s.labels)} {go_float(s.value)}"
             ex = s.exemplar
             if ex is not None:
@@ -183,6 +186,29 @@ def encode_openmetrics(families: Iterable[Family]) -> bytes:
             out.append(line + "\n")
     out.append("# EOF\n")
     return "".join(out).encode("utf-8", "replace")  # a stray surrogate from a callback: "?"
+
+
+def _sumless(family: Family) -> tuple[tuple[str, str], set[tuple[tuple[str, str], ...]]] | None:
+    """The histogram series whose ``_sum`` OpenMetrics forbids: it is a counter, so never negative,
+    and absent when a bucket threshold is negative (a strict parser refuses the whole scrape).
+    ``_count`` goes with it: the parser wants both or neither. The text format keeps both."""
+    sum_name = family.name + "_sum"
+    keys = {_series_key(s.labels) for s in family.samples
+            if (s.name == sum_name and s.value < 0) or _negative(s.labels.get("le", ""))}
+    return ((sum_name, family.name + "_count"), keys) if keys else None
+
+
+def _negative(le: str) -> bool:
+    if le[:1] != "-":
+        return False
+    try:
+        return float(le) < 0  # not "-0.0"
+    except ValueError:  # a callback's odd bound: left as it is
+        return False
+
+
+def _series_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
 
 
 def _base_name(name: str) -> str:

@@ -80,6 +80,40 @@ def test_text_and_openmetrics_bodies_parse_strictly(registry: Registry) -> None:
     assert b"_created" not in body
 
 
+def test_openmetrics_drops_sums_that_cannot_be_counters(registry: Registry) -> None:
+    """OpenMetrics: a histogram's _sum is a counter (never negative) and absent with a negative
+    bucket threshold; _count goes with it (a strict parser wants both or neither). Buckets, the
+    other label sets and the text format are untouched."""
+    offsets = Histogram("offset_seconds", "Clock offset", ["peer"], buckets=(-1.0, 0.0, 1.0), registry=registry)
+    Histogram("signed_zero_seconds", "A -0.0 bound is no negative one", buckets=(-0.0, 1.0),
+              registry=registry).observe(0.5)
+    offsets.labels("a").observe(-5.0)
+    offsets.labels("a").observe(0.5)
+    deltas = Histogram("delta_bytes", "Size change", ["kind"], buckets=(0.0, 10.0), registry=registry)
+    deltas.labels("shrunk").observe(-3.0)
+    deltas.labels("grown").observe(4.0)
+    app = MetricsApp(registry)
+    _, _, body = _get(app, HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
+    families = {f.name: f for f in parse_openmetrics(body.decode())}  # raised before: negative _sum
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for name in ("offset_seconds", "delta_bytes") for s in families[name].samples}
+    assert samples[("offset_seconds_bucket", (("le", "-1.0"), ("peer", "a")))] == 1
+    assert samples[("offset_seconds_bucket", (("le", "+Inf"), ("peer", "a")))] == 2
+    assert ("offset_seconds_sum", (("peer", "a"),)) not in samples
+    assert ("offset_seconds_count", (("peer", "a"),)) not in samples
+    assert samples[("delta_bytes_bucket", (("kind", "shrunk"), ("le", "0.0")))] == 1
+    assert ("delta_bytes_sum", (("kind", "shrunk"),)) not in samples
+    assert ("delta_bytes_count", (("kind", "shrunk"),)) not in samples
+    assert samples[("delta_bytes_sum", (("kind", "grown"),))] == 4.0
+    assert samples[("delta_bytes_count", (("kind", "grown"),))] == 1
+    for kept in ("render_seconds", "signed_zero_seconds"):
+        assert {s.name for s in families[kept].samples} >= {f"{kept}_sum", f"{kept}_count"}
+    _, _, text = _get(app)
+    by_name = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parse_text(text.decode()) for s in f.samples}
+    assert by_name[("offset_seconds_sum", (("peer", "a"),))] == -4.5
+    assert by_name[("delta_bytes_count", (("kind", "shrunk"),))] == 1
+
+
 def test_gzip_only_when_accepted(registry: Registry) -> None:
     app = MetricsApp(registry)
     _, _, plain = _get(app)
