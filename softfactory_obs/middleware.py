@@ -20,6 +20,7 @@ from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
 from .process_metrics import ProcessSampler
+from .queue_time import QueueTime
 from .request_id import RequestIdPolicy
 from .settings import Settings
 from .store.maintenance import Maintenance, maintenance_for
@@ -103,6 +104,8 @@ class ObservabilityMiddleware:
             maintenance.tasks.append(sampler.sample)
         http = HttpMetrics(self.registry, settings, self._store_path)
         self.start_hooks.append(http.start)
+        if settings.queue_time_header:
+            self.start_hooks.append(QueueTime(self.registry, settings))  # after http.start: it reads cycle.http
         self.response_hooks.append(http.count)
         self.finish_hooks.append(http.observe)
         metrics_app = self.guard.protect(MetricsApp(self.registry, on_dead_shards=maintenance.wake))

@@ -89,6 +89,10 @@ class Settings:
     # Each worker replaces an exemplar (the counter's, each bucket's) at most this often, as
     # client_java's sampler does: a scrape shows one per bucket, so one per request is wasted work.
     exemplar_interval_seconds: float = 1.0
+    # The header a proxy in front stamps with the request's arrival (nginx:
+    # proxy_set_header X-Request-Start "t=${msec}"), for http_request_queue_seconds; empty: off.
+    # Set it only behind a proxy that always overwrites the header: a client could send its own.
+    queue_time_header: str = ""
     # Extra labels on every HTTP metric: {"region": "eu-west-1"} (static), or
     # {"tenant": (callable(environ) -> str, {"acme", "globex"})}: values outside the allow-list are "other".
     default_labels: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -115,6 +119,8 @@ class Settings:
             if get_origin(hint) is Literal:
                 _require(getattr(self, name) in get_args(hint), name,
                          "one of " + ", ".join(map(repr, get_args(hint))), getattr(self, name))
+        _require(not self.queue_time_header or bool(_HEADER_NAME.match(self.queue_time_header)), "queue_time_header",
+                 "an HTTP header name such as 'X-Request-Start', or '' (off)", self.queue_time_header)
         networks = []
         for cidr in self.trusted_proxies:
             try:
