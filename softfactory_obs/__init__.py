@@ -6,7 +6,7 @@
 
 from .logs import JsonFormatter, RequestContextFilter, configure_logging
 from .middleware import ObservabilityMiddleware, instrument
-from .request_id import current_request_id, current_trace_id
+from .request_id import add_request_id, current_request_id, current_trace_id, outgoing_headers
 from .settings import Settings
 
 __version__ = "0.1.0"
@@ -17,8 +17,10 @@ __all__ = [
     "RequestContextFilter",
     "Settings",
     "__version__",
+    "add_request_id",
     "configure_logging",
     "current_request_id",
     "current_trace_id",
     "instrument",
+    "outgoing_headers",
 ]

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from contextvars import ContextVar
+from typing import Any
 
 from .settings import Settings
 
@@ -69,6 +70,26 @@ def current_trace_id() -> str | None:
     """The W3C trace id of the request being handled, when the client sent a valid ``traceparent``."""
     ctx = _current.get()
     return ctx[1] if ctx is not None else None
+
+
+def outgoing_headers(header: str = "X-Request-Id") -> dict[str, str]:
+    """Headers that carry the current request's id to a service it calls, so that both services'
+    logs share it: ``requests.get(url, headers=outgoing_headers())``. Empty outside a request."""
+    ctx = _current.get()
+    return {header: ctx[0]} if ctx is not None else {}
+
+
+def add_request_id(request: Any, header: str = "X-Request-Id") -> None:
+    """Put the current request's id on an outgoing ``request`` (anything with a mutable ``headers``
+    mapping), unless it has one already: an httpx event hook as it is,
+    ``httpx.Client(event_hooks={"request": [add_request_id]})``. Nothing outside a request."""
+    ctx = _current.get()
+    if ctx is None:
+        return
+    headers = request.headers
+    wanted = header.lower()
+    if not any(str(name).lower() == wanted for name in headers):  # header names are case-insensitive
+        headers[header] = ctx[0]
 
 
 def parse_traceparent(value: str | None) -> str | None:

@@ -6,14 +6,24 @@ import logging
 import os
 import re
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
+import requests
 from conftest import LogCapture, call_wsgi, make_environ, wrap
 
-from softfactory_obs import ObservabilityMiddleware, current_request_id, current_trace_id
+from softfactory_obs import (
+    ObservabilityMiddleware,
+    add_request_id,
+    current_request_id,
+    current_trace_id,
+    outgoing_headers,
+)
 from softfactory_obs.request_id import new_request_id, parse_traceparent
 
 TEXT = [("Content-Type", "text/plain")]
@@ -227,3 +237,60 @@ def test_concurrent_threads_keep_their_own_ids(logs: LogCapture) -> None:
     handler_lines = [r for r in logs.lines() if r["logger"] == "app.handler"]
     assert len(handler_lines) == 400
     assert len({r["request_id"] for r in handler_lines}) == 400
+
+
+class Downstream:
+    """A real HTTP service on loopback that records the X-Request-Id of each request it gets."""
+
+    def __init__(self) -> None:
+        seen: list[str | None] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.headers.get("X-Request-Id"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Downstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_id_travels_to_the_services_a_request_calls() -> None:
+    custom: list[dict[str, str]] = []
+    with Downstream() as downstream:
+
+        def calls_out(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            custom.append(outgoing_headers("X-Correlation-Id"))
+            requests.get(downstream.url, headers=outgoing_headers(), timeout=5)
+            with httpx.Client(event_hooks={"request": [add_request_id]}) as client:
+                client.get(downstream.url)
+                client.get(downstream.url, headers={"x-request-id": "the-callers-own"})  # left as set
+            request = urllib.request.Request(downstream.url)
+            add_request_id(request)
+            urllib.request.urlopen(request, timeout=5).close()
+            start_response("200 OK", TEXT)
+            return [b"ok"]
+
+        app = wrap(calls_out)
+        first = dict(call_wsgi(app, make_environ()).headers)["X-Request-Id"]
+        second = dict(call_wsgi(app, make_environ(HTTP_X_REQUEST_ID="from-the-edge-1")).headers)["X-Request-Id"]
+        assert second == "from-the-edge-1"
+        assert custom == [{"X-Correlation-Id": first}, {"X-Correlation-Id": second}]
+        assert downstream.seen == [first, first, "the-callers-own", first, second, second, "the-callers-own", second]
+        assert outgoing_headers() == {}  # outside a request: nothing to send
+        with httpx.Client(event_hooks={"request": [add_request_id]}) as client:
+            client.get(downstream.url)
+        assert downstream.seen[-1] is None
