@@ -87,10 +87,10 @@ class Gunicorn:
             time.sleep(0.05)
 
 
-def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+def get(port: int, path: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
