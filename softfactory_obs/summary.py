@@ -121,6 +121,7 @@ class SummaryApp:
             "system": self._system(families),
             "application": {"requests_total": requests, "errors_total": errors,
                             "error_rate_percent": _rate(errors, requests)},
+            "queue_wait": self._queue_wait(families),
             "endpoints": self._endpoints(families, totals, uptime),
             "cache": self._cache(families),
             "gauges": self._business_gauges(families),
@@ -187,6 +188,22 @@ class SummaryApp:
                     row[f"p{int(q * 100)}_ms"] = None if value is None else round(value * 1000, 3)
             table[endpoint] = row
         return table
+
+    def _queue_wait(self, families: dict[str, Family]) -> dict[str, Any] | None:
+        """The wait for a free worker (``queue_time_header``), over every series; None when off or unseen."""
+        hist = families.get(f"{self.prefix}http_request_queue_seconds")
+        buckets: dict[float, float] = collections.defaultdict(float)
+        for sample in hist.samples if hist else ():
+            if sample.name.endswith("_bucket"):
+                buckets[float(sample.labels["le"])] += sample.value
+        cumulative = sorted(buckets.items())
+        if not cumulative or not cumulative[-1][1]:
+            return None
+        row: dict[str, Any] = {"requests": cumulative[-1][1]}
+        for q in (0.5, 0.95, 0.99):
+            value = quantile(q, cumulative)
+            row[f"p{int(q * 100)}_ms"] = None if value is None else round(value * 1000, 3)
+        return row
 
     @staticmethod
     def _cache(families: dict[str, Family]) -> dict[str, Any]:
