@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 from ._failures import report_failure
 from .families import Exemplar, Family, Sample, gauge
@@ -338,17 +339,18 @@ class MetricsApp:
         self._running: _Flight | None = None  # the merge being computed
         self.merges = 0  # how many merges ran (scrapes that arrived together share one)
 
-    def render(self, accept: str = "") -> tuple[bytes, str]:
-        """Encode the merged store. Scrapes arriving while a merge runs in this process wait for it
-        and share its result (single flight): a gthread worker under a scrape storm merges once."""
+    def render(self, accept: str = "", names: frozenset[str] | None = None) -> tuple[bytes, str]:
+        """Encode the merged store (only the families or samples ``names`` names, when given).
+        Scrapes arriving while a merge runs in this process wait for it and share its result
+        (single flight): a gthread worker under a scrape storm merges once."""
         if not self._slots.acquire(blocking=False):
             raise ScrapeLimitError("too many concurrent scrapes in this worker")
         try:
-            return self._render(accept)
+            return self._render(accept, names)
         finally:
             self._slots.release()
 
-    def _render(self, accept: str) -> tuple[bytes, str]:
+    def _render(self, accept: str, names: frozenset[str] | None) -> tuple[bytes, str]:
         # Join the *pending* merge, never one already running: a running merge may have read the
         # store before this request arrived, and a scraper whose previous scrape (answered by
         # another worker) saw newer data would then watch counters go backwards.
@@ -379,7 +381,7 @@ class MetricsApp:
             raise flight.error
         content_type = negotiate(accept)
         encode = encode_openmetrics if content_type == OPENMETRICS else encode_text
-        return encode(flight.metrics), content_type
+        return encode(flight.metrics if names is None else restricted(flight.metrics, names)), content_type
 
     def _collect(self) -> list[Family]:
         self.merges += 1
@@ -415,8 +417,10 @@ class MetricsApp:
             start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
                                                       ("Content-Length", "0")])
             return []
+        query = environ.get("QUERY_STRING")
+        names = frozenset(parse_qs(query).get("name[]", ())) if query and "name" in query else None
         try:
-            body, content_type = self.render(environ.get("HTTP_ACCEPT", ""))
+            body, content_type = self.render(environ.get("HTTP_ACCEPT", ""), names)
         except (StoreBusyError, ScrapeLimitError) as exc:
             return _error(start_response, "503 Service Unavailable", f"metrics unavailable: {exc}\n")
         except Exception as exc:  # never a partial or wrong scrape: fail it loudly, Prometheus records up=0
@@ -430,6 +434,23 @@ class MetricsApp:
         headers.append(("Content-Length", str(len(body))))
         start_response("200 OK", headers)
         return [] if method == "HEAD" else [body]
+
+
+def restricted(families: Iterable[Family], names: frozenset[str]) -> list[Family]:
+    """``/metrics?name[]=a&name[]=b``, as prometheus_client answers it, and friendlier: a name
+    keeps its whole family (``http_request_duration_seconds``) or the samples of that name
+    (``http_requests_total``, ``..._count``). The merged families are shared: copied, never cut."""
+    out = []
+    for family in families:
+        if family.name in names:
+            out.append(family)
+            continue
+        samples = [s for s in family.samples if s.name in names]
+        if samples:
+            copy = Family(family.name, family.documentation, family.type, family.labels)
+            copy.samples = samples
+            out.append(copy)
+    return out
 
 
 def _error(start_response: Callable[..., Any], status: str, message: str) -> list[bytes]:

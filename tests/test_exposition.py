@@ -114,6 +114,28 @@ def test_openmetrics_drops_sums_that_cannot_be_counters(registry: Registry) -> N
     assert by_name[("delta_bytes_count", (("kind", "shrunk"),))] == 1
 
 
+def test_name_filter_as_prometheus_client_answers_it(registry: Registry) -> None:
+    app = MetricsApp(registry)
+
+    def names(query: str, **env: Any) -> dict[str, set[str]]:
+        status, _, body = _get(app, QUERY_STRING=query, **env)
+        assert status == "200 OK"
+        parse = parse_openmetrics if env else parse_text
+        return {f.name: {s.name for s in f.samples} for f in parse(body.decode())}
+
+    assert names("name[]=orders_total") == {"orders": {"orders_total"}}
+    histogram = {"render_seconds_bucket", "render_seconds_count", "render_seconds_sum"}
+    assert names("name[]=render_seconds&name%5B%5D=orders_total") == {
+        "render_seconds": histogram, "orders": {"orders_total"}}
+    assert names("name[]=render_seconds_count") == {"render_seconds": {"render_seconds_count"}}
+    assert names("name[]=nothing_by_that_name") == {}
+    assert names("name[]=render_seconds", HTTP_ACCEPT="application/openmetrics-text") == {
+        "render_seconds": histogram}
+    everything = names("")
+    assert {"orders", "render_seconds", "inventory_items"} <= set(everything)
+    assert names("other=1") == everything  # no name[]: no filter
+
+
 def test_gzip_only_when_accepted(registry: Registry) -> None:
     app = MetricsApp(registry)
     _, _, plain = _get(app)
