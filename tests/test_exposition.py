@@ -134,6 +134,10 @@ def test_name_filter_as_prometheus_client_answers_it(registry: Registry) -> None
     everything = names("")
     assert {"orders", "render_seconds", "inventory_items"} <= set(everything)
     assert names("other=1") == everything  # no name[]: no filter
+    # The parameter is the public's: undecodable and many names answer 200, filtered.
+    assert names("name[]=%ff&name[]=caf%C3%A9&name[]=orders_total&name[]") == {"orders": {"orders_total"}}
+    assert names("&".join(f"name[]=x{i}" for i in range(5000)) + "&name[]=orders_total") == {
+        "orders": {"orders_total"}}
 
 
 def test_gzip_only_when_accepted(registry: Registry) -> None:
