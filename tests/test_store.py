@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from softfactory_obs import ObservabilityMiddleware, _failures
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.exposition import MetricsApp, families_from
-from softfactory_obs.store import location
+from softfactory_obs.store import directory, location
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import SUM_SCALE, CallbackGauge, Counter, Gauge, Histogram, Registry
 from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
@@ -610,6 +610,31 @@ def test_concurrent_snapshots_in_one_process_never_count_twice(store_dir: str) -
     for t in threads:
         t.join()
     assert too_high == []
+
+
+def test_a_shard_that_grows_after_it_was_mapped_is_mapped_again(store_dir: str, monkeypatch: Any) -> None:
+    # The race behind a rare failed scrape: the writer adds a segment (and keys in it) between the
+    # reader's mapping of the file and its read of ``used``, which then points past the mapping.
+    writer = Registry(store_dir)
+    counter = Counter("grown_total", "x", ["n"], registry=writer)
+    counter.labels("0").inc()
+    original = directory._mapped
+    mappings: list[int] = []
+
+    @contextlib.contextmanager
+    def grows_once_mapped(path: str) -> Iterator[list[tuple[int, Any]]]:
+        with original(path) as buffers:
+            mappings.append(len(buffers[0][1]))
+            if len(mappings) == 1:
+                for n in range(1, 3000):  # ~200 KB of keys: past the first 64 KB segment
+                    counter.labels(str(n)).inc()
+            yield buffers
+
+    monkeypatch.setattr(directory, "_mapped", grows_once_mapped)
+    snap = StoreDirectory(store_dir).snapshot()
+    assert sum(v for (name, _, _), v in snap.counts.items() if name == "grown_total") == 3000 * 1_000_000
+    assert len(mappings) == 2 and mappings[1] > mappings[0]
+    assert snap.files_opened == 1
 
 
 def test_a_failing_fork_reset_leaves_every_other_registry_reset(store_dir: str) -> None:

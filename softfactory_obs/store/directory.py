@@ -40,6 +40,7 @@ from .shard import (
     KIND_STAMP,
     CorruptShardError,
     Key,
+    ShardGrewError,
     ShardReader,
     ShardWriter,
 )
@@ -48,6 +49,10 @@ SHARD_RE = re.compile(r"w-(\d+)-(\d+)-([0-9a-f]{16})\.shard")
 ARCHIVE = "archive.json"
 ARCHIVE_VERSION = 1
 ARCHIVE_MAGIC = "SFOARCHIVE"
+# A shard whose writer added a segment between our mapping and our read of ``used`` is mapped
+# again; to miss again, the writer must fill a whole new (doubled) segment in that instant, so
+# a third miss in a row means ``used`` is wrong, not late.
+_MAP_ATTEMPTS = 3
 
 
 class StoreBusyError(Exception):
@@ -238,10 +243,17 @@ class StoreDirectory:
         reader = self._readers.get(name)
         if reader is None:
             reader = self._readers[name] = ShardReader()
-        with _mapped(path) as buffers:
-            snap.files_opened += 1
-            reader.parse(buffers)
-            merge_values(reader, buffers, live, name, snap)
+        snap.files_opened += 1
+        for attempt in range(_MAP_ATTEMPTS):
+            with _mapped(path) as buffers:
+                try:
+                    reader.parse(buffers)  # nothing parsed when it raises: safe to parse again
+                except ShardGrewError:
+                    if attempt + 1 == _MAP_ATTEMPTS:
+                        raise
+                    continue  # its writer added a segment since we mapped it: map it again
+                merge_values(reader, buffers, live, name, snap)
+                return
 
     # -- compaction -------------------------------------------------------------------------------
 

@@ -239,8 +239,10 @@ class ShardReader:
         head = struct.unpack_from("=qqq", first, 8)
         used, self.pid, self.created_ns = head
         last_base, last_buf = buffers[-1]
-        if used < HEADER_SIZE or used > last_base + len(last_buf) or used % 8:
+        if used < HEADER_SIZE or used % 8:
             raise CorruptShardError(f"used={used} outside the file")
+        if used > last_base + len(last_buf):
+            raise ShardGrewError(f"used={used} beyond the {last_base + len(last_buf)} bytes mapped")
         index = 0
         pos = self.pos
         while pos < used:
@@ -285,3 +287,8 @@ class ShardReader:
 
 class CorruptShardError(Exception):
     """A shard whose bytes do not follow the format."""
+
+
+class ShardGrewError(CorruptShardError):
+    """``used`` points past the mapping: its writer grew the file after the reader mapped it (a
+    writer extends the file before it publishes records there), or, if it persists, corruption."""
