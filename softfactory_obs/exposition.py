@@ -339,29 +339,31 @@ class MetricsApp:
         self._running: _Flight | None = None  # the merge being computed
         self.merges = 0  # how many merges ran (scrapes that arrived together share one)
 
-    def render(self, accept: str = "", names: frozenset[str] | None = None) -> tuple[bytes, str]:
+    def render(self, accept: str = "", names: frozenset[str] | None = None,
+               timeout: float | None = None) -> tuple[bytes, str]:
         """Encode the merged store (only the families or samples ``names`` names, when given).
         Scrapes arriving while a merge runs in this process wait for it and share its result
-        (single flight): a gthread worker under a scrape storm merges once."""
+        (single flight): a gthread worker under a scrape storm merges once. ``timeout``: the
+        longest this scrape waits for another's merge (at most the app's own timeout)."""
         if not self._slots.acquire(blocking=False):
             raise ScrapeLimitError("too many concurrent scrapes in this worker")
         try:
-            return self._render(accept, names)
+            return self._render(accept, names, self.timeout if timeout is None else min(timeout, self.timeout))
         finally:
             self._slots.release()
 
-    def _render(self, accept: str, names: frozenset[str] | None) -> tuple[bytes, str]:
+    def _render(self, accept: str, names: frozenset[str] | None, timeout: float) -> tuple[bytes, str]:
         # Join the *pending* merge, never one already running: a running merge may have read the
         # store before this request arrived, and a scraper whose previous scrape (answered by
         # another worker) saw newer data would then watch counters go backwards.
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout
         with self._flight_cond:
             flight = self._pending
             if flight is None:
                 flight = self._pending = _Flight()
             while self._running is not None and not flight.done.is_set():
                 if not self._flight_cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise ScrapeLimitError(f"the scrape in progress took longer than {self.timeout:g} s")
+                    raise ScrapeLimitError(f"the scrape in progress took longer than {timeout:g} s")
             leader = not flight.done.is_set() and self._running is None and self._pending is flight
             if leader:
                 self._running, self._pending = flight, None
@@ -376,7 +378,7 @@ class MetricsApp:
                     flight.done.set()
                     self._flight_cond.notify_all()
         elif not flight.done.wait(max(0.0, deadline - time.monotonic())):
-            raise ScrapeLimitError(f"the scrape in progress took longer than {self.timeout:g} s")
+            raise ScrapeLimitError(f"the scrape in progress took longer than {timeout:g} s")
         if flight.error is not None:
             raise flight.error
         content_type = negotiate(accept)
@@ -420,7 +422,8 @@ class MetricsApp:
         query = environ.get("QUERY_STRING")
         names = frozenset(parse_qs(query).get("name[]", ())) if query and "name" in query else None
         try:
-            body, content_type = self.render(environ.get("HTTP_ACCEPT", ""), names)
+            body, content_type = self.render(environ.get("HTTP_ACCEPT", ""), names,
+                                             scrape_budget(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS")))
         except (StoreBusyError, ScrapeLimitError) as exc:
             return _error(start_response, "503 Service Unavailable", f"metrics unavailable: {exc}\n")
         except Exception as exc:  # never a partial or wrong scrape: fail it loudly, Prometheus records up=0
@@ -434,6 +437,16 @@ class MetricsApp:
         headers.append(("Content-Length", str(len(body))))
         start_response("200 OK", headers)
         return [] if method == "HEAD" else [body]
+
+
+def scrape_budget(header: object) -> float | None:
+    """Prometheus says how long it waits for this scrape (``X-Prometheus-Scrape-Timeout-Seconds``):
+    waiting for another scrape's merge beyond that holds a worker for an answer nobody reads."""
+    try:
+        seconds = float(header)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds < math.inf else None
 
 
 def restricted(families: Iterable[Family], names: frozenset[str]) -> list[Family]:

@@ -276,6 +276,41 @@ def test_scrapes_beyond_the_limit_get_503(registry: Registry) -> None:
     assert statuses.count("503 Service Unavailable") == 4
 
 
+def test_a_scrape_waits_no_longer_than_prometheus_does(registry: Registry) -> None:
+    app = MetricsApp(registry, timeout=10.0)
+    original = registry.snapshot
+    gate = threading.Event()
+
+    def slow_snapshot() -> Any:
+        gate.wait(5)
+        return original()
+
+    registry.snapshot = slow_snapshot  # type: ignore[method-assign]
+    answers: dict[str, tuple[str, float]] = {}
+
+    def scrape(name: str, **env: Any) -> None:
+        started = time.monotonic()
+        status = _get(app, **env)[0]
+        answers[name] = (status, time.monotonic() - started)
+
+    leader = threading.Thread(target=scrape, args=("leader",))
+    leader.start()
+    time.sleep(0.2)  # the leader's merge is running
+    waiters = [threading.Thread(target=scrape, args=(name,), kwargs=env) for name, env in (
+        ("budget", {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "0.3"}),
+        ("garbage", {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "nan"}),
+        ("none", {}))]
+    for t in waiters:
+        t.start()
+    time.sleep(1.0)
+    gate.set()
+    for t in [leader, *waiters]:
+        t.join()
+    assert answers["budget"][0] == "503 Service Unavailable" and answers["budget"][1] < 0.9
+    assert answers["garbage"][0] == answers["none"][0] == answers["leader"][0] == "200 OK"
+    assert answers["none"][1] >= 0.9  # waited for the next merge, within the app's own 10 s
+
+
 def test_a_scrape_never_gets_a_merge_that_read_the_store_before_it_arrived() -> None:
     registry = Registry()
     counter = Counter("fresh_total", "x", registry=registry)
