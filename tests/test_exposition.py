@@ -228,16 +228,22 @@ def test_a_name_clash_with_prometheus_client_is_refused_at_start(tmp_path: Any) 
     assert out.startswith("REFUSED metric name(s) http_requests exist both in softfactory_obs and in prometheus_client")
 
 
-def test_simultaneous_scrapes_in_one_process_share_one_merge(registry: Registry) -> None:
-    app = MetricsApp(registry, max_concurrent=32)
+def held_open(registry: Registry) -> threading.Event:
+    """Every merge of ``registry`` waits (at most 5 s) until the returned event is set."""
     original = registry.snapshot
     gate = threading.Event()
 
     def slow_snapshot() -> Any:
-        gate.wait(5)  # hold the first merge open until every scraper has arrived
+        gate.wait(5)
         return original()
 
     registry.snapshot = slow_snapshot  # type: ignore[method-assign]
+    return gate
+
+
+def test_simultaneous_scrapes_in_one_process_share_one_merge(registry: Registry) -> None:
+    app = MetricsApp(registry, max_concurrent=32)
+    gate = held_open(registry)  # the first merge stays open until every scraper has arrived
     bodies: list[bytes] = []
     threads = [threading.Thread(target=lambda: bodies.append(app.render()[0])) for _ in range(16)]
     for t in threads:
@@ -256,14 +262,7 @@ def test_simultaneous_scrapes_in_one_process_share_one_merge(registry: Registry)
 
 def test_scrapes_beyond_the_limit_get_503(registry: Registry) -> None:
     app = MetricsApp(registry, max_concurrent=2, timeout=0.2)
-    original = registry.snapshot
-    gate = threading.Event()
-
-    def slow_snapshot() -> Any:
-        gate.wait(5)
-        return original()
-
-    registry.snapshot = slow_snapshot  # type: ignore[method-assign]
+    gate = held_open(registry)
     statuses: list[str] = []
     threads = [threading.Thread(target=lambda: statuses.append(_get(app)[0])) for _ in range(5)]
     for t in threads:
@@ -278,14 +277,7 @@ def test_scrapes_beyond_the_limit_get_503(registry: Registry) -> None:
 
 def test_a_scrape_waits_no_longer_than_prometheus_does(registry: Registry) -> None:
     app = MetricsApp(registry, timeout=10.0)
-    original = registry.snapshot
-    gate = threading.Event()
-
-    def slow_snapshot() -> Any:
-        gate.wait(5)
-        return original()
-
-    registry.snapshot = slow_snapshot  # type: ignore[method-assign]
+    gate = held_open(registry)
     answers: dict[str, tuple[str, float]] = {}
 
     def scrape(name: str, **env: Any) -> None:
