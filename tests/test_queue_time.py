@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from conftest import call_wsgi, make_environ, samples, wrap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import Gunicorn, scrape
 
 from softfactory_obs import Settings
@@ -35,6 +37,27 @@ def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 ])
 def test_stamps_in_every_unit(value: str, seconds: float) -> None:
     assert request_start(value) == pytest.approx(seconds, abs=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1_000_000_000.0, max_value=7_000_000_000.0), st.sampled_from([1, 1_000, 1_000_000]),
+       st.booleans())
+def test_any_stamp_of_this_century_reads_back(seconds: float, per_second: int, prefixed: bool) -> None:
+    """Whole units (as proxies write them: nginx's seconds with 3 decimals, integer ms or µs) read
+    back as the same moment; the unit is never mistaken for another."""
+    if per_second == 1:
+        text = f"{seconds:.3f}"
+        expected = float(text)
+    else:
+        whole = int(seconds * per_second)
+        text, expected = str(whole), whole / per_second
+    parsed = request_start(("t=" if prefixed else "") + text)
+    assert parsed == pytest.approx(expected, rel=0, abs=1e-6)
+
+
+def test_nanoseconds_read_back() -> None:
+    ns = 1_763_800_000_123_456_789
+    assert request_start(str(ns)) == pytest.approx(ns / 1e9, abs=1e-6)
 
 
 @pytest.mark.parametrize("value", [
