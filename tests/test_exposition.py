@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from conftest import call_wsgi, make_environ, require_binary
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as their_text
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -112,6 +114,36 @@ def test_openmetrics_drops_sums_that_cannot_be_counters(registry: Registry) -> N
     by_name = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parse_text(text.decode()) for s in f.samples}
     assert by_name[("offset_seconds_sum", (("peer", "a"),))] == -4.5
     assert by_name[("delta_bytes_count", (("kind", "shrunk"),))] == 1
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).map(lambda x: round(x, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=6, unique=True), st.lists(st.lists(finite, max_size=8), max_size=3))
+def test_any_histogram_is_a_valid_openmetrics_scrape(bounds: list[float], series: list[list[float]]) -> None:
+    """Whatever the bounds and observations (negatives too), a strict OpenMetrics parser accepts
+    the scrape, every bucket is exact, and _sum/_count appear exactly where the format allows."""
+    registry = Registry()
+    hist = Histogram("spread", "x", ["s"], buckets=bounds, registry=registry)  # no unit: micro-unit sums
+    for i, values in enumerate(series):
+        for v in values:
+            hist.labels(str(i)).observe(v)
+    _, _, body = _get(MetricsApp(registry), HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
+    family = next(f for f in parse_openmetrics(body.decode()) if f.name == "spread")
+    got = {(s.name, s.labels.get("s"), s.labels.get("le")): s.value for s in family.samples}
+    negative_bound = min(bounds) < 0
+    for i, values in enumerate(series):
+        label = str(i)
+        if not values:
+            continue
+        for bound in [*sorted(bounds), float("inf")]:
+            le = "+Inf" if bound == float("inf") else repr(float(bound))
+            assert got[("spread_bucket", label, le)] == sum(1 for v in values if v <= bound)
+        total = sum(round(v * 1_000_000) for v in values)  # as the store sums them
+        has_sum = ("spread_sum", label, None) in got
+        assert has_sum == (not negative_bound and total >= 0)
+        assert has_sum == (("spread_count", label, None) in got)
 
 
 def test_name_filter_as_prometheus_client_answers_it(registry: Registry) -> None:
