@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 4
+LINTED := softfactory_obs tests examples bench configs
 
 .PHONY: run test soak bench lint clean stack
 
@@ -68,8 +69,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check softfactory_obs tests examples bench
-	$(BIN)/ruff format --check softfactory_obs || true
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 clean:

@@ -47,23 +47,28 @@ def peers_table(samples: dict[str, list[float]]) -> list[str]:
     for variant, values in samples.items():
         base = med[bare_of(variant)]
         over = "" if variant in ("bare", "flask") else f"{med[variant] - base:.2f}"
-        lines.append(f"| {VARIANTS[variant]} | {med[variant]:.2f} | {spread(values)} | {over} | "
-                     f"{med[variant] / base:.1f} |")
+        lines.append(
+            f"| {VARIANTS[variant]} | {med[variant]:.2f} | {spread(values)} | {over} | {med[variant] / base:.1f} |"
+        )
     ours = med["ours"] - med["bare"]
     for peer in ("naive", "otel-sdk", "otel-noop"):
-        lines.append(f"| *ours full overhead / {VARIANTS[peer]} overhead* | | | | "
-                     f"{ratio(ours, med[peer] - med['bare'])} |")
+        lines.append(
+            f"| *ours full overhead / {VARIANTS[peer]} overhead* | | | | {ratio(ours, med[peer] - med['bare'])} |"
+        )
     flask_ours, flask_pfe = med["flask-ours"] - med["flask"], med["flask-pfe"] - med["flask"]
-    lines.append(f"| *Flask: ours full overhead / prometheus_flask_exporter overhead* | | | | "
-                 f"{ratio(flask_ours, flask_pfe)} |")
+    lines.append(
+        f"| *Flask: ours full overhead / prometheus_flask_exporter overhead* | | | | {ratio(flask_ours, flask_pfe)} |"
+    )
     return lines
 
 
 def cold_table(samples: dict[str, list[float]]) -> list[str]:
     med = {v: statistics.median(s) for v, s in samples.items()}
     naive = med["naive"] - med["bare"]
-    lines = ["| variant | µs/request (median) | spread | overhead µs | x naive's overhead |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | µs/request (median) | spread | overhead µs | x naive's overhead |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for variant, values in samples.items():
         over = med[variant] - med["bare"]
         cells = ("", "") if variant == "bare" else (f"{over:.2f}", ratio(over, naive))
@@ -130,12 +135,17 @@ def _by_instructions(report: dict[str, Any], variant: str) -> float:
 
 def instructions_table(counts: dict[str, float]) -> list[str]:
     naive = counts["naive"] - counts["bare"]
-    lines = ["| variant | instructions / request | over bare | x naive's overhead | µs at issue 8's speed |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | instructions / request | over bare | x naive's overhead | µs at issue 8's speed |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for variant, count in counts.items():
         over = count - counts["bare"]
-        cells = ("", "", "") if variant == "bare" else (
-            f"{over:,.0f}", f"{over / naive:.2f}", f"{over / naive * REFERENCE_NAIVE_US:.2f}")
+        cells = (
+            ("", "", "")
+            if variant == "bare"
+            else (f"{over:,.0f}", f"{over / naive:.2f}", f"{over / naive * REFERENCE_NAIVE_US:.2f}")
+        )
         lines.append(f"| {VARIANTS[variant]} | {count:,.0f} | {' | '.join(cells)} |")
     return lines
 
@@ -143,14 +153,26 @@ def instructions_table(counts: dict[str, float]) -> list[str]:
 # Issue 8's targets: (what, where in the report, limit, at most?)
 TARGETS = [
     ("full instrumentation overhead, in-process µs", lambda r: _overhead(r, "ours"), 10.0, True),
-    (f"  the same at issue 8's speed (naive prometheus_client = {REFERENCE_NAIVE_US} µs)",
-     lambda r: _at_reference_speed(r, "ours"), 10.0, True),
+    (
+        f"  the same at issue 8's speed (naive prometheus_client = {REFERENCE_NAIVE_US} µs)",
+        lambda r: _at_reference_speed(r, "ours"),
+        10.0,
+        True,
+    ),
     ("  the same by instructions (callgrind), at issue 8's speed", lambda r: _by_instructions(r, "ours"), 10.0, True),
     ("metrics-only overhead, in-process µs", lambda r: _overhead(r, "ours-metrics"), 3.0, True),
-    (f"  the same at issue 8's speed (naive prometheus_client = {REFERENCE_NAIVE_US} µs)",
-     lambda r: _at_reference_speed(r, "ours-metrics"), 3.0, True),
-    ("  the same by instructions (callgrind), at issue 8's speed",
-     lambda r: _by_instructions(r, "ours-metrics"), 3.0, True),
+    (
+        f"  the same at issue 8's speed (naive prometheus_client = {REFERENCE_NAIVE_US} µs)",
+        lambda r: _at_reference_speed(r, "ours-metrics"),
+        3.0,
+        True,
+    ),
+    (
+        "  the same by instructions (callgrind), at issue 8's speed",
+        lambda r: _by_instructions(r, "ours-metrics"),
+        3.0,
+        True,
+    ),
     ("gunicorn full / bare throughput", lambda r: _of_bare(r, "ours"), 0.90, False),
     ("  the same, median of each round's ratio", lambda r: _of_bare_paired(r, "ours"), 0.90, False),
     ("  the same by the workers' CPU per request (bare / full)", lambda r: _cpu_of_bare(r, "ours"), 0.90, False),
@@ -176,8 +198,9 @@ def targets_table(report: dict[str, Any], previous: dict[str, Any] | None = None
         except KeyError:
             earlier = ""
         met = value <= limit if at_most else value >= limit
-        lines.append(f"| {what} | {'<=' if at_most else '>='} {limit:g} | {value:.2f} | {'yes' if met else 'NO'} "
-                     f"| {earlier} |")
+        lines.append(
+            f"| {what} | {'<=' if at_most else '>='} {limit:g} | {value:.2f} | {'yes' if met else 'NO'} | {earlier} |"
+        )
     return lines
 
 
@@ -196,14 +219,18 @@ def load_table(results: dict[str, load.LoadResult]) -> list[str]:
     rps = {v: statistics.median(r.rps) for v, r in results.items()}
     rss = {v: statistics.median(r.rss_mb) for v, r in results.items()}
     cpu = {v: statistics.median(r.cpu_us) for v, r in results.items()}
-    lines = ["| variant | req/s (median) | spread | of bare | p99 ms | worker CPU µs / request | bare's CPU / this "
-             "| worker RSS MB | RSS above bare MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | req/s (median) | spread | of bare | p99 ms | worker CPU µs / request | bare's CPU / this "
+        "| worker RSS MB | RSS above bare MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for variant, r in results.items():
         base = bare_of(variant)
-        lines.append(f"| {VARIANTS[variant]} | {rps[variant]:.0f} | {spread(r.rps)} | {rps[variant] / rps[base]:.3f} "
-                     f"| {statistics.median(r.p99_ms):.2f} | {cpu[variant]:.0f} | {cpu[base] / cpu[variant]:.3f} "
-                     f"| {rss[variant]:.1f} | {rss[variant] - rss[base]:+.1f} |")
+        lines.append(
+            f"| {VARIANTS[variant]} | {rps[variant]:.0f} | {spread(r.rps)} | {rps[variant] / rps[base]:.3f} "
+            f"| {statistics.median(r.p99_ms):.2f} | {cpu[variant]:.0f} | {cpu[base] / cpu[variant]:.3f} "
+            f"| {rss[variant]:.1f} | {rss[variant] - rss[base]:+.1f} |"
+        )
     return lines
 
 
@@ -224,8 +251,10 @@ def instructions_part(report: dict[str, Any], section: Callable[[str, list[str]]
         return
     counts = instructions.run()
     report["instructions_per_request"] = counts
-    section("In-process, instructions per request (callgrind; the same on a busy or an idle host)",
-            instructions_table(counts))
+    section(
+        "In-process, instructions per request (callgrind; the same on a busy or an idle host)",
+        instructions_table(counts),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,10 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = args.only or list(PARTS)
     report: dict[str, Any] = {"meta": meta()}
-    markdown = [f"# softfactory_obs benchmark, {report['meta']['date']}", "",
-                f"python {report['meta']['python']}, {report['meta']['cpus']} CPUs, load average at start "
-                f"{report['meta']['loadavg']}, commit {report['meta']['commit']}. Medians of interleaved rounds; "
-                "spread is min-max.", ""]
+    markdown = [
+        f"# softfactory_obs benchmark, {report['meta']['date']}",
+        "",
+        f"python {report['meta']['python']}, {report['meta']['cpus']} CPUs, load average at start "
+        f"{report['meta']['loadavg']}, commit {report['meta']['commit']}. Medians of interleaved rounds; "
+        "spread is min-max.",
+        "",
+    ]
 
     def section(title: str, lines: list[str]) -> None:
         markdown.extend([f"## {title}", "", *lines, ""])
@@ -252,27 +285,38 @@ def main(argv: list[str] | None = None) -> int:
     if "peers" in parts:
         samples = peers.run(rounds=args.rounds, n=args.iterations)
         report["peers_us_per_request"] = samples
-        section(f"In-process, µs per request ({args.iterations} direct WSGI calls per sample, each variant in its "
-                "own interpreter)", peers_table(samples))
+        section(
+            f"In-process, µs per request ({args.iterations} direct WSGI calls per sample, each variant in its "
+            "own interpreter)",
+            peers_table(samples),
+        )
     if "cold" in parts:
-        cold = report["cold_us_per_request"] = peers.run(rounds=args.rounds, n=1500, order=peers.COLD_ORDER,
-                                                          sweep=peers.COLD_SWEEP)
-        section(f"In-process with cold caches, µs per request ({peers.COLD_SWEEP // 1_000_000} MB swept through the "
-                "caches before each of 1500 calls, not timed)", cold_table(cold))
+        cold = report["cold_us_per_request"] = peers.run(
+            rounds=args.rounds, n=1500, order=peers.COLD_ORDER, sweep=peers.COLD_SWEEP
+        )
+        section(
+            f"In-process with cold caches, µs per request ({peers.COLD_SWEEP // 1_000_000} MB swept through the "
+            "caches before each of 1500 calls, not timed)",
+            cold_table(cold),
+        )
     if "instructions" in parts:
         instructions_part(report, section)
     if "load" in parts:
         results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
         report["gunicorn"] = {v: vars(r) for v, r in results.items()}
-        how = ("wrk -c16" if load.generator() == "wrk" else
-               "4 Python client processes, wrk not being installed")
-        section(f"gunicorn, 4 sync workers, {how} on loopback, {args.load_seconds:g} s per sample; "
-                "our access lines to a file", load_table(results))
+        how = "wrk -c16" if load.generator() == "wrk" else "4 Python client processes, wrk not being installed"
+        section(
+            f"gunicorn, 4 sync workers, {how} on loopback, {args.load_seconds:g} s per sample; "
+            "our access lines to a file",
+            load_table(results),
+        )
     if "store" in parts:
         rows = store.write_costs()
         report["store_ns_per_call"] = dict(rows)
-        section("Store, ns per call (median of 7 x 200k, each in a fresh interpreter)",
-                ["| operation | ns |", "|---|---:|", *(f"| {name} | {ns:.0f} |" for name, ns in rows)])
+        section(
+            "Store, ns per call (median of 7 x 200k, each in a fresh interpreter)",
+            ["| operation | ns |", "|---|---:|", *(f"| {name} | {ns:.0f} |" for name, ns in rows)],
+        )
     if "scrape" in parts:
         counts = tuple(int(x) for x in args.dead.split(","))
         rows3 = store.scrape_vs_dead(counts)
@@ -281,14 +325,18 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {name} | {n} | {s * 1000:.1f} |" for name, n, s in rows3]
         steady = {n: s for name, n, s in rows3 if name.startswith("ours, every later")}
         if len(steady) > 1:
-            lines.append(f"| *ours steady state, {max(steady)} / {min(steady)} dead* | | "
-                         f"{steady[max(steady)] / steady[min(steady)]:.2f}x |")
+            lines.append(
+                f"| *ours steady state, {max(steady)} / {min(steady)} dead* | | "
+                f"{steady[max(steady)] / steady[min(steady)]:.2f}x |"
+            )
         section(f"Scrape time vs dead workers ({store.ROUTES} routes, counter + histogram each)", lines)
     if "startup" in parts:
         times = {m: import_ms(m) for m in MODULES}
         report["import_ms"] = times
-        section("Import time, ms (median of 7 fresh interpreters)",
-                ["| module | ms |", "|---|---:|", *(f"| {m} | {t:.1f} |" for m, t in times.items() if t is not None)])
+        section(
+            "Import time, ms (median of 7 fresh interpreters)",
+            ["| module | ms |", "|---|---:|", *(f"| {m} | {t:.1f} |" for m, t in times.items() if t is not None)],
+        )
     section("Issue 8's targets", targets_table(report, previous_report()))
     if not args.no_save:
         save(report, markdown)
@@ -305,13 +353,16 @@ def save(report: dict[str, Any], markdown: list[str]) -> None:
 
 def meta() -> dict[str, Any]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=RESULTS.parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS.parent
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "python": platform.python_version(), "cpus": os.cpu_count(), "commit": commit,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "commit": commit,
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 

@@ -33,8 +33,23 @@ def _count(variant: str, n: int, tmp: str) -> int:
     env = dict(os.environ, PYTHONHASHSEED="0")  # string hashing decides dict probe lengths: fix it
     if variant == "naive":
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c",
-                          RUNNER, variant, str(n)], capture_output=True, text=True, check=False, cwd=ROOT, env=env)
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            RUNNER,
+            variant,
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
     found = _COLLECTED.search(out.stderr)
     if out.returncode != 0 or found is None:
         raise RuntimeError(f"{VARIANTS[variant]} under callgrind: {out.stderr.strip()[-500:]}")

@@ -66,9 +66,26 @@ def gunicorn(variant: str, workers: int, tmp: str) -> Iterator[tuple[int, int]]:
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
     log = open(os.path.join(tmp, f"{variant}.log"), "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
-         "--log-level", "warning", "bench.apps:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            str(workers),
+            "-k",
+            "sync",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "bench.apps:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -94,7 +111,10 @@ def gunicorn(variant: str, workers: int, tmp: str) -> Iterator[tuple[int, int]]:
 def _wrk(port: int, seconds: float, connections: int, path: str) -> tuple[float, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\b", out, re.M).groups()  # type: ignore[union-attr]
     return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -119,8 +139,12 @@ print(" ".join(f"{x:.6f}" for x in latencies))
 
 
 def _python_load(port: int, seconds: float, connections: int, path: str) -> tuple[float, float]:
-    clients = [subprocess.Popen([sys.executable, "-c", _CLIENT, str(port), path, str(seconds)], stdout=subprocess.PIPE,
-                                text=True) for _ in range(connections)]
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLIENT, str(port), path, str(seconds)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(connections)
+    ]
     latencies = sorted(float(x) for c in clients for x in c.communicate()[0].split())
     if not latencies:
         raise RuntimeError("the Python load generator completed no request")
@@ -139,8 +163,9 @@ def _worker_rss_mb(master: int) -> list[float]:
     return [child.memory_info().rss / 2**20 for child in psutil.Process(master).children()]
 
 
-def run(rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: int = 16,
-        path: str = "/api/users/42") -> dict[str, LoadResult]:
+def run(
+    rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: int = 16, path: str = "/api/users/42"
+) -> dict[str, LoadResult]:
     load = _wrk if generator() == "wrk" else _python_load
     if load is _python_load:
         connections = min(connections, 4)  # each Python client is a process on these same cores

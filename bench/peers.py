@@ -18,10 +18,20 @@ from . import interleaved
 from .apps import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["bare", "ours", "ours-metrics", "ours-log", "naive", "otel-sdk", "otel-noop", "flask", "flask-ours",
-         "flask-pfe"]
+ORDER = [
+    "bare",
+    "ours",
+    "ours-metrics",
+    "ours-log",
+    "naive",
+    "otel-sdk",
+    "otel-noop",
+    "flask",
+    "flask-ours",
+    "flask-pfe",
+]
 
-RUNNER = textwrap.dedent('''
+RUNNER = textwrap.dedent("""
     import io, os, sys, time
     from bench.apps import PATH, build
     variant, n = sys.argv[1], int(sys.argv[2])
@@ -61,7 +71,7 @@ RUNNER = textwrap.dedent('''
             once()
             spent += time.perf_counter() - t
         print(spent / n * 1e6)
-''')
+""")
 
 
 # With the caches swept before each request, as a gunicorn worker meets its next request after
@@ -80,8 +90,14 @@ def run(rounds: int = 5, n: int = 5000, order: list[str] | None = None, sweep: i
             env = dict(os.environ)
             if variant in ("naive", "flask-pfe"):
                 env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
-            out = subprocess.run([sys.executable, "-c", RUNNER, variant, str(n), str(sweep)], capture_output=True,
-                                 text=True, check=False, cwd=ROOT, env=env)
+            out = subprocess.run(
+                [sys.executable, "-c", RUNNER, variant, str(n), str(sweep)],
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=ROOT,
+                env=env,
+            )
             if out.returncode != 0:
                 raise RuntimeError(f"{VARIANTS[variant]}: {out.stderr.strip()[-500:]}")
             samples[variant].append(float(out.stdout.strip().splitlines()[-1]))

@@ -129,8 +129,9 @@ def scrape_vs_dead(counts: tuple[int, ...] = (100, 1000, 8000)) -> list[tuple[st
                 target.mkdir()
                 _clone(kind, template, target, n)
                 if kind == "prom":
-                    rows.append(("prometheus_client multiprocess", n,
-                                 statistics.median(_scrape_prom(target) for _ in range(3))))
+                    rows.append(
+                        ("prometheus_client multiprocess", n, statistics.median(_scrape_prom(target) for _ in range(3)))
+                    )
                 else:
                     first = _scrape_ours(target)  # reads all N dead shards once...
                     start = time.perf_counter()

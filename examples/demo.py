@@ -140,7 +140,8 @@ if os.environ.get("SOFTFACTORY_OBS_REDIS_URL"):
 
     from softfactory_obs.redis import cached
 
-    cache_client = app.add_redis(redis.Redis.from_url(os.environ["SOFTFACTORY_OBS_REDIS_URL"],
-                                                      socket_timeout=0.5, socket_connect_timeout=0.5),
-                                 cache="products")
+    cache_client = app.add_redis(
+        redis.Redis.from_url(os.environ["SOFTFACTORY_OBS_REDIS_URL"], socket_timeout=0.5, socket_connect_timeout=0.5),
+        cache="products",
+    )
     products_cached = cached(cache_client, ttl=10, cache="products")(load_products)

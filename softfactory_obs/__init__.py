@@ -1,7 +1,7 @@
 """softfactory_obs: production observability for any WSGI app in one line.
 
-    from softfactory_obs import instrument
-    app = instrument(app, service_name="shop")
+from softfactory_obs import instrument
+app = instrument(app, service_name="shop")
 """
 
 from .logs import JsonFormatter, RequestContextFilter, configure_logging

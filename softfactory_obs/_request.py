@@ -52,6 +52,7 @@ def _hook_failed(hook: FinishHook, exc: Exception) -> None:
     owner = getattr(hook, "__self__", hook)
     report_failure(getattr(owner, "component", "request hook"), exc)
 
+
 _STATUS_500 = "500 Internal Server Error"
 # Content-Length values as ints: apps send a handful, and a lookup costs a tenth of int(). Bounded:
 # request lengths are the client's to choose.
@@ -77,8 +78,13 @@ def parse_length(value: object) -> int | None:
     return length
 
 
-def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: Callable[..., Any], hooks: Hooks,
-          app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
+def serve(
+    mw: ObservabilityMiddleware,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    hooks: Hooks,
+    app: Callable[..., Iterable[bytes]],
+) -> Iterable[bytes]:
     """Run one request through ``app``: what the server gets back is the ``RequestCycle`` (or the
     app's own file wrapper, whose ``close`` we hooked).
 
@@ -103,7 +109,8 @@ def serve(mw: ObservabilityMiddleware, environ: dict[str, Any], start_response: 
         cycle.id_rejected = False
     cycle.request_id = environ[REQUEST_ID_KEY] = request_id
     trace_id = cycle.trace_id = (
-        parse_traceparent(environ["HTTP_TRACEPARENT"]) if "HTTP_TRACEPARENT" in environ else None)
+        parse_traceparent(environ["HTTP_TRACEPARENT"]) if "HTTP_TRACEPARENT" in environ else None
+    )
     cycle._token = _current.set((request_id, trace_id))
     cycle.status = cycle.content_length = cycle.exc = cycle._result = cycle._iterator = None
     cycle.http = cycle.http_series = cycle.endpoint = None  # set by the HTTP metrics hooks

@@ -34,8 +34,18 @@ _LOGGER_JSON = json_string(ACCESS_LOGGER)
 # microseconds (one digit apart only within float error of half a microsecond): float formatting
 # (dtoa, twice over with round) was a tenth of the line's cost.
 _MS_FRACTIONS = tuple(repr(i / 1000)[1:] for i in range(1000))
-_FIELDS = ("request_id", "method", "path", "endpoint", "status", "latency_ms", "content_length", "remote_addr",
-           "user_agent", "user_id")
+_FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "endpoint",
+    "status",
+    "latency_ms",
+    "content_length",
+    "remote_addr",
+    "user_agent",
+    "user_id",
+)
 
 
 def wsgi_to_text(value: str) -> str:
@@ -49,7 +59,7 @@ def wsgi_to_text(value: str) -> str:
 
 
 def sensitive_matcher(words: tuple[str, ...]) -> Callable[[str], bool]:
-    """"Contains any of these words, in any case". Substring tests on the lowered text: an
+    """ "Contains any of these words, in any case". Substring tests on the lowered text: an
     IGNORECASE regex alternation costs ten times as much on a typical query string."""
     distinct = {w.lower() for w in words if w}
     # A word that contains another adds nothing ("access_token" after "token"): each costs a scan.
@@ -144,9 +154,18 @@ class AccessLog:
         environ = cycle.environ
         method, path, full_path, endpoint = self._values(environ, cycle.endpoint)
         user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
-        values = (cycle.request_id, method, full_path, endpoint, status, round(cycle.duration * 1000.0, 3),
-                  cycle.size, str(environ.get("REMOTE_ADDR", "")), self._text(environ.get("HTTP_USER_AGENT", "")),
-                  user_id)
+        values = (
+            cycle.request_id,
+            method,
+            full_path,
+            endpoint,
+            status,
+            round(cycle.duration * 1000.0, 3),
+            cycle.size,
+            str(environ.get("REMOTE_ADDR", "")),
+            self._text(environ.get("HTTP_USER_AGENT", "")),
+            user_id,
+        )
         fields: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
         if cycle.trace_id is not None:
             fields["trace_id"] = cycle.trace_id
@@ -157,8 +176,9 @@ class AccessLog:
             fields["error_type"] = type(exc).__name__
             exc_info = (type(exc), exc, exc.__traceback__)
         # Built directly and handed to handle(): Logger.log would walk the stack for a caller we know.
-        record = logging.getLogRecordFactory()(ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status),
-                                               exc_info)
+        record = logging.getLogRecordFactory()(
+            ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status), exc_info
+        )
         record.__dict__.update(fields)
         record.__dict__[ACCESS_FIELDS] = fields
         self.logger.handle(record)
@@ -189,8 +209,14 @@ class AccessLog:
         environ = cycle.environ
         endpoint = cycle.endpoint or environ.get(ROUTE_KEY)
         # What the request line renders to repeats (health checks, hot routes): rendered once.
-        key = (environ.get("REQUEST_METHOD"), environ.get("SCRIPT_NAME"), environ.get("PATH_INFO"),
-               environ.get("QUERY_STRING"), endpoint, status)
+        key = (
+            environ.get("REQUEST_METHOD"),
+            environ.get("SCRIPT_NAME"),
+            environ.get("PATH_INFO"),
+            environ.get("QUERY_STRING"),
+            endpoint,
+            status,
+        )
         try:
             rendered = self._rendered.get(key)
         except TypeError:  # a server that put something unhashable in the environ: render, never keep
@@ -220,23 +246,28 @@ class AccessLog:
         user_json = "null" if user_id is None else json_string(user_id)
         for handler, service_fields in targets:  # one string per line: joining parts copies them again
             # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
-            line = (f'{{"timestamp": "{stamp}", "level": "INFO", "logger": {_LOGGER_JSON}, {message}{service_fields}'
-                    f'"request_id": "{cycle.request_id}", {request}, "latency_ms": {ms}{_MS_FRACTIONS[fraction]}, '
-                    f'"content_length": {cycle.size}, "remote_addr": {remote_json}, '
-                    f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n')
+            line = (
+                f'{{"timestamp": "{stamp}", "level": "INFO", "logger": {_LOGGER_JSON}, {message}{service_fields}'
+                f'"request_id": "{cycle.request_id}", {request}, "latency_ms": {ms}{_MS_FRACTIONS[fraction]}, '
+                f'"content_length": {cycle.size}, "remote_addr": {remote_json}, '
+                f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n'
+            )
             handler.write_text_line(line.encode("ascii"), now_ms / 1000)
 
-    def _render(self, environ: dict[str, Any], endpoint: str | None, status: int,
-                key: tuple[Any, ...] | None) -> tuple[str, str]:
+    def _render(
+        self, environ: dict[str, Any], endpoint: str | None, status: int, key: tuple[Any, ...] | None
+    ) -> tuple[str, str]:
         """The line's message, and its method, path, endpoint and status fields, as JSON."""
         method, path, full_path, endpoint = self._values(environ, endpoint)
         path_json = json_string(path)
         method_json = json_string(method)
         # The JSON of the message is its escaped parts joined: escaping is per character.
         full_path_json = json_string(full_path) if full_path is not path else path_json
-        rendered = (f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ',
-                    f'"method": {method_json}, "path": {full_path_json}, "endpoint": {json_string(endpoint)}, '
-                    f'"status": {status}')
+        rendered = (
+            f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ',
+            f'"method": {method_json}, "path": {full_path_json}, "endpoint": {json_string(endpoint)}, '
+            f'"status": {status}',
+        )
         if key is not None and len(full_path) <= MAX_CACHED_TEXT:
             if len(self._rendered) >= 1024:  # bounded; emptied rather than frozen, so hot lines come back
                 self._rendered.clear()

@@ -138,7 +138,7 @@ def go_float(value: float) -> str:
     text = repr(value)
     dot = text.find(".")
     if value > 0 and dot > 6:
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return text
 
@@ -154,8 +154,13 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 # Text-format names and types of the OpenMetrics-only kinds (as prometheus_client maps them).
-_TEXT_KINDS = {"counter": ("_total", "counter"), "info": ("_info", "gauge"), "stateset": ("", "gauge"),
-               "gaugehistogram": ("", "histogram"), "unknown": ("", "untyped")}
+_TEXT_KINDS = {
+    "counter": ("_total", "counter"),
+    "info": ("_info", "gauge"),
+    "stateset": ("", "gauge"),
+    "gaugehistogram": ("", "histogram"),
+    "unknown": ("", "untyped"),
+}
 
 
 def encode_text(families: Iterable[Family]) -> bytes:
@@ -194,8 +199,11 @@ def _sumless(family: Family) -> tuple[tuple[str, str], set[tuple[tuple[str, str]
     and absent when a bucket threshold is negative (a strict parser refuses the whole scrape).
     ``_count`` goes with it: the parser wants both or neither. The text format keeps both."""
     sum_name = family.name + "_sum"
-    keys = {_series_key(s.labels) for s in family.samples
-            if (s.name == sum_name and s.value < 0) or _negative(s.labels.get("le", ""))}
+    keys = {
+        _series_key(s.labels)
+        for s in family.samples
+        if (s.name == sum_name and s.value < 0) or _negative(s.labels.get("le", ""))
+    }
     return ((sum_name, family.name + "_count"), keys) if keys else None
 
 
@@ -261,8 +269,11 @@ def check_prometheus_client_registry(registry: Registry) -> None:
 
     # Only metrics the app defined (not prometheus_client's own process and GC collectors, which
     # multiprocess mode does not expose anyway).
-    theirs = [getattr(c, "_name", "") for c in getattr(PROMETHEUS_REGISTRY, "_collector_to_names", {})
-              if isinstance(c, MetricWrapperBase)]
+    theirs = [
+        getattr(c, "_name", "")
+        for c in getattr(PROMETHEUS_REGISTRY, "_collector_to_names", {})
+        if isinstance(c, MetricWrapperBase)
+    ]
     check_no_clash(registry.families, [n for n in theirs if n])
 
 
@@ -301,10 +312,16 @@ def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Family]:
     shards = Family("softfactory_obs_store_shards", "Shard files in the metrics store by state", "gauge", ["state"])
     shards.add(["live"], snap.live_shards)
     shards.add(["dead"], snap.dead_shards)
-    duration = gauge("softfactory_obs_scrape_duration_seconds",
-                     "Time the previous scrape took to merge and render the store", scrape_seconds)
-    files = gauge("softfactory_obs_scrape_files_read",
-                  "Shard files this scrape read (stays near the number of live workers under churn)", snap.files_opened)
+    duration = gauge(
+        "softfactory_obs_scrape_duration_seconds",
+        "Time the previous scrape took to merge and render the store",
+        scrape_seconds,
+    )
+    files = gauge(
+        "softfactory_obs_scrape_files_read",
+        "Shard files this scrape read (stays near the number of live workers under churn)",
+        snap.files_opened,
+    )
     generation = Family("softfactory_obs_store_compactions", "Compactions published to the store", "counter")
     generation.add((), snap.archive_generation)
     return [shards, duration, files, generation]
@@ -326,8 +343,14 @@ class _Flight:
 class MetricsApp:
     """The WSGI app mounted at ``/metrics``."""
 
-    def __init__(self, registry: Registry, on_dead_shards: Callable[[], None] | None = None, *,
-                 max_concurrent: int = 16, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        on_dead_shards: Callable[[], None] | None = None,
+        *,
+        max_concurrent: int = 16,
+        timeout: float = 10.0,
+    ) -> None:
         self.registry = registry
         self.on_dead_shards = on_dead_shards
         # As Go's promhttp: a bounded number of scrapes at once per worker, each waiting a bounded time.
@@ -339,8 +362,9 @@ class MetricsApp:
         self._running: _Flight | None = None  # the merge being computed
         self.merges = 0  # how many merges ran (scrapes that arrived together share one)
 
-    def render(self, accept: str = "", names: frozenset[str] | None = None,
-               timeout: float | None = None) -> tuple[bytes, str]:
+    def render(
+        self, accept: str = "", names: frozenset[str] | None = None, timeout: float | None = None
+    ) -> tuple[bytes, str]:
         """Encode the merged store (only the families or samples ``names`` names, when given).
         Scrapes arriving while a merge runs in this process wait for it and share its result
         (single flight): a gthread worker under a scrape storm merges once. ``timeout``: the
@@ -416,20 +440,26 @@ class MetricsApp:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
-                                                      ("Content-Length", "0")])
+            start_response(
+                "405 Method Not Allowed",
+                [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"), ("Content-Length", "0")],
+            )
             return []
         query = environ.get("QUERY_STRING")
         names = frozenset(parse_qs(query).get("name[]", ())) if query and "name" in query else None
         try:
-            body, content_type = self.render(environ.get("HTTP_ACCEPT", ""), names,
-                                             scrape_budget(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS")))
+            body, content_type = self.render(
+                environ.get("HTTP_ACCEPT", ""),
+                names,
+                scrape_budget(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS")),
+            )
         except (StoreBusyError, ScrapeLimitError) as exc:
             return _error(start_response, "503 Service Unavailable", f"metrics unavailable: {exc}\n")
         except Exception as exc:  # never a partial or wrong scrape: fail it loudly, Prometheus records up=0
             report_failure("metrics scrape", exc)
-            return _error(start_response, "500 Internal Server Error",
-                          f"metrics scrape failed: {type(exc).__name__}: {exc}\n")
+            return _error(
+                start_response, "500 Internal Server Error", f"metrics scrape failed: {type(exc).__name__}: {exc}\n"
+            )
         headers = [("Content-Type", content_type), ("Cache-Control", "no-store"), ("Vary", "Accept, Accept-Encoding")]
         if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
             body = gzip.compress(body, compresslevel=5)
@@ -468,6 +498,12 @@ def restricted(families: Iterable[Family], names: frozenset[str]) -> list[Family
 
 def _error(start_response: Callable[..., Any], status: str, message: str) -> list[bytes]:
     body = message.encode("utf-8", "replace")
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store"),
-                            ("Content-Length", str(len(body)))])
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Cache-Control", "no-store"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
     return [body]

@@ -44,8 +44,9 @@ class Family:
         name = self.name + "_total" if self.type == "counter" else self.name
         self.samples.append(Sample(name, dict(zip(self.labels, values, strict=True)), float(value), exemplar))
 
-    def add_histogram(self, values: Sequence[str], buckets: Sequence[tuple[str, float, Exemplar | None]],
-                      sum_value: float) -> None:
+    def add_histogram(
+        self, values: Sequence[str], buckets: Sequence[tuple[str, float, Exemplar | None]], sum_value: float
+    ) -> None:
         """Cumulative ``(le, count, exemplar)`` buckets, the last one ``+Inf``, then ``_count`` and ``_sum``."""
         labels = dict(zip(self.labels, values, strict=True))
         for le, count, exemplar in buckets:

@@ -42,8 +42,11 @@ class Guard:
     def _token_ok(self, environ: dict[str, Any]) -> bool:
         header = str(environ.get("HTTP_AUTHORIZATION", ""))
         scheme, _, given = header.partition(" ")
-        return bool(self.token) and scheme.lower() == "bearer" and self._same(
-            given.strip().encode("latin-1", "replace"), self.token)
+        return (
+            bool(self.token)
+            and scheme.lower() == "bearer"
+            and self._same(given.strip().encode("latin-1", "replace"), self.token)
+        )
 
     def refusal(self, environ: dict[str, Any]) -> str | None:
         """None when the request may read; else the status to answer."""
@@ -73,9 +76,14 @@ class Guard:
             if status is None:
                 return app(environ, start_response)
             # Refusals are logged (they may be probing), never counted as app traffic.
-            log.warning("refused %s %s from %s: %s", environ.get("REQUEST_METHOD", ""),
-                        str(environ.get("PATH_INFO", ""))[:200], environ.get("REMOTE_ADDR", ""), status,
-                        extra={"status": int(status[:3]), "remote_addr": environ.get("REMOTE_ADDR", "")})
+            log.warning(
+                "refused %s %s from %s: %s",
+                environ.get("REQUEST_METHOD", ""),
+                str(environ.get("PATH_INFO", ""))[:200],
+                environ.get("REMOTE_ADDR", ""),
+                status,
+                extra={"status": int(status[:3]), "remote_addr": environ.get("REMOTE_ADDR", "")},
+            )
             headers = [("Content-Type", "text/plain"), ("Content-Length", "0"), ("Cache-Control", "no-store")]
             if status.startswith("401"):
                 headers.append(("WWW-Authenticate", 'Bearer realm="telemetry"'))

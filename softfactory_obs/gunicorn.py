@@ -65,8 +65,7 @@ def json_logconfig(service: str | None = None, level: str = "INFO") -> dict[str,
         "loggers": {
             # Records propagate to the root's JSON handler; gunicorn's access log stays off (ours is richer).
             "gunicorn.error": {"level": level, "handlers": [], "propagate": True, "qualname": "gunicorn.error"},
-            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True,
-                                "qualname": "gunicorn.access"},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True, "qualname": "gunicorn.access"},
         },
         "handlers": {"json": {"()": "softfactory_obs.log_files.StreamLineHandler", "formatter": "json"}},
         "formatters": {"json": {"()": "softfactory_obs.logs.JsonFormatter", "service": service}},

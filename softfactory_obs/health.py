@@ -56,9 +56,13 @@ class Result:
     error: str | None = None
 
     def as_dict(self, now: float, with_details: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": "pass" if self.ok else "fail", "critical": self.critical,
-                               "latency_ms": round(self.latency_ms, 3), "age_seconds": round(now - self.checked_at, 3),
-                               "checked_at": iso_utc(self.checked_at)}
+        out: dict[str, Any] = {
+            "status": "pass" if self.ok else "fail",
+            "critical": self.critical,
+            "latency_ms": round(self.latency_ms, 3),
+            "age_seconds": round(now - self.checked_at, 3),
+            "checked_at": iso_utc(self.checked_at),
+        }
         if with_details:
             if self.details:
                 out["details"] = self.details
@@ -94,11 +98,13 @@ class HealthChecks:
         if not callable(check.fn):
             raise ValueError(f"health check {check.name!r}: expected a callable, got {check.fn!r}")
         if not _seconds(check.timeout):  # an infinite wait overflows the future's timeout and fails the probe
-            raise ValueError(f"health check {check.name!r}: timeout must be > 0 seconds and finite, "
-                             f"got {check.timeout!r}")
+            raise ValueError(
+                f"health check {check.name!r}: timeout must be > 0 seconds and finite, got {check.timeout!r}"
+            )
         if check.interval is not None and not _seconds(check.interval):
-            raise ValueError(f"health check {check.name!r}: interval must be None or > 0 seconds and finite, "
-                             f"got {check.interval!r}")
+            raise ValueError(
+                f"health check {check.name!r}: interval must be None or > 0 seconds and finite, got {check.interval!r}"
+            )
         self.checks[check.name] = check
 
     def _submit(self, check: Check) -> Future[Result]:
@@ -118,8 +124,9 @@ class HealthChecks:
         try:
             value = check.fn()
         except Exception as exc:
-            return Result(check.name, False, check.critical, (time.perf_counter() - t0) * 1000, started,
-                          error=sanitise(exc))
+            return Result(
+                check.name, False, check.critical, (time.perf_counter() - t0) * 1000, started, error=sanitise(exc)
+            )
         details = value if isinstance(value, dict) else {}
         return Result(check.name, bool(value), check.critical, (time.perf_counter() - t0) * 1000, started, details)
 
@@ -145,16 +152,25 @@ class HealthChecks:
             try:
                 result = future.result(timeout=max(0.0, min(check.timeout, deadline - time.perf_counter())))
             except FutureTimeout:
-                result = Result(check.name, False, check.critical, check.timeout * 1000, now,
-                                error=f"timed out after {check.timeout:g} s")
+                result = Result(
+                    check.name,
+                    False,
+                    check.critical,
+                    check.timeout * 1000,
+                    now,
+                    error=f"timed out after {check.timeout:g} s",
+                )
             with self._lock:
                 self._results[check.name] = result
         return [self._results[c.name] for c in chosen if c.name in self._results]
 
     def refresh_background(self) -> None:
         """Maintenance task: re-run checks that have an interval before their results get old."""
-        due = [c.name for c in self.checks.values()
-               if c.interval and time.time() - getattr(self._results.get(c.name), "checked_at", 0) >= c.interval]
+        due = [
+            c.name
+            for c in self.checks.values()
+            if c.interval and time.time() - getattr(self._results.get(c.name), "checked_at", 0) >= c.interval
+        ]
         if due:
             self.run(due)
 

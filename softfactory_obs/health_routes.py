@@ -18,16 +18,23 @@ READY_PATHS = ("/ready", "/readyz", "/api/metrics/ready")
 HEALTH_PATHS = ("/health", "/healthz", "/api/metrics/health")
 
 
-def answer(environ: dict[str, Any], start_response: Callable[..., Any], status: str, body: bytes,
-           content_type: str = "application/json") -> Iterable[bytes]:
+def answer(
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    status: str,
+    body: bytes,
+    content_type: str = "application/json",
+) -> Iterable[bytes]:
     """A telemetry JSON response: GET and HEAD only (405 with Allow otherwise), never cached."""
     method = environ.get("REQUEST_METHOD", "GET")
     if method not in ("GET", "HEAD"):
-        start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"),
-                                                  ("Content-Length", "0")])
+        start_response(
+            "405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain"), ("Content-Length", "0")]
+        )
         return []
-    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                            ("Cache-Control", "no-store")])
+    start_response(
+        status, [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    )
     return [] if method == "HEAD" else [body]
 
 
@@ -74,8 +81,9 @@ class HealthRoutes:
             status, http = "healthy", "200 OK"
         details = self.guard.may_see_details(environ)
         if HEALTH_JSON in str(environ.get("HTTP_ACCEPT", "")):
-            return answer(environ, start_response, http, json_body(self._ietf(status, results, now, details)),
-                           HEALTH_JSON)
+            return answer(
+                environ, start_response, http, json_body(self._ietf(status, results, now, details)), HEALTH_JSON
+            )
         data: dict[str, Any] = {
             "status": status,
             "service": self.settings.service_name,
@@ -90,11 +98,19 @@ class HealthRoutes:
         ietf_status = {"healthy": "pass", "degraded": "warn", "unhealthy": "fail"}[status]
         checks = {}
         for r in results:
-            entry: dict[str, Any] = {"componentId": r.name, "status": "pass" if r.ok else "fail",
-                                     "observedValue": round(r.latency_ms, 3), "observedUnit": "ms",
-                                     "time": iso_utc(r.checked_at)}
+            entry: dict[str, Any] = {
+                "componentId": r.name,
+                "status": "pass" if r.ok else "fail",
+                "observedValue": round(r.latency_ms, 3),
+                "observedUnit": "ms",
+                "time": iso_utc(r.checked_at),
+            }
             if details and r.error:
                 entry["output"] = r.error
             checks[f"{r.name}:responseTime"] = [entry]
-        return {"status": ietf_status, "version": self.settings.service_version,
-                "serviceId": self.settings.service_name, "checks": checks}
+        return {
+            "status": ietf_status,
+            "version": self.settings.service_version,
+            "serviceId": self.settings.service_name,
+            "checks": checks,
+        }

@@ -44,26 +44,60 @@ class HttpMetrics:
         extra = list(settings.default_labels)
         endpoint_labels = ["method", "endpoint", *extra]
         ex = settings.exemplars
-        self.requests = Counter(f"{p}http_requests_total", "HTTP requests answered",
-                                ["method", "endpoint", "status", *extra], exemplars=ex, registry=registry)
-        self.duration = Histogram(f"{p}http_request_duration_seconds",
-                                  "Time from the request's arrival until its body was sent and closed",
-                                  endpoint_labels, buckets=settings.duration_buckets, exemplars=ex, registry=registry)
+        self.requests = Counter(
+            f"{p}http_requests_total",
+            "HTTP requests answered",
+            ["method", "endpoint", "status", *extra],
+            exemplars=ex,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{p}http_request_duration_seconds",
+            "Time from the request's arrival until its body was sent and closed",
+            endpoint_labels,
+            buckets=settings.duration_buckets,
+            exemplars=ex,
+            registry=registry,
+        )
         self.exemplar_interval = float(settings.exemplar_interval_seconds)
-        self.in_progress = Gauge(f"{p}http_requests_in_progress", "Requests being served now, all workers",
-                                 ["method", *extra], mode="livesum", registry=registry)
-        self.slow = Counter(f"{p}http_slow_requests_total",
-                            "Requests slower than the slow_request_seconds setting (1 s by default)", endpoint_labels,
-                            registry=registry)
-        self.exceptions = Counter(f"{p}http_request_exceptions_total", "Exceptions that escaped the app",
-                                  ["method", "endpoint", "exception", *extra], registry=registry)
-        self.request_size = Histogram(f"{p}http_request_size_bytes", "Request body sizes (Content-Length)",
-                                      endpoint_labels, buckets=SIZE_BUCKETS, registry=registry)
-        self.response_size = Histogram(f"{p}http_response_size_bytes", "Response body sizes, as sent",
-                                       endpoint_labels, buckets=SIZE_BUCKETS, registry=registry)
-        self.overflow = Counter("softfactory_obs_endpoint_overflow_total",
-                                "Requests whose endpoint was folded into __overflow__ by the max_endpoints cap",
-                                registry=registry)
+        self.in_progress = Gauge(
+            f"{p}http_requests_in_progress",
+            "Requests being served now, all workers",
+            ["method", *extra],
+            mode="livesum",
+            registry=registry,
+        )
+        self.slow = Counter(
+            f"{p}http_slow_requests_total",
+            "Requests slower than the slow_request_seconds setting (1 s by default)",
+            endpoint_labels,
+            registry=registry,
+        )
+        self.exceptions = Counter(
+            f"{p}http_request_exceptions_total",
+            "Exceptions that escaped the app",
+            ["method", "endpoint", "exception", *extra],
+            registry=registry,
+        )
+        self.request_size = Histogram(
+            f"{p}http_request_size_bytes",
+            "Request body sizes (Content-Length)",
+            endpoint_labels,
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.response_size = Histogram(
+            f"{p}http_response_size_bytes",
+            "Response body sizes, as sent",
+            endpoint_labels,
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.overflow = Counter(
+            "softfactory_obs_endpoint_overflow_total",
+            "Requests whose endpoint was folded into __overflow__ by the max_endpoints cap",
+            registry=registry,
+        )
         self.table = RouteTable(settings.routes)
         self.cap = EndpointCap(settings.max_endpoints, directory)
         self.slow_seconds = float(settings.slow_request_seconds)
@@ -89,8 +123,7 @@ class HttpMetrics:
         return tuple(values)
 
     def _skipped(self, method: str, path: str) -> bool:
-        return (method in self.skip_methods or path in self.skip_exact
-                or any(p.match(path) for p in self.skip_patterns))
+        return method in self.skip_methods or path in self.skip_exact or any(p.match(path) for p in self.skip_patterns)
 
     # Under a server that says wsgi.multithread is false (gunicorn's sync and gevent workers), only
     # the thread serving requests writes these series: the store's lock is skipped and each hook
@@ -169,7 +202,8 @@ class HttpMetrics:
     def _series_for(self, cycle: RequestCycle, live: _Live, status: str, by_path: tuple[Any, str] | None) -> _Series:
         endpoint = resolve(cycle.environ, self.table, status)
         overflow = endpoint not in self.cap.admitted and (
-            len(endpoint) > MAX_ENDPOINT_LENGTH or not self.cap.admit(endpoint))
+            len(endpoint) > MAX_ENDPOINT_LENGTH or not self.cap.admit(endpoint)
+        )
         if overflow:
             endpoint = OVERFLOW
         series = live.series.get((endpoint, status))
@@ -297,9 +331,31 @@ class _Series:
     sizes (only for requests with a body) go through their child; slow requests and exceptions,
     rare, through their family."""
 
-    __slots__ = ("d_bounds", "d_due", "d_ex", "d_inf", "d_ints", "d_slots", "d_sum", "d_top", "d_view", "duration",
-                 "endpoint", "overflow", "r_due", "r_ex", "r_ints", "r_slot", "r_view", "request_size", "requests",
-                 "response_size", "s_ints", "s_slots", "s_sum")
+    __slots__ = (
+        "d_bounds",
+        "d_due",
+        "d_ex",
+        "d_inf",
+        "d_ints",
+        "d_slots",
+        "d_sum",
+        "d_top",
+        "d_view",
+        "duration",
+        "endpoint",
+        "overflow",
+        "r_due",
+        "r_ex",
+        "r_ints",
+        "r_slot",
+        "r_view",
+        "request_size",
+        "requests",
+        "response_size",
+        "s_ints",
+        "s_slots",
+        "s_sum",
+    )
 
     def __init__(self, endpoint: str, requests: Any, duration: Any, response_size: Any, request_size: Any) -> None:
         self.endpoint = endpoint

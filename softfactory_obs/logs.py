@@ -112,12 +112,24 @@ _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=_json_fal
 # Our field names -> Elastic Common Schema (ECS 8) names, for log_schema="ecs". Dotted keys are
 # what Elasticsearch maps to the nested ECS objects.
 ECS_FIELDS = {
-    "timestamp": "@timestamp", "level": "log.level", "logger": "log.logger", "service": "service.name",
-    "pid": "process.pid", "request_id": "http.request.id", "trace_id": "trace.id",
-    "method": "http.request.method", "path": "url.original", "endpoint": "url.path",
-    "status": "http.response.status_code", "content_length": "http.response.body.bytes",
-    "remote_addr": "client.address", "user_agent": "user_agent.original", "user_id": "user.id",
-    "traceback": "error.stack_trace", "error_type": "error.type", "latency_ms": "event.duration_ms",
+    "timestamp": "@timestamp",
+    "level": "log.level",
+    "logger": "log.logger",
+    "service": "service.name",
+    "pid": "process.pid",
+    "request_id": "http.request.id",
+    "trace_id": "trace.id",
+    "method": "http.request.method",
+    "path": "url.original",
+    "endpoint": "url.path",
+    "status": "http.response.status_code",
+    "content_length": "http.response.body.bytes",
+    "remote_addr": "client.address",
+    "user_agent": "user_agent.original",
+    "user_id": "user.id",
+    "traceback": "error.stack_trace",
+    "error_type": "error.type",
+    "latency_ms": "event.duration_ms",
 }
 
 
@@ -129,12 +141,14 @@ class JsonFormatter(_BaseJsonFormatter):
     then ``traceback`` when an exception is attached.
     """
 
-    def __init__(self, *, service: str = "app", static_fields: dict[str, Any] | None = None,
-                 schema: str = "default") -> None:
+    def __init__(
+        self, *, service: str = "app", static_fields: dict[str, Any] | None = None, schema: str = "default"
+    ) -> None:
         if schema not in ("default", "ecs"):
             raise ValueError(f"schema: expected 'default' or 'ecs', got {schema!r}")
         super().__init__(
-            static_fields=static_fields, json_ensure_ascii=True,
+            static_fields=static_fields,
+            json_ensure_ascii=True,
             reserved_attrs=[*RESERVED_ATTRS, "taskName", ACCESS_FIELDS],
         )
         self.service = service
@@ -183,8 +197,12 @@ class JsonFormatter(_BaseJsonFormatter):
     def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
         """The access line's fields are known and plain: skip the generic record scan (the hot path)."""
         data: dict[str, Any] = {
-            "timestamp": iso_utc(record.created), "level": record.levelname, "logger": record.name,
-            "message": record.getMessage(), "service": self.service, "pid": record.process,
+            "timestamp": iso_utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": self.service,
+            "pid": record.process,
         }
         data.update(fields)
         if record.exc_info:
@@ -209,15 +227,19 @@ class JsonFormatter(_BaseJsonFormatter):
                 message = record.getMessage()
             except Exception:  # the bad %-format itself: the template, unformatted
                 message = _json_fallback(record.msg)
-            return json.dumps({
-                "timestamp": iso_utc(record.created),
-                "level": record.levelname,
-                "logger": record.name,
-                "message": message,
-                "service": self.service,
-                "pid": record.process,
-                "format_error": f"{type(exc).__name__}: {exc}",
-            }, default=_json_fallback, ensure_ascii=True)
+            return json.dumps(
+                {
+                    "timestamp": iso_utc(record.created),
+                    "level": record.levelname,
+                    "logger": record.name,
+                    "message": message,
+                    "service": self.service,
+                    "pid": record.process,
+                    "format_error": f"{type(exc).__name__}: {exc}",
+                },
+                default=_json_fallback,
+                ensure_ascii=True,
+            )
 
 
 class RequestContextFilter(logging.Filter):
@@ -260,8 +282,13 @@ class DirectRoute:
         state = self._state
         try:  # unchanged since the snapshot? (inlined: a call per request is measurable here)
             fresh = state is not None and state[1] == (  # _switches(), inlined
-                _pid, logging.logProcesses, logging.root.manager.disable, logging._logRecordFactory,  # type: ignore[attr-defined]
-                logging.Logger.handle, logging.Logger.callHandlers)
+                _pid,
+                logging.logProcesses,
+                logging.root.manager.disable,
+                logging._logRecordFactory,  # type: ignore[attr-defined]
+                logging.Logger.handle,
+                logging.Logger.callHandlers,
+            )
             if fresh:
                 for obj, saved in state[0]:  # type: ignore[index]
                     if obj.__dict__ != saved:  # attributes still the same object compare without their __eq__
@@ -292,9 +319,11 @@ class DirectRoute:
                     targets = None
             lg = lg.parent if lg.propagate else None
         switches = _switches()
-        if (not handlers  # logging's lastResort handler would take it
-                or not logging.logProcesses  # the line's pid would be null
-                or switches[3:] != (logging.LogRecord, _LOGGER_HANDLE, _LOGGER_CALL_HANDLERS)):
+        if (
+            not handlers  # logging's lastResort handler would take it
+            or not logging.logProcesses  # the line's pid would be null
+            or switches[3:] != (logging.LogRecord, _LOGGER_HANDLE, _LOGGER_CALL_HANDLERS)
+        ):
             targets = None
         if targets is not None and not self.logger.isEnabledFor(logging.INFO):
             targets = []
@@ -311,9 +340,14 @@ def _switches() -> tuple[Any, ...]:
     """Module-wide state a direct line depends on (the pid is part of the line). The record factory
     is read as logging keeps it, ``logging._logRecordFactory``: getLogRecordFactory() is a Python
     call, a seventh of ``targets``' check (a test holds the two equal)."""
-    return (_pid, logging.logProcesses, logging.root.manager.disable,
-            logging._logRecordFactory,  # type: ignore[attr-defined]
-            logging.Logger.handle, logging.Logger.callHandlers)
+    return (
+        _pid,
+        logging.logProcesses,
+        logging.root.manager.disable,
+        logging._logRecordFactory,  # type: ignore[attr-defined]
+        logging.Logger.handle,
+        logging.Logger.callHandlers,
+    )
 
 
 _LOGGER_HANDLE = logging.Logger.handle
@@ -324,9 +358,14 @@ def _direct(handler: logging.Handler) -> bool:
     """A handler we can write to directly: ours, unmodified, with our formatter and our filter only."""
     cls = type(handler)
     formatter = handler.formatter
-    return (isinstance(handler, LineHandler) and cls.emit is LineHandler.emit and cls.handle is logging.Handler.handle
-            and isinstance(formatter, JsonFormatter) and formatter.writes_plain_lines()
-            and all(type(f) is RequestContextFilter for f in handler.filters))
+    return (
+        isinstance(handler, LineHandler)
+        and cls.emit is LineHandler.emit
+        and cls.handle is logging.Handler.handle
+        and isinstance(formatter, JsonFormatter)
+        and formatter.writes_plain_lines()
+        and all(type(f) is RequestContextFilter for f in handler.filters)
+    )
 
 
 _OURS = "_softfactory_obs_handler"

@@ -32,10 +32,28 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Response headers frameworks send on most responses (Werkzeug, Django, Falcon spell them so or in
 # lower case): start_response passes over them with one set lookup.
 COMMON_RESPONSE_HEADERS = (
-    "Content-Type", "Cache-Control", "Set-Cookie", "ETag", "Last-Modified", "Vary", "Location", "Expires", "Date",
-    "Server", "Content-Encoding", "Content-Language", "Content-Disposition", "Accept-Ranges", "Allow",
-    "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy",
-    "Strict-Transport-Security", "Content-Security-Policy", "Access-Control-Allow-Origin",
+    "Content-Type",
+    "Cache-Control",
+    "Set-Cookie",
+    "ETag",
+    "Last-Modified",
+    "Vary",
+    "Location",
+    "Expires",
+    "Date",
+    "Server",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Disposition",
+    "Accept-Ranges",
+    "Allow",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Cross-Origin-Opener-Policy",
+    "Strict-Transport-Security",
+    "Content-Security-Policy",
+    "Access-Control-Allow-Origin",
 )
 
 # Set in environ by the outermost instance; an inner instance seeing it passes the request through.
@@ -45,8 +63,9 @@ ENVIRON_MARK = "softfactory_obs.middleware"
 class ObservabilityMiddleware:
     """Wrap a WSGI app: request ids, JSON access logs, per-request metrics and the ``/metrics`` route."""
 
-    def __init__(self, app: WSGIApp, settings: Settings | None = None, *, registry: Registry | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, app: WSGIApp, settings: Settings | None = None, *, registry: Registry | None = None, **options: Any
+    ) -> None:
         if not callable(app):
             raise TypeError(f"app: expected a WSGI callable, got {app!r}")
         if settings is None:
@@ -61,8 +80,11 @@ class ObservabilityMiddleware:
         self.header_lower = settings.request_id_header.lower()
         self.header_size = len(self.header_lower)
         self.other_headers = frozenset(
-            spelling for name in COMMON_RESPONSE_HEADERS for spelling in (name, name.lower())
-            if spelling.lower() not in (self.header_lower, "content-length"))
+            spelling
+            for name in COMMON_RESPONSE_HEADERS
+            for spelling in (name, name.lower())
+            if spelling.lower() not in (self.header_lower, "content-length")
+        )
         self.telemetry_routes: dict[str, WSGIApp] = {}
         self.finish_hooks: list[FinishHook] = []
         self.response_hooks: list[FinishHook] = []
@@ -150,8 +172,15 @@ class ObservabilityMiddleware:
             raise ValueError(f"path: expected an absolute path such as '/metrics', got {path!r}")
         self.telemetry_routes[path] = app
 
-    def add_health_check(self, name: str, check: Callable[[], Any], *, critical: bool = True, timeout: float = 2.0,
-                         interval: float | None = None) -> None:
+    def add_health_check(
+        self,
+        name: str,
+        check: Callable[[], Any],
+        *,
+        critical: bool = True,
+        timeout: float = 2.0,
+        interval: float | None = None,
+    ) -> None:
         """Register a dependency check for /ready (when critical) and /health.
 
         ``check()`` returns truthy (or a dict of details) when healthy, falsy or raises when not. It
@@ -160,8 +189,15 @@ class ObservabilityMiddleware:
         """
         self.health_checks.add(Check(name, check, critical, timeout, interval))
 
-    def add_redis(self, client: Any, cache: str = "default", *, critical: bool = False, timeout: float = 0.5,
-                  prefixes: dict[str, str] | None = None) -> Any:
+    def add_redis(
+        self,
+        client: Any,
+        cache: str = "default",
+        *,
+        critical: bool = False,
+        timeout: float = 0.5,
+        prefixes: dict[str, str] | None = None,
+    ) -> Any:
         """Count ``client``'s cache hits and misses, expose Redis INFO at scrape time, and check it in /health.
 
         INFO and the health check's PING use a second connection with ``timeout`` and no retries,
@@ -172,8 +208,12 @@ class ObservabilityMiddleware:
         instrument_redis(client, cache, prefixes=prefixes, registry=self.registry)
         collector = RedisInfoCollector(client, cache, timeout)
         self.registry.callbacks.append(collector.collect)
-        self.add_health_check("redis" if cache == "default" else f"redis-{cache}", collector.ping,
-                              critical=critical, timeout=timeout + 0.5)
+        self.add_health_check(
+            "redis" if cache == "default" else f"redis-{cache}",
+            collector.ping,
+            critical=critical,
+            timeout=timeout + 0.5,
+        )
         return client
 
     def mark_ready(self, ready: bool = True) -> None:

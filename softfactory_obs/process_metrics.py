@@ -32,22 +32,35 @@ class ProcessSampler:
         self.service = service
         self.version = version
         labels = ["worker"]
-        self.rss = Gauge("process_resident_memory_bytes", "Resident memory of each worker process", labels,
-                         registry=registry)
-        self.vms = Gauge("process_virtual_memory_bytes", "Virtual memory of each worker process", labels,
-                         registry=registry)
-        self.fds = Gauge("process_open_fds", "Open file descriptors of each worker process", labels,
-                         registry=registry)
+        self.rss = Gauge(
+            "process_resident_memory_bytes", "Resident memory of each worker process", labels, registry=registry
+        )
+        self.vms = Gauge(
+            "process_virtual_memory_bytes", "Virtual memory of each worker process", labels, registry=registry
+        )
+        self.fds = Gauge("process_open_fds", "Open file descriptors of each worker process", labels, registry=registry)
         self.threads = Gauge("process_threads", "Threads of each worker process", labels, registry=registry)
-        self.start = Gauge("process_start_time_seconds", "Start time of each worker process (Unix time)", labels,
-                           registry=registry)
-        self.cpu_percent = Gauge("softfactory_obs_worker_cpu_percent", "CPU use of each worker since its previous "
-                                 "sample, percent of one core", labels, registry=registry)
-        self.memory_percent = Gauge("softfactory_obs_worker_memory_percent", "Resident memory of each worker, "
-                                    "percent of the machine", labels, registry=registry)
+        self.start = Gauge(
+            "process_start_time_seconds", "Start time of each worker process (Unix time)", labels, registry=registry
+        )
+        self.cpu_percent = Gauge(
+            "softfactory_obs_worker_cpu_percent",
+            "CPU use of each worker since its previous sample, percent of one core",
+            labels,
+            registry=registry,
+        )
+        self.memory_percent = Gauge(
+            "softfactory_obs_worker_memory_percent",
+            "Resident memory of each worker, percent of the machine",
+            labels,
+            registry=registry,
+        )
         self.pid = Gauge("softfactory_obs_worker_pid", "Process id behind each worker slot", labels, registry=registry)
-        self.cpu = Counter("process_cpu_seconds_total", "CPU time (user + system) used by all worker processes, "
-                           "living and dead", registry=registry)
+        self.cpu = Counter(
+            "process_cpu_seconds_total",
+            "CPU time (user + system) used by all worker processes, living and dead",
+            registry=registry,
+        )
         self._pid = 0
         self._slot_fd: int | None = None
         self._slot = "0"
@@ -107,11 +120,15 @@ class ProcessSampler:
     def collect_at_scrape(self) -> Iterable[Family]:
         """Service-level facts computed in the scraping process: uptime, master memory, info."""
         service = procfs.service_pid()
-        yield gauge("app_uptime_seconds", "Seconds since the service (the gunicorn master, or this process) started",
-                    max(0.0, time.time() - procfs.start_time(service)))
+        yield gauge(
+            "app_uptime_seconds",
+            "Seconds since the service (the gunicorn master, or this process) started",
+            max(0.0, time.time() - procfs.start_time(service)),
+        )
         info = Family("app_info", "Service name and version", "gauge", ["service", "version"])
         info.add([self.service, self.version], 1)
         yield info
         if service != os.getpid():
-            yield gauge("gunicorn_master_resident_memory_bytes", "Resident memory of the master",
-                        procfs.resident_bytes(service))
+            yield gauge(
+                "gunicorn_master_resident_memory_bytes", "Resident memory of the master", procfs.resident_bytes(service)
+            )

@@ -29,7 +29,7 @@ class ProcessStats:
 def _stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat", "rb") as f:
         raw = f.read().decode("ascii", "replace")
-    return raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces and parentheses
+    return raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) ": comm may hold spaces and parentheses
 
 
 _boot_time: float | None = None
@@ -137,5 +137,11 @@ def _psutil_stats(pid: int) -> ProcessStats:
     process = _psutil().Process(pid)
     with process.oneshot():
         memory_info, cpu = process.memory_info(), process.cpu_times()
-        return ProcessStats(int(memory_info.rss), int(memory_info.vms), cpu.user + cpu.system, process.num_fds(),
-                            process.num_threads(), process.create_time())
+        return ProcessStats(
+            int(memory_info.rss),
+            int(memory_info.vms),
+            cpu.user + cpu.system,
+            process.num_fds(),
+            process.num_threads(),
+            process.create_time(),
+        )

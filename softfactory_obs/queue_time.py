@@ -57,7 +57,10 @@ class QueueTime:
         self.histogram = Histogram(
             f"{p}http_request_queue_seconds",
             f"Time from the proxy's {settings.queue_time_header} stamp until a worker took the request",
-            list(settings.default_labels), buckets=settings.duration_buckets, registry=registry)
+            list(settings.default_labels),
+            buckets=settings.duration_buckets,
+            registry=registry,
+        )
         self._children: dict[tuple[str, ...], Any] = {}  # by default label values: bounded by their allow-lists
 
     def __call__(self, cycle: RequestCycle) -> None:

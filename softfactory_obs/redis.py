@@ -41,12 +41,17 @@ class CacheMetrics:
         self.hits = Counter("cache_hits_total", "Cache reads that found a value", ["cache"], registry=registry)
         self.misses = Counter("cache_misses_total", "Cache reads that found nothing", ["cache"], registry=registry)
         self.puts = Counter("cache_puts_total", "Values written to the cache", ["cache"], registry=registry)
-        self.evictions = Counter("cache_evictions_total", "Keys deleted from the cache", ["cache"],
-                                 registry=registry)
-        self.errors = Counter("cache_errors_total", "Cache operations that raised", ["cache", "operation", "error"],
-                              registry=registry)
-        self.duration = Histogram("cache_operation_duration_seconds", "Time of each cache operation",
-                                  ["cache", "operation"], buckets=OPERATION_BUCKETS, registry=registry)
+        self.evictions = Counter("cache_evictions_total", "Keys deleted from the cache", ["cache"], registry=registry)
+        self.errors = Counter(
+            "cache_errors_total", "Cache operations that raised", ["cache", "operation", "error"], registry=registry
+        )
+        self.duration = Histogram(
+            "cache_operation_duration_seconds",
+            "Time of each cache operation",
+            ["cache", "operation"],
+            buckets=OPERATION_BUCKETS,
+            registry=registry,
+        )
 
 
 _metrics: dict[int, CacheMetrics] = {}
@@ -101,15 +106,18 @@ def _operation(command: str) -> str:
     return command.lower() if command in READS or command in PUTS or command in EVICTIONS else "other"
 
 
-def instrument_redis(client: Any, cache: str = "default", *, prefixes: Mapping[str, str] | None = None,
-                     registry: Registry | None = None) -> Any:
+def instrument_redis(
+    client: Any, cache: str = "default", *, prefixes: Mapping[str, str] | None = None, registry: Registry | None = None
+) -> Any:
     """Count this client's cache traffic; returns the same client. Instrumenting twice is a no-op."""
     if getattr(client, MARK, None) is not None:
         return client
     if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
         # Wrapped, its coroutines would count as values read (every GET a hit) and time nothing.
-        raise TypeError(f"client: expected a synchronous redis-py client (redis.Redis), got {type(client).__name__} "
-                        "from redis.asyncio")
+        raise TypeError(
+            f"client: expected a synchronous redis-py client (redis.Redis), got {type(client).__name__} "
+            "from redis.asyncio"
+        )
     metrics = cache_metrics(registry)
     namer = _Namer(cache, prefixes)
     original = client.execute_command
@@ -122,8 +130,11 @@ def instrument_redis(client: Any, cache: str = "default", *, prefixes: Mapping[s
             result = original(*args, **options)
         except Exception as exc:
             error = type(exc).__name__
-            _safely(lambda: metrics.errors.labels(namer(args[1]) if len(args) > 1 else namer.default,
-                                                  _operation(command), error).inc())
+            _safely(
+                lambda: metrics.errors.labels(
+                    namer(args[1]) if len(args) > 1 else namer.default, _operation(command), error
+                ).inc()
+            )
             raise
         seconds = time.perf_counter() - started
 
@@ -170,8 +181,15 @@ def _safely(fn: Callable[[], Any]) -> None:
         report_failure("redis metrics", exc)
 
 
-def cached(client: Any, *, ttl: float, cache: str = "default", key: Callable[..., str] | None = None,
-           serializer: Any = json, registry: Registry | None = None) -> Callable[[Callable[..., Any]], Any]:
+def cached(
+    client: Any,
+    *,
+    ttl: float,
+    cache: str = "default",
+    key: Callable[..., str] | None = None,
+    serializer: Any = json,
+    registry: Registry | None = None,
+) -> Callable[[Callable[..., Any]], Any]:
     """Read-through cache: a hit returns the stored value; a miss (or Redis down) calls the function.
 
     The cache never makes a call fail that would succeed without it: Redis errors, a stored value

@@ -110,7 +110,7 @@ class RouteTable:
     def _compile(template: str) -> re.Pattern[str]:
         pattern, pos = [], 0
         for match in _PLACEHOLDER.finditer(template):
-            pattern.append(re.escape(template[pos:match.start()]))
+            pattern.append(re.escape(template[pos : match.start()]))
             pattern.append(".+" if match[2] == "path" else "[^/]+")
             pos = match.end()
         pattern.append(re.escape(template[pos:]))
@@ -160,7 +160,10 @@ class EndpointCap:
             self._warned = True
             logging.getLogger("softfactory_obs").warning(
                 "endpoint label cap of %d reached: further endpoints are counted as %r; declare route "
-                "templates (routes=... or a framework adapter) or raise max_endpoints", self.limit, OVERFLOW)
+                "templates (routes=... or a framework adapter) or raise max_endpoints",
+                self.limit,
+                OVERFLOW,
+            )
         return admitted
 
     def _admit_local(self, endpoint: str) -> bool:

@@ -23,8 +23,22 @@ LogSchema = Literal["default", "ecs"]
 
 # Substrings (case-insensitive) of query parameter names whose values never reach a log line.
 DEFAULT_REDACT_QUERY = (
-    "password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "access_token",
-    "auth", "session", "signature", "sig", "key", "code", "state", "credential",
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "api_key",
+    "apikey",
+    "access_token",
+    "auth",
+    "session",
+    "signature",
+    "sig",
+    "key",
+    "code",
+    "state",
+    "credential",
 )
 
 # prometheus_client's default latency buckets, in seconds.
@@ -113,44 +127,82 @@ class Settings:
     def __post_init__(self) -> None:
         _check_types(self)
         _require(bool(self.service_name), "service_name", "a non-empty string", self.service_name)
-        _require(bool(_HEADER_NAME.match(self.request_id_header)), "request_id_header",
-                 "an HTTP header name (letters, digits, '-')", self.request_id_header)
+        _require(
+            bool(_HEADER_NAME.match(self.request_id_header)),
+            "request_id_header",
+            "an HTTP header name (letters, digits, '-')",
+            self.request_id_header,
+        )
         for name, hint in get_type_hints(Settings).items():
             if get_origin(hint) is Literal:
-                _require(getattr(self, name) in get_args(hint), name,
-                         "one of " + ", ".join(map(repr, get_args(hint))), getattr(self, name))
-        _require(not self.queue_time_header or bool(_HEADER_NAME.match(self.queue_time_header)), "queue_time_header",
-                 "an HTTP header name such as 'X-Request-Start', or '' (off)", self.queue_time_header)
+                _require(
+                    getattr(self, name) in get_args(hint),
+                    name,
+                    "one of " + ", ".join(map(repr, get_args(hint))),
+                    getattr(self, name),
+                )
+        _require(
+            not self.queue_time_header or bool(_HEADER_NAME.match(self.queue_time_header)),
+            "queue_time_header",
+            "an HTTP header name such as 'X-Request-Start', or '' (off)",
+            self.queue_time_header,
+        )
         networks = []
         for cidr in self.trusted_proxies:
             try:
                 networks.append(ipaddress.ip_network(cidr, strict=False))
             except ValueError:
                 raise ValueError(
-                    f"trusted_proxies: {cidr!r} is not an IP network; "
-                    "expected CIDRs such as '10.0.0.0/8' or '::1/128'"
+                    f"trusted_proxies: {cidr!r} is not an IP network; expected CIDRs such as '10.0.0.0/8' or '::1/128'"
                 ) from None
         if self.trust_request_id == "trusted_proxies" and not networks:
             raise ValueError("trust_request_id='trusted_proxies' needs trusted_proxies (a list of CIDRs)")
         object.__setattr__(self, "_proxy_networks", tuple(networks))
-        _require(64 <= self.log_max_field_length <= 65536, "log_max_field_length",
-                 "an integer from 64 to 65536", self.log_max_field_length)
-        _require(self.metrics_path.startswith("/"), "metrics_path", "an absolute path such as '/metrics'",
-                 self.metrics_path)
-        _require(not self.namespace or bool(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.namespace)), "namespace",
-                 "a Prometheus name prefix (letters, digits, _)", self.namespace)
-        _require(0.05 <= self.maintenance_interval_seconds <= 3600, "maintenance_interval_seconds",
-                 "a number of seconds from 0.05 to 3600", self.maintenance_interval_seconds)
-        _require(len(self.duration_buckets) > 0 and all(b > 0 for b in self.duration_buckets)
-                 and len(set(self.duration_buckets)) == len(self.duration_buckets), "duration_buckets",
-                 "distinct positive numbers of seconds", self.duration_buckets)
+        _require(
+            64 <= self.log_max_field_length <= 65536,
+            "log_max_field_length",
+            "an integer from 64 to 65536",
+            self.log_max_field_length,
+        )
+        _require(
+            self.metrics_path.startswith("/"), "metrics_path", "an absolute path such as '/metrics'", self.metrics_path
+        )
+        _require(
+            not self.namespace or bool(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.namespace)),
+            "namespace",
+            "a Prometheus name prefix (letters, digits, _)",
+            self.namespace,
+        )
+        _require(
+            0.05 <= self.maintenance_interval_seconds <= 3600,
+            "maintenance_interval_seconds",
+            "a number of seconds from 0.05 to 3600",
+            self.maintenance_interval_seconds,
+        )
+        _require(
+            len(self.duration_buckets) > 0
+            and all(b > 0 for b in self.duration_buckets)
+            and len(set(self.duration_buckets)) == len(self.duration_buckets),
+            "duration_buckets",
+            "distinct positive numbers of seconds",
+            self.duration_buckets,
+        )
         object.__setattr__(self, "duration_buckets", tuple(sorted(self.duration_buckets)))
-        _require(0 <= self.exemplar_interval_seconds <= 3600, "exemplar_interval_seconds", "0 to 3600 seconds",
-                 self.exemplar_interval_seconds)
-        _require(self.slow_request_seconds > 0, "slow_request_seconds", "a positive number of seconds",
-                 self.slow_request_seconds)
-        _require(10 <= self.max_endpoints <= 100_000, "max_endpoints", "an integer from 10 to 100000",
-                 self.max_endpoints)
+        _require(
+            0 <= self.exemplar_interval_seconds <= 3600,
+            "exemplar_interval_seconds",
+            "0 to 3600 seconds",
+            self.exemplar_interval_seconds,
+        )
+        _require(
+            self.slow_request_seconds > 0,
+            "slow_request_seconds",
+            "a positive number of seconds",
+            self.slow_request_seconds,
+        )
+        _require(
+            10 <= self.max_endpoints <= 100_000, "max_endpoints", "an integer from 10 to 100000", self.max_endpoints
+        )
         for template in self.routes:
             _require(template.startswith("/"), "routes", "templates starting with '/'", template)
         object.__setattr__(self, "skip_methods", tuple(m.upper() for m in self.skip_methods))
@@ -160,14 +212,17 @@ class Settings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ValueError(f"telemetry_allow: {cidr!r} is not an IP network; expected CIDRs") from None
-        _require(0 <= self.health_cache_seconds <= 3600, "health_cache_seconds", "0 to 3600 seconds",
-                 self.health_cache_seconds)
+        _require(
+            0 <= self.health_cache_seconds <= 3600,
+            "health_cache_seconds",
+            "0 to 3600 seconds",
+            self.health_cache_seconds,
+        )
         object.__setattr__(self, "_skip", _compile_skips(self.skip_paths))
         _require(self.log_backup_count >= 0, "log_backup_count", "an integer >= 0", self.log_backup_count)
         _require(self.log_level.upper() in _LOG_LEVELS, "log_level", f"one of {_LOG_LEVELS}", self.log_level)
         object.__setattr__(self, "log_level", self.log_level.upper())
-        object.__setattr__(self, "redact_query_params",
-                           tuple(p.lower() for p in self.redact_query_params if p))
+        object.__setattr__(self, "redact_query_params", tuple(p.lower() for p in self.redact_query_params if p))
         if self.user_id_getter is not None and not callable(self.user_id_getter):
             raise ValueError(f"user_id_getter: expected a callable taking the environ, got {self.user_id_getter!r}")
 
@@ -241,8 +296,13 @@ def _check_default_labels(labels: Any) -> None:
             raise ValueError(f"default_labels: {name!r} is already used by the HTTP metrics; pick another name")
         if isinstance(value, str):
             continue
-        ok = (isinstance(value, tuple) and len(value) == 2 and callable(value[0])
-              and isinstance(value[1], (set, frozenset, list, tuple)) and all(isinstance(v, str) for v in value[1]))
+        ok = (
+            isinstance(value, tuple)
+            and len(value) == 2
+            and callable(value[0])
+            and isinstance(value[1], (set, frozenset, list, tuple))
+            and all(isinstance(v, str) for v in value[1])
+        )
         if not ok:
             raise ValueError(
                 f"default_labels[{name!r}]: expected a string, or (callable(environ) -> str, allowed values) so "

@@ -119,8 +119,11 @@ class SummaryApp:
             "timestamp": iso_utc(time.time()),
             "uptime": {"seconds": round(uptime, 3), "human": human(uptime)},
             "system": self._system(families),
-            "application": {"requests_total": requests, "errors_total": errors,
-                            "error_rate_percent": _rate(errors, requests)},
+            "application": {
+                "requests_total": requests,
+                "errors_total": errors,
+                "error_rate_percent": _rate(errors, requests),
+            },
             "queue_wait": self._queue_wait(families),
             "endpoints": self._endpoints(families, totals, uptime),
             "cache": self._cache(families),
@@ -145,20 +148,31 @@ class SummaryApp:
             if status[:1] in ("4", "5"):
                 by_status[status] += v
                 by_endpoint[endpoint] += v
-        return {"requests": requests, "errors_5xx": errors, "error_rate_percent": _rate(errors, requests),
-                "by_status": dict(sorted(by_status.items())), "by_endpoint": dict(sorted(by_endpoint.items()))}
+        return {
+            "requests": requests,
+            "errors_5xx": errors,
+            "error_rate_percent": _rate(errors, requests),
+            "by_status": dict(sorted(by_status.items())),
+            "by_endpoint": dict(sorted(by_endpoint.items())),
+        }
 
     def _system(self, families: dict[str, Family]) -> dict[str, Any]:
         workers: dict[str, dict[str, float]] = collections.defaultdict(dict)
-        fields = {"process_resident_memory_bytes": "rss_mb", "process_virtual_memory_bytes": "vms_mb",
-                  "softfactory_obs_worker_cpu_percent": "cpu_percent",
-                  "softfactory_obs_worker_memory_percent": "memory_percent", "softfactory_obs_worker_pid": "pid"}
+        fields = {
+            "process_resident_memory_bytes": "rss_mb",
+            "process_virtual_memory_bytes": "vms_mb",
+            "softfactory_obs_worker_cpu_percent": "cpu_percent",
+            "softfactory_obs_worker_memory_percent": "memory_percent",
+            "softfactory_obs_worker_pid": "pid",
+        }
         for name, key in fields.items():
             for sample in families[name].samples if name in families else ():
                 value = sample.value / 1e6 if key.endswith("_mb") else sample.value
                 workers[sample.labels["worker"]][key] = round(value, 3) if key != "pid" else int(value)
-        total = {key: round(sum(w.get(key, 0.0) for w in workers.values()), 3)
-                 for key in ("rss_mb", "vms_mb", "cpu_percent", "memory_percent")}
+        total = {
+            key: round(sum(w.get(key, 0.0) for w in workers.values()), 3)
+            for key in ("rss_mb", "vms_mb", "cpu_percent", "memory_percent")
+        }
         return {"workers": dict(sorted(workers.items())), "total": total}
 
     def _endpoints(self, families: dict[str, Family], totals: Totals, uptime: float) -> dict[str, Any]:
@@ -179,8 +193,11 @@ class SummaryApp:
             errors = sum(v for (e, s), v in totals.items() if e == endpoint and s.startswith("5"))
             lat = latency.get(endpoint, {"buckets": {}, "sum": 0.0, "count": 0.0})
             buckets = sorted(lat["buckets"].items())
-            row: dict[str, Any] = {"count": count, "rate_per_second": round(count / uptime, 3) if uptime else 0.0,
-                                   "error_percent": _rate(errors, count)}
+            row: dict[str, Any] = {
+                "count": count,
+                "rate_per_second": round(count / uptime, 3) if uptime else 0.0,
+                "error_percent": _rate(errors, count),
+            }
             if lat["count"]:
                 row["mean_latency_ms"] = round(lat["sum"] / lat["count"] * 1000, 3)
                 for q in (0.5, 0.95, 0.99):
@@ -211,8 +228,13 @@ class SummaryApp:
         for name, key in (("cache_hits", "hits"), ("cache_misses", "misses")):
             for sample in families[name].samples if name in families else ():
                 caches[sample.labels.get("cache", "default")][key] += sample.value
-        return {cache: {**v, "hit_ratio": round(v["hits"] / (v["hits"] + v["misses"]), 4)
-                        if v["hits"] + v["misses"] else None} for cache, v in sorted(caches.items())}
+        return {
+            cache: {
+                **v,
+                "hit_ratio": round(v["hits"] / (v["hits"] + v["misses"]), 4) if v["hits"] + v["misses"] else None,
+            }
+            for cache, v in sorted(caches.items())
+        }
 
     def _business_gauges(self, families: dict[str, Family]) -> dict[str, Any]:
         ours = ("process_", "softfactory_obs_", "app_", "gunicorn_", "http_", f"{self.prefix}http_", "redis_")
@@ -220,7 +242,8 @@ class SummaryApp:
         for name, family in sorted(families.items()):
             if family.type != "gauge" or name.startswith(ours):
                 continue
-            values = {",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "value": s.value
-                      for s in family.samples}
+            values = {
+                ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "value": s.value for s in family.samples
+            }
             out[name] = values
         return out

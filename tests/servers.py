@@ -24,14 +24,27 @@ USERS = "/api/users/{user_id}"
 class Gunicorn:
     """``gunicorn -c examples/gunicorn.conf.py <app>`` with its stdout (our JSON logs) in a file."""
 
-    def __init__(self, tmp: Path, app: str = "examples.demo:app", workers: int = 3, *,
-                 config: Path = ROOT / "examples" / "gunicorn.conf.py", python: str = sys.executable,
-                 args: tuple[str, ...] = (), **env: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        app: str = "examples.demo:app",
+        workers: int = 3,
+        *,
+        config: Path = ROOT / "examples" / "gunicorn.conf.py",
+        python: str = sys.executable,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
         self.port = free_port()
         self.stdout_path = tmp / "gunicorn.stdout"
         self.stderr_path = tmp / "gunicorn.stderr"
-        self.env = {**os.environ, "DEMO_BIND": f"127.0.0.1:{self.port}", "DEMO_WORKERS": str(workers),
-                    "PYTHONPATH": str(ROOT), **env}
+        self.env = {
+            **os.environ,
+            "DEMO_BIND": f"127.0.0.1:{self.port}",
+            "DEMO_WORKERS": str(workers),
+            "PYTHONPATH": str(ROOT),
+            **env,
+        }
         self.app = app
         self.config = config
         self.python = python
@@ -42,7 +55,11 @@ class Gunicorn:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [self.python, "-m", "gunicorn", "-c", str(self.config), *self.args, self.app],
-                cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=True,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -108,8 +125,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoint: str = USERS) -> float:
-    return sum(v for (name, labels), v in metrics.items()
-               if name == "http_requests_total" and ("endpoint", endpoint) in labels)
+    return sum(
+        v for (name, labels), v in metrics.items() if name == "http_requests_total" and ("endpoint", endpoint) in labels
+    )
 
 
 def worker_pids(server: Gunicorn) -> list[int]:
@@ -128,7 +146,8 @@ class RedisServer:
         binary = require_binary("redis-server")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -63,12 +63,27 @@ def test_parts_that_did_not_run_are_left_out_and_the_previous_run_is_shown() -> 
 
 def test_rounds_alternate_the_order_so_no_variant_always_runs_first() -> None:
     assert list(importlib.import_module("bench").interleaved(["bare", "ours", "naive"], 3)) == [
-        "bare", "ours", "naive", "naive", "ours", "bare", "bare", "ours", "naive"]
+        "bare",
+        "ours",
+        "naive",
+        "naive",
+        "ours",
+        "bare",
+        "bare",
+        "ours",
+        "naive",
+    ]
 
 
 def test_the_bench_runs_a_part_end_to_end() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench", "--only", "startup", "--no-save"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "startup", "--no-save"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     imported = row(out.splitlines(), "softfactory_obs")
     assert 0 < float(imported[1]) < 5000
     assert "| import softfactory_obs, ms | <= 150 |" in out

@@ -46,13 +46,21 @@ def test_kubernetes_variant_parses_and_uses_the_same_rules() -> None:
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
 
 
-@pytest.mark.parametrize(("severity", "receiver"), [
-    ("critical", "pager-and-email"), ("warning", "slack-warnings"), ("info", "webhook-info")])
+@pytest.mark.parametrize(
+    ("severity", "receiver"), [("critical", "pager-and-email"), ("warning", "slack-warnings"), ("info", "webhook-info")]
+)
 def test_alertmanager_routes_by_severity(severity: str, receiver: str) -> None:
     amtool = require_binary("amtool")
     assert "SUCCESS" in run(amtool, "check-config", str(CONFIGS / "alertmanager.yml"))
-    out = run(amtool, "config", "routes", "test", f"--config.file={CONFIGS / 'alertmanager.yml'}",
-              f"severity={severity}", "job=shop")
+    out = run(
+        amtool,
+        "config",
+        "routes",
+        "test",
+        f"--config.file={CONFIGS / 'alertmanager.yml'}",
+        f"severity={severity}",
+        "job=shop",
+    )
     assert out.strip().splitlines()[0] == receiver
 
 
@@ -82,8 +90,11 @@ def _recording_rules() -> list[str]:
 
 def _dashboard_queries(job: str) -> list[str]:
     dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "softfactory.json").read_text())
-    return [target["expr"].replace("$job", job).replace("$__rate_interval", "1m")
-            for panel in dashboard["panels"] for target in panel["targets"]]
+    return [
+        target["expr"].replace("$job", job).replace("$__rate_interval", "1m")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
 
 
 def stamped() -> dict[str, str]:
@@ -94,21 +105,35 @@ def stamped() -> dict[str, str]:
 @pytest.mark.gunicorn
 def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path: Path) -> None:
     prometheus = require_binary("prometheus")
-    with RedisServer() as redis_server, Gunicorn(tmp_path, workers=4,
-                                                 SOFTFACTORY_OBS_METRICS_DIR=str(tmp_path / "store"),
-                                                 SOFTFACTORY_OBS_REDIS_URL=redis_server.url(),
-                                                 SOFTFACTORY_OBS_QUEUE_TIME_HEADER="X-Request-Start") as app:
+    with (
+        RedisServer() as redis_server,
+        Gunicorn(
+            tmp_path,
+            workers=4,
+            SOFTFACTORY_OBS_METRICS_DIR=str(tmp_path / "store"),
+            SOFTFACTORY_OBS_REDIS_URL=redis_server.url(),
+            SOFTFACTORY_OBS_QUEUE_TIME_HEADER="X-Request-Start",
+        ) as app,
+    ):
         config = yaml.safe_load((CONFIGS / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(CONFIGS / "rules" / "recording.yml"), str(CONFIGS / "rules" / "alerts.yml")]
         config.pop("alerting")
-        config["scrape_configs"] = [{"job_name": "softfactory-app", "static_configs": [
-            {"targets": [f"127.0.0.1:{app.port}"]}]}]
+        config["scrape_configs"] = [
+            {"job_name": "softfactory-app", "static_configs": [{"targets": [f"127.0.0.1:{app.port}"]}]}
+        ]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         server = subprocess.Popen(
-            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             # Traffic only once Prometheus scrapes the target, so every counter has an increase to rate().
             deadline = time.monotonic() + 30
@@ -121,8 +146,7 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
                 time.sleep(0.5)
             # Healthy traffic, errors (5 of 71, above the 5 % alert) and six slow requests (over 5 %, so
             # p95 goes above 1 s), in three rounds a few scrapes apart: rate() needs growth between samples.
-            paths = ["/api/users/1"] * 40 + ["/api/products"] * 20 + ["/api/error"] * 5 + \
-                ["/api/slow?seconds=1.05"] * 6
+            paths = ["/api/users/1"] * 40 + ["/api/products"] * 20 + ["/api/error"] * 5 + ["/api/slow?seconds=1.05"] * 6
             statuses = []
             with ThreadPoolExecutor(6) as pool:
                 for round_paths in (paths[0::3], paths[1::3], paths[2::3]):
@@ -163,15 +187,34 @@ def test_every_alert_has_severity_and_a_runbook_section() -> None:
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
         assert rule["annotations"]["runbook_url"].split("#")[1] in anchors, rule["alert"]
     names = {rule["alert"] for rule in rules}
-    assert {"ServiceDown", "HighErrorRate", "HighResponseTime", "SlowRequests", "CacheHitRatioDegraded",
-            "RedisDown", "HighMemoryUsage", "CriticalMemoryUsage", "HighCPUUsage", "ServiceRestart"} <= names
+    assert {
+        "ServiceDown",
+        "HighErrorRate",
+        "HighResponseTime",
+        "SlowRequests",
+        "CacheHitRatioDegraded",
+        "RedisDown",
+        "HighMemoryUsage",
+        "CriticalMemoryUsage",
+        "HighCPUUsage",
+        "ServiceRestart",
+    } <= names
 
 
 def test_dashboard_and_provisioning_are_consistent() -> None:
     dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "softfactory.json").read_text())
     titles = {panel["title"] for panel in dashboard["panels"]}
-    assert {"Service up", "Request rate", "Latency percentiles", "CPU per worker", "Memory per worker",
-            "Errors by status", "Endpoint performance", "Cache hit ratio", "Uptime"} <= titles
+    assert {
+        "Service up",
+        "Request rate",
+        "Latency percentiles",
+        "CPU per worker",
+        "Memory per worker",
+        "Errors by status",
+        "Endpoint performance",
+        "Cache hit ratio",
+        "Uptime",
+    } <= titles
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
     datasource = yaml.safe_load((CONFIGS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert datasource["datasources"][0]["type"] == "prometheus"
@@ -219,19 +262,29 @@ def test_alertmanager_inhibits_warnings_under_a_critical_for_the_same_job(tmp_pa
     (tmp_path / "alertmanager.yml").write_text(config)
     port = free_port()
     server = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/api/v2/alerts"
     try:
         deadline = time.monotonic() + 30
-        alerts = [{"labels": {"alertname": "HighErrorRate", "severity": "critical", "job": "shop"}},
-                  {"labels": {"alertname": "HighResponseTime", "severity": "warning", "job": "shop"}},
-                  {"labels": {"alertname": "HighResponseTime", "severity": "warning", "job": "other"}}]
+        alerts = [
+            {"labels": {"alertname": "HighErrorRate", "severity": "critical", "job": "shop"}},
+            {"labels": {"alertname": "HighResponseTime", "severity": "warning", "job": "shop"}},
+            {"labels": {"alertname": "HighResponseTime", "severity": "warning", "job": "other"}},
+        ]
         while True:
             try:
-                request = urllib.request.Request(base, data=json.dumps(alerts).encode(), method="POST",
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    base, data=json.dumps(alerts).encode(), method="POST", headers={"Content-Type": "application/json"}
+                )
                 urllib.request.urlopen(request, timeout=5).close()
                 break
             except OSError:
@@ -241,8 +294,9 @@ def test_alertmanager_inhibits_warnings_under_a_critical_for_the_same_job(tmp_pa
         state: dict[tuple[str, str], list[str]] = {}
         while time.monotonic() < deadline:
             with urllib.request.urlopen(base, timeout=5) as resp:
-                state = {(a["labels"]["alertname"], a["labels"]["job"]): a["status"]["inhibitedBy"]
-                         for a in json.load(resp)}
+                state = {
+                    (a["labels"]["alertname"], a["labels"]["job"]): a["status"]["inhibitedBy"] for a in json.load(resp)
+                }
             if state.get(("HighResponseTime", "shop")):
                 break
             time.sleep(0.3)

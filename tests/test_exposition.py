@@ -26,8 +26,16 @@ from softfactory_obs.exposition import OPENMETRICS, TEXT, MetricsApp, encode_ope
 from softfactory_obs.families import Exemplar, Family
 from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
 
-HOSTILE_LABELS = ['quote"d', "back\\slash", "new\nline", "carriage\rreturn", "caf\u00e9 \u2603", "/caf\udcff",
-                  "nul\x00byte", "tab\there"]
+HOSTILE_LABELS = [
+    'quote"d',
+    "back\\slash",
+    "new\nline",
+    "carriage\rreturn",
+    "caf\u00e9 \u2603",
+    "/caf\udcff",
+    "nul\x00byte",
+    "tab\there",
+]
 
 
 @pytest.fixture
@@ -42,20 +50,23 @@ def registry() -> Registry:
     return registry
 
 
-@pytest.mark.parametrize(("accept", "expected"), [
-    ("", TEXT),
-    ("*/*", TEXT),
-    ("text/plain;version=0.0.4", TEXT),
-    ("text/plain; version=1.0.0", TEXT),
-    ("application/openmetrics-text;version=1.0.0", OPENMETRICS),
-    ("application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", OPENMETRICS),
-    ("text/plain;q=1,application/openmetrics-text;q=0.1", TEXT),
-    ("application/openmetrics-text;q=0,text/plain", TEXT),
-    ("application/openmetrics-text; version=abc", OPENMETRICS),  # prometheus_client raises here (a 500)
-    ("text/plain; version=x.y", TEXT),
-    ("application/openmetrics-text;q=banana", TEXT),
-    ("garbage;;;,,", TEXT),
-])
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", TEXT),
+        ("*/*", TEXT),
+        ("text/plain;version=0.0.4", TEXT),
+        ("text/plain; version=1.0.0", TEXT),
+        ("application/openmetrics-text;version=1.0.0", OPENMETRICS),
+        ("application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", OPENMETRICS),
+        ("text/plain;q=1,application/openmetrics-text;q=0.1", TEXT),
+        ("application/openmetrics-text;q=0,text/plain", TEXT),
+        ("application/openmetrics-text; version=abc", OPENMETRICS),  # prometheus_client raises here (a 500)
+        ("text/plain; version=x.y", TEXT),
+        ("application/openmetrics-text;q=banana", TEXT),
+        ("garbage;;;,,", TEXT),
+    ],
+)
 def test_negotiation_never_fails(accept: str, expected: str) -> None:
     assert negotiate(accept) == expected
 
@@ -87,8 +98,9 @@ def test_openmetrics_drops_sums_that_cannot_be_counters(registry: Registry) -> N
     bucket threshold; _count goes with it (a strict parser wants both or neither). Buckets, the
     other label sets and the text format are untouched."""
     offsets = Histogram("offset_seconds", "Clock offset", ["peer"], buckets=(-1.0, 0.0, 1.0), registry=registry)
-    Histogram("signed_zero_seconds", "A -0.0 bound is no negative one", buckets=(-0.0, 1.0),
-              registry=registry).observe(0.5)
+    Histogram("signed_zero_seconds", "A -0.0 bound is no negative one", buckets=(-0.0, 1.0), registry=registry).observe(
+        0.5
+    )
     offsets.labels("a").observe(-5.0)
     offsets.labels("a").observe(0.5)
     deltas = Histogram("delta_bytes", "Size change", ["kind"], buckets=(0.0, 10.0), registry=registry)
@@ -97,8 +109,11 @@ def test_openmetrics_drops_sums_that_cannot_be_counters(registry: Registry) -> N
     app = MetricsApp(registry)
     _, _, body = _get(app, HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
     families = {f.name: f for f in parse_openmetrics(body.decode())}  # raised before: negative _sum
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for name in ("offset_seconds", "delta_bytes") for s in families[name].samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for name in ("offset_seconds", "delta_bytes")
+        for s in families[name].samples
+    }
     assert samples[("offset_seconds_bucket", (("le", "-1.0"), ("peer", "a")))] == 1
     assert samples[("offset_seconds_bucket", (("le", "+Inf"), ("peer", "a")))] == 2
     assert ("offset_seconds_sum", (("peer", "a"),)) not in samples
@@ -158,18 +173,18 @@ def test_name_filter_as_prometheus_client_answers_it(registry: Registry) -> None
     assert names("name[]=orders_total") == {"orders": {"orders_total"}}
     histogram = {"render_seconds_bucket", "render_seconds_count", "render_seconds_sum"}
     assert names("name[]=render_seconds&name%5B%5D=orders_total") == {
-        "render_seconds": histogram, "orders": {"orders_total"}}
+        "render_seconds": histogram,
+        "orders": {"orders_total"},
+    }
     assert names("name[]=render_seconds_count") == {"render_seconds": {"render_seconds_count"}}
     assert names("name[]=nothing_by_that_name") == {}
-    assert names("name[]=render_seconds", HTTP_ACCEPT="application/openmetrics-text") == {
-        "render_seconds": histogram}
+    assert names("name[]=render_seconds", HTTP_ACCEPT="application/openmetrics-text") == {"render_seconds": histogram}
     everything = names("")
     assert {"orders", "render_seconds", "inventory_items"} <= set(everything)
     assert names("other=1") == everything  # no name[]: no filter
     # The parameter is the public's (R-54): undecodable and many names answer 200, filtered.
     assert names("name[]=%ff&name[]=caf%C3%A9&name[]=orders_total&name[]") == {"orders": {"orders_total"}}
-    assert names("&".join(f"name[]=x{i}" for i in range(5000)) + "&name[]=orders_total") == {
-        "orders": {"orders_total"}}
+    assert names("&".join(f"name[]=x{i}" for i in range(5000)) + "&name[]=orders_total") == {"orders": {"orders_total"}}
 
 
 def test_gzip_only_when_accepted(registry: Registry) -> None:
@@ -217,8 +232,7 @@ def test_promtool_finds_no_problem(registry: Registry) -> None:
         call_wsgi(mw, make_environ(PATH_INFO="/api/items/1"))
     body = call_wsgi(mw, make_environ(PATH_INFO="/metrics")).body
     assert b"http_requests_total" in body and b"softfactory_obs_store_shards" in body
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30,
-                            check=False)
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
 
@@ -247,16 +261,26 @@ sys.stdout.write(body.decode())
 
 
 def test_prometheus_client_multiprocess_metrics_are_exposed_beside_ours(tmp_path: Any) -> None:
-    out = subprocess.run([sys.executable, "-c", COEXIST, str(tmp_path), "legacy_jobs_total"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", COEXIST, str(tmp_path), "legacy_jobs_total"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert "legacy_jobs_total 3.0" in out
     assert "# TYPE http_requests_total counter" in out
     assert out.count("# TYPE legacy_jobs_total") == 1
 
 
 def test_a_name_clash_with_prometheus_client_is_refused_at_start(tmp_path: Any) -> None:
-    out = subprocess.run([sys.executable, "-c", COEXIST, str(tmp_path), "http_requests_total"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", COEXIST, str(tmp_path), "http_requests_total"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert out.startswith("REFUSED metric name(s) http_requests exist both in softfactory_obs and in prometheus_client")
 
 
@@ -320,10 +344,14 @@ def test_a_scrape_waits_no_longer_than_prometheus_does(registry: Registry) -> No
     leader = threading.Thread(target=scrape, args=("leader",))
     leader.start()
     time.sleep(0.2)  # the leader's merge is running
-    waiters = [threading.Thread(target=scrape, args=(name,), kwargs=env) for name, env in (
-        ("budget", {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "0.3"}),
-        ("garbage", {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "nan"}),
-        ("none", {}))]
+    waiters = [
+        threading.Thread(target=scrape, args=(name,), kwargs=env)
+        for name, env in (
+            ("budget", {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "0.3"}),
+            ("garbage", {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "nan"}),
+            ("none", {}),
+        )
+    ]
     for t in waiters:
         t.start()
     time.sleep(1.0)
@@ -380,18 +408,27 @@ def test_our_encoders_write_exactly_what_prometheus_client_writes() -> None:
         value = values[i % len(values)]
         ex = Exemplar({"trace_id": label}, 0.5, 1700000000.25) if i % 2 else None
         ours_counter.add([label], abs(value) if value == value else 1.0, ex)
-        theirs_counter.add_metric([label], abs(value) if value == value else 1.0,
-                                  exemplar=TheirExemplar({"trace_id": label}, 0.5, 1700000000.25) if i % 2 else None)
+        theirs_counter.add_metric(
+            [label],
+            abs(value) if value == value else 1.0,
+            exemplar=TheirExemplar({"trace_id": label}, 0.5, 1700000000.25) if i % 2 else None,
+        )
     for i, value in enumerate(values):
         ours_gauge.add([f"q{i}", "z"], value)
         theirs_gauge.add_metric([f"q{i}", "z"], value)
     ours_hist = Family("render_seconds", "Render time", "histogram", ["page"])
     theirs_hist = HistogramMetricFamily("render_seconds", "Render time", labels=["page"])
-    buckets = [("0.1", 2.0, Exemplar({"request_id": "r1"}, 0.05, 1700000000.5)), ("1.0", 5.0, None),
-               ("+Inf", 6.0, None)]
+    buckets = [
+        ("0.1", 2.0, Exemplar({"request_id": "r1"}, 0.05, 1700000000.5)),
+        ("1.0", 5.0, None),
+        ("+Inf", 6.0, None),
+    ]
     ours_hist.add_histogram(["/a"], buckets, 3.25)
-    theirs_hist.add_metric(["/a"], [("0.1", 2.0, TheirExemplar({"request_id": "r1"}, 0.05, 1700000000.5)),
-                                    ("1.0", 5.0), ("+Inf", 6.0)], 3.25)
+    theirs_hist.add_metric(
+        ["/a"],
+        [("0.1", 2.0, TheirExemplar({"request_id": "r1"}, 0.05, 1700000000.5)), ("1.0", 5.0), ("+Inf", 6.0)],
+        3.25,
+    )
     ours = [ours_counter, ours_gauge, ours_hist]
 
     class Theirs:

@@ -14,8 +14,10 @@ from softfactory_obs.store.metrics import Registry
 def endpoints_after(wsgi_app: Any, paths: list[str]) -> dict[str, str]:
     registry = Registry()
     mw = ObservabilityMiddleware(wsgi_app, registry=registry, auto_configure_logging=False, access_log=False)
-    statuses = {p: call_wsgi(mw, make_environ(PATH_INFO=p, SERVER_NAME="localhost", HTTP_HOST="localhost")).status
-                for p in paths}
+    statuses = {
+        p: call_wsgi(mw, make_environ(PATH_INFO=p, SERVER_NAME="localhost", HTTP_HOST="localhost")).status
+        for p in paths
+    }
     found = {}
     for (name, labels), _ in samples(registry).items():
         if name == "http_requests_total":
@@ -47,7 +49,10 @@ def test_django() -> None:
 
     if not settings.configured:
         settings.configure(
-            ROOT_URLCONF="django_urls", ALLOWED_HOSTS=["*"], SECRET_KEY="test", DEBUG=False,
+            ROOT_URLCONF="django_urls",
+            ALLOWED_HOSTS=["*"],
+            SECRET_KEY="test",
+            DEBUG=False,
             MIDDLEWARE=["softfactory_obs.contrib.django.RouteMiddleware"],
         )
         django.setup()

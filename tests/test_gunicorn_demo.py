@@ -23,8 +23,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
         yield g
 
 
-def get(server: Gunicorn, path: str, headers: dict[str, str] | None = None,
-        method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(
+    server: Gunicorn, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         conn.request(method, path, headers=headers or {})
@@ -74,7 +75,7 @@ def test_concurrent_requests_are_logged_by_several_workers(server: Gunicorn) -> 
 
 def test_hostile_id_over_the_wire_is_replaced(server: Gunicorn) -> None:
     answer = server.raw_request(
-        b"GET /api/products HTTP/1.1\r\nHost: x\r\nX-Request-Id: evil value\"<script>\r\nConnection: close\r\n\r\n"
+        b'GET /api/products HTTP/1.1\r\nHost: x\r\nX-Request-Id: evil value"<script>\r\nConnection: close\r\n\r\n'
     )
     head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     [echoed] = re.findall(r"(?im)^x-request-id: (.*)$", head)
@@ -118,7 +119,8 @@ def test_file_wrapper_download_and_head(server: Gunicorn) -> None:
 def test_non_utf8_and_huge_headers_are_served_and_logged_safely(server: Gunicorn) -> None:
     answer = server.raw_request(
         b"GET /caf%C3%A9/%FF HTTP/1.1\r\nHost: x\r\nX-Request-Id: utf-1\r\nUser-Agent: "
-        + b"u" * 7000 + b"\r\nConnection: close\r\n\r\n"
+        + b"u" * 7000
+        + b"\r\nConnection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 404")
     [line] = access_for(server, "utf-1")

@@ -151,8 +151,10 @@ def test_details_only_for_loopback_token_or_allowed_networks() -> None:
     guarded.add_health_check("db", lambda: {"pool": 5})
     assert "details" not in get(guarded, "/health", REMOTE_ADDR="127.0.0.1")[2]["checks"]["db"]
     assert "details" in get(guarded, "/health", REMOTE_ADDR="10.1.1.1")[2]["checks"]["db"]
-    assert "details" in get(guarded, "/health", REMOTE_ADDR="203.0.113.5",
-                            HTTP_AUTHORIZATION="Bearer s3cret")[2]["checks"]["db"]
+    assert (
+        "details"
+        in get(guarded, "/health", REMOTE_ADDR="203.0.113.5", HTTP_AUTHORIZATION="Bearer s3cret")[2]["checks"]["db"]
+    )
 
 
 def test_ietf_health_json_when_asked() -> None:
@@ -237,8 +239,13 @@ def test_bad_check_registrations_are_refused() -> None:
 def test_health_under_gunicorn_hung_and_failing_checks(tmp_path: Any) -> None:
     flag = tmp_path / "fail"
     tests_dir = os.path.dirname(__file__)
-    with Gunicorn(tmp_path, app="health_app:app", workers=2, HEALTH_FLAG_FILE=str(flag),
-                  PYTHONPATH=f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}") as server:
+    with Gunicorn(
+        tmp_path,
+        app="health_app:app",
+        workers=2,
+        HEALTH_FLAG_FILE=str(flag),
+        PYTHONPATH=f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}",
+    ) as server:
         t0 = time.perf_counter()
         status, body = http_get(server.port, "/health")
         assert time.perf_counter() - t0 < 3.0  # the hung check is cut at its 0.5 s timeout
@@ -259,8 +266,13 @@ def test_health_under_gunicorn_hung_and_failing_checks(tmp_path: Any) -> None:
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_readiness_flips_on_sigterm_under_gunicorn_before_the_worker_exits(tmp_path: Any, worker_class: str) -> None:
     tests_dir = os.path.dirname(__file__)
-    server = Gunicorn(tmp_path, app="drain_app:app", workers=1, GUNICORN_CMD_ARGS=f"--worker-class {worker_class}",
-                      PYTHONPATH=f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}")
+    server = Gunicorn(
+        tmp_path,
+        app="drain_app:app",
+        workers=1,
+        GUNICORN_CMD_ARGS=f"--worker-class {worker_class}",
+        PYTHONPATH=f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}",
+    )
     with server:
         assert server.proc is not None
         result: list[tuple[int, bytes]] = []
@@ -276,8 +288,14 @@ def test_readiness_flips_on_sigterm_under_gunicorn_before_the_worker_exits(tmp_p
 
 def test_app_ready_metric_follows_readiness() -> None:
     registry = Registry()
-    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False,
-                                 ready_on_start=False, health_cache_seconds=0)
+    mw = ObservabilityMiddleware(
+        app,
+        registry=registry,
+        auto_configure_logging=False,
+        access_log=False,
+        ready_on_start=False,
+        health_cache_seconds=0,
+    )
     assert samples(registry)[("app_ready", ())] == 0
     mw.mark_ready()
     assert samples(registry)[("app_ready", ())] == 1

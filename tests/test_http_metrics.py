@@ -73,8 +73,10 @@ def test_each_family_records_what_it_says(registry: Registry, logs: LogCapture) 
     get(wsgi, "/raise")
     get(wsgi, "/status/503")
     # Not through the validator, which rejects unknown methods; the server may still pass them on.
-    call_wsgi(ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False),
-              make_environ(PATH_INFO="/x", REQUEST_METHOD="BREW"))
+    call_wsgi(
+        ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False),
+        make_environ(PATH_INFO="/x", REQUEST_METHOD="BREW"),
+    )
     assert one(registry, "http_requests_total", method="POST", endpoint="/users/{id}", status="200") == 1
     assert one(registry, "http_requests_total", method="GET", endpoint="/raise", status="500") == 1
     assert one(registry, "http_requests_total", method="GET", endpoint="/status/{id}", status="503") == 1
@@ -88,8 +90,7 @@ def test_each_family_records_what_it_says(registry: Registry, logs: LogCapture) 
     assert one(registry, "http_response_size_bytes_sum", method="GET", endpoint="/stream") == 5  # counted
     assert one(registry, "http_response_size_bytes_sum", method="POST", endpoint="/users/{id}") == 2  # declared
     assert one(registry, "http_requests_in_progress", method="GET") == 0
-    assert [r["endpoint"] for r in logs.access()] == ["/users/{id}", "/slow", "/stream", "/raise", "/status/{id}",
-                                                      "/x"]
+    assert [r["endpoint"] for r in logs.access()] == ["/users/{id}", "/slow", "/stream", "/raise", "/status/{id}", "/x"]
 
 
 @pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
@@ -120,20 +121,24 @@ def test_every_write_path_counts_exactly(registry: Registry, threaded: bool) -> 
 
 @pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
 @pytest.mark.parametrize("length", ["\u00b2", " 7", "7_0", "-7", "\u0663", "9" * 19])
-def test_a_content_length_that_is_no_plausible_size_is_ignored(registry: Registry, threaded: bool,
-                                                                length: str) -> None:
+def test_a_content_length_that_is_no_plausible_size_is_ignored(registry: Registry, threaded: bool, length: str) -> None:
     """'²' passes str.isdigit() and makes int() raise; ' 7' and '7_0' int() takes; 19 nines
     overflow the int64 size sums at once (18 nines in ten requests). None of them is a size: the
     response's falls back to the bytes sent, the request's is not observed, and nothing fails (a
     raise in finish once left the request unfinished and its gauge up)."""
+
     def odd(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [*TEXT, ("Content-Length", length)])
         return [b"abc"]
 
     wsgi = ObservabilityMiddleware(odd, registry=registry, auto_configure_logging=False, access_log=False)
     for _ in range(2):  # the second request meets the parsed-lengths cache
-        response = call_wsgi(wsgi, make_environ(PATH_INFO="/odd", REQUEST_METHOD="POST", CONTENT_LENGTH=length,
-                                                **{"wsgi.multithread": threaded}))
+        response = call_wsgi(
+            wsgi,
+            make_environ(
+                PATH_INFO="/odd", REQUEST_METHOD="POST", CONTENT_LENGTH=length, **{"wsgi.multithread": threaded}
+            ),
+        )
         assert response.body == b"abc"
     labels = {"method": "POST", "endpoint": "/odd"}
     assert one(registry, "http_requests_total", status="200", **labels) == 2
@@ -146,16 +151,22 @@ def test_a_content_length_that_is_no_plausible_size_is_ignored(registry: Registr
 @pytest.mark.parametrize("threaded", [True, False], ids=["multithread-locked", "single-writer-unlocked"])
 def test_sizes_on_a_bucket_bound_fall_in_that_bucket(registry: Registry, threaded: bool) -> None:
     """le is inclusive: 100 bytes are in le=100, 101 in le=1000, on both write paths."""
+
     def sized(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body = b"x" * int(environ["PATH_INFO"][1:])
         start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])
         return [body]
 
-    wsgi = ObservabilityMiddleware(sized, registry=registry, auto_configure_logging=False, access_log=False,
-                                   routes=["/{n}"])
+    wsgi = ObservabilityMiddleware(
+        sized, registry=registry, auto_configure_logging=False, access_log=False, routes=["/{n}"]
+    )
     for n in (0, 100, 101, 1000, 10_001):
-        call_wsgi(wsgi, make_environ(PATH_INFO=f"/{n}", REQUEST_METHOD="PUT", CONTENT_LENGTH=str(n),
-                                     **{"wsgi.multithread": threaded}))
+        call_wsgi(
+            wsgi,
+            make_environ(
+                PATH_INFO=f"/{n}", REQUEST_METHOD="PUT", CONTENT_LENGTH=str(n), **{"wsgi.multithread": threaded}
+            ),
+        )
     labels = {"method": "PUT", "endpoint": "/{n}"}
     for name in ("http_response_size_bytes_bucket", "http_request_size_bytes_bucket"):
         cumulative = {le: one(registry, name, le=le, **labels) for le in ("100.0", "1000.0", "10000.0", "+Inf")}
@@ -187,19 +198,22 @@ def test_in_progress_counts_requests_being_served(registry: Registry) -> None:
     assert seen == [3, 0]
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/users/42", "/users/{id}"),
-    ("/users/42/orders/7", "/users/{id}/orders/{id}"),
-    ("/orders/3f2b1c9e-8a7d-4c6b-9e1f-0a2b3c4d5e6f", "/orders/{uuid}"),
-    ("/orders/3f2b1c9e8a7d4c6b9e1f0a2b3c4d5e6f", "/orders/{uuid}"),
-    ("/blobs/deadbeefdeadbeef1234", "/blobs/{hex}"),
-    ("/users/alice@example.com/profile", "/users/{email}/profile"),
-    ("/keys/AKIAIOSFODNN7EXAMPLE1", "/keys/{token}"),
-    ("/reports/2026-11-22", "/reports/{id}"),
-    ("/api/v2/search", "/api/v2/search"),
-    ("/", "/"),
-    ("/static/app.css", "/static/app.css"),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/users/42", "/users/{id}"),
+        ("/users/42/orders/7", "/users/{id}/orders/{id}"),
+        ("/orders/3f2b1c9e-8a7d-4c6b-9e1f-0a2b3c4d5e6f", "/orders/{uuid}"),
+        ("/orders/3f2b1c9e8a7d4c6b9e1f0a2b3c4d5e6f", "/orders/{uuid}"),
+        ("/blobs/deadbeefdeadbeef1234", "/blobs/{hex}"),
+        ("/users/alice@example.com/profile", "/users/{email}/profile"),
+        ("/keys/AKIAIOSFODNN7EXAMPLE1", "/keys/{token}"),
+        ("/reports/2026-11-22", "/reports/{id}"),
+        ("/api/v2/search", "/api/v2/search"),
+        ("/", "/"),
+        ("/static/app.css", "/static/app.css"),
+    ],
+)
 def test_normaliser(path: str, expected: str) -> None:
     assert normalise(path) == expected
 
@@ -235,7 +249,8 @@ def test_unmatched_404s_from_scanners_add_no_series(registry: Registry) -> None:
     for path in ["/.env", "/wp-admin/setup.php", "/../../etc/passwd", "/${jndi:ldap://x}", "/caf\xc3\xa9/\xff"]:
         call_wsgi(wsgi, make_environ(PATH_INFO=path))
     assert set(series(registry, "http_requests_total")) == {
-        (("endpoint", UNMATCHED), ("method", "GET"), ("status", "404"))}
+        (("endpoint", UNMATCHED), ("method", "GET"), ("status", "404"))
+    }
     assert one(registry, "http_requests_total", method="GET", endpoint=UNMATCHED, status="404") == 5
 
 
@@ -248,8 +263,9 @@ def test_head_and_options_share_the_get_template(registry: Registry) -> None:
 
 
 def test_skip_paths_and_methods(registry: Registry) -> None:
-    wsgi = metrics_app(registry, skip_paths=("/healthcheck", "^/static/", re.compile(r".*\.ico$")),
-                       skip_methods=("options",))
+    wsgi = metrics_app(
+        registry, skip_paths=("/healthcheck", "^/static/", re.compile(r".*\.ico$")), skip_methods=("options",)
+    )
     for path in ("/healthcheck", "/static/a.js", "/favicon.ico"):
         get(wsgi, path)
     get(wsgi, "/counted", REQUEST_METHOD="OPTIONS")
@@ -320,14 +336,19 @@ def test_huge_paths_never_become_labels(registry: Registry) -> None:
 
 @pytest.mark.gunicorn
 def test_10000_random_paths_at_4_workers_stay_under_the_cap(tmp_path: Path) -> None:
-    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"), "SOFTFACTORY_OBS_MAX_ENDPOINTS": "50",
-           "SOFTFACTORY_OBS_ACCESS_LOG": "0"}
+    env = {
+        "SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"),
+        "SOFTFACTORY_OBS_MAX_ENDPOINTS": "50",
+        "SOFTFACTORY_OBS_ACCESS_LOG": "0",
+    }
     tests_dir = Path(__file__).parent
-    with Gunicorn(tmp_path, app="catchall_app:app", workers=4, PYTHONPATH=f"{tests_dir}:{tests_dir.parent}",
-                  **env) as server:
+    with Gunicorn(
+        tmp_path, app="catchall_app:app", workers=4, PYTHONPATH=f"{tests_dir}:{tests_dir.parent}", **env
+    ) as server:
         rng = random.Random(11)
-        paths = [f"/{rng.choice(['a', 'b', 'c', 'd'])}{rng.randrange(10**6):x}z/{rng.randrange(9)}"
-                 for _ in range(10_000)]
+        paths = [
+            f"/{rng.choice(['a', 'b', 'c', 'd'])}{rng.randrange(10**6):x}z/{rng.randrange(9)}" for _ in range(10_000)
+        ]
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda p: http_get(server.port, p)[0], paths))
         assert statuses.count(200) == 10_000
@@ -337,8 +358,9 @@ def test_10000_random_paths_at_4_workers_stay_under_the_cap(tmp_path: Path) -> N
         total = sum(v for (name, _), v in metrics.items() if name == "http_requests_total")
         assert total == 10_000  # folded, never dropped
         folded = metrics[("softfactory_obs_endpoint_overflow_total", ())]
-        assert folded == 10_000 - sum(v for (name, lb), v in metrics.items()
-                                      if name == "http_requests_total" and dict(lb)["endpoint"] != OVERFLOW)
+        assert folded == 10_000 - sum(
+            v for (name, lb), v in metrics.items() if name == "http_requests_total" and dict(lb)["endpoint"] != OVERFLOW
+        )
 
 
 @pytest.mark.gunicorn
@@ -361,8 +383,15 @@ def test_mixed_workload_counts_are_exact_across_4_workers(tmp_path: Path) -> Non
     for endpoint, status, n in workload.values():
         assert metrics[("http_requests_total", (("endpoint", endpoint), ("method", "GET"), ("status", status)))] == n
         assert metrics[("http_request_duration_seconds_count", (("endpoint", endpoint), ("method", "GET")))] == n
-    assert metrics[("http_request_exceptions_total",
-                    (("endpoint", "/api/error"), ("exception", "RuntimeError"), ("method", "GET")))] == 15
+    assert (
+        metrics[
+            (
+                "http_request_exceptions_total",
+                (("endpoint", "/api/error"), ("exception", "RuntimeError"), ("method", "GET")),
+            )
+        ]
+        == 15
+    )
     assert metrics[("http_slow_requests_total", (("endpoint", "/api/slow"), ("method", "GET")))] == 4
     assert metrics[("http_requests_in_progress", (("method", "GET"),))] == 0
 
@@ -379,14 +408,17 @@ def test_exemplars_carry_the_trace_id_in_openmetrics_only(registry: Registry) ->
     wsgi = metrics_app(registry, routes=("/users/{id}",), exemplar_interval_seconds=0)
     get(wsgi, "/users/1", HTTP_TRACEPARENT=TRACEPARENT)
     get(wsgi, "/users/2", HTTP_X_REQUEST_ID="req-abc")  # no traceparent: the request id is the exemplar
-    body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics",
-                                        HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")).body.decode()
+    body = call_wsgi(
+        wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
+    ).body.decode()
     families = {f.name: f for f in parse_openmetrics(body)}
     [counter] = [s for s in families["http_requests"].samples if s.name == "http_requests_total"]
     assert counter.exemplar is not None and counter.exemplar.labels == {"request_id": "req-abc"}
     buckets = [s for s in families["http_request_duration_seconds"].samples if s.exemplar is not None]
     assert {tuple(s.exemplar.labels.items()) for s in buckets} <= {
-        (("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),), (("request_id", "req-abc"),)}
+        (("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),),
+        (("request_id", "req-abc"),),
+    }
     assert all(0 <= s.exemplar.value < 1 for s in buckets)
     text = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics")).body.decode()
     assert "4bf92f35" not in text and "req-abc" not in text  # the text format has no exemplars
@@ -435,8 +467,11 @@ def test_an_exemplar_is_kept_for_the_interval_and_each_bucket_has_its_own(regist
         families = openmetrics(wsgi)
         found = [s for s in families["http_requests"].samples if s.name == "http_requests_total"]
         found += [s for s in families["http_request_duration_seconds"].samples if s.name.endswith("_bucket")]
-        return {(s.labels["endpoint"], s.labels.get("le", "count")): s.exemplar.labels["request_id"]
-                for s in found if s.exemplar}
+        return {
+            (s.labels["endpoint"], s.labels.get("le", "count")): s.exemplar.labels["request_id"]
+            for s in found
+            if s.exemplar
+        }
 
     request("/users/1", "first")
     request("/users/1", "second")  # within the interval: the first stays
@@ -455,7 +490,9 @@ def test_a_slow_request_gets_its_bucket_exemplar_within_the_interval(registry: R
     get(wsgi, "/slow", HTTP_X_REQUEST_ID="slow")  # the same series (/{page}), another bucket
     buckets = [s for s in openmetrics(wsgi)["http_request_duration_seconds"].samples if s.name.endswith("_bucket")]
     assert {s.labels["le"]: s.exemplar.labels["request_id"] for s in buckets if s.exemplar} == {
-        "0.1": "fast", "1.0": "slow"}
+        "0.1": "fast",
+        "1.0": "slow",
+    }
 
 
 def test_exemplars_can_be_switched_off(registry: Registry) -> None:
@@ -467,30 +504,59 @@ def test_exemplars_can_be_switched_off(registry: Registry) -> None:
 
 def test_default_labels_static_and_allow_listed(registry: Registry) -> None:
     tenants = ("acme", "globex")
-    wsgi = metrics_app(registry, default_labels={
-        "region": "eu-west-1",
-        "tenant": (lambda environ: environ.get("HTTP_X_TENANT"), set(tenants)),
-    })
+    wsgi = metrics_app(
+        registry,
+        default_labels={
+            "region": "eu-west-1",
+            "tenant": (lambda environ: environ.get("HTTP_X_TENANT"), set(tenants)),
+        },
+    )
     get(wsgi, "/users/1", HTTP_X_TENANT="acme")
     for n in range(50):  # a client inventing tenants cannot add series
         get(wsgi, "/users/1", HTTP_X_TENANT=f"evil-{n}")
     get(wsgi, "/raise", HTTP_X_TENANT="globex")
     got = series(registry, "http_requests_total")
     assert {(dict(lb)["tenant"], dict(lb)["region"]) for lb in got} == {
-        ("acme", "eu-west-1"), ("other", "eu-west-1"), ("globex", "eu-west-1")}
-    assert one(registry, "http_requests_total", method="GET", endpoint="/users/{id}", status="200",
-               region="eu-west-1", tenant="other") == 50
-    assert one(registry, "http_request_exceptions_total", method="GET", endpoint="/raise", exception="KeyError",
-               region="eu-west-1", tenant="globex") == 1
+        ("acme", "eu-west-1"),
+        ("other", "eu-west-1"),
+        ("globex", "eu-west-1"),
+    }
+    assert (
+        one(
+            registry,
+            "http_requests_total",
+            method="GET",
+            endpoint="/users/{id}",
+            status="200",
+            region="eu-west-1",
+            tenant="other",
+        )
+        == 50
+    )
+    assert (
+        one(
+            registry,
+            "http_request_exceptions_total",
+            method="GET",
+            endpoint="/raise",
+            exception="KeyError",
+            region="eu-west-1",
+            tenant="globex",
+        )
+        == 1
+    )
     assert one(registry, "http_requests_in_progress", method="GET", region="eu-west-1", tenant="acme") == 0
 
 
-@pytest.mark.parametrize(("labels", "message"), [
-    ({"status": "x"}, "already used by the HTTP metrics"),
-    ({"bad-name": "x"}, "not a valid label name"),
-    ({"tenant": lambda environ: "x"}, "allowed values"),
-    ({"tenant": (lambda environ: "x", "acme")}, "allowed values"),
-])
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"status": "x"}, "already used by the HTTP metrics"),
+        ({"bad-name": "x"}, "not a valid label name"),
+        ({"tenant": lambda environ: "x"}, "allowed values"),
+        ({"tenant": (lambda environ: "x", "acme")}, "allowed values"),
+    ],
+)
 def test_default_labels_are_validated(labels: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ObservabilityMiddleware(app, registry=Registry(), auto_configure_logging=False, default_labels=labels)

@@ -41,10 +41,7 @@ WRITER = textwrap.dedent("""
 def test_four_processes_across_rotations_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     log_file = tmp_path / "logs" / "app.log"
     lines_each = 400
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(w), str(lines_each), str(log_file)])
-        for w in range(4)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(w), str(lines_each), str(log_file)]) for w in range(4)]
     for p in procs:
         assert p.wait(timeout=60) == 0
     files = sorted((tmp_path / "logs").iterdir())
@@ -52,7 +49,7 @@ def test_four_processes_across_rotations_lose_and_duplicate_nothing(tmp_path: Pa
     seen: dict[tuple[int, int], int] = {}
     for path in files:
         assert path.name.startswith("app-") and path.suffix == ".log"
-        stamp = path.name[len("app-"):-len(".log")]
+        stamp = path.name[len("app-") : -len(".log")]
         for raw in path.read_text().splitlines():
             record = json.loads(raw)  # fails on any interleaved or cut line
             key = (record["worker"], record["seq"])
@@ -75,8 +72,13 @@ def test_old_files_beyond_backup_count_are_pruned(tmp_path: Path) -> None:
         handler.handle(record)
     handler.close()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["other-2020-01-01.log", "svc-2023-11-16.log", "svc-2023-11-17.log", "svc-2023-11-18.log",
-                     "svc-errors.log"]
+    assert names == [
+        "other-2020-01-01.log",
+        "svc-2023-11-16.log",
+        "svc-2023-11-17.log",
+        "svc-2023-11-18.log",
+        "svc-errors.log",
+    ]
     assert (tmp_path / "svc-2023-11-18.log").read_text() == "day 4\n"
 
 
@@ -135,8 +137,9 @@ def test_stdout_lines_from_many_processes_never_interleave(tmp_path: Path) -> No
 
 def test_access_lines_reach_a_dated_file_directly(tmp_path: Path) -> None:
     configure_logging(log_file=str(tmp_path / "app.log"))
-    mw = ObservabilityMiddleware(lambda env, sr: sr("200 OK", [("Content-Length", "0")]) or [],
-                                 auto_configure_logging=False, metrics=False)
+    mw = ObservabilityMiddleware(
+        lambda env, sr: sr("200 OK", [("Content-Length", "0")]) or [], auto_configure_logging=False, metrics=False
+    )
     [access] = [h for h in mw.finish_hooks if type(h).__name__ == "AccessLog"]
     assert access.route.targets() is not None  # our DatedFileHandler: the direct path
     for n in range(3):
@@ -145,7 +148,6 @@ def test_access_lines_reach_a_dated_file_directly(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["path"] for x in lines] == ["/p0", "/p1", "/p2"]
     assert all(path.name == f"app-{x['timestamp'][:10]}.log" for x in lines)
-
 
 
 def test_a_direct_line_beyond_pipe_buf_waits_for_the_handler_lock() -> None:

@@ -35,8 +35,13 @@ def ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 def test_access_line_schema(logs: LogCapture) -> None:
     env = make_environ(
-        REQUEST_METHOD="POST", PATH_INFO="/api/users/7", QUERY_STRING="page=2", REMOTE_ADDR="192.0.2.1",
-        HTTP_USER_AGENT="curl/8", REMOTE_USER="alice", HTTP_X_REQUEST_ID="rid-1",
+        REQUEST_METHOD="POST",
+        PATH_INFO="/api/users/7",
+        QUERY_STRING="page=2",
+        REMOTE_ADDR="192.0.2.1",
+        HTTP_USER_AGENT="curl/8",
+        REMOTE_USER="alice",
+        HTTP_X_REQUEST_ID="rid-1",
     )
     env["softfactory_obs.route"] = "/api/users/{id}"
     call_wsgi(wrap(ok, service_name="shop"), env)
@@ -67,17 +72,22 @@ def test_endpoint_falls_back_to_the_path_and_script_name_is_kept(logs: LogCaptur
     assert line["path"] == "/shop/cart?x=1"
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("q=shoes&page=2", "q=shoes&page=2"),
-    ("password=hunter2&q=x", "password=[REDACTED]&q=x"),
-    ("Access_Token=abc&API_KEY=k", "Access_Token=[REDACTED]&API_KEY=[REDACTED]"),
-    ("user_password=1&session_id=2&X-Amz-Signature=3", "user_password=[REDACTED]&session_id=[REDACTED]"
-     "&X-Amz-Signature=[REDACTED]"),
-    ("token", "token"),  # a bare flag has no value to hide
-    ("auth=&q=1", "auth=[REDACTED]&q=1"),
-    ("api%5Fkey=k&pass%77ord=p&q=%41", "api%5Fkey=[REDACTED]&pass%77ord=[REDACTED]&q=%41"),  # decoded names
-    ("my+token=t&q=a+b", "my+token=[REDACTED]&q=a+b"),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("q=shoes&page=2", "q=shoes&page=2"),
+        ("password=hunter2&q=x", "password=[REDACTED]&q=x"),
+        ("Access_Token=abc&API_KEY=k", "Access_Token=[REDACTED]&API_KEY=[REDACTED]"),
+        (
+            "user_password=1&session_id=2&X-Amz-Signature=3",
+            "user_password=[REDACTED]&session_id=[REDACTED]&X-Amz-Signature=[REDACTED]",
+        ),
+        ("token", "token"),  # a bare flag has no value to hide
+        ("auth=&q=1", "auth=[REDACTED]&q=1"),
+        ("api%5Fkey=k&pass%77ord=p&q=%41", "api%5Fkey=[REDACTED]&pass%77ord=[REDACTED]&q=%41"),  # decoded names
+        ("my+token=t&q=a+b", "my+token=[REDACTED]&q=a+b"),
+    ],
+)
 def test_redact_query(query: str, expected: str) -> None:
     assert redact_query(query, DEFAULT_REDACT_QUERY) == expected
 
@@ -105,9 +115,11 @@ def test_non_utf8_path_is_decoded_safely(logs: LogCapture) -> None:
 
 
 def test_control_characters_and_line_breaks_cannot_split_a_line(logs: LogCapture) -> None:
-    hostile = "/x\r\n{\"level\": \"CRITICAL\"}\u2028\x1b[31m\x00"
-    call_wsgi(wrap(ok), make_environ(PATH_INFO=hostile.encode("utf-8").decode("latin-1"),
-                                     HTTP_USER_AGENT="agent\nwith\nnewlines"))
+    hostile = '/x\r\n{"level": "CRITICAL"}\u2028\x1b[31m\x00'
+    call_wsgi(
+        wrap(ok),
+        make_environ(PATH_INFO=hostile.encode("utf-8").decode("latin-1"), HTTP_USER_AGENT="agent\nwith\nnewlines"),
+    )
     raw = logs.raw()
     assert raw.count("\n") == 1
     assert raw.isascii()
@@ -115,8 +127,10 @@ def test_control_characters_and_line_breaks_cannot_split_a_line(logs: LogCapture
 
 
 def test_long_fields_are_truncated_and_marked(logs: LogCapture) -> None:
-    call_wsgi(wrap(ok), make_environ(PATH_INFO="/" + "p" * 9000, HTTP_USER_AGENT="u" * 10_000,
-                                     QUERY_STRING="q=" + "v" * 70_000))
+    call_wsgi(
+        wrap(ok),
+        make_environ(PATH_INFO="/" + "p" * 9000, HTTP_USER_AGENT="u" * 10_000, QUERY_STRING="q=" + "v" * 70_000),
+    )
     line = logs.access()[0]
     assert line["user_agent"] == "u" * 512 + "...[truncated]"
     assert line["path"].endswith("...[truncated]") and len(line["path"]) < 600
@@ -159,11 +173,19 @@ class Unprintable:
 
 def test_extras_of_any_type_always_give_valid_json(logs: LogCapture) -> None:
     log = logging.getLogger("app.extras")
-    log.info("values", extra={
-        "nan": math.nan, "inf": math.inf, "raw": b"\xff\x00bytes", "dec": Decimal("1.5"),
-        "nested": {"x": [math.nan, {1, 2}]}, "obj": object(), "surrogate": "a\udcffb",
-        "bad": Unprintable(),
-    })
+    log.info(
+        "values",
+        extra={
+            "nan": math.nan,
+            "inf": math.inf,
+            "raw": b"\xff\x00bytes",
+            "dec": Decimal("1.5"),
+            "nested": {"x": [math.nan, {1, 2}]},
+            "obj": object(),
+            "surrogate": "a\udcffb",
+            "bad": Unprintable(),
+        },
+    )
     [line] = logs.lines()
     assert line["nan"] == "nan" and line["inf"] == "inf"
     assert line["nested"]["x"][0] == "nan"
@@ -177,8 +199,11 @@ def test_extras_json_cannot_write_as_they_are_keep_the_line_whole(logs: LogCaptu
     record keeps its message and every other field (the fallback line kept neither)."""
     loop: list[Any] = [1]
     loop.append(loop)
-    logging.getLogger("app.extras").warning("hello %s", "w", extra={
-        "by_pair": {(1, 2): "a", b"raw": "b"}, "loop": loop, "odd": frozenset([math.nan]), "plain": 7})
+    logging.getLogger("app.extras").warning(
+        "hello %s",
+        "w",
+        extra={"by_pair": {(1, 2): "a", b"raw": "b"}, "loop": loop, "odd": frozenset([math.nan]), "plain": 7},
+    )
     [line] = logs.lines()
     assert line["message"] == "hello w" and line["plain"] == 7 and "format_error" not in line
     assert line["by_pair"] == {"(1, 2)": "a", "raw": "b"}
@@ -189,14 +214,23 @@ def test_extras_json_cannot_write_as_they_are_keep_the_line_whole(logs: LogCaptu
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=8))
 _KEYS = st.one_of(st.text(max_size=5), st.integers(), st.tuples(st.integers()), st.none(), st.floats(), st.binary())
-_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3), st.tuples(inner, inner),
-    st.frozensets(st.one_of(st.integers(), st.floats(), st.text(max_size=3)), max_size=3)), max_leaves=8)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(_KEYS, inner, max_size=3),
+        st.tuples(inner, inner),
+        st.frozensets(st.one_of(st.integers(), st.floats(), st.text(max_size=3)), max_size=3),
+    ),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(extra=st.dictionaries(st.from_regex(r"x_[a-z]{1,5}", fullmatch=True), _VALUES, max_size=4),
-       schema=st.sampled_from(["default", "ecs"]))
+@given(
+    extra=st.dictionaries(st.from_regex(r"x_[a-z]{1,5}", fullmatch=True), _VALUES, max_size=4),
+    schema=st.sampled_from(["default", "ecs"]),
+)
 def test_any_extras_give_one_json_line_with_every_field(extra: dict[str, Any], schema: str) -> None:
     record = logging.LogRecord("app", logging.INFO, __file__, 1, "hello %s", ("w",), None)
     record.__dict__.update(extra)
@@ -262,6 +296,7 @@ def test_request_context_filter_for_other_formatters(logs: LogCapture) -> None:
     logger = logging.getLogger("app.plain")
     logger.addHandler(handler)
     try:
+
         def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
             logger.info("inside")
             return ok(environ, start_response)
@@ -300,8 +335,12 @@ def _schema_table() -> dict[str, tuple[str, str]]:
 
 
 def test_access_lines_follow_the_documented_schema(logs: LogCapture) -> None:
-    call_wsgi(wrap(ok), make_environ(HTTP_X_REQUEST_ID="bad id", HTTP_TRACEPARENT=(
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")))
+    call_wsgi(
+        wrap(ok),
+        make_environ(
+            HTTP_X_REQUEST_ID="bad id", HTTP_TRACEPARENT=("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        ),
+    )
     [line] = logs.access()
     table = _schema_table()
     types = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
@@ -320,9 +359,27 @@ def test_ecs_schema_renames_every_field() -> None:
     call_wsgi(wrap(ok), make_environ(HTTP_X_REQUEST_ID="ecs-1", REMOTE_USER="ann"))
     line = json.loads(stream.getvalue().splitlines()[-1])
     table = _schema_table()
-    expected = {table[f][1] for f in ("timestamp", "level", "logger", "message", "service", "pid", "request_id",
-                                      "method", "path", "endpoint", "status", "latency_ms", "content_length",
-                                      "remote_addr", "user_agent", "user_id")}
+    expected = {
+        table[f][1]
+        for f in (
+            "timestamp",
+            "level",
+            "logger",
+            "message",
+            "service",
+            "pid",
+            "request_id",
+            "method",
+            "path",
+            "endpoint",
+            "status",
+            "latency_ms",
+            "content_length",
+            "remote_addr",
+            "user_agent",
+            "user_id",
+        )
+    }
     assert expected <= set(line)
     assert line["http.request.id"] == "ecs-1" and line["user.id"] == "ann" and line["log.level"] == "info"
     assert line["ecs.version"].startswith("8.")
@@ -340,14 +397,29 @@ def _stable(line: str) -> str:
     return _VOLATILE.sub(r'"\1": X', line)
 
 
-@pytest.mark.parametrize("environ", [
-    pytest.param({}, id="plain"),
-    pytest.param({"PATH_INFO": "/caf\xc3\xa9/\"q\"\\\x00", "QUERY_STRING": "token=s3cret&q=\u00e9",
-                  "HTTP_USER_AGENT": "agent \"x\"\n\u2028\x1b[31m", "REMOTE_USER": "bob\t\"o\""}, id="hostile"),
-    pytest.param({"HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                  "HTTP_X_REQUEST_ID": "bad id!"}, id="trace-and-rejected-id"),
-    pytest.param({"PATH_INFO": "/missing", "REQUEST_METHOD": "DELETE"}, id="error-status"),
-])
+@pytest.mark.parametrize(
+    "environ",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param(
+            {
+                "PATH_INFO": '/caf\xc3\xa9/"q"\\\x00',
+                "QUERY_STRING": "token=s3cret&q=\u00e9",
+                "HTTP_USER_AGENT": 'agent "x"\n\u2028\x1b[31m',
+                "REMOTE_USER": 'bob\t"o"',
+            },
+            id="hostile",
+        ),
+        pytest.param(
+            {
+                "HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "HTTP_X_REQUEST_ID": "bad id!",
+            },
+            id="trace-and-rejected-id",
+        ),
+        pytest.param({"PATH_INFO": "/missing", "REQUEST_METHOD": "DELETE"}, id="error-status"),
+    ],
+)
 def test_direct_line_is_byte_identical_to_the_formatted_record(logs: LogCapture, environ: dict[str, Any]) -> None:
     def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
         status = "503 Service Unavailable" if env["PATH_INFO"] == "/missing" else "200 OK"
@@ -412,8 +484,9 @@ def test_direct_line_write_failure_is_counted_and_the_response_still_goes_out(lo
     logs.stream = io.StringIO()  # the fixture's final parse
 
 
-@pytest.mark.parametrize("ms", [0, 999, 1000, 1_795_366_296_123, 1_795_366_296_999, 1_795_366_297_000,
-                                4_102_444_800_001])
+@pytest.mark.parametrize(
+    "ms", [0, 999, 1000, 1_795_366_296_123, 1_795_366_296_999, 1_795_366_297_000, 4_102_444_800_001]
+)
 def test_timestamps_from_milliseconds_and_from_seconds(ms: int) -> None:
     """The access line's stamp (whole milliseconds) and the records' (float seconds) spell one
     instant alike; the second's text is cached, so neighbours across a second boundary are checked too."""
@@ -449,8 +522,9 @@ def test_direct_lines_carry_each_requests_client_address(logs: LogCapture) -> No
     assert 1234 not in access._addresses
 
 
-def test_integrations_that_hook_logging_see_every_access_line(logs: LogCapture,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_integrations_that_hook_logging_see_every_access_line(
+    logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tracing and error reporters install a record factory or patch Logger methods (Sentry patches
     callHandlers): with either in place the line goes through logging. Error lines always do."""
     seen: list[str] = []
@@ -494,12 +568,20 @@ def test_integrations_that_hook_logging_see_every_access_line(logs: LogCapture,
     assert [line["path"] for line in logs.access()] == ["/plain", "/factory", "/patched", "/busy"]
 
 
-@pytest.mark.parametrize(("words", "matching", "not_matching"), [
-    (("access_token", "token", "API_KEY", "key", ""), ("x_ToKeN_y", "apikey", "ACCESS_TOKEN"), ("page", "tok", "ke")),
-    (("api_key", "access_token"), ("my_API_KEY", "access_token"), ("token", "apikey", "key")),
-])
-def test_redaction_words_that_contain_others_match_the_same(words: tuple[str, ...], matching: tuple[str, ...],
-                                                            not_matching: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("words", "matching", "not_matching"),
+    [
+        (
+            ("access_token", "token", "API_KEY", "key", ""),
+            ("x_ToKeN_y", "apikey", "ACCESS_TOKEN"),
+            ("page", "tok", "ke"),
+        ),
+        (("api_key", "access_token"), ("my_API_KEY", "access_token"), ("token", "apikey", "key")),
+    ],
+)
+def test_redaction_words_that_contain_others_match_the_same(
+    words: tuple[str, ...], matching: tuple[str, ...], not_matching: tuple[str, ...]
+) -> None:
     search = sensitive_matcher(words)  # scans only the words no other word is part of
     assert all(search(text) for text in matching)
     assert not any(search(text) for text in not_matching)
@@ -536,6 +618,9 @@ def test_rendered_request_lines_are_reused_and_bounded(logs: LogCapture) -> None
     lines = logs.access()
     assert [x["path"] for x in lines[:2]] == ["/items/0?token=[REDACTED]&page=2", "/items/1?token=[REDACTED]&page=2"]
     assert lines[-2]["path"] == lines[7]["path"] and lines[-2]["message"] == lines[7]["message"] == "GET /items/7 200"
-    assert (lines[-1]["method"], lines[-1]["path"], lines[-1]["message"]) == ("POST", "/items/7?page=3",
-                                                                              "POST /items/7 200")
+    assert (lines[-1]["method"], lines[-1]["path"], lines[-1]["message"]) == (
+        "POST",
+        "/items/7?page=3",
+        "POST /items/7 200",
+    )
     assert "s3cret" not in logs.raw()

@@ -332,13 +332,17 @@ def test_empty_body_and_head(logs: LogCapture) -> None:
     assert line["method"] == "HEAD" and line["content_length"] == 0
 
 
-@pytest.mark.parametrize(("ours", "sent"), [("X-Request-Id", "x-request-id"), ("X-Request-Id", "X-Request-Id"),
-                                            ("Server", "Server"), ("ETag", "etag")])
+@pytest.mark.parametrize(
+    ("ours", "sent"),
+    [("X-Request-Id", "x-request-id"), ("X-Request-Id", "X-Request-Id"), ("Server", "Server"), ("ETag", "etag")],
+)
 def test_app_set_request_id_header_is_replaced_not_duplicated(logs: LogCapture, ours: str, sent: str) -> None:
     """Also when our header's name is one start_response usually passes over (a common name)."""
     headers = [*TEXT, ("Content-Length", "1"), (sent, "from-app")]
-    resp = call_wsgi(wrap(app_returning([b"x"], headers=headers), request_id_header=ours),
-                     make_environ(**{"HTTP_" + ours.upper().replace("-", "_"): "from-client"}))
+    resp = call_wsgi(
+        wrap(app_returning([b"x"], headers=headers), request_id_header=ours),
+        make_environ(**{"HTTP_" + ours.upper().replace("-", "_"): "from-client"}),
+    )
     assert resp.header(ours) == ["from-client"]
     assert logs.access()[0]["content_length"] == 1
 
@@ -401,8 +405,7 @@ def test_failing_finish_hook_never_fails_the_request(logs: LogCapture) -> None:
     assert len(logs.access()) == 1  # the other hooks still ran
 
 
-def test_no_thread_to_spare_never_fails_the_first_request(monkeypatch: pytest.MonkeyPatch,
-                                                         logs: LogCapture) -> None:
+def test_no_thread_to_spare_never_fails_the_first_request(monkeypatch: pytest.MonkeyPatch, logs: LogCapture) -> None:
     """A container's pids limit: the maintenance thread cannot start. The request is served, the
     failure reported, and no later request tries again."""
     starts = []

@@ -222,8 +222,12 @@ def _current_app(environ: dict[str, Any], start_response: Any) -> Any:
     return _plan_app[0](environ, start_response)
 
 
-MIDDLEWARES = {propagate: ObservabilityMiddleware(_current_app, registry=REGISTRY, auto_configure_logging=False,
-                                                  propagate_exceptions=propagate) for propagate in (False, True)}
+MIDDLEWARES = {
+    propagate: ObservabilityMiddleware(
+        _current_app, registry=REGISTRY, auto_configure_logging=False, propagate_exceptions=propagate
+    )
+    for propagate in (False, True)
+}
 
 
 def _total(name: str) -> float:
@@ -232,8 +236,7 @@ def _total(name: str) -> float:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=plans(), server=servers, propagate=st.booleans())
-def test_the_server_sees_what_the_bare_app_sends(logs: LogCapture, plan: Plan, server: Server,
-                                                propagate: bool) -> None:
+def test_the_server_sees_what_the_bare_app_sends(logs: LogCapture, plan: Plan, server: Server, propagate: bool) -> None:
     closes: list[str] = []
     _plan_app[:] = [app_for(plan, closes)]
     environ = {"wsgi.multithread": server.multithread}

@@ -50,10 +50,13 @@ def test_slots_are_reused_and_dead_workers_vanish(tmp_path: Path) -> None:
 
 @pytest.mark.gunicorn
 def test_worker_series_follow_live_workers_under_kill_9(tmp_path: Path) -> None:
-    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"),
-           "SOFTFACTORY_OBS_MAINTENANCE_INTERVAL_SECONDS": "0.2",
-           "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4"}
+    env = {
+        "SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"),
+        "SOFTFACTORY_OBS_MAINTENANCE_INTERVAL_SECONDS": "0.2",
+        "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4",
+    }
     with Gunicorn(tmp_path, workers=3, **env) as server:
+
         def warm() -> set[str]:
             # gthread workers each take requests; poll until every worker has sampled itself.
             deadline = time.monotonic() + 20
@@ -92,8 +95,9 @@ def test_process_facts_are_never_read_on_the_request_path(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(procfs, "process_stats", spy)
     registry = Registry()
-    mw = ObservabilityMiddleware(hello, registry=registry, auto_configure_logging=False, access_log=False,
-                                 maintenance_interval_seconds=0.05)
+    mw = ObservabilityMiddleware(
+        hello, registry=registry, auto_configure_logging=False, access_log=False, maintenance_interval_seconds=0.05
+    )
     for _ in range(200):
         call_wsgi(mw, make_environ(PATH_INFO="/x"))
     deadline = time.monotonic() + 5
@@ -116,7 +120,7 @@ def test_procfs_agrees_with_psutil(monkeypatch: pytest.MonkeyPatch, from_proc: b
     assert abs(stats.cpu_seconds - (cpu.user + cpu.system)) < 0.5
     assert abs(stats.start_time - me.create_time()) < 1.0
     assert abs(procfs.start_time(os.getppid()) - psutil.Process(os.getppid()).create_time()) < 1.0
-    assert procfs.command_line(os.getpid())[:len(me.cmdline())] == me.cmdline()
+    assert procfs.command_line(os.getpid())[: len(me.cmdline())] == me.cmdline()
     total, used = procfs.memory()
     assert total == psutil.virtual_memory().total
     assert abs(used - psutil.virtual_memory().percent) < 5
@@ -141,8 +145,13 @@ for path in ("/x", "/metrics", "/health", "/ready", "/api/metrics/summary"):
 time.sleep(0.3)  # a few maintenance rounds: process sampling, history
 print(sorted(m for m in ("psutil", "prometheus_client", "hmac") if m in sys.modules))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={
-        k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+    )
     assert out.stdout.strip() == "[]", out.stderr
 
 

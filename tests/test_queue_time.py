@@ -26,22 +26,28 @@ def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("t=1763800000.250", NOW),  # nginx's ${msec}
-    ("1763800000250", NOW),  # milliseconds (Heroku)
-    ("t=1763800000250000", NOW),  # microseconds
-    ("1763800000250000000", NOW),  # nanoseconds
-    ("1763800000.25", NOW),
-    ("t=1763800000", 1_763_800_000.0),
-    (" t=1763800000.250 ", NOW),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("t=1763800000.250", NOW),  # nginx's ${msec}
+        ("1763800000250", NOW),  # milliseconds (Heroku)
+        ("t=1763800000250000", NOW),  # microseconds
+        ("1763800000250000000", NOW),  # nanoseconds
+        ("1763800000.25", NOW),
+        ("t=1763800000", 1_763_800_000.0),
+        (" t=1763800000.250 ", NOW),
+    ],
+)
 def test_stamps_in_every_unit(value: str, seconds: float) -> None:
     assert request_start(value) == pytest.approx(seconds, abs=1e-6)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.floats(min_value=1_000_000_000.0, max_value=7_000_000_000.0), st.sampled_from([1, 1_000, 1_000_000]),
-       st.booleans())
+@given(
+    st.floats(min_value=1_000_000_000.0, max_value=7_000_000_000.0),
+    st.sampled_from([1, 1_000, 1_000_000]),
+    st.booleans(),
+)
 def test_any_stamp_of_this_century_reads_back(seconds: float, per_second: int, prefixed: bool) -> None:
     """Whole units (as proxies write them: nginx's seconds with 3 decimals, integer ms or µs) read
     back as the same moment; the unit is never mistaken for another."""
@@ -55,14 +61,28 @@ def test_any_stamp_of_this_century_reads_back(seconds: float, per_second: int, p
     assert parsed == pytest.approx(expected, rel=0, abs=1e-6)
 
 
-@pytest.mark.parametrize("value", [
-    "", "t=", "t=abc", "nan", "inf", "1e12", "-1763800000", "1_763_800_000", "0x1763800000", "t=1763800000.",
-    "\uff11\uff17\uff16\uff13\uff18\uff10\uff10\uff10\uff10\uff10",  # fullwidth digits: str.isdigit() says yes
-    "12345",  # a duration, not a point in time
-    "1" * 20,  # longer than nanoseconds
-    "t=1763800000.250 t=1763800001",
-    None, 1763800000, b"1763800000",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "t=",
+        "t=abc",
+        "nan",
+        "inf",
+        "1e12",
+        "-1763800000",
+        "1_763_800_000",
+        "0x1763800000",
+        "t=1763800000.",
+        "\uff11\uff17\uff16\uff13\uff18\uff10\uff10\uff10\uff10\uff10",  # fullwidth digits: str.isdigit() says yes
+        "12345",  # a duration, not a point in time
+        "1" * 20,  # longer than nanoseconds
+        "t=1763800000.250 t=1763800001",
+        None,
+        1763800000,
+        b"1763800000",
+    ],
+)
 def test_anything_else_is_no_stamp(value: Any) -> None:
     assert request_start(value) is None
 
@@ -75,8 +95,10 @@ def observed(registry: Registry, **labels: str) -> tuple[float, float]:
     """(count, sum) of the queue histogram's series with these labels; (0, 0) when absent."""
     found = queue_samples(registry)
     key = tuple(sorted(labels.items()))
-    return (found.get(("http_request_queue_seconds_count", key), 0.0),
-            found.get(("http_request_queue_seconds_sum", key), 0.0))
+    return (
+        found.get(("http_request_queue_seconds_count", key), 0.0),
+        found.get(("http_request_queue_seconds_sum", key), 0.0),
+    )
 
 
 def test_wait_observed_from_the_stamp() -> None:
@@ -113,8 +135,13 @@ def test_off_by_default_and_skipped_requests_are_not_observed() -> None:
     call_wsgi(wrap(hello, registry=registry), make_environ(HTTP_X_REQUEST_START=stamp))
     assert queue_samples(registry) == {}
     registry = Registry()
-    app = wrap(hello, registry=registry, queue_time_header="X-Queue-Start", skip_paths=("/internal",),
-               default_labels={"region": "eu"})
+    app = wrap(
+        hello,
+        registry=registry,
+        queue_time_header="X-Queue-Start",
+        skip_paths=("/internal",),
+        default_labels={"region": "eu"},
+    )
     call_wsgi(app, make_environ(PATH_INFO="/internal", HTTP_X_QUEUE_START=stamp))
     call_wsgi(app, make_environ(HTTP_X_REQUEST_START=stamp))  # not the configured header
     assert observed(registry, region="eu") == (0, 0)
@@ -123,8 +150,10 @@ def test_off_by_default_and_skipped_requests_are_not_observed() -> None:
 
 
 def test_setting_is_checked() -> None:
-    assert Settings.from_env({"SOFTFACTORY_OBS_QUEUE_TIME_HEADER": "X-Request-Start"}).queue_time_header == \
-        "X-Request-Start"
+    assert (
+        Settings.from_env({"SOFTFACTORY_OBS_QUEUE_TIME_HEADER": "X-Request-Start"}).queue_time_header
+        == "X-Request-Start"
+    )
     with pytest.raises(ValueError, match="queue_time_header: expected an HTTP header name"):
         Settings(queue_time_header="X Request Start")
 
@@ -145,8 +174,9 @@ def test_gunicorn_backlog_wait_is_seen(tmp_path: Path) -> None:
     timer inside a worker sees and the proxy's stamp does."""
     with Gunicorn(tmp_path, workers=2, SOFTFACTORY_OBS_QUEUE_TIME_HEADER="X-Request-Start") as g:
         results: list[int] = []
-        busy = [threading.Thread(target=_request, args=(g.port, "/api/slow?seconds=1.2", {}, results))
-                for _ in range(2)]
+        busy = [
+            threading.Thread(target=_request, args=(g.port, "/api/slow?seconds=1.2", {}, results)) for _ in range(2)
+        ]
         for thread in busy:
             thread.start()
         time.sleep(0.4)  # both workers have taken theirs

@@ -79,8 +79,10 @@ def test_known_workload_gives_the_exact_hit_ratio(client: redis.Redis) -> None:
         r.set(f"k{n}", n)
     for n in range(100):  # keys 0..29 exist: 30 % of the reads hit
         r.get(f"k{n % 100}")
-    hits, misses = one(registry, "cache_hits_total", cache="default"), one(registry, "cache_misses_total",
-                                                                           cache="default")
+    hits, misses = (
+        one(registry, "cache_hits_total", cache="default"),
+        one(registry, "cache_misses_total", cache="default"),
+    )
     assert (hits, misses) == (30, 70)
     assert hits / (hits + misses) == 0.3
 
@@ -168,8 +170,9 @@ def _middleware_with_redis(url: str, critical: bool) -> tuple[ObservabilityMiddl
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False,
-                                 health_cache_seconds=0)
+    mw = ObservabilityMiddleware(
+        app, registry=registry, auto_configure_logging=False, access_log=False, health_cache_seconds=0
+    )
     mw.add_redis(redis.Redis.from_url(url), critical=critical, timeout=0.3)
     return mw, registry
 
@@ -237,8 +240,7 @@ def test_garbage_speaking_server_gives_clear_errors() -> None:
     thread.start()
     try:
         registry = Registry()
-        r = instrument_redis(redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5),
-                             registry=registry)
+        r = instrument_redis(redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5), registry=registry)
         with pytest.raises(redis.RedisError):
             r.get("x")
         errors = {dict(lb)["error"] for (name, lb), _ in samples(registry).items() if name == "cache_errors_total"}

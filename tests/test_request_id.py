@@ -47,8 +47,9 @@ def test_generated_ids_are_uuid4_hex_and_unique() -> None:
 def test_ids_from_one_batch_stay_unique_across_threads_and_batches() -> None:
     # 8 threads drawing 4,000 ids cross several batch refills at once.
     drawn: list[list[str]] = [[] for _ in range(8)]
-    threads = [threading.Thread(target=lambda out=out: out.extend(new_request_id() for _ in range(500)))
-               for out in drawn]
+    threads = [
+        threading.Thread(target=lambda out=out: out.extend(new_request_id() for _ in range(500))) for out in drawn
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -70,19 +71,22 @@ def test_a_forked_worker_never_repeats_its_parents_next_ids() -> None:
     os.waitpid(pid, 0)
     text = os.read(read_end, 1 << 16).decode()
     os.close(read_end)
-    child = {text[i:i + 32] for i in range(0, len(text), 32)}
+    child = {text[i : i + 32] for i in range(0, len(text), 32)}
     parent = {new_request_id() for _ in range(100)}
     assert len(child) == 100 and not child & parent
 
 
-@pytest.mark.parametrize("incoming", [
-    pytest.param(str(uuid.uuid4()), id="uuid-dashed"),
-    pytest.param(uuid.uuid4().hex, id="uuid-hex-nginx"),
-    pytest.param("4bf92f3577b34da6a3ce929d0e0e4736", id="w3c-trace-id"),
-    pytest.param("a", id="one-char"),
-    pytest.param("x" * 128, id="128-chars"),
-    pytest.param("svc.a:b_c-9", id="all-safe-punctuation"),
-])
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        pytest.param(str(uuid.uuid4()), id="uuid-dashed"),
+        pytest.param(uuid.uuid4().hex, id="uuid-hex-nginx"),
+        pytest.param("4bf92f3577b34da6a3ce929d0e0e4736", id="w3c-trace-id"),
+        pytest.param("a", id="one-char"),
+        pytest.param("x" * 128, id="128-chars"),
+        pytest.param("svc.a:b_c-9", id="all-safe-punctuation"),
+    ],
+)
 def test_safe_incoming_id_is_used_and_echoed(logs: LogCapture, incoming: str) -> None:
     resp = call_wsgi(wrap(hello), make_environ(HTTP_X_REQUEST_ID=incoming))
     assert resp.header("X-Request-Id") == [incoming]
@@ -126,37 +130,47 @@ def test_whitespace_only_id_counts_as_absent(logs: LogCapture) -> None:
 
 
 def test_custom_header_name(logs: LogCapture) -> None:
-    resp = call_wsgi(wrap(hello, request_id_header="X-Correlation-Id"),
-                     make_environ(HTTP_X_CORRELATION_ID="corr-1", HTTP_X_REQUEST_ID="other"))
+    resp = call_wsgi(
+        wrap(hello, request_id_header="X-Correlation-Id"),
+        make_environ(HTTP_X_CORRELATION_ID="corr-1", HTTP_X_REQUEST_ID="other"),
+    )
     assert resp.header("X-Correlation-Id") == ["corr-1"]
     assert resp.header("X-Request-Id") == []
 
 
-@pytest.mark.parametrize(("policy", "proxies", "remote", "accepted"), [
-    ("always", (), "203.0.113.9", True),
-    ("never", (), "127.0.0.1", False),
-    ("trusted_proxies", ("10.0.0.0/8", "::1/128"), "10.1.2.3", True),
-    ("trusted_proxies", ("10.0.0.0/8", "::1/128"), "::1", True),
-    ("trusted_proxies", ("10.0.0.0/8",), "203.0.113.9", False),
-    ("trusted_proxies", ("10.0.0.0/8",), "not-an-ip", False),
-])
+@pytest.mark.parametrize(
+    ("policy", "proxies", "remote", "accepted"),
+    [
+        ("always", (), "203.0.113.9", True),
+        ("never", (), "127.0.0.1", False),
+        ("trusted_proxies", ("10.0.0.0/8", "::1/128"), "10.1.2.3", True),
+        ("trusted_proxies", ("10.0.0.0/8", "::1/128"), "::1", True),
+        ("trusted_proxies", ("10.0.0.0/8",), "203.0.113.9", False),
+        ("trusted_proxies", ("10.0.0.0/8",), "not-an-ip", False),
+    ],
+)
 def test_trust_policy(logs: LogCapture, policy: str, proxies: tuple[str, ...], remote: str, accepted: bool) -> None:
-    resp = call_wsgi(wrap(hello, trust_request_id=policy, trusted_proxies=proxies),
-                     make_environ(HTTP_X_REQUEST_ID="client-id", REMOTE_ADDR=remote))
+    resp = call_wsgi(
+        wrap(hello, trust_request_id=policy, trusted_proxies=proxies),
+        make_environ(HTTP_X_REQUEST_ID="client-id", REMOTE_ADDR=remote),
+    )
     assert (resp.header("X-Request-Id") == ["client-id"]) is accepted
     assert "request_id_rejected" not in logs.access()[0]  # untrusted is ignored, not an attack
 
 
-@pytest.mark.parametrize(("header", "trace_id"), [
-    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
-    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future", "4bf92f3577b34da6a3ce929d0e0e4736"),
-    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
-    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
-    ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),
-    ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),
-    ("garbage", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("header", "trace_id"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),
+        ("garbage", None),
+        ("", None),
+    ],
+)
 def test_parse_traceparent(header: str, trace_id: str | None) -> None:
     assert parse_traceparent(header) == trace_id
 

@@ -58,33 +58,39 @@ def test_settings_object_plus_overrides() -> None:
     assert mw.settings.service_name == "a" and mw.settings.access_log is False
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"trust_request_id": "sometimes"}, r"trust_request_id: expected one of 'always', 'never', 'trusted_proxies'"),
-    ({"trust_request_id": "trusted_proxies"}, r"needs trusted_proxies"),
-    ({"trusted_proxies": ("10.0.0.0/33",)}, r"trusted_proxies: '10.0.0.0/33' is not an IP network"),
-    ({"trusted_proxies": "10.0.0.0/8"}, r"trusted_proxies: expected a list of strings"),
-    ({"request_id_header": "X Request\r\nId"}, r"request_id_header: expected an HTTP header name"),
-    ({"access_log": "yes"}, r"access_log: expected bool"),
-    ({"log_backup_count": -1}, r"log_backup_count: expected an integer >= 0"),
-    ({"log_max_field_length": 10}, r"log_max_field_length: expected an integer from 64 to 65536"),
-    ({"log_level": "LOUD"}, r"log_level: expected one of"),
-    ({"log_file_mode": "rotating"}, r"log_file_mode: expected one of 'dated', 'watched'"),
-    ({"log_rotation": "weekly"}, r"log_rotation: expected one of 'midnight'"),
-    ({"user_id_getter": "REMOTE_USER"}, r"user_id_getter: expected a callable"),
-    ({"service_name": ""}, r"service_name: expected a non-empty string"),
-    ({"no_such_option": 1}, r"unknown option\(s\) no_such_option; valid options are: .*access_log"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"trust_request_id": "sometimes"}, r"trust_request_id: expected one of 'always', 'never', 'trusted_proxies'"),
+        ({"trust_request_id": "trusted_proxies"}, r"needs trusted_proxies"),
+        ({"trusted_proxies": ("10.0.0.0/33",)}, r"trusted_proxies: '10.0.0.0/33' is not an IP network"),
+        ({"trusted_proxies": "10.0.0.0/8"}, r"trusted_proxies: expected a list of strings"),
+        ({"request_id_header": "X Request\r\nId"}, r"request_id_header: expected an HTTP header name"),
+        ({"access_log": "yes"}, r"access_log: expected bool"),
+        ({"log_backup_count": -1}, r"log_backup_count: expected an integer >= 0"),
+        ({"log_max_field_length": 10}, r"log_max_field_length: expected an integer from 64 to 65536"),
+        ({"log_level": "LOUD"}, r"log_level: expected one of"),
+        ({"log_file_mode": "rotating"}, r"log_file_mode: expected one of 'dated', 'watched'"),
+        ({"log_rotation": "weekly"}, r"log_rotation: expected one of 'midnight'"),
+        ({"user_id_getter": "REMOTE_USER"}, r"user_id_getter: expected a callable"),
+        ({"service_name": ""}, r"service_name: expected a non-empty string"),
+        ({"no_such_option": 1}, r"unknown option\(s\) no_such_option; valid options are: .*access_log"),
+    ],
+)
 def test_invalid_options_name_the_field_and_the_accepted_values(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ObservabilityMiddleware(app, auto_configure_logging=False, **options)
 
 
-@pytest.mark.parametrize(("var", "value", "message"), [
-    ("SOFTFACTORY_OBS_ACCESS_LOG", "maybe", r"SOFTFACTORY_OBS_ACCESS_LOG: expected one of 1/true/yes/on"),
-    ("SOFTFACTORY_OBS_LOG_BACKUP_COUNT", "many", r"SOFTFACTORY_OBS_LOG_BACKUP_COUNT: expected an integer"),
-    ("SOFTFACTORY_OBS_TRUST_REQUEST_ID", "all", r"trust_request_id: expected one of"),
-    ("SOFTFACTORY_OBS_USER_ID_GETTER", "x", r"cannot be set from the environment"),
-])
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("SOFTFACTORY_OBS_ACCESS_LOG", "maybe", r"SOFTFACTORY_OBS_ACCESS_LOG: expected one of 1/true/yes/on"),
+        ("SOFTFACTORY_OBS_LOG_BACKUP_COUNT", "many", r"SOFTFACTORY_OBS_LOG_BACKUP_COUNT: expected an integer"),
+        ("SOFTFACTORY_OBS_TRUST_REQUEST_ID", "all", r"trust_request_id: expected one of"),
+        ("SOFTFACTORY_OBS_USER_ID_GETTER", "x", r"cannot be set from the environment"),
+    ],
+)
 def test_invalid_environment_names_the_variable(var: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_env({var: value})

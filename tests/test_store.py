@@ -63,20 +63,23 @@ def test_memory_mode_needs_no_directory() -> None:
     assert value(registry, "queue_depth") == 5
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda r: Counter("jobs", "x", registry=r), "must end in _total"),
-    (lambda r: Counter("bad-name_total", "x", registry=r), "not a valid Prometheus name"),
-    (lambda r: Counter("x_total", "x", ["__reserved"], registry=r), "label name '__reserved' is not valid"),
-    (lambda r: Counter("x_total", "x", ["a", "a"], registry=r), "duplicate label names"),
-    (lambda r: Gauge("g", "x", mode="all", registry=r), "mode must be one of livesum"),
-    (lambda r: Histogram("h", "x", ["le"], registry=r), "'le' is reserved"),
-    (lambda r: Histogram("h", "x", buckets=(1, 1), registry=r), "buckets must be distinct"),
-    (lambda r: Counter("x_total", "x", ["a"], registry=r).inc(), r"has labels \['a'\]"),
-    (lambda r: Counter("x_total", "x", ["a"], registry=r).labels("1", "2"), "expected 1 label values"),
-    (lambda r: Counter("x_total", "x", ["a"], registry=r).labels(b="1"), "missing label 'a'"),
-    (lambda r: Counter("x_total", "x", registry=r).inc(-1), "only go up"),
-    (lambda r: (Counter("x_total", "x", registry=r), Gauge("x_total", "x", registry=r)), "already registered"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda r: Counter("jobs", "x", registry=r), "must end in _total"),
+        (lambda r: Counter("bad-name_total", "x", registry=r), "not a valid Prometheus name"),
+        (lambda r: Counter("x_total", "x", ["__reserved"], registry=r), "label name '__reserved' is not valid"),
+        (lambda r: Counter("x_total", "x", ["a", "a"], registry=r), "duplicate label names"),
+        (lambda r: Gauge("g", "x", mode="all", registry=r), "mode must be one of livesum"),
+        (lambda r: Histogram("h", "x", ["le"], registry=r), "'le' is reserved"),
+        (lambda r: Histogram("h", "x", buckets=(1, 1), registry=r), "buckets must be distinct"),
+        (lambda r: Counter("x_total", "x", ["a"], registry=r).inc(), r"has labels \['a'\]"),
+        (lambda r: Counter("x_total", "x", ["a"], registry=r).labels("1", "2"), "expected 1 label values"),
+        (lambda r: Counter("x_total", "x", ["a"], registry=r).labels(b="1"), "missing label 'a'"),
+        (lambda r: Counter("x_total", "x", registry=r).inc(-1), "only go up"),
+        (lambda r: (Counter("x_total", "x", registry=r), Gauge("x_total", "x", registry=r)), "already registered"),
+    ],
+)
 def test_bad_definitions_and_calls_say_what_is_wrong(make: Callable[[Registry], Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make(Registry())
@@ -102,6 +105,7 @@ def test_processes_sum_exactly_before_and_after_compaction(store_dir: str) -> No
             for _ in range(1000):
                 counter.labels("web").inc()
                 hist.labels("web").observe(0.25 * n)
+
         return body
 
     for n in range(5):
@@ -115,11 +119,11 @@ def test_processes_sum_exactly_before_and_after_compaction(store_dir: str) -> No
     assert registry.compact() == 5
     after = samples(registry)
     assert {k: v for k, v in after.items() if not k[0].startswith("softfactory_obs")} == {
-        k: v for k, v in before.items() if not k[0].startswith("softfactory_obs")}
+        k: v for k, v in before.items() if not k[0].startswith("softfactory_obs")
+    }
     assert after[("softfactory_obs_store_shards", (("state", "dead"),))] == 0
     assert after[("softfactory_obs_scrape_files_read", ())] == 1  # only our own live shard is read now
-    assert sorted(f for f in os.listdir(store_dir) if f.endswith(".shard")) == [
-        os.path.basename(registry._writer.path)]  # type: ignore[union-attr]
+    assert sorted(f for f in os.listdir(store_dir) if f.endswith(".shard")) == [os.path.basename(registry._writer.path)]  # type: ignore[union-attr]
 
 
 def test_gauges_count_live_processes_only(store_dir: str) -> None:
@@ -146,6 +150,7 @@ def test_gauges_count_live_processes_only(store_dir: str) -> None:
             os._exit(0)
     os.close(read_end)
     try:
+
         def short_lived() -> None:
             total.set(7)
             peak.set(7)
@@ -187,8 +192,11 @@ def test_forked_child_never_writes_into_its_parents_shard(store_dir: str) -> Non
 
 # -- exactness of regrouping: integers, never floats --------------------------------------------------
 
-AMOUNTS = st.lists(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False, width=64), min_size=1,
-                            max_size=20), min_size=2, max_size=12)
+AMOUNTS = st.lists(
+    st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False, width=64), min_size=1, max_size=20),
+    min_size=2,
+    max_size=12,
+)
 
 
 def _exposed(registry: Registry) -> dict[Any, float]:
@@ -197,8 +205,9 @@ def _exposed(registry: Registry) -> dict[Any, float]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(per_shard=AMOUNTS, kill_order=st.randoms(use_true_random=False))
-def test_compaction_in_any_grouping_is_bit_identical(tmp_path: Path, per_shard: list[list[float]],
-                                                      kill_order: Any) -> None:
+def test_compaction_in_any_grouping_is_bit_identical(
+    tmp_path: Path, per_shard: list[list[float]], kill_order: Any
+) -> None:
     directory = tmp_path / os.urandom(6).hex()
     shards = []
     for amounts in per_shard:  # each Registry is one writer incarnation with its own locked file
@@ -269,8 +278,11 @@ def _shard_name() -> str:
     return f"w-1-{os.getpid()}-{os.urandom(8).hex()}.shard"
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 100, MAGIC + b"\xff" * (HEADER_SIZE + 100)],
-                         ids=["zero-byte", "no-magic", "garbage-used"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00" * 100, MAGIC + b"\xff" * (HEADER_SIZE + 100)],
+    ids=["zero-byte", "no-magic", "garbage-used"],
+)
 def test_corrupt_dead_shard_is_quarantined_and_the_scrape_succeeds(store_dir: str, content: bytes) -> None:
     registry = Registry(store_dir)
     counter = Counter("ok_total", "x", registry=registry)
@@ -311,8 +323,9 @@ def test_unusable_store_directory_never_fails_the_app(tmp_path: Path) -> None:
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     """A real, small tmpfs mounted for one test (root only), always unmounted."""
     path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
-                            check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, check=False
+    )
     if result.returncode != 0:
         skip_or_fail(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
     try:
@@ -329,7 +342,7 @@ def test_full_tmpfs_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
 import sys
 from softfactory_obs.store.metrics import Counter, Registry
 from softfactory_obs._failures import failure_counts
-r = Registry({str(mount / 'store')!r})
+r = Registry({str(mount / "store")!r})
 c = Counter("many_total", "x", ["n"], registry=r)
 for n in range(5000):  # ~120 bytes of key each: far more than the space left
     c.labels(str(n) * 20).inc()
@@ -408,9 +421,9 @@ def test_families_are_deterministic_and_each_once(store_dir: str) -> None:
     assert strip(body1) == strip(body2)
 
 
-
-def test_reporting_a_store_failure_from_inside_the_store_does_not_deadlock(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reporting_a_store_failure_from_inside_the_store_does_not_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The failure hook writes a metric into the same registry whose write just failed.
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -530,8 +543,7 @@ def test_callback_gauges_are_evaluated_at_scrape_time() -> None:
     registry = Registry()
     depth = {"value": 3}
     CallbackGauge("jobs_waiting", "Jobs in the queue", lambda: depth["value"], registry=registry)
-    CallbackGauge("jobs_by_state", "Jobs by state", lambda: {("new",): 2, ("done",): 7}, ["state"],
-                  registry=registry)
+    CallbackGauge("jobs_by_state", "Jobs by state", lambda: {("new",): 2, ("done",): 7}, ["state"], registry=registry)
     assert value(registry, "jobs_waiting") == 3
     depth["value"] = 9
     assert value(registry, "jobs_waiting") == 9
@@ -547,8 +559,12 @@ def test_a_new_worker_absorbs_its_predecessors_after_its_first_request(store_dir
     counter = Counter("handled_total", "x", registry=registry)
 
     def middleware() -> ObservabilityMiddleware:
-        return ObservabilityMiddleware(lambda e, s: (s("200 OK", [("Content-Type", "text/plain")]), [b"x"])[1],
-                                       registry=registry, auto_configure_logging=False, access_log=False)
+        return ObservabilityMiddleware(
+            lambda e, s: (s("200 OK", [("Content-Type", "text/plain")]), [b"x"])[1],
+            registry=registry,
+            auto_configure_logging=False,
+            access_log=False,
+        )
 
     preloaded = middleware() if preload else None
     if preloaded is not None:

@@ -25,7 +25,6 @@ NO_HOOKS = Path(__file__).parent / "gunicorn_nohooks.conf.py"
 pytestmark = pytest.mark.gunicorn
 
 
-
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
@@ -169,8 +168,15 @@ def test_workers_running_as_another_user_share_the_store(tmp_path: Path, preload
     site = sysconfig.get_paths()["purelib"]
     tests = Path(__file__).parent
     args = ("--user", "nobody", "--group", "nogroup", *(("--preload",) if preload else ()))
-    with Gunicorn(tmp_path, "preload_app:app", workers=3, python=python, args=args,
-                  PYTHONPATH=f"{site}:{tests.parent}:{tests}", SOFTFACTORY_OBS_METRICS_DIR="") as server:
+    with Gunicorn(
+        tmp_path,
+        "preload_app:app",
+        workers=3,
+        python=python,
+        args=args,
+        PYTHONPATH=f"{site}:{tests.parent}:{tests}",
+        SOFTFACTORY_OBS_METRICS_DIR="",
+    ) as server:
         assert server.proc is not None
         for _ in range(30):
             get(server.port, "/api/users/1")
@@ -197,8 +203,9 @@ def test_hooks_pick_the_directory_once_and_remove_it_at_exit(tmp_path: Path) -> 
 def _no_control_socket() -> str:
     # gunicorn >= 25 runs a control-socket thread in the master; switch it off so the thread count
     # below measures only what we might start there.
-    helptext = subprocess.run([sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True,
-                              check=False).stdout
+    helptext = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True, check=False
+    ).stdout
     return " --no-control-socket" if "--no-control-socket" in helptext else ""
 
 
@@ -206,8 +213,14 @@ def _no_control_socket() -> str:
 def test_increments_made_at_import_are_counted_once_per_process(tmp_path: Path, preload: bool) -> None:
     args = ("--preload" if preload else "") + _no_control_socket()
     env = {"SOFTFACTORY_OBS_METRICS_DIR": str(tmp_path / "store"), "GUNICORN_CMD_ARGS": args}
-    with Gunicorn(tmp_path, app="preload_app:app", workers=3, config=NO_HOOKS,
-                  PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{Path(__file__).parent.parent}", **env) as server:
+    with Gunicorn(
+        tmp_path,
+        app="preload_app:app",
+        workers=3,
+        config=NO_HOOKS,
+        PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{Path(__file__).parent.parent}",
+        **env,
+    ) as server:
         with ThreadPoolExecutor(6) as pool:  # make every worker serve, so every worker has imported/written
             list(pool.map(lambda n: get(server.port, "/api/slow?seconds=0.1"), range(12)))
         imports = scrape(server.port)[("app_imports_total", ())]
@@ -225,8 +238,10 @@ def test_soak_churn_8000_restarts(tmp_path: Path, store: Path, monkeypatch: pyte
 
 def test_scrape_storm_during_churn_and_compaction(tmp_path: Path, store: Path) -> None:
     # Workers recycle every ~10 requests (scrapes included) while 6 scrapers and 4 loaders run.
-    env = {"SOFTFACTORY_OBS_METRICS_DIR": str(store),
-           "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --max-requests 10 --max-requests-jitter 5"}
+    env = {
+        "SOFTFACTORY_OBS_METRICS_DIR": str(store),
+        "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --max-requests 10 --max-requests-jitter 5",
+    }
     with Gunicorn(tmp_path, workers=3, config=NO_HOOKS, **env) as server:
         stop = threading.Event()
         failures: list[str] = []
@@ -263,8 +278,9 @@ def test_scrape_storm_during_churn_and_compaction(tmp_path: Path, store: Path) -
                 except (OSError, http.client.HTTPException):
                     pass
 
-        threads = [threading.Thread(target=scraper) for _ in range(6)] + [threading.Thread(target=loader)
-                                                                          for _ in range(4)]
+        threads = [threading.Thread(target=scraper) for _ in range(6)] + [
+            threading.Thread(target=loader) for _ in range(4)
+        ]
         for t in threads:
             t.start()
         time.sleep(8)
@@ -273,8 +289,11 @@ def test_scrape_storm_during_churn_and_compaction(tmp_path: Path, store: Path) -
             t.join()
         assert len(scrapes) > 50
         assert decreases == []
-        assert [f for f in failures if not f.startswith(("ConnectionResetError", "RemoteDisconnected",
-                                                           "BadStatusLine", "IncompleteRead"))] == []
+        assert [
+            f
+            for f in failures
+            if not f.startswith(("ConnectionResetError", "RemoteDisconnected", "BadStatusLine", "IncompleteRead"))
+        ] == []
         assert ok > 100
         final = served(scrape(server.port))
         assert ok <= final

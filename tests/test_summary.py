@@ -61,7 +61,8 @@ def test_summary_and_errors_agree_with_the_store() -> None:
     assert summary["queue_wait"] is None  # queue_time_header is off
     store = samples(registry)
     assert summary["application"]["requests_total"] == sum(
-        v for (name, _), v in store.items() if name == "http_requests_total")
+        v for (name, _), v in store.items() if name == "http_requests_total"
+    )
     errors = fetch(mw, "/api/metrics/errors")
     assert errors["lifetime"]["by_status"] == {"404": 1, "500": 2}
     assert errors["lifetime"]["by_endpoint"] == {"/fail": 2, "__unmatched__": 1}
@@ -70,8 +71,14 @@ def test_summary_and_errors_agree_with_the_store() -> None:
 
 def test_summary_shows_the_wait_for_a_free_worker() -> None:
     registry = Registry()
-    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False,
-                                 queue_time_header="X-Request-Start", default_labels={"zone": "a"})
+    mw = ObservabilityMiddleware(
+        app,
+        registry=registry,
+        auto_configure_logging=False,
+        access_log=False,
+        queue_time_header="X-Request-Start",
+        default_labels={"zone": "a"},
+    )
     assert fetch(mw, "/api/metrics/summary")["queue_wait"] is None  # on, nothing stamped yet
     for waited in (0.02, 0.02, 0.02, 0.3):
         call_wsgi(mw, make_environ(PATH_INFO="/ok", HTTP_X_REQUEST_START=f"t={time.time() - waited:.3f}"))

@@ -1,7 +1,7 @@
 """Django: add ``"softfactory_obs.contrib.django.RouteMiddleware"`` to ``MIDDLEWARE``; wrap the WSGI app.
 
-    # wsgi.py
-    application = instrument(get_wsgi_application())
+# wsgi.py
+application = instrument(get_wsgi_application())
 """
 
 from __future__ import annotations

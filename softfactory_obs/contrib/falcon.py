@@ -1,6 +1,6 @@
 """Falcon: ``falcon.App(middleware=[RouteMiddleware()])``, then wrap the app.
 
-    app = instrument(falcon.App(middleware=[RouteMiddleware()]))
+app = instrument(falcon.App(middleware=[RouteMiddleware()]))
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Flask: ``softfactory_obs.contrib.flask.init_app(app)`` after creating the app, then wrap ``app.wsgi_app``.
 
-    app = Flask(__name__)
-    init_app(app)
-    app.wsgi_app = instrument(app.wsgi_app)
+app = Flask(__name__)
+init_app(app)
+app.wsgi_app = instrument(app.wsgi_app)
 """
 
 from __future__ import annotations
@@ -20,4 +20,3 @@ def init_app(app: Flask) -> None:
 
     # First, so another before_request that answers early cannot skip it.
     app.before_request_funcs.setdefault(None, []).insert(0, store_route)
-

@@ -98,13 +98,19 @@ class Archive:
     def dump(self) -> bytes:
         # First line: the generation alone, so a reader can tell in one short read whether its
         # cached copy is current (inode numbers are reused and file times are coarse).
-        return f"{ARCHIVE_MAGIC} {self.generation}\n".encode() + json.dumps({
-            "version": ARCHIVE_VERSION,
-            "generation": self.generation,
-            "absorbed": self.absorbed,
-            "metas": self.metas,
-            "counts": [[n, s, list(lv), v] for (n, s, lv), v in sorted(self.counts.items())],
-        }, separators=(",", ":")).encode()
+        return (
+            f"{ARCHIVE_MAGIC} {self.generation}\n".encode()
+            + json.dumps(
+                {
+                    "version": ARCHIVE_VERSION,
+                    "generation": self.generation,
+                    "absorbed": self.absorbed,
+                    "metas": self.metas,
+                    "counts": [[n, s, list(lv), v] for (n, s, lv), v in sorted(self.counts.items())],
+                },
+                separators=(",", ":"),
+            ).encode()
+        )
 
 
 def _flock(fd: int, op: int, timeout: float) -> None:

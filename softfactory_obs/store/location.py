@@ -56,11 +56,15 @@ def _check_private(path: str) -> None:
     found = os.lstat(path)
     if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077:
         return
-    what = "a symbolic link" if stat.S_ISLNK(found.st_mode) else (
-        f"owner uid {found.st_uid}, mode {stat.filemode(found.st_mode)}")
+    what = (
+        "a symbolic link"
+        if stat.S_ISLNK(found.st_mode)
+        else (f"owner uid {found.st_uid}, mode {stat.filemode(found.st_mode)}")
+    )
     raise PermissionError(
         f"metrics directory {path}: expected a directory of uid {os.getuid()} that only it can open, found {what}; "
-        f"remove it, or set {ENV} to a private directory")
+        f"remove it, or set {ENV} to a private directory"
+    )
 
 
 def _remove_stale(base: str, keep: str) -> None:

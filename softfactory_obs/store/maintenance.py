@@ -36,8 +36,9 @@ class Maintenance:
                 return
             self.started = True
         try:
-            threading.Thread(target=self._run, args=(self._wake, os.getpid()), name="softfactory_obs-maintenance",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._run, args=(self._wake, os.getpid()), name="softfactory_obs-maintenance", daemon=True
+            ).start()
         except RuntimeError as exc:  # "can't start new thread": a container's pids limit. Not retried per request;
             report_failure("metrics maintenance", exc)  # the first request still compacts (the middleware's hook)
 

@@ -274,8 +274,9 @@ os.register_at_fork(after_in_child=_after_fork)
 class _Family:
     kind = ""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: Registry | None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: Registry | None, **extra: Any
+    ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"metric name {name!r} is not a valid Prometheus name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
         for label in labelnames:
@@ -285,8 +286,13 @@ class _Family:
             raise ValueError(f"{name}: duplicate label names in {list(labelnames)}")
         self.name = name
         self.labelnames = tuple(labelnames)
-        self.meta: dict[str, Any] = {"name": name, "type": self.kind, "help": documentation,
-                                     "labels": list(labelnames), **extra}
+        self.meta: dict[str, Any] = {
+            "name": name,
+            "type": self.kind,
+            "help": documentation,
+            "labels": list(labelnames),
+            **extra,
+        }
         self.meta_bytes = json.dumps(self.meta, separators=(",", ":"), sort_keys=True).encode()
         self._children: dict[tuple[str, ...], _Child] = {}
         self._children_lock = threading.Lock()
@@ -306,8 +312,9 @@ class _Family:
                     f"{self.name}: unknown labels in {sorted(by_name)}; labels are {list(self.labelnames)}"
                 )
         if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values {list(self.labelnames)}, "
-                             f"got {len(values)}")
+            raise ValueError(
+                f"{self.name}: expected {len(self.labelnames)} label values {list(self.labelnames)}, got {len(values)}"
+            )
         key = tuple(_label_text(v) for v in values)
         child = self._children.get(key)
         if child is None:
@@ -331,8 +338,13 @@ class _Child:
 
     __slots__ = ("_ex", "_family", "_floats", "_i", "_idx", "_ints", "_keys", "_labelvalues", "_lock", "_seg")
 
-    def __init__(self, family: _Family, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]],
-                 exemplar_keys: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        family: _Family,
+        labelvalues: tuple[str, ...],
+        keys: list[tuple[bytes, int]],
+        exemplar_keys: Sequence[bytes] = (),
+    ) -> None:
         self._family = family
         self._labelvalues = labelvalues
         self._keys = keys + [(raw, KIND_EXEMPLAR) for raw in exemplar_keys]
@@ -378,8 +390,15 @@ def _key(family: _Family, suffix: str, labelvalues: tuple[str, ...]) -> bytes:
 class Counter(_Family):
     kind = "counter"
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
-                 exemplars: bool = False, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        exemplars: bool = False,
+        registry: Registry | None = None,
+    ) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end in _total (Prometheus naming)")
         extra: dict[str, Any] = {"exemplars": True} if exemplars else {}
@@ -423,8 +442,15 @@ class CounterChild(_Child):
 class Gauge(_Family):
     kind = "gauge"
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
-                 mode: str = "livesum", registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        mode: str = "livesum",
+        registry: Registry | None = None,
+    ) -> None:
         if mode not in GAUGE_MODES:
             raise ValueError(f"gauge {name!r}: mode must be one of {', '.join(GAUGE_MODES)}, got {mode!r}")
         super().__init__(name, documentation, labelnames, registry, mode=mode)
@@ -481,9 +507,16 @@ class GaugeChild(_Child):
 class Histogram(_Family):
     kind = "histogram"
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
-                 buckets: Sequence[float] = DEFAULT_BUCKETS, exemplars: bool = False,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        exemplars: bool = False,
+        registry: Registry | None = None,
+    ) -> None:
         self.sum_scale = next((v for unit, v in SUM_SCALES.items() if name.endswith(unit)), OTHER_SUM_SCALE)
         bounds = sorted(float(b) for b in buckets)
         if not bounds or any(math.isnan(b) for b in bounds) or len(set(bounds)) != len(bounds):
@@ -511,8 +544,13 @@ class Histogram(_Family):
 class HistogramChild(_Child):
     __slots__ = ("_bounds", "_inf", "_scale", "_sum", "_top")
 
-    def __init__(self, family: Histogram, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]],
-                 exemplar_keys: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        family: Histogram,
+        labelvalues: tuple[str, ...],
+        keys: list[tuple[bytes, int]],
+        exemplar_keys: Sequence[bytes] = (),
+    ) -> None:
         super().__init__(family, labelvalues, keys, exemplar_keys)
         self._bounds = family.bounds
         self._top = family.bounds[-2] if len(family.bounds) > 1 else -math.inf  # the last finite bound
@@ -576,8 +614,15 @@ class CallbackGauge:
     age). ``fn`` returns a number, or for labelled gauges a mapping of label-value tuples to numbers.
     """
 
-    def __init__(self, name: str, documentation: str, fn: Callable[[], Any], labelnames: Sequence[str] = (), *,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        fn: Callable[[], Any],
+        labelnames: Sequence[str] = (),
+        *,
+        registry: Registry | None = None,
+    ) -> None:
         _Family(name, documentation, labelnames, registry)  # the same name and label checks
         self.name, self.documentation, self.fn, self.labelnames = name, documentation, fn, list(labelnames)
         (registry if registry is not None else REGISTRY).callbacks.append(self.collect)
@@ -595,8 +640,11 @@ class CallbackGauge:
 
 REGISTRY = Registry(FROM_ENVIRONMENT)
 
-INTERNAL_ERRORS = Counter("softfactory_obs_internal_errors_total",
-                          "Failures of telemetry components; requests were served regardless", ["component"])
+INTERNAL_ERRORS = Counter(
+    "softfactory_obs_internal_errors_total",
+    "Failures of telemetry components; requests were served regardless",
+    ["component"],
+)
 
 
 def _count_failure(component: str) -> None:

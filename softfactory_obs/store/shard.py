@@ -101,8 +101,9 @@ def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes, stamp_ns
     ints = seg.ints
     odd = next_odd()
     ints[slot] = odd
-    EXEMPLAR_BODY.pack_into(seg.buf, (slot + 1) * 8, value, stamp_ns or time.time_ns(),
-                             min(len(ident), EXEMPLAR_ID_MAX), ident)
+    EXEMPLAR_BODY.pack_into(
+        seg.buf, (slot + 1) * 8, value, stamp_ns or time.time_ns(), min(len(ident), EXEMPLAR_ID_MAX), ident
+    )
     ints[slot] = odd + 1
 
 
@@ -115,7 +116,7 @@ def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, i
             continue
         value, stamp = floats[slot + 1], ints[slot + 2]
         at = (slot + 3) * 8
-        ident = bytes(buf[at + 1: at + 1 + min(buf[at], EXEMPLAR_ID_MAX)])
+        ident = bytes(buf[at + 1 : at + 1 + min(buf[at], EXEMPLAR_ID_MAX)])
         if ints[slot] == seq:
             return value, stamp, ident.decode("ascii", "replace")
     return None
@@ -192,9 +193,9 @@ class ShardWriter:
         seg = self.segments[-1]
         at = self._offset - seg.base
         RECORD_HEAD.pack_into(seg.buf, at, len(raw_key), kind)
-        seg.buf[at + 8: at + 8 + len(raw_key)] = raw_key
+        seg.buf[at + 8 : at + 8 + len(raw_key)] = raw_key
         value_at = at + size - value_size(kind)
-        seg.buf[value_at: at + size] = bytes(value_size(kind))
+        seg.buf[value_at : at + size] = bytes(value_size(kind))
         self._offset += size
         self._publish()
         return seg, value_at // 8
@@ -261,7 +262,7 @@ class ShardReader:
             size = RECORD_HEAD.size + _round_up(key_len, 8) + value_size(kind)
             if key_len == 0 or pos + size > used or at + size > len(buf):
                 raise CorruptShardError(f"record at {pos} runs past the end")
-            raw = bytes(buf[at + 8: at + 8 + key_len])
+            raw = bytes(buf[at + 8 : at + 8 + key_len])
             try:
                 payload: Any = json.loads(raw) if kind == KIND_META else decode_key(raw)
             except ValueError as exc:
