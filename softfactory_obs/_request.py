@@ -25,8 +25,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
-from .request_id import _current, new_request_id, parse_traceparent
-from .request_id import _take as _take_id
+from .request_id import new_request_id, parse_traceparent, request_context
 
 if TYPE_CHECKING:
     from .middleware import ObservabilityMiddleware
@@ -102,16 +101,13 @@ def serve(
     if mw.id_key in environ:  # an empty one is resolved as absent
         request_id, cycle.id_rejected = mw.request_ids.resolve(environ)
     else:
-        try:
-            request_id = _take_id()  # new_request_id, inlined
-        except IndexError:
-            request_id = new_request_id()
+        request_id = new_request_id()
         cycle.id_rejected = False
     cycle.request_id = environ[REQUEST_ID_KEY] = request_id
     trace_id = cycle.trace_id = (
         parse_traceparent(environ["HTTP_TRACEPARENT"]) if "HTTP_TRACEPARENT" in environ else None
     )
-    cycle._token = _current.set((request_id, trace_id))
+    cycle._token = request_context.set((request_id, trace_id))
     cycle.status = cycle.content_length = cycle.exc = cycle._result = cycle._iterator = None
     cycle.http = cycle.http_series = cycle.endpoint = None  # set by the HTTP metrics hooks
     cycle.sent = 0
@@ -379,6 +375,6 @@ class RequestCycle:
         finally:
             self.exc = None
             try:
-                _current.reset(self._token)
+                request_context.reset(self._token)
             except ValueError:  # closed from another context (a different greenlet or thread)
-                _current.set(None)
+                request_context.set(None)

@@ -31,6 +31,7 @@ from typing import Any
 from . import procfs
 from ._failures import report_failure
 from .logs import iso_utc, json_safe
+from .process_state import on_new_process
 
 HEALTH_JSON = "application/health+json"
 _SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|://[^/@\s]+@")
@@ -82,13 +83,19 @@ def sanitise(exc: BaseException) -> str:
 
 
 class HealthChecks:
+    """The registered dependency checks, each run in a thread of its own with a timeout, results cached."""
+
     def __init__(self, ttl: float = 1.0) -> None:
         self.checks: dict[str, Check] = {}
         self.ttl = ttl
         self._results: dict[str, Result] = {}
         self._running: dict[str, Future[Result]] = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        on_new_process(self._forget_runs, component="health checks after fork")
+
+    def _forget_runs(self) -> None:
+        self._lock = threading.Lock()  # a check thread may have held it at fork time
+        self._running = {}  # the parent's check threads do not exist here: their futures never finish
 
     def add(self, check: Check) -> None:
         if not check.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", check.name):
@@ -136,8 +143,6 @@ class HealthChecks:
         now = time.time()
         waiting: list[tuple[Check, Future[Result]]] = []
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's check threads do not exist here
-                self._pid, self._running = os.getpid(), {}
             for check in chosen:
                 cached = self._results.get(check.name)
                 max_age = check.interval * 2 if check.interval else self.ttl
@@ -237,15 +242,20 @@ class Readiness:
     def __init__(self, ready_on_start: bool = True) -> None:
         self.started = ready_on_start
         self.draining = False
-        self._hooked_pid = 0
+        self.hooked = False  # this process has our SIGTERM handler
         _all_readiness.add(self)
+        on_new_process(self._forget_drain, component="readiness after fork")
+
+    def _forget_drain(self) -> None:
+        # A worker is forked from a master that may have been told to stop (gunicorn reloads): it
+        # starts ready, and hooks SIGTERM in its own main thread.
+        self.hooked = self.draining = False
 
     def watch_sigterm(self) -> None:
         """Chain a SIGTERM handler that marks this worker draining; only possible from the main thread."""
-        if self._hooked_pid == os.getpid() or threading.current_thread() is not threading.main_thread():
+        if self.hooked or threading.current_thread() is not threading.main_thread():
             return
-        self._hooked_pid = os.getpid()
-        self.draining = False
+        self.hooked = True
         try:
             previous = signal.getsignal(signal.SIGTERM)
 

@@ -22,7 +22,8 @@ from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from ._failures import report_failure
 from .log_files import DatedFileHandler, LineHandler, StreamLineHandler, WatchedLineHandler
-from .request_id import _current
+from .process_state import on_new_process
+from .request_id import request_context
 
 ACCESS_LOGGER = "softfactory_obs.access"
 # Record attribute holding the access line's fields as one dict (they are also set one by one, for
@@ -34,15 +35,13 @@ _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
 
 
 _second_cache: tuple[int, str] = (-1, "")
-_pid = os.getpid()
+_pid = os.getpid()  # written on every line; the direct route's snapshot includes it, so a change re-renders
 
 
+@on_new_process
 def _renew_pid() -> None:
     global _pid  # noqa: PLW0603
     _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_renew_pid)
 
 
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
@@ -169,7 +168,7 @@ class JsonFormatter(_BaseJsonFormatter):
         log_data["message"] = record.message
         log_data["service"] = self.service
         log_data["pid"] = record.process
-        ctx = _current.get()
+        ctx = request_context.get()
         if ctx is not None:
             log_data["request_id"] = ctx[0]
             if ctx[1] is not None:
@@ -246,7 +245,7 @@ class RequestContextFilter(logging.Filter):
     """Adds ``request_id`` (and ``trace_id``) to records; attach it to handlers that use other formatters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = _current.get()
+        ctx = request_context.get()
         if ctx is not None:
             if not hasattr(record, "request_id"):
                 record.request_id = ctx[0]

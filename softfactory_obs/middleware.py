@@ -20,6 +20,7 @@ from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
 from .process_metrics import ProcessSampler
+from .process_state import ensure_current, install_fork_hook, on_new_process
 from .queue_time import QueueTime
 from .request_id import RequestIdPolicy
 from .settings import Settings
@@ -104,6 +105,9 @@ class ObservabilityMiddleware:
             self.finish_hooks.append(self._compact_once)  # last: after the access line
             self.registry.on_fork(self._rearm_compaction)
         self._rebuild_hooks()
+        self._started_in_process = False
+        on_new_process(self._forget_process, component="middleware after fork")
+        install_fork_hook()
         if settings.auto_configure_logging and not logging_configured():
             configure_logging(
                 settings.log_level,
@@ -156,13 +160,25 @@ class ObservabilityMiddleware:
         if ENVIRON_MARK in environ:
             return self.app(environ, start_response)
         environ[ENVIRON_MARK] = self
-        if self.maintenance is not None and not self.maintenance.started:
-            self.maintenance.ensure_started()  # once per worker process
-            self.readiness.watch_sigterm()
+        ensure_current()  # a new process resets what it inherited, on any server
+        if not self._started_in_process:
+            self._start_in_process()
         path = environ.get("PATH_INFO")
         if path not in self.telemetry_routes:
             return serve(self, environ, start_response, self._hooks, self.app)
         return serve(self, environ, start_response, self._telemetry_hooks, self.telemetry_routes[path])
+
+    def _start_in_process(self) -> None:
+        """The first request of each process (never the gunicorn or uWSGI master): start what runs
+        beside requests. SIGTERM marks the worker draining whatever else is on."""
+        self._started_in_process = True
+        if self.maintenance is not None:
+            self.maintenance.ensure_started()
+        if self.settings.health:
+            self.readiness.watch_sigterm()
+
+    def _forget_process(self) -> None:
+        self._started_in_process = False
 
     # -- extension points for the metrics, health and Redis modules ----------------------------
 

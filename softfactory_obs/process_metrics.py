@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from . import procfs
 from .families import Family, gauge
+from .process_state import ensure_current, on_new_process
 from .store.metrics import Counter, Gauge, Registry
 
 MAX_SLOTS = 1024
@@ -61,12 +62,21 @@ class ProcessSampler:
             "CPU time (user + system) used by all worker processes, living and dead",
             registry=registry,
         )
-        self._pid = 0
         self._slot_fd: int | None = None
-        self._slot = "0"
+        self._slot: str | None = None  # claimed by the first sample in each process
         self._cpu_seen = 0.0
         self._sampled_at = 0.0
         registry.callbacks.append(self.collect_at_scrape)
+        on_new_process(self._forget_slot, component="process metrics after fork")
+
+    def _forget_slot(self) -> None:
+        if self._slot_fd is not None:  # inherited through fork: the slot is our parent's
+            with contextlib.suppress(OSError):
+                os.close(self._slot_fd)
+            self._slot_fd = None
+        self._slot = None
+        self._cpu_seen = 0.0
+        self._sampled_at = 0.0
 
     def _claim_slot(self) -> str:
         directory = self.registry.directory
@@ -87,16 +97,9 @@ class ProcessSampler:
 
     def sample(self) -> None:
         """Called in the maintenance thread: the first call in a process claims its slot."""
-        pid = os.getpid()
-        if pid != self._pid:
-            if self._slot_fd is not None:  # inherited through fork: the slot is our parent's
-                with contextlib.suppress(OSError):
-                    os.close(self._slot_fd)
-                self._slot_fd = None
-            self._pid = pid
+        pid = ensure_current()
+        if self._slot is None:
             self._slot = self._claim_slot()
-            self._cpu_seen = 0.0
-            self._sampled_at = 0.0
         stats = procfs.process_stats(pid)
         now = time.monotonic()
         used = stats.cpu_seconds

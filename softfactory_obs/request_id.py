@@ -13,6 +13,7 @@ import re
 from contextvars import ContextVar
 from typing import Any
 
+from .process_state import on_new_process
 from .settings import Settings
 
 # 1-128 of letters, digits and - _ . : (UUIDs, nginx's $request_id, W3C trace ids, ULIDs).
@@ -21,8 +22,10 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}", re.ASCII).fullmatch
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?", re.ASCII).fullmatch
 _ZERO_TRACE = "0" * 32
 
-# (request_id, trace_id) of the request in flight in this context, or None between requests.
-_current: ContextVar[tuple[str, str | None] | None] = ContextVar("softfactory_obs_request", default=None)
+# The request context: (request_id, trace_id) of the request in flight in this thread or task, None
+# between requests. Set by the request path (WSGI or ASGI) for the request's duration and reset
+# after its finish hooks; read by the log pipeline and the helpers below. Nothing else writes it.
+request_context: ContextVar[tuple[str, str | None] | None] = ContextVar("softfactory_obs_request", default=None)
 
 # Ids are cut from one batch of kernel randomness: os.urandom per request is a syscall (~0.5 µs).
 _BATCH = 512
@@ -39,43 +42,41 @@ def _new_batch() -> list[str]:
 
 
 # list.pop() is atomic under the GIL, so no two threads take the same id; two threads that find it
-# empty at once both refill it, each with fresh randomness.
-_ids = _new_batch()
-_take = _ids.pop
+# empty at once both refill it, each with fresh randomness. Empty until the first request: no
+# randomness is read at import.
+_ids: list[str] = []
 
 
-def _renew_after_fork() -> None:
-    _ids[:] = _new_batch()  # a forked worker must never hand out its parent's (or a sibling's) next ids
-
-
-os.register_at_fork(after_in_child=_renew_after_fork)
+@on_new_process
+def _forget_ids() -> None:
+    _ids.clear()  # a new process must never hand out its parent's (or a sibling's) next ids
 
 
 def new_request_id() -> str:
     """32 lowercase hex digits of a version-4 UUID, like ``uuid.uuid4().hex`` at a tenth of the cost."""
     while True:
         try:
-            return _take()
+            return _ids.pop()
         except IndexError:
             _ids.extend(_new_batch())
 
 
 def current_request_id() -> str | None:
     """The id of the request being handled in this thread/task, or ``None`` outside a request."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return ctx[0] if ctx is not None else None
 
 
 def current_trace_id() -> str | None:
     """The W3C trace id of the request being handled, when the client sent a valid ``traceparent``."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return ctx[1] if ctx is not None else None
 
 
 def outgoing_headers(header: str = "X-Request-Id") -> dict[str, str]:
     """Headers that carry the current request's id to a service it calls, so that both services'
     logs share it: ``requests.get(url, headers=outgoing_headers())``. Empty outside a request."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return {header: ctx[0]} if ctx is not None else {}
 
 
@@ -83,7 +84,7 @@ def add_request_id(request: Any, header: str = "X-Request-Id") -> None:
     """Put the current request's id on an outgoing ``request`` (anything with a mutable ``headers``
     mapping), unless it has one already: an httpx event hook as it is,
     ``httpx.Client(event_hooks={"request": [add_request_id]})``. Nothing outside a request."""
-    ctx = _current.get()
+    ctx = request_context.get()
     if ctx is None:
         return
     headers = request.headers

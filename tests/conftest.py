@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import io
 import json
@@ -39,6 +40,24 @@ def in_child(body: Callable[[], None]) -> int:
             traceback.print_exc()
             code = 1
         os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def in_c_forked_child(body: Callable[[], None]) -> int:
+    """Like ``in_child``, but forked by libc's ``fork()`` as uWSGI and mod_wsgi fork their workers:
+    Python's at-fork hooks do not run, so the child starts with every per-process state of the
+    parent (PyDLL: the GIL stays held across the call, as it must for the child to go on)."""
+    pid = ctypes.PyDLL(None).fork()
+    if pid == 0:
+        code = 0
+        try:
+            body()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    assert pid > 0, "fork() failed"
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 

@@ -9,69 +9,55 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
-from conftest import free_port, require_binary
+from conftest import free_port, require_binary, skip_or_fail
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = "/api/users/{user_id}"
 
 
-class Gunicorn:
-    """``gunicorn -c examples/gunicorn.conf.py <app>`` with its stdout (our JSON logs) in a file."""
+_S = TypeVar("_S", bound="Server")
 
-    def __init__(
-        self,
-        tmp: Path,
-        app: str = "examples.demo:app",
-        workers: int = 3,
-        *,
-        config: Path = ROOT / "examples" / "gunicorn.conf.py",
-        python: str = sys.executable,
-        args: tuple[str, ...] = (),
-        **env: str,
-    ) -> None:
+
+class Server:
+    """A server process started on a free loopback port in a session of its own, its stdout and
+    stderr in files; ``command()`` says what to run."""
+
+    name = "server"
+
+    def __init__(self, tmp: Path, **env: str) -> None:
         self.port = free_port()
-        self.stdout_path = tmp / "gunicorn.stdout"
-        self.stderr_path = tmp / "gunicorn.stderr"
-        self.env = {
-            **os.environ,
-            "DEMO_BIND": f"127.0.0.1:{self.port}",
-            "DEMO_WORKERS": str(workers),
-            "PYTHONPATH": str(ROOT),
-            **env,
-        }
-        self.app = app
-        self.config = config
-        self.python = python
-        self.args = args
+        self.stdout_path = tmp / f"{self.name}.stdout"
+        self.stderr_path = tmp / f"{self.name}.stderr"
+        self.log_path = self.stdout_path  # where our JSON lines go
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Gunicorn:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "gunicorn", "-c", str(self.config), *self.args, self.app],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
+                self.command(), cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=True
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.stderr_path.read_text()}")
+                raise RuntimeError(f"{self.name} exited early:\n{self.stderr_path.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
             except OSError:
                 time.sleep(0.1)
         self.__exit__()
-        raise RuntimeError(f"gunicorn did not listen within 30 s:\n{self.stderr_path.read_text()}")
+        raise RuntimeError(f"{self.name} did not listen within 30 s:\n{self.stderr_path.read_text()}")
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -98,10 +84,66 @@ class Gunicorn:
     def log_lines(self, wait_for: int = 0, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
-            lines = [json.loads(x) for x in self.stdout_path.read_text().splitlines() if x.startswith("{")]
+            lines = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.startswith("{")]
             if len(lines) >= wait_for or time.monotonic() > deadline:
                 return lines
             time.sleep(0.05)
+
+
+class Gunicorn(Server):
+    """``gunicorn -c examples/gunicorn.conf.py <app>`` with its stdout (our JSON logs) in a file."""
+
+    name = "gunicorn"
+
+    def __init__(
+        self,
+        tmp: Path,
+        app: str = "examples.demo:app",
+        workers: int = 3,
+        *,
+        config: Path = ROOT / "examples" / "gunicorn.conf.py",
+        python: str = sys.executable,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
+        super().__init__(tmp, **env)
+        self.env.update({"DEMO_BIND": f"127.0.0.1:{self.port}", "DEMO_WORKERS": str(workers), **env})
+        self.app = app
+        self.config = config
+        self.python = python
+        self.args = args
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "gunicorn", "-c", str(self.config), *self.args, self.app]
+
+
+UWSGI_PYTHON_PLUGIN = Path("/usr/lib/uwsgi/plugins/python3_plugin.so")
+
+
+class Uwsgi(Server):
+    """Debian's ``uwsgi`` with its python3 plugin, in its default prefork mode: the app is imported
+    in the master, which then forks ``processes`` workers from C (no Python at-fork hooks run).
+    The venv's packages reach the plugin's interpreter through ``--pythonpath``; the python plugin
+    points ``sys.stdout`` at stderr, so our JSON lines are read from there."""
+
+    name = "uwsgi"
+
+    def __init__(self, tmp: Path, module: str, processes: int = 4, *, args: tuple[str, ...] = (), **env: str) -> None:
+        binary = require_binary("uwsgi")
+        if not UWSGI_PYTHON_PLUGIN.exists():
+            skip_or_fail(f"{UWSGI_PYTHON_PLUGIN} is missing (apt-get install uwsgi-plugin-python3; .ci/run does)")
+        super().__init__(tmp, **env)
+        self.log_path = self.stderr_path
+        self.binary, self.module, self.processes, self.args = binary, module, processes, args
+
+    def command(self) -> list[str]:
+        site = sysconfig.get_paths()["purelib"]  # this venv's, for the plugin's interpreter of the same version
+        return [
+            self.binary, "--plugin", "python3", "--master", "--processes", str(self.processes),
+            "--http-socket", f"127.0.0.1:{self.port}", "--pythonpath", site, "--pythonpath", str(ROOT),
+            "--pythonpath", str(ROOT / "tests"), "--module", self.module, "--disable-logging", "--die-on-term",
+            *self.args,
+        ]  # fmt: skip
 
 
 def get(port: int, path: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -130,7 +172,7 @@ def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoi
     )
 
 
-def worker_pids(server: Gunicorn) -> list[int]:
+def worker_pids(server: Server) -> list[int]:
     assert server.proc is not None
     return [c.pid for c in psutil.Process(server.proc.pid).children()]
 

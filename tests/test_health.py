@@ -191,8 +191,11 @@ def test_metrics_guarded_by_token_and_network_probes_stay_open(logs: LogCapture)
     assert all(r["request_id"] for r in refused) and "s3cret" not in logs.raw()
 
 
-def test_readiness_flips_on_sigterm_before_exit() -> None:
-    mw = make()
+@pytest.mark.parametrize("metrics", [True, False], ids=["with-metrics", "metrics-off"])
+def test_readiness_flips_on_sigterm_before_exit(metrics: bool) -> None:
+    # The SIGTERM hook belongs to readiness, not to the metrics' maintenance thread: it must not
+    # depend on metrics being on (it did: metrics=False never hooked SIGTERM).
+    mw = make(metrics=metrics)
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
     try:

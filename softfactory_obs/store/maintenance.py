@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from .._failures import report_failure
+from ..process_state import on_new_process
 from .metrics import Registry
 
 
@@ -70,11 +71,9 @@ def maintenance_for(registry: Registry) -> Maintenance:
     return found
 
 
-def _after_fork() -> None:
+@on_new_process
+def _forget_threads() -> None:
     global _start_lock  # noqa: PLW0603 - a lock held at fork time would stay held in the child
     _start_lock = threading.Lock()
     for maintenance in _by_registry.values():
         maintenance.forget_thread()
-
-
-os.register_at_fork(after_in_child=_after_fork)

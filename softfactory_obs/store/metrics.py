@@ -25,6 +25,7 @@ from typing import Any
 from .. import _failures
 from .._failures import report_failure
 from ..families import Family
+from ..process_state import ensure_current, install_fork_hook, on_new_process
 from .directory import Snapshot, StoreDirectory, merge_values
 from .location import ENV, auto_directory
 from .shard import (
@@ -102,7 +103,8 @@ class Registry:
         self._compact_pending = False
         self.callbacks: list[Callable[[], Iterable[Any]]] = []
         self._on_fork: list[weakref.WeakMethod[Callable[[], None]]] = []
-        _REGISTRIES.append(self)
+        # Held weakly: a registry nobody uses any more is not reset (nor kept alive) for ever.
+        on_new_process(self._after_fork_in_child, component="metrics store after fork")
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -154,6 +156,7 @@ class Registry:
 
     def _writer_or_none(self) -> ShardWriter:
         if self._writer is None:
+            install_fork_hook()  # a fork from now on resets this process's bindings at once
             directory = self.directory
             self._writer = directory.new_shard() if directory is not None else ShardWriter(None)
             # A new incarnation usually means one just died: absorb it, so the backlog of dead
@@ -163,6 +166,7 @@ class Registry:
 
     def bind(self, family: _Family, keys: Sequence[tuple[bytes, int]], child: _Child) -> tuple[Segment, list[int]]:
         """Fresh slots for one child's keys, all in one segment (one view for the hot path)."""
+        ensure_current()  # never bind into a parent's shard, whichever server forked us
         failure = None
         with self._lock:
             try:
@@ -229,6 +233,7 @@ class Registry:
     # -- reading --------------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        ensure_current()  # this process's own shard counts as live; an inherited one is the parent's
         directory = self.directory
         if directory is not None:
             snap = directory.snapshot(self._writer)
@@ -247,25 +252,9 @@ class Registry:
         return snap
 
     def compact(self, **kwargs: Any) -> int:
+        ensure_current()
         directory = self.directory
         return directory.compact(**kwargs) if directory is not None else 0
-
-
-_REGISTRIES: list[Registry] = []
-
-
-def _after_fork() -> None:
-    failures: list[Exception] = []
-    for registry in _REGISTRIES:  # each one, whatever another raised
-        try:
-            registry._after_fork_in_child()
-        except Exception as exc:
-            failures.append(exc)
-    for failure in failures:  # after the loop: counting a failure writes a metric, which needs reset registries
-        report_failure("metrics store after fork", failure)
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 # -- families and children ----------------------------------------------------------------------------

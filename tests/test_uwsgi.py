@@ -1,0 +1,54 @@
+"""uWSGI's default prefork mode: the app (and a metric written at import) lives in the master, which
+forks its workers from C, so Python's at-fork hooks never run in them. Per-process state must still
+be each worker's own: request ids, the pid on log lines, the store's shard."""
+
+from __future__ import annotations
+
+import http.client
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+from servers import USERS, Uwsgi, scrape, served
+
+
+def test_uwsgi_prefork_workers_each_have_their_own_ids_pids_and_shards(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    requests_per_round, rounds = 50, 4
+    with Uwsgi(tmp_path, "preload_app:app", processes=4, SOFTFACTORY_OBS_METRICS_DIR=str(store)) as server:
+        assert server.proc is not None
+        master = psutil.Process(server.proc.pid)
+        ids: list[str] = []
+        for done in range(1, rounds + 1):
+            # Eight clients at once: every worker serves some, so ids drawn by different workers meet.
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda n: _request_id(server.port, n), range(requests_per_round)))
+            ids += answers
+            for _ in range(3):  # each scrape is answered by whichever worker is free: all must agree
+                metrics = scrape(server.port)
+                assert served(metrics, USERS) == done * requests_per_round
+                assert metrics[("app_imports_total", ())] == 1  # written in the master, before the fork
+        workers = {p.pid for p in master.children()}
+        lines = [x for x in server.log_lines(wait_for=len(ids)) if x.get("logger") == "softfactory_obs.access"]
+
+    assert len(ids) == rounds * requests_per_round
+    assert len(set(ids)) == len(ids), f"{len(ids) - len(set(ids))} request ids were handed out twice"
+    pids = {line["pid"] for line in lines if line["path"].startswith("/api/users/")}
+    assert len(pids) >= 2, f"only {pids} served: the test needs several workers to mean anything"
+    assert pids <= workers and master.pid not in pids, (pids, workers, master.pid)
+    assert {line["request_id"] for line in lines if line["path"].startswith("/api/users/")} == set(ids)
+
+
+def _request_id(port: int, n: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", f"/api/users/{n + 1}")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        request_id = response.getheader("X-Request-Id")
+        assert request_id
+        return request_id
+    finally:
+        conn.close()
