@@ -11,28 +11,31 @@ templates under a cross-worker cap, statuses are 3-digit codes.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable
 from math import inf
-from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from ._request import parse_length
 from .access_log import MAX_CACHED_TEXT
+from .process_state import on_new_process
 from .routes import OVERFLOW, ROUTE_KEY, EndpointCap, RouteTable, resolve
 from .settings import Settings
-from .store.metrics import COUNTER_SCALE, SUM_SCALE, Counter, Gauge, Histogram, Registry, pack_exemplar
-from .store.shard import EXEMPLAR_ID_MAX, next_odd
+from .store.metrics import (
+    MAX_EXEMPLAR_BYTES,
+    Counter,
+    CounterChild,
+    Gauge,
+    GaugeChild,
+    Histogram,
+    HistogramChild,
+    Registry,
+)
 
 if TYPE_CHECKING:
     from ._request import RequestCycle
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
-# Sizes are ints: bisecting them against int bounds skips float-int comparisons, three times dearer.
-_SIZE_BOUNDS = tuple(int(bound) for bound in SIZE_BUCKETS)
-_SIZE_TOP, _SIZE_INF = _SIZE_BOUNDS[-1], len(SIZE_BUCKETS)
-_SUM_SCALE = float(SUM_SCALE)  # and durations are floats: a float * int converts the int every time
 MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
 
@@ -60,6 +63,9 @@ class HttpMetrics:
             registry=registry,
         )
         self.exemplar_interval = float(settings.exemplar_interval_seconds)
+        # A new series' exemplar due times (the counter's, each latency bucket's): now, or never.
+        first = 0.0 if ex else inf
+        self._no_exemplar_yet = (first, [first] * len(self.duration.bounds))
         self.in_progress = Gauge(
             f"{p}http_requests_in_progress",
             "Requests being served now, all workers",
@@ -106,7 +112,7 @@ class HttpMetrics:
         self.skipping = bool(self.skip_methods or self.skip_exact or self.skip_patterns)
         self._live: dict[str, _Live] = {}  # by REQUEST_METHOD, when no label is computed per request
         self._by_labels: dict[tuple[str, ...], _Live] = {}
-        registry.on_fork(self._forget)
+        on_new_process(self._forget_due_times, component="http metrics after fork")
         static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
         self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
         self._static = tuple(static.get(k, "") for k in settings.default_labels)
@@ -141,10 +147,7 @@ class HttpMetrics:
             live.gauge.inc()
         else:
             cycle.http_locked = False
-            floats = live.floats
-            if floats is None:
-                floats = live.bind()
-            floats[live.slot] += 1.0
+            live.gauge.inc_unlocked()
         cycle.http = live
 
     def _live_for(self, environ: dict[str, Any]) -> _Live | None:
@@ -179,25 +182,15 @@ class HttpMetrics:
             self.overflow.inc()
         cycle.endpoint = series.endpoint
         cycle.http_series = series
-        due = cycle._started >= series.r_due  # an exemplar is kept at least exemplar_interval_seconds
         if cycle.http_locked:
-            exemplar = _exemplar(cycle) if due else None
-            if exemplar is not None:
-                series.r_due = cycle._started + self.exemplar_interval
-            series.requests.inc(1, exemplar, time_ns() if exemplar is not None else 0)
-            return
-        ints = series.r_ints  # the single-writer path, inlined: see _Series
-        if ints is None:
-            ints = series.bind()
-        ints[series.r_slot] += COUNTER_SCALE
-        if due:
+            series.requests.inc()
+        else:
+            series.requests.inc_unlocked()
+        if cycle._started >= series.r_due:  # an exemplar is kept at least exemplar_interval_seconds
             exemplar = _exemplar(cycle)
             if exemplar is not None:
                 series.r_due = cycle._started + self.exemplar_interval
-                slot = series.r_ex
-                odd = ints[slot] = next_odd()  # the seqlock of store.shard.write_exemplar
-                pack_exemplar(series.r_view, slot * 8 + 8, 1.0, time_ns(), len(exemplar), exemplar)
-                ints[slot] = odd + 1
+                series.requests.set_exemplar(1.0, exemplar)
 
     def _series_for(self, cycle: RequestCycle, live: _Live, status: str, by_path: tuple[Any, str] | None) -> _Series:
         endpoint = resolve(cycle.environ, self.table, status)
@@ -215,6 +208,7 @@ class HttpMetrics:
                 self.duration.labels(method, endpoint, *extra),
                 self.response_size.labels(method, endpoint, *extra),
                 self.request_size.labels(method, endpoint, *extra),
+                due=self._no_exemplar_yet,
             )
             if len(live.series) < _CACHED:  # bounded by the endpoint cap, unless an app makes up reason phrases
                 live.series[(endpoint, status)] = series
@@ -236,55 +230,32 @@ class HttpMetrics:
             live.gauge.dec()
             if series is None:  # the response hook failed: nothing more to attribute
                 return
-            n = bisect_left(series.d_bounds, duration) if duration <= series.d_top else series.d_inf
-            exemplar = _exemplar(cycle) if cycle._started >= series.d_due[n] else None
-            if exemplar is not None:
-                series.d_due[n] = cycle._started + self.exemplar_interval
-            series.duration.observe(duration, exemplar, time_ns() if exemplar is not None else 0)
+            n = series.duration.observe(duration)
             series.response_size.observe(cycle.size)
             if request_size is not None:
                 series.request_size.observe(request_size)
         else:
-            floats = live.floats
-            if floats is None:
-                floats = live.bind()
-            floats[live.slot] -= 1.0
+            live.gauge.inc_unlocked(-1.0)
             if series is None:
                 return
-            ints = series.d_ints  # the single-writer path, inlined: see _Series
-            if ints is None:
-                series.bind()
-                ints = series.d_ints
-            n = bisect_left(series.d_bounds, duration) if duration <= series.d_top else series.d_inf
-            ints[series.d_slots[n]] += 1
-            ints[series.d_sum] += round(duration * _SUM_SCALE)
-            if cycle._started >= series.d_due[n]:
-                exemplar = _exemplar(cycle)
-                if exemplar is not None:
-                    series.d_due[n] = cycle._started + self.exemplar_interval
-                    slot = series.d_ex[n]
-                    odd = ints[slot] = next_odd()
-                    pack_exemplar(series.d_view, slot * 8 + 8, duration, time_ns(), len(exemplar), exemplar)
-                    ints[slot] = odd + 1
-            size = cycle.size
-            n = bisect_left(_SIZE_BOUNDS, size) if size <= _SIZE_TOP else _SIZE_INF
-            ints = series.s_ints  # each child's slots share a view; two children's may not
-            ints[series.s_slots[n]] += 1
-            ints[series.s_sum] += size  # _bytes sums are whole bytes
+            n = series.duration.observe_unlocked(duration)
+            series.response_size.observe_unlocked(cycle.size)
             if request_size is not None:
                 series.request_size.observe_unlocked(request_size)
+        if cycle._started >= series.d_due[n]:  # at most one exemplar per bucket and interval
+            exemplar = _exemplar(cycle)
+            if exemplar is not None:
+                series.d_due[n] = cycle._started + self.exemplar_interval
+                series.duration.set_exemplar(n, duration, exemplar)
         # The rare ones, through the family:
         if duration > self.slow_seconds:
             self.slow.labels(live.method, series.endpoint, *live.labels).inc()
         if cycle.exc is not None and isinstance(cycle.exc, Exception):
             self.exceptions.labels(live.method, series.endpoint, type(cycle.exc).__name__, *live.labels).inc()
 
-    def _forget(self) -> None:
-        """After a fork: every cached slot points into the parent's shard."""
-        for live in self._by_labels.values():
-            live.floats = None
-            for series in (*live.series.values(), *live.by_path.values()):
-                series.unbind()
+    def _forget_due_times(self) -> None:
+        """In a new process: exemplar due times are the parent's; a worker's first requests must
+        replace the exemplars at once (the caches hold nothing else that is per process)."""
         self._live.clear()
         self._by_labels.clear()
 
@@ -299,7 +270,7 @@ def _exemplar(cycle: RequestCycle) -> bytes | None:
     return None
 
 
-_ID_ROOM = EXEMPLAR_ID_MAX - len(b"request_id=")  # 60: the longest client id an exemplar keeps whole
+_ID_ROOM = MAX_EXEMPLAR_BYTES - len(b"request_id=")  # 60: the longest client id an exemplar keeps whole
 _STATUS_500 = "500 Internal Server Error"
 _CACHED = 4096
 
@@ -307,89 +278,48 @@ _CACHED = 4096
 class _Live:
     """One method and default-label set: its in-progress gauge and the series answered under it."""
 
-    __slots__ = ("by_path", "floats", "gauge", "labels", "method", "series", "slot")
+    __slots__ = ("by_path", "gauge", "labels", "method", "series")
 
-    def __init__(self, gauge: Any, method: str, labels: tuple[str, ...]) -> None:
+    def __init__(self, gauge: GaugeChild, method: str, labels: tuple[str, ...]) -> None:
         self.gauge = gauge
         self.method = method
         self.labels = labels
         self.series: dict[tuple[str, str], _Series] = {}  # (endpoint, status line) -> series
         self.by_path: dict[tuple[Any, str], _Series] = {}  # (PATH_INFO, status line) -> series
-        self.floats: Any = None
-        self.slot = 0
-
-    def bind(self) -> Any:
-        _, floats, _, idx, _ = self.gauge.bound()
-        self.slot = idx[0]
-        self.floats = floats
-        return floats
 
 
 class _Series:
-    """One label set's counter and two histograms, and where their slots are in this process: the
-    single-writer hooks write them inline (a call per child costs more than the write). Request
-    sizes (only for requests with a body) go through their child; slow requests and exceptions,
-    rare, through their family."""
+    """One label set's children: the request counter and three histograms, with when this process
+    may next replace their exemplars. Slow requests and exceptions, rare, go through their family."""
 
-    __slots__ = (
-        "d_bounds",
-        "d_due",
-        "d_ex",
-        "d_inf",
-        "d_ints",
-        "d_slots",
-        "d_sum",
-        "d_top",
-        "d_view",
-        "duration",
-        "endpoint",
-        "overflow",
-        "r_due",
-        "r_ex",
-        "r_ints",
-        "r_slot",
-        "r_view",
-        "request_size",
-        "requests",
-        "response_size",
-        "s_ints",
-        "s_slots",
-        "s_sum",
-    )
+    __slots__ = ("d_due", "duration", "endpoint", "overflow", "r_due", "request_size", "requests", "response_size")
 
-    def __init__(self, endpoint: str, requests: Any, duration: Any, response_size: Any, request_size: Any) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        requests: CounterChild,
+        duration: HistogramChild,
+        response_size: HistogramChild,
+        request_size: HistogramChild,
+        *,
+        due: tuple[float, list[float]],
+    ) -> None:
         self.endpoint = endpoint
         self.requests = requests
         self.duration = duration
         self.response_size = response_size
         self.request_size = request_size
         self.overflow = False
-        family = duration._family
-        self.d_bounds = family.bounds
-        self.d_top = family.bounds[-2] if len(family.bounds) > 1 else -1.0  # the last finite bound
-        self.d_inf = len(family.bounds) - 1
-        self.unbind()
+        self.r_due, self.d_due = due[0], list(due[1])
 
     def folded(self) -> _Series:
-        copy = _Series(self.endpoint, self.requests, self.duration, self.response_size, self.request_size)
+        copy = _Series(
+            self.endpoint,
+            self.requests,
+            self.duration,
+            self.response_size,
+            self.request_size,
+            due=(self.r_due, self.d_due),
+        )
         copy.overflow = True
         return copy
-
-    def unbind(self) -> None:
-        self.r_ints: Any = None
-        self.d_ints: Any = None
-        # When this process may next replace the exemplar of the counter, and of each latency bucket.
-        self.r_due = 0.0 if self.requests._family.exemplars else inf
-        self.d_due = [0.0 if self.duration._family.exemplars else inf] * (self.d_inf + 1)
-
-    def bind(self) -> Any:
-        """Bind the three children (each child's slots share a view; two children's may not)."""
-        ints, _, self.r_view, idx, ex = self.requests.bound()
-        self.r_slot, self.r_ex = idx[0], ex[0] if ex else -1
-        self.s_ints, _, _, idx, _ = self.response_size.bound()
-        self.s_slots, self.s_sum = idx, idx[-1]
-        d_ints, _, self.d_view, idx, ex = self.duration.bound()
-        self.d_slots, self.d_sum, self.d_ex = idx, idx[-1], ex or None
-        self.r_ints = ints
-        self.d_ints = d_ints  # last: the "bound" flag the finish hook checks
-        return ints

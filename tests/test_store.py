@@ -23,7 +23,15 @@ from softfactory_obs._failures import failure_counts
 from softfactory_obs.exposition import MetricsApp, families_from
 from softfactory_obs.store import directory, location
 from softfactory_obs.store.directory import StoreDirectory
-from softfactory_obs.store.metrics import SUM_SCALE, CallbackGauge, Counter, Gauge, Histogram, Registry
+from softfactory_obs.store.metrics import (
+    MAX_EXEMPLAR_BYTES,
+    SUM_SCALE,
+    CallbackGauge,
+    Counter,
+    Gauge,
+    Histogram,
+    Registry,
+)
 from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
 
 
@@ -527,16 +535,65 @@ def test_read_only_store_never_fails_the_app(tmp_path: Path) -> None:
         assert status.startswith("500") and "Read-only file system" in body  # loud, never silently empty
 
 
-def test_histogram_edge_values() -> None:
+@pytest.mark.parametrize("writer", ["observe", "observe_unlocked"])
+def test_histogram_edge_values(writer: str) -> None:
     registry = Registry()
     hist = Histogram("edge_seconds", "x", buckets=(0.1, 1.0), registry=registry)
-    for v in (0.1, 1.0, 1.0000001, 50.0, -3.0, float("nan"), float("inf"), float("-inf")):
-        hist.observe(v)
+    observe = getattr(hist.labels(), writer)
+    buckets = [observe(v) for v in (0.1, 1.0, 1.0000001, 50.0, -3.0, float("nan"), float("inf"), float("-inf"))]
+    assert buckets == [0, 1, 2, 2, 0, 2, 2, 2]  # each write says which bucket it counted in
     got = samples(registry)
     assert got[("edge_seconds_bucket", (("le", "0.1"),))] == 2  # 0.1 itself (le is inclusive) and -3
     assert got[("edge_seconds_bucket", (("le", "1.0"),))] == 3
     assert got[("edge_seconds_bucket", (("le", "+Inf"),))] == 8
     assert got[("edge_seconds_sum", ())] == pytest.approx(0.1 + 1.0 + 1.0000001 + 50.0 - 3.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.integers(-(10**9), 10**9), st.floats(-1e9, 1e9, allow_nan=False)), min_size=1, max_size=30
+    ),
+    whole_bounds=st.booleans(),
+)
+def test_the_unlocked_writers_count_exactly_as_the_locked_ones(values: list[float], whole_bounds: bool) -> None:
+    # Whole-number bounds are bisected as ints (sizes), others as floats: the buckets must not move.
+    bounds = (0, 10, 100, 1000) if whole_bounds else (-0.5, 0.001, 2.5, 1e6)
+    written = []
+    for writer in ("locked", "unlocked"):
+        registry = Registry()
+        hist = Histogram("v_bytes", "x", buckets=bounds, registry=registry).labels()
+        count = Counter("n_total", "x", registry=registry).labels()
+        gauge = Gauge("g", "x", registry=registry).labels()
+        for v in values:
+            if writer == "locked":
+                hist.observe(v), count.inc(), gauge.inc(1.5), gauge.dec(0.5)
+            else:
+                hist.observe_unlocked(v), count.inc_unlocked(), gauge.inc_unlocked(1.5), gauge.inc_unlocked(-0.5)
+        written.append(samples(registry))
+    assert written[0] == written[1]
+    assert written[0][("n_total", ())] == len(values) and written[0][("g", ())] == len(values)
+    expected_le_10 = sum(v <= 10 for v in values) if whole_bounds else sum(v <= 2.5 for v in values)
+    le = "10.0" if whole_bounds else "2.5"
+    assert written[0][("v_bytes_bucket", (("le", le),))] == expected_le_10
+
+
+def test_exemplars_are_written_through_the_children_only_and_cut_to_the_slot() -> None:
+    registry = Registry()
+    hist = Histogram("d_seconds", "x", buckets=(0.1, 1.0), exemplars=True, registry=registry).labels()
+    count = Counter("c_total", "x", exemplars=True, registry=registry).labels()
+    long_id = b"request_id=" + b"a" * 100  # longer than a slot holds: cut, never spilling into the next
+    n = hist.observe_unlocked(0.5)
+    hist.set_exemplar(n, 0.5, long_id, 1_700_000_000_000_000_000)
+    count.inc_unlocked()
+    count.set_exemplar(1.0, b"trace_id=abc", 1_700_000_000_000_000_000)
+    plain = Histogram("p_seconds", "x", buckets=(0.1, 1.0), registry=registry).labels()  # no exemplars=True
+    plain.set_exemplar(plain.observe(0.5), 0.5, b"trace_id=abc")  # nothing to keep it in: ignored
+    lines = MetricsApp(registry).render("application/openmetrics-text")[0].decode().splitlines()
+    kept = "a" * (MAX_EXEMPLAR_BYTES - len("request_id="))
+    assert f'd_seconds_bucket{{le="1.0"}} 1.0 # {{request_id="{kept}"}} 0.5 1700000000.0' in lines, lines
+    assert 'c_total 1.0 # {trace_id="abc"} 1.0 1700000000.0' in lines, lines
+    assert 'p_seconds_bucket{le="1.0"} 1.0' in lines, lines  # counted, with no exemplar
 
 
 def test_callback_gauges_are_evaluated_at_scrape_time() -> None:

@@ -2,7 +2,8 @@
 
 The hot path of a pre-bound child is one lock and one aligned 8-byte add into a memory-mapped
 slot. Callers that are the only thread writing a child (the HTTP metrics under a server that is
-not multithreaded) skip the lock: ``observe_unlocked``, or ``bound()`` to write the slots inline.
+not multithreaded) skip the lock with the ``*_unlocked`` writers. Only the children write slots:
+nothing outside the store sees a slot, a view or the exemplar seqlock.
 Binding happens on first use in each process, so metrics created in the gunicorn master
 (``--preload``) or at import time work without hooks: after a fork the child drops every binding
 it inherited and writes to a shard of its own, never into its parent's.
@@ -20,6 +21,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from math import floor
 from typing import Any
 
 from .. import _failures
@@ -29,7 +31,7 @@ from ..process_state import ensure_current, install_fork_hook, on_new_process
 from .directory import Snapshot, StoreDirectory, merge_values
 from .location import ENV, auto_directory
 from .shard import (
-    EXEMPLAR_BODY,
+    EXEMPLAR_ID_MAX,
     KIND_COUNT,
     KIND_EXEMPLAR,
     KIND_GAUGE,
@@ -39,12 +41,9 @@ from .shard import (
     ShardReader,
     ShardWriter,
     encode_key,
-    next_odd,
     record_size,
     write_exemplar,
 )
-
-_INF = math.inf
 
 COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e12 increments per process
 # Histogram sums are fixed point too, scaled by unit so that an int64 lasts: nanoseconds for
@@ -55,6 +54,7 @@ SUM_SCALE = 1_000_000_000
 SUM_SCALES = {"_seconds": SUM_SCALE, "_bytes": 1}
 OTHER_SUM_SCALE = 1_000_000
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
+MAX_EXEMPLAR_BYTES = EXEMPLAR_ID_MAX  # the longest exemplar id (labels text) a slot keeps whole
 GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
 
 
@@ -323,9 +323,28 @@ class _Family:
 
 
 class _Child:
-    """One label set's slots. The hot path reads only attributes cached here by ``_bind``."""
+    """One label set's slots. The hot path reads only attributes cached here by ``_bind``.
 
-    __slots__ = ("_ex", "_family", "_floats", "_i", "_idx", "_ints", "_keys", "_labelvalues", "_lock", "_seg")
+    Hazard: a slot is written only by the process that bound it (a reader never writes a live
+    shard), so the child keeps the value it last stored (``_held``, one per value slot) and each
+    write is a single store of the new value, never a read of the slot first: a read through the
+    memoryview costs as much as the store. Anything else writing the slot would be overwritten by
+    the next write; ``_bind`` starts every held value at 0, as a fresh slot is.
+    """
+
+    __slots__ = (
+        "_ex",
+        "_family",
+        "_floats",
+        "_held",
+        "_i",
+        "_idx",
+        "_ints",
+        "_keys",
+        "_labelvalues",
+        "_lock",
+        "_seg",
+    )
 
     def __init__(
         self,
@@ -346,6 +365,7 @@ class _Child:
         self._seg: Any = None
         self._idx: list[int] = []
         self._ex: list[int] = []
+        self._held: list[Any] = []
         self._i = 0
         self._lock: Any = None
 
@@ -354,6 +374,7 @@ class _Child:
         seg, idx = registry.bind(self._family, self._keys, self)
         slots = len(self._keys) - len(self._ex_keys())
         self._idx, self._ex = idx[:slots], idx[slots:]
+        self._held = [0.0 if kind == KIND_GAUGE else 0 for _, kind in self._keys[:slots]]
         self._i = idx[0]
         self._seg = seg
         self._floats = seg.floats
@@ -361,12 +382,17 @@ class _Child:
         self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
         return seg.ints
 
-    def bound(self) -> tuple[Any, Any, Any, list[int], list[int]]:
-        """``(ints, floats, view, value slots, exemplar slots)`` in this process, binding first: for a
-        caller that writes several children inline. It must drop them after a fork (``Registry.on_fork``)."""
+    def _write_exemplar(self, slot: int, value: float, ident: bytes, stamp_ns: int) -> None:
+        """The one exemplar writer (the seqlock is ``shard.write_exemplar``'s), under the lock: two
+        threads writing one slot at once would interleave its fields."""
         if self._ints is None:
             self._bind()
-        return self._ints, self._floats, self._seg.view, self._idx, self._ex
+        lock = self._lock
+        lock.acquire()
+        try:
+            write_exemplar(self._seg, slot, value, ident, stamp_ns)
+        finally:
+            lock.release()
 
     def _ex_keys(self) -> list[bytes]:
         return [raw for raw, kind in self._keys if kind == KIND_EXEMPLAR]
@@ -404,11 +430,13 @@ class Counter(_Family):
 
 
 class CounterChild(_Child):
+    """One label set of a ``Counter``."""
+
     __slots__ = ()
 
     def inc(self, amount: float = 1, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
-        """``exemplar``: an ASCII id (e.g. ``b"trace_id=4bf9..."``) kept as this series' newest exemplar
-        (``stamp_ns``: its wall-clock time, when the caller already has it)."""
+        """Add ``amount`` (finite, >= 0). ``exemplar``: an ASCII id (``b"trace_id=4bf9..."``) kept as
+        this series' newest exemplar (``stamp_ns``: its wall-clock time, when the caller has it)."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
@@ -418,14 +446,34 @@ class CounterChild(_Child):
             units = round(amount * COUNTER_SCALE)
         else:
             raise ValueError(f"counters only go up by finite amounts, got {amount!r}")
+        held = self._held
         lock = self._lock
-        lock.acquire()  # acquire/release: a third cheaper than ``with`` on this path (CPython 3.11)
+        lock.acquire()  # acquire/release: cheaper than ``with`` on this path
         try:
-            ints[self._i] += units
-            if exemplar is not None and self._ex:
-                write_exemplar(self._seg, self._ex[0], float(amount), exemplar, stamp_ns)
+            total = held[0] = held[0] + units
+            ints[self._i] = total
         finally:
             lock.release()
+        if exemplar is not None:
+            self.set_exemplar(float(amount), exemplar, stamp_ns)
+
+    def inc_unlocked(self) -> None:
+        """``inc(1)`` without the lock, for the one thread that writes this child: a request hook
+        under a server that says ``wsgi.multithread`` is false (sync and gevent workers)."""
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        held = self._held
+        total = held[0] = held[0] + COUNTER_SCALE
+        ints[self._i] = total
+
+    def set_exemplar(self, value: float, ident: bytes, stamp_ns: int = 0) -> None:
+        """Keep ``ident`` (ASCII, cut at the slot's size) as this series' newest exemplar; nothing when
+        the counter was made without ``exemplars=True``."""
+        if self._ints is None:
+            self._bind()
+        if self._ex:
+            self._write_exemplar(self._ex[0], value, ident, stamp_ns)
 
 
 class Gauge(_Family):
@@ -463,7 +511,13 @@ class Gauge(_Family):
 
 
 class GaugeChild(_Child):
-    __slots__ = ()
+    """One label set of a ``Gauge``."""
+
+    __slots__ = ("_stamped",)
+
+    def __init__(self, family: Gauge, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]]) -> None:
+        super().__init__(family, labelvalues, keys)
+        self._stamped = family.mode == "livemostrecent"  # a second slot holds the write's time
 
     def set(self, value: float) -> None:
         if self._ints is None:
@@ -471,8 +525,9 @@ class GaugeChild(_Child):
         lock = self._lock
         lock.acquire()
         try:
-            self._floats[self._i] = float(value)
-            if len(self._idx) > 1:
+            value = self._held[0] = float(value)
+            self._floats[self._i] = value
+            if self._stamped:
                 self._ints[self._idx[1]] = time.time_ns()
         finally:
             lock.release()
@@ -483,14 +538,23 @@ class GaugeChild(_Child):
         lock = self._lock
         lock.acquire()
         try:
-            self._floats[self._i] += amount
-            if len(self._idx) > 1:
-                self._ints[self._idx[1]] = time.time_ns()
+            self.inc_unlocked(amount)
         finally:
             lock.release()
 
     def dec(self, amount: float = 1) -> None:
         self.inc(-amount)
+
+    def inc_unlocked(self, amount: float = 1.0) -> None:
+        """``inc`` without the lock, for the one thread that writes this child (see
+        ``CounterChild.inc_unlocked``); ``amount`` may be negative."""
+        if self._ints is None:
+            self._bind()
+        held = self._held
+        value = held[0] = held[0] + amount
+        self._floats[self._i] = value
+        if self._stamped:
+            self._ints[self._idx[1]] = time.time_ns()
 
 
 class Histogram(_Family):
@@ -531,6 +595,8 @@ class Histogram(_Family):
 
 
 class HistogramChild(_Child):
+    """One label set of a ``Histogram``."""
+
     __slots__ = ("_bounds", "_inf", "_scale", "_sum", "_top")
 
     def __init__(
@@ -541,10 +607,15 @@ class HistogramChild(_Child):
         exemplar_keys: Sequence[bytes] = (),
     ) -> None:
         super().__init__(family, labelvalues, keys, exemplar_keys)
-        self._bounds = family.bounds
-        self._top = family.bounds[-2] if len(family.bounds) > 1 else -math.inf  # the last finite bound
+        finite = family.bounds[:-1]
+        # Bisecting against bounds of the values' own type skips int-float comparisons (three times
+        # dearer): whole-number bounds (sizes, counts) as ints, others as floats. The +Inf bucket
+        # is never bisected: values above the last finite bound go there directly.
+        self._bounds = tuple(int(b) for b in finite) if all(b.is_integer() for b in finite) else finite
+        self._top = self._bounds[-1] if finite else -math.inf  # the last finite bound
         self._inf = len(family.bounds) - 1  # the +Inf bucket's position in _idx
-        self._scale = family.sum_scale
+        scale = family.sum_scale
+        self._scale = 1 if scale == 1 else float(scale)  # float * float: no int conversion per value
         self._sum = 0  # the sum's slot, once bound
 
     def _bind(self) -> Any:
@@ -552,48 +623,48 @@ class HistogramChild(_Child):
         self._sum = self._idx[-1]
         return ints
 
-    def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
-        """``exemplar``: an ASCII id kept as the newest exemplar of the bucket ``value`` falls in
-        (``stamp_ns``: its wall-clock time, when the caller already has it)."""
-        ints = self._ints
-        if ints is None:
-            ints = self._bind()
-        idx = self._idx
-        if -_INF < value <= self._top:
-            n = bisect_left(self._bounds, value)
-            units = round(value * self._scale)
-        elif -_INF < value < _INF:  # above the last finite bound: +Inf bucket
-            n, units = len(idx) - 2, round(value * self._scale)
-        else:  # NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it forever)
-            n, units = len(idx) - 2, 0
+    def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> int:
+        """Count ``value`` in its bucket and the sum; returns the bucket's position in ``bounds``.
+        NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it for ever).
+        ``exemplar``: an ASCII id kept as the newest exemplar of that bucket (``stamp_ns``: its
+        wall-clock time, when the caller has it)."""
+        if self._ints is None:
+            self._bind()
         lock = self._lock
         lock.acquire()
         try:
-            ints[idx[n]] += 1
-            ints[idx[-1]] += units
-            if exemplar is not None and self._ex:
-                write_exemplar(self._seg, self._ex[n], value, exemplar, stamp_ns)
+            n = self.observe_unlocked(value)
         finally:
             lock.release()
+        if exemplar is not None:
+            self.set_exemplar(n, value, exemplar, stamp_ns)
+        return n
 
-    def observe_unlocked(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
-        """``observe`` of a finite value >= 0 (a duration, a size) without the lock, for the one thread
-        that writes this child: a request hook under a server that says ``wsgi.multithread`` is false
-        (sync and gevent workers). ``stamp_ns`` (``time.time_ns()``) is required with an exemplar."""
+    def observe_unlocked(self, value: float) -> int:
+        """``observe`` without the lock, for the one thread that writes this child (see
+        ``CounterChild.inc_unlocked``)."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
         n = bisect_left(self._bounds, value) if value <= self._top else self._inf
-        ints[self._idx[n]] += 1
-        ints[self._sum] += round(value * self._scale)
-        if exemplar is not None and self._ex:
-            slot = self._ex[n]
-            odd = ints[slot] = next_odd()  # the seqlock of write_exemplar
-            pack_exemplar(self._seg.view, slot * 8 + 8, value, stamp_ns, len(exemplar), exemplar)
-            ints[slot] = odd + 1
+        try:
+            units = floor(value * self._scale + 0.5)  # to the nearest unit (half up); round() costs twice as much
+        except (OverflowError, ValueError):  # an infinity or NaN: counted in +Inf, the sum left alone
+            n, units = self._inf, 0
+        held = self._held
+        count = held[n] = held[n] + 1
+        ints[self._idx[n]] = count
+        total = held[-1] = held[-1] + units
+        ints[self._sum] = total
+        return n
 
-
-pack_exemplar = EXEMPLAR_BODY.pack_into
+    def set_exemplar(self, bucket: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
+        """Keep ``ident`` as the newest exemplar of bucket ``bucket`` (what ``observe`` returned);
+        nothing when the histogram was made without ``exemplars=True``."""
+        if self._ints is None:
+            self._bind()
+        if self._ex:
+            self._write_exemplar(self._ex[bucket], value, ident, stamp_ns)
 
 
 class CallbackGauge:
