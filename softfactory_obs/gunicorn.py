@@ -8,7 +8,8 @@ make the set-up explicit and tidy:
 - ``on_exit``: the master removes the directory it created, so tmpfs does not fill across restarts;
 - ``post_worker_init``: hooks SIGTERM on the worker's main thread, so /ready turns 503 as soon as a
   worker starts draining, gthread workers included;
-- ``logconfig_dict``: gunicorn's own log lines as the same JSON as the app's, on stdout.
+- ``logconfig_dict``: gunicorn's own log lines as the same JSON as the app's, on stdout, until
+  ``instrument()`` applies the app's log settings (which then win, for gunicorn's lines too).
 """
 
 from __future__ import annotations
@@ -56,7 +57,13 @@ def on_exit(server: Any) -> None:
 
 
 def json_logconfig(service: str | None = None, level: str = "INFO") -> dict[str, Any]:
-    """A ``logconfig_dict`` that renders gunicorn's and the app's records with our JSON formatter."""
+    """A ``logconfig_dict`` that renders gunicorn's and the app's records with our JSON formatter.
+
+    gunicorn applies it in the master, before any app is loaded, so its handler is provisional:
+    ``instrument()`` (with ``auto_configure_logging``, the default) replaces it in each process
+    that loads the app, and the service name, schema and log file given there (or in the
+    environment) win, for gunicorn's own lines too. A handler configured any other way is left alone.
+    """
     service = service or os.environ.get("SOFTFACTORY_OBS_SERVICE_NAME", "app")
     return {
         "version": 1,
@@ -67,9 +74,15 @@ def json_logconfig(service: str | None = None, level: str = "INFO") -> dict[str,
             "gunicorn.error": {"level": level, "handlers": [], "propagate": True, "qualname": "gunicorn.error"},
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True, "qualname": "gunicorn.access"},
         },
-        "handlers": {"json": {"()": "softfactory_obs.log_files.StreamLineHandler", "formatter": "json"}},
+        # Provisional: in a worker, instrument() replaces it with what the app's settings ask for.
+        "handlers": {"json": {"()": "softfactory_obs.logs.provisional_handler", "formatter": "json"}},
         "formatters": {"json": {"()": "softfactory_obs.logs.JsonFormatter", "service": service}},
     }
 
 
-logconfig_dict = json_logconfig()
+def __getattr__(name: str) -> Any:
+    # ``from softfactory_obs.gunicorn import logconfig_dict`` (configs/gunicorn.conf.py): built when a
+    # config asks for it, reading the environment then, not at import.
+    if name == "logconfig_dict":
+        return json_logconfig()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -367,7 +367,21 @@ def _direct(handler: logging.Handler) -> bool:
     )
 
 
-_OURS = "_softfactory_obs_handler"
+_OURS = "_softfactory_obs_handler"  # installed by configure_logging: a later call replaces it
+# Installed before the app's own settings are known (the gunicorn config's logconfig_dict, read in
+# the master before any app is loaded): instrument() replaces it with the handlers its settings ask for.
+_PROVISIONAL = "_softfactory_obs_provisional"
+
+
+def provisional_handler() -> logging.Handler:
+    """A JSON line handler on stdout that stands in until ``instrument()`` configures logging with
+    the app's settings (service name, schema, log file), which then win. For configs read before
+    the app is loaded, such as gunicorn's ``logconfig_dict`` (``json_logconfig`` uses it)."""
+    handler = StreamLineHandler(None)
+    setattr(handler, _OURS, True)
+    setattr(handler, _PROVISIONAL, True)
+    handler.addFilter(RequestContextFilter())
+    return handler
 
 
 def configure_logging(
@@ -419,5 +433,6 @@ def configure_logging(
 
 
 def logging_configured() -> bool:
-    """True when the root logger has handlers (someone, maybe us, configured logging)."""
-    return bool(logging.getLogger().handlers)
+    """True when the root logger has handlers other than a provisional one (someone, maybe
+    ``configure_logging``, configured logging on purpose)."""
+    return any(not getattr(h, _PROVISIONAL, False) for h in logging.getLogger().handlers)

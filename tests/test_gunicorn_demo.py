@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import Gunicorn
+from servers import ROOT, Gunicorn
 
 pytestmark = pytest.mark.gunicorn
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -155,3 +157,42 @@ def test_metrics_allow_list_under_gunicorn(tmp_path: Path) -> None:
         assert get(guarded, "/ready")[0] == 200
     with Gunicorn(tmp_path, workers=2, SOFTFACTORY_OBS_TELEMETRY_ALLOW="10.0.0.0/8,127.0.0.0/8") as allowed:
         assert get(allowed, "/metrics")[0] == 200
+
+
+@pytest.mark.gunicorn
+def test_instrument_log_settings_win_over_the_shipped_gunicorn_config(tmp_path: Path) -> None:
+    # configs/gunicorn.conf.py sets logconfig_dict, which gunicorn applies in the master before the
+    # app is loaded; instrument(service_name=..., log_schema=..., log_file=...) must still be obeyed.
+    log_file = tmp_path / "logs" / "shop.log"
+    server = Gunicorn(
+        tmp_path,
+        app="logging_app:app",
+        config=ROOT / "configs" / "gunicorn.conf.py",
+        PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
+        TEST_LOG_FILE=str(log_file),
+        WORKERS="2",
+    )
+    server.args = ("--bind", f"127.0.0.1:{server.port}")
+    with server:
+        for _ in range(6):
+            assert get(server, "/")[0] == 200
+        served = len(_lines_in(log_file.parent, want=12))
+    lines = _lines_in(log_file.parent, want=served + 1)  # and the workers' exit lines, once stopped
+    assert len(lines) >= 13, lines
+    assert all(line["service.name"] == "shop" and line["ecs.version"] for line in lines), lines
+    access = [x for x in lines if x["log.logger"] == "softfactory_obs.access"]
+    assert len(access) == 6 and all(x["http.response.status_code"] == 200 for x in access)
+    assert sum(x["message"] == "order placed" for x in lines) == 6  # the app's own records
+    # gunicorn's own lines from the workers, in the same JSON and file:
+    assert any(x["log.logger"] == "gunicorn.error" for x in lines), [x["log.logger"] for x in lines]
+
+
+def _lines_in(directory: Path, want: int, timeout: float = 15.0) -> list[dict[str, object]]:
+    """The JSON lines of every file in ``directory`` (dated files: shop-<date>.log), polled until ``want``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(directory.glob("*.log")) if directory.exists() else []
+        lines = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
