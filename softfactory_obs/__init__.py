@@ -4,7 +4,7 @@ from softfactory_obs import instrument
 app = instrument(app, service_name="shop")
 """
 
-from .logs import JsonFormatter, RequestContextFilter, configure_logging
+from .logs import JsonFormatter, RequestContextFilter, configure_logging, request_context_processor
 from .middleware import ObservabilityMiddleware, instrument
 from .request_id import add_request_id, current_request_id, current_trace_id, outgoing_headers
 from .settings import Settings
@@ -23,4 +23,5 @@ __all__ = [
     "current_trace_id",
     "instrument",
     "outgoing_headers",
+    "request_context_processor",
 ]

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii as json_string
@@ -32,6 +33,11 @@ ACCESS_FIELDS = "softfactory_obs_fields"
 
 # Record attributes that become fields under another name; the rest of the standard ones are dropped.
 _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "traceback"}
+# What structlog's stdlib integration (ProcessorFormatter.wrap_for_formatter) puts on a record
+# beside the event dict it passes as ``msg``: never fields of the line.
+_STRUCTLOG_ATTRS = ("_logger", "_name", "_from_structlog")
+# Event keys structlog's processors add that the line already has, from the record.
+_STRUCTLOG_OWN_KEYS = ("level", "logger", "logger_name", "timestamp")
 
 
 _second_cache: tuple[int, str] = (-1, "")
@@ -148,7 +154,7 @@ class JsonFormatter(_BaseJsonFormatter):
         super().__init__(
             static_fields=static_fields,
             json_ensure_ascii=True,
-            reserved_attrs=[*RESERVED_ATTRS, "taskName", ACCESS_FIELDS],
+            reserved_attrs=[*RESERVED_ATTRS, "taskName", ACCESS_FIELDS, *_STRUCTLOG_ATTRS],
         )
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
@@ -166,6 +172,8 @@ class JsonFormatter(_BaseJsonFormatter):
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
         log_data["message"] = record.message
+        if message_dict and hasattr(record, "_logger"):  # a structlog event: its keys become the line's fields
+            message_dict = self._structlog_fields(message_dict, log_data)
         log_data["service"] = self.service
         log_data["pid"] = record.process
         ctx = request_context.get()
@@ -182,6 +190,22 @@ class JsonFormatter(_BaseJsonFormatter):
                 log_data[key] = value
         if record.exc_info and record.exc_info[0] is not None and "error_type" not in log_data:
             log_data["error_type"] = record.exc_info[0].__name__
+
+    def _structlog_fields(self, event: dict[str, Any], log_data: dict[str, Any]) -> dict[str, Any]:
+        """An event dict from structlog's stdlib integration as top-level fields: ``event`` is the
+        message, the level, logger and time are the record's (the same, in this schema's spelling),
+        and ``exc_info=True`` (``log.exception``) becomes the traceback of the exception being handled."""
+        fields = {k: v for k, v in event.items() if k not in _STRUCTLOG_OWN_KEYS}
+        log_data["message"] = str(fields.pop("event", ""))
+        exc_info = fields.pop("exc_info", None)
+        if exc_info is True:
+            exc_info = sys.exc_info()  # formatting runs inside the log call, inside the except block
+        elif isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if isinstance(exc_info, tuple) and exc_info[0] is not None:
+            fields["exc_info"] = self.formatException(exc_info)  # renamed to traceback with the rest
+            fields.setdefault("error_type", exc_info[0].__name__)
+        return fields
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         renames = self.renames
@@ -239,6 +263,18 @@ class JsonFormatter(_BaseJsonFormatter):
                 default=_json_fallback,
                 ensure_ascii=True,
             )
+
+
+def request_context_processor(logger: object, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: ``request_id`` (and ``trace_id``) of the request in flight, for
+    structlog loggers that do not go through ``logging`` (whose lines our formatter completes itself).
+    A value the event already has is kept."""
+    ctx = request_context.get()
+    if ctx is not None:
+        event_dict.setdefault("request_id", ctx[0])
+        if ctx[1] is not None:
+            event_dict.setdefault("trace_id", ctx[1])
+    return event_dict
 
 
 class RequestContextFilter(logging.Filter):
