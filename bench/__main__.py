@@ -140,6 +140,8 @@ def instructions_table(counts: dict[str, float]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for variant, count in counts.items():
+        if variant.startswith("base:"):
+            continue
         over = count - counts["bare"]
         cells = (
             ("", "", "")
@@ -147,6 +149,25 @@ def instructions_table(counts: dict[str, float]) -> list[str]:
             else (f"{over:,.0f}", f"{over / naive:.2f}", f"{over / naive * REFERENCE_NAIVE_US:.2f}")
         )
         lines.append(f"| {VARIANTS[variant]} | {count:,.0f} | {' | '.join(cells)} |")
+    return lines
+
+
+# Issue 17's budget: the redesign may cost at most this much more per request than the baseline.
+BUDGET = 0.10
+
+
+def baseline_table(counts: dict[str, float], baseline: str) -> list[str]:
+    """Our variants' instructions over bare, against the baseline tree counted in the same run."""
+    lines = [
+        f"| variant | {baseline} over bare | now over bare | change | within +{BUDGET:.0%} |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for variant in instructions.OURS:
+        before = counts[f"base:{variant}"] - counts["base:bare"]
+        now = counts[variant] - counts["bare"]
+        change = now / before - 1
+        verdict = "yes" if change <= BUDGET else "NO"
+        lines.append(f"| {VARIANTS[variant]} | {before:,.0f} | {now:,.0f} | {change:+.1%} | {verdict} |")
     return lines
 
 
@@ -245,19 +266,33 @@ def import_ms(module: str, repeats: int = 7) -> float | None:
     return statistics.median(samples)
 
 
-def instructions_part(report: dict[str, Any], section: Callable[[str, list[str]], None]) -> None:
+def instructions_part(
+    report: dict[str, Any], section: Callable[[str, list[str]], None], baseline: Path | None = None
+) -> None:
     if not instructions.available():
         print("\ninstructions: skipped, valgrind is not installed (make bench installs it when run as root)")
         return
-    counts = instructions.run()
+    counts = instructions.run(baseline=baseline)
     report["instructions_per_request"] = counts
     section(
         "In-process, instructions per request (callgrind; the same on a busy or an idle host)",
         instructions_table(counts),
     )
+    if baseline is not None:
+        name = _commit_of(baseline)
+        report["baseline"] = {"path": str(baseline), "commit": name}
+        section(
+            f"Against {name}, counted in the same run (issue 17's budget: +{BUDGET:.0%})", baseline_table(counts, name)
+        )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _commit_of(tree: Path) -> str:
+    command = ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"]
+    out = subprocess.run(command, check=False, capture_output=True, text=True)
+    return out.stdout.strip() or tree.name
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=PARTS, help="run this part (repeatable); default all")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the in-process peers table")
@@ -266,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-seconds", type=float, default=4.0, help="wrk duration per sample")
     parser.add_argument("--dead", default="100,1000,8000", help="dead-worker counts for the scrape benchmark")
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results/")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree add ../base REV): instructions also counted there",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     parts = args.only or list(PARTS)
     report: dict[str, Any] = {"meta": meta()}
@@ -300,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             cold_table(cold),
         )
     if "instructions" in parts:
-        instructions_part(report, section)
+        instructions_part(report, section, args.baseline)
     if "load" in parts:
         results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
         report["gunicorn"] = {v: vars(r) for v, r in results.items()}

@@ -6,6 +6,14 @@ user-space instructions, start-up and warm-up cancelled out. The same binary, in
 environment give the same count whatever the machine is doing, so a change of a few percent
 shows here when timings cannot tell it from noise. System calls (the access line's write) are
 not counted: they run in the kernel.
+
+Callgrind counts every thread. The maintenance thread wakes by the wall clock (every 5 s), which
+runs some 50 times slower under callgrind, and its work (compaction, /proc samples) is not a
+request's: counted, it moved the per-request figure by thousands between two runs of one
+commit. The runs set its interval to an hour.
+
+``baseline``: a checkout of an earlier commit (``git worktree add ../base db2d9f8``) whose
+variants are counted in the same run, by this runner, for the change against it.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from .apps import VARIANTS
 from .peers import ROOT, RUNNER
 
 ORDER = ["bare", "ours", "ours-metrics", "ours-log", "naive"]
+OURS = ["ours", "ours-metrics", "ours-log"]
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -29,8 +39,10 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def _count(variant: str, n: int, tmp: str) -> int:
+def _count(variant: str, n: int, tmp: str, root: Path = ROOT) -> int:
     env = dict(os.environ, PYTHONHASHSEED="0")  # string hashing decides dict probe lengths: fix it
+    env["SOFTFACTORY_OBS_MAINTENANCE_INTERVAL_SECONDS"] = "3600"  # see the module docstring
+    env["PYTHONPATH"] = str(root)  # the tree measured, ahead of the installed package
     if variant == "naive":
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
     out = subprocess.run(
@@ -47,7 +59,7 @@ def _count(variant: str, n: int, tmp: str) -> int:
         capture_output=True,
         text=True,
         check=False,
-        cwd=ROOT,
+        cwd=root,
         env=env,
     )
     found = _COLLECTED.search(out.stderr)
@@ -56,8 +68,14 @@ def _count(variant: str, n: int, tmp: str) -> int:
     return int(found[1])
 
 
-def run(n: int = 1000) -> dict[str, float]:
-    """Instructions per request of each variant (two at a time: the counts do not mind sharing cores)."""
+def run(n: int = 1000, baseline: Path | None = None) -> dict[str, float]:
+    """Instructions per request of each variant (two at a time: the counts do not mind sharing cores);
+    with ``baseline``, also the baseline tree's ``bare`` and our variants, as ``"base:<variant>"``."""
+    trees = [(ROOT, "", ORDER)] + ([(baseline, "base:", ["bare", *OURS])] if baseline is not None else [])
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
-        jobs = {v: (pool.submit(_count, v, n, tmp), pool.submit(_count, v, 6 * n, tmp)) for v in ORDER}
+        jobs = {
+            prefix + v: (pool.submit(_count, v, n, tmp, root), pool.submit(_count, v, 6 * n, tmp, root))
+            for root, prefix, variants in trees
+            for v in variants
+        }
         return {v: (more.result() - fewer.result()) / (5 * n) for v, (fewer, more) in jobs.items()}
