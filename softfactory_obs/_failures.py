@@ -12,12 +12,23 @@ from collections.abc import Callable
 
 _lock = threading.Lock()
 _counts: dict[str, int] = {}
-# Set by the metrics store: counts failures in softfactory_obs_internal_errors_total across workers.
-on_failure: Callable[[str], None] | None = None
 _in_hook = threading.local()
 
 
+def _count_in_store(component: str) -> None:
+    """``softfactory_obs_internal_errors_total{component}`` in the default registry: every worker's
+    failures, summed, on ``/metrics``."""
+    from .store.metrics import INTERNAL_ERRORS  # noqa: PLC0415 - the store itself reports through this module
+
+    INTERNAL_ERRORS.labels(component).inc()
+
+
+# Counts a failure across workers; replaceable (a test counts into a registry of its own).
+on_failure: Callable[[str], None] | None = _count_in_store
+
+
 def report_failure(component: str, exc: BaseException) -> None:
+    """Count ``exc`` against ``component`` (here and in the store) and tell stderr the first time."""
     with _lock:
         count = _counts[component] = _counts.get(component, 0) + 1
     hook = on_failure
@@ -47,5 +58,6 @@ def failure_counts() -> dict[str, int]:
 
 
 def reset_failure_counts() -> None:
+    """Forget this process's failure counts (the next failure of each component is printed again)."""
     with _lock:
         _counts.clear()

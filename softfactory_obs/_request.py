@@ -206,6 +206,8 @@ class RequestCycle:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], Any]:
+        """The ``start_response`` the app calls: records the status and declared size, replaces any
+        request-id header of the app's with ours, passes ``exc_info`` on."""
         mw = self._mw
         content_length = None
         ours_sent = False
@@ -240,6 +242,7 @@ class RequestCycle:
         return self.write
 
     def write(self, data: bytes) -> Any:
+        """PEP 3333's ``write()``: counts the bytes and hands them to the server's own."""
         if not self._recorded:
             self._record()
         self.wrote = True
@@ -295,6 +298,7 @@ class RequestCycle:
         return block
 
     def close(self) -> None:
+        """Close the app's iterable (once), then run the finish hooks."""
         if self._closed:
             return
         self._closed = True

@@ -252,6 +252,8 @@ def _exemplar_of(theirs: Any) -> Exemplar | None:
 
 
 def check_no_clash(ours: Iterable[str], theirs: Iterable[str]) -> None:
+    """Refuse family names that both this store and prometheus_client's multiprocess directory
+    expose."""
     clash = sorted({_base_name(n) for n in ours} & {_base_name(n) for n in theirs})
     if clash:
         raise ValueError(
@@ -301,6 +303,7 @@ def negotiate(accept: str) -> str:
 
 
 def gzip_accepted(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value admits gzip (``q=0`` refuses it)."""
     for part in accept_encoding.split(","):
         coding, *params = (p.strip() for p in part.split(";"))
         if coding.lower() == "gzip":
@@ -309,6 +312,8 @@ def gzip_accepted(accept_encoding: str) -> bool:
 
 
 def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Family]:
+    """The store's own health for a scrape: shards by state, files read, the previous scrape's
+    duration."""
     shards = Family("softfactory_obs_store_shards", "Shard files in the metrics store by state", "gauge", ["state"])
     shards.add(["live"], snap.live_shards)
     shards.add(["dead"], snap.dead_shards)

@@ -13,12 +13,16 @@ from typing import NamedTuple
 
 
 class Exemplar(NamedTuple):
+    """An exemplar of a sample: its labels (a trace or request id), value and time."""
+
     labels: dict[str, str]
     value: float
     timestamp: float | None = None
 
 
 class Sample(NamedTuple):
+    """One sample of a family: name, labels, value, and an optional exemplar."""
+
     name: str
     labels: dict[str, str]
     value: float

@@ -18,6 +18,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class Guard:
+    """Who may read the telemetry routes: a bearer token and/or client networks; loopback always may
+    read details."""
+
     def __init__(self, token: str = "", allow: Iterable[str] = ()) -> None:
         self.token = token.encode() if token else b""
         self._same: Callable[[bytes, bytes], bool] = lambda given, token: False
@@ -30,6 +33,7 @@ class Guard:
 
     @property
     def active(self) -> bool:
+        """Whether a token or networks are configured (else the routes are open)."""
         return bool(self.token or self.networks)
 
     def _addr_allowed(self, environ: dict[str, Any]) -> bool:
@@ -68,6 +72,7 @@ class Guard:
             return False
 
     def protect(self, app: WSGIApp) -> WSGIApp:
+        """``app`` behind this guard: 401/403 for refused clients, the app's answer otherwise."""
         if not self.active:
             return app
 

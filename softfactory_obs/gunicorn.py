@@ -25,6 +25,8 @@ _created_here: list[str] = []
 
 
 def on_starting(server: Any) -> None:
+    """gunicorn hook, in the master before any worker: choose the store directory once and export it
+    to every worker."""
     path = os.environ.get(ENV)
     if not path:
         path = os.environ[ENV] = create_auto_directory(os.getpid())
@@ -48,10 +50,13 @@ def _give_to_workers(path: str, server: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     # The worker's main thread, with the app loaded: the one place a gthread worker can hook SIGTERM
     # so /ready turns 503 the moment it starts draining.
+    """gunicorn hook, in each worker's main thread: hook SIGTERM so /ready turns 503 while it
+    drains."""
     watch_sigterm_everywhere()
 
 
 def on_exit(server: Any) -> None:
+    """gunicorn hook, in the master at exit: remove the store directory it created."""
     for path in _created_here:
         shutil.rmtree(path, ignore_errors=True)
 

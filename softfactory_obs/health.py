@@ -39,6 +39,9 @@ _SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|:
 
 @dataclass
 class Check:
+    """A registered dependency check: the callable, whether /ready depends on it, its timeout and
+    background interval."""
+
     name: str
     fn: Callable[[], Any]
     critical: bool = True
@@ -48,6 +51,9 @@ class Check:
 
 @dataclass
 class Result:
+    """The outcome of one check run: healthy or not, latency, when it ran, details or a sanitised
+    error."""
+
     name: str
     ok: bool
     critical: bool
@@ -57,6 +63,7 @@ class Result:
     error: str | None = None
 
     def as_dict(self, now: float, with_details: bool) -> dict[str, Any]:
+        """The result as the /health body shows it (details only when the caller may see them)."""
         out: dict[str, Any] = {
             "status": "pass" if self.ok else "fail",
             "critical": self.critical,
@@ -98,6 +105,7 @@ class HealthChecks:
         self._running = {}  # the parent's check threads do not exist here: their futures never finish
 
     def add(self, check: Check) -> None:
+        """Register ``check``; its name must be unique and its timeout and interval sane."""
         if not check.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", check.name):
             raise ValueError(f"health check name {check.name!r}: use letters, digits, '.', '_' or '-'")
         if check.name in self.checks:
@@ -184,6 +192,8 @@ class HealthChecks:
 
 
 def disk_space_check(path: str = "/", min_free_percent: float = 10.0) -> Callable[[], dict[str, Any]]:
+    """A check that fails when ``path``'s file system has less than ``min_free_percent`` free."""
+
     def check() -> dict[str, Any]:
         usage = shutil.disk_usage(path)
         free = usage.free / usage.total * 100 if usage.total else 0.0
@@ -195,6 +205,8 @@ def disk_space_check(path: str = "/", min_free_percent: float = 10.0) -> Callabl
 
 
 def memory_check(max_used_percent: float = 95.0) -> Callable[[], dict[str, Any]]:
+    """A check that fails when the machine uses more than ``max_used_percent`` of its memory."""
+
     def check() -> dict[str, Any]:
         used = procfs.memory()[1]
         if used > max_used_percent:

@@ -39,6 +39,8 @@ def answer(
 
 
 class HealthRoutes:
+    """The WSGI apps of /live, /ready and /health (and their aliases)."""
+
     def __init__(self, settings: Settings, checks: HealthChecks, readiness: Readiness, guard: Guard) -> None:
         self.settings = settings
         self.checks = checks
@@ -47,6 +49,7 @@ class HealthRoutes:
         self.started_at = time.time()
 
     def live(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """/live: 200 while the worker can answer; never runs a check."""
         body = json_body({"alive": True, "timestamp": iso_utc(time.time()), "pid": os.getpid()})
         return answer(environ, start_response, "200 OK", body)
 
@@ -60,6 +63,7 @@ class HealthRoutes:
         yield gauge("app_ready", "1 when this service would answer /ready with 200", 1.0 if self._ready()[0] else 0.0)
 
     def ready(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """/ready: 200 when started, not draining and every critical check passes; else 503."""
         ready, failing = self._ready()
         data: dict[str, Any] = {"ready": ready, "timestamp": iso_utc(time.time())}
         if not self.readiness.started:
@@ -71,6 +75,7 @@ class HealthRoutes:
         return answer(environ, start_response, "200 OK" if ready else "503 Service Unavailable", json_body(data))
 
     def health(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """/health: every check's status, latency and age; 503 when a critical one fails."""
         results = self.checks.run()
         now = time.time()
         if any(not r.ok and r.critical for r in results):

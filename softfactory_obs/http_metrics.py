@@ -40,6 +40,8 @@ MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or nor
 
 
 class HttpMetrics:
+    """The HTTP metrics recorder: its families, the label policy, and three request hooks."""
+
     component = "http metrics"
 
     def __init__(self, registry: Registry, settings: Settings, directory: Callable[[], str | None]) -> None:
@@ -136,6 +138,7 @@ class HttpMetrics:
     # writes its slots inline (_Series). Threaded servers go through the children's locked writes.
 
     def start(self, cycle: RequestCycle) -> None:
+        """Start hook: the in-progress gauge goes up for a request that is measured."""
         environ = cycle.environ
         live = self._live.get(environ.get("REQUEST_METHOD"))  # type: ignore[arg-type]
         if live is None or self.skipping:
@@ -167,6 +170,8 @@ class HttpMetrics:
         return live
 
     def count(self, cycle: RequestCycle) -> None:
+        """Response hook: the request counted under its endpoint and status, before the body goes
+        out."""
         live = cycle.http
         if live is None:
             return
@@ -219,6 +224,8 @@ class HttpMetrics:
         return series
 
     def observe(self, cycle: RequestCycle) -> None:
+        """Finish hook: duration, sizes, slow requests and exceptions; the in-progress gauge goes
+        down."""
         live = cycle.http
         if live is None:
             return

@@ -39,6 +39,7 @@ PIPE_BUF = 4096  # POSIX's minimum and Linux's value: a write to a pipe up to th
 
 def write_all(fd: int, data: bytes) -> None:
     # A blocking write returns short only on signals or a full disk; finish the line or raise.
+    """Write all of ``data`` to ``fd`` (a short write is finished, never dropped)."""
     written = os.write(fd, data)
     while written < len(data):
         data = data[written:]
@@ -51,6 +52,7 @@ class LineHandler(logging.Handler):
     component = "log handler"
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Format ``record`` as one line and write it with a single ``write()``."""
         try:
             line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
             self.write_line(line, record.created)
@@ -72,6 +74,7 @@ class LineHandler(logging.Handler):
             report_failure(self.component, exc)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """Count and report a failed write; never raise into the caller."""
         report_failure(self.component, sys.exc_info()[1] or RuntimeError("unknown"))
 
 
@@ -90,6 +93,7 @@ class StreamLineHandler(LineHandler):
             self._fd = None
 
     def write_line(self, line: bytes, created: float) -> None:
+        """Write one encoded line to the stream's file descriptor."""
         if self._fd is not None:
             write_all(self._fd, line)
         else:
@@ -97,6 +101,7 @@ class StreamLineHandler(LineHandler):
             self.stream.flush()
 
     def write_text_line(self, line: bytes, created: float) -> None:
+        """Write one already-rendered line (the direct access line)."""
         if self._fd is None or len(line) > PIPE_BUF:  # a longer write to a pipe may be split: under the lock
             super().write_text_line(line, created)
             return
@@ -132,10 +137,13 @@ class DatedFileHandler(LineHandler):
         os.makedirs(self.directory, exist_ok=True)
 
     def path_for(self, created: float) -> str:
+        """The file that holds the lines of the UTC period of ``created``."""
         stamp = time.strftime(self.pattern, time.gmtime(created))
         return os.path.join(self.directory, f"{self.stem}-{stamp}{self.suffix}")
 
     def write_line(self, line: bytes, created: float) -> None:
+        """Append one line to the current period's file, opening it (and pruning old ones) when the
+        period changed."""
         slot = int(created // self.period)
         if slot != self._slot or self._fd is None:
             self._switch(slot, created)
@@ -162,6 +170,7 @@ class DatedFileHandler(LineHandler):
                 pass  # another worker pruned it first
 
     def close(self) -> None:
+        """Close the open file and the handler."""
         self.acquire()
         try:
             if self._fd is not None:
@@ -176,6 +185,7 @@ class WatchedLineHandler(logging.handlers.WatchedFileHandler):
     """For external rotation (logrotate without copytruncate): reopens the file when it is moved away."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Write one line, reopening the file first if it was moved away."""
         try:
             self.reopenIfNeeded()
             line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
@@ -189,4 +199,5 @@ class WatchedLineHandler(logging.handlers.WatchedFileHandler):
             self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        """Count and report a failed write; never raise into the caller."""
         report_failure("log file", sys.exc_info()[1] or RuntimeError("unknown"))

@@ -168,6 +168,7 @@ class JsonFormatter(_BaseJsonFormatter):
         return f'"service": {json_string(self.service)}, "pid": {_pid}, '
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        """The line's fields in order: ours, the request context, extras, the traceback."""
         log_data["timestamp"] = iso_utc(record.created)
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
@@ -208,6 +209,7 @@ class JsonFormatter(_BaseJsonFormatter):
         return fields
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        """Rename the fields to the configured schema (ECS) when one is set."""
         renames = self.renames
         if renames is None:
             return log_data
@@ -233,12 +235,14 @@ class JsonFormatter(_BaseJsonFormatter):
         return self.jsonify_log_record(data)
 
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        """Encode the fields as one ASCII JSON object, spelling what json cannot write safely."""
         try:
             return _encode(log_data)
         except (ValueError, TypeError):  # NaN or an infinity, a key json cannot write, a cycle
             return _encode(json_safe(log_data))
 
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON line for ``record``; a record that cannot be formatted still gives a line."""
         try:
             fields = record.__dict__.get(ACCESS_FIELDS)
             if fields is not None and self.renames is None and not self.static_fields:
@@ -281,6 +285,7 @@ class RequestContextFilter(logging.Filter):
     """Adds ``request_id`` (and ``trace_id``) to records; attach it to handlers that use other formatters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Add the request id (and trace id) in flight; never drops a record."""
         ctx = request_context.get()
         if ctx is not None:
             if not hasattr(record, "request_id"):

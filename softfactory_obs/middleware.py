@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from types import FunctionType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procfs
 from ._request import NO_HOOKS, FinishHook, Hooks, serve
@@ -27,6 +27,11 @@ from .settings import Settings
 from .store.maintenance import Maintenance, maintenance_for
 from .store.metrics import REGISTRY, Registry
 from .summary import History, SummaryApp
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only type checkers read it
+
+    from .options import Options
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -65,7 +70,12 @@ class ObservabilityMiddleware:
     """Wrap a WSGI app: request ids, JSON access logs, per-request metrics and the ``/metrics`` route."""
 
     def __init__(
-        self, app: WSGIApp, settings: Settings | None = None, *, registry: Registry | None = None, **options: Any
+        self,
+        app: WSGIApp,
+        settings: Settings | None = None,
+        *,
+        registry: Registry | None = None,
+        **options: Unpack[Options],
     ) -> None:
         if not callable(app):
             raise TypeError(f"app: expected a WSGI callable, got {app!r}")
@@ -278,7 +288,7 @@ def _bound(hooks: Iterable[Any]) -> tuple[FinishHook, ...]:
     return tuple(h.__call__ if isinstance(type(h).__call__, FunctionType) else h for h in hooks)
 
 
-def instrument(app: WSGIApp, **options: Any) -> ObservabilityMiddleware:
+def instrument(app: WSGIApp, **options: Unpack[Options]) -> ObservabilityMiddleware:
     """Wrap ``app`` once; calling it on an already instrumented app returns that app unchanged."""
     if isinstance(app, ObservabilityMiddleware):
         if options and app.settings != app.settings.replace(**options):

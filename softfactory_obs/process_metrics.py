@@ -28,6 +28,9 @@ MAX_SLOTS = 1024
 
 
 class ProcessSampler:
+    """Samples this worker's memory, CPU, fds and threads into the store, labelled by a reusable
+    worker slot."""
+
     def __init__(self, registry: Registry, service: str = "app", version: str = "") -> None:
         self.registry = registry
         self.service = service

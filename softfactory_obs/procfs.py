@@ -18,6 +18,8 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 @dataclass(frozen=True)
 class ProcessStats:
+    """What /proc says of one process: memory, CPU seconds, fds, threads, start time."""
+
     rss: int  # bytes
     vms: int  # bytes
     cpu_seconds: float  # user + system, all threads
@@ -36,6 +38,7 @@ _boot_time: float | None = None
 
 
 def boot_time() -> float:
+    """When the machine booted, in seconds since the epoch."""
     global _boot_time  # noqa: PLW0603 - read once per process
     if _boot_time is None:
         with open("/proc/stat", "rb") as f:
@@ -49,6 +52,7 @@ def boot_time() -> float:
 
 
 def process_stats(pid: int) -> ProcessStats:
+    """``ProcessStats`` of ``pid`` (psutil where /proc is missing)."""
     if not _PROC:
         return _psutil_stats(pid)
     fields = _stat_fields(pid)  # field n of proc(5) is fields[n - 3]
@@ -65,12 +69,14 @@ def process_stats(pid: int) -> ProcessStats:
 
 
 def start_time(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch."""
     if not _PROC:
         return float(_psutil().Process(pid).create_time())
     return boot_time() + int(_stat_fields(pid)[19]) / _TICKS
 
 
 def resident_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes."""
     if not _PROC:
         return int(_psutil().Process(pid).memory_info().rss)
     with open(f"/proc/{pid}/statm", "rb") as f:
@@ -78,6 +84,7 @@ def resident_bytes(pid: int) -> int:
 
 
 def command_line(pid: int) -> list[str]:
+    """The command line of process ``pid`` as a list of arguments (empty when unreadable)."""
     if not _PROC:
         return list(_psutil().Process(pid).cmdline())
     with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -103,6 +110,7 @@ def service_pid() -> int:
 
 
 def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

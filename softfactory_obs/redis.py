@@ -58,6 +58,7 @@ _metrics: dict[int, CacheMetrics] = {}
 
 
 def cache_metrics(registry: Registry | None = None) -> CacheMetrics:
+    """The cache hit/miss families of ``registry`` (one set per registry)."""
     registry = registry if registry is not None else REGISTRY
     found = _metrics.get(id(registry))
     if found is None:
@@ -272,6 +273,7 @@ class RedisInfoCollector:
         self.cache = cache
 
     def collect(self) -> Iterable[Family]:
+        """Redis INFO as gauges at scrape time, with a short timeout; nothing when Redis is down."""
         up = Family("redis_up", "1 when the last INFO to Redis succeeded", "gauge", ["cache"])
         try:
             info = self.probe.info()
@@ -294,6 +296,7 @@ class RedisInfoCollector:
             yield family
 
     def ping(self) -> dict[str, Any]:
+        """The health check: PING on the collector's own connection."""
         started = time.perf_counter()
         self.probe.ping()
         return {"ping_ms": round((time.perf_counter() - started) * 1000, 3)}

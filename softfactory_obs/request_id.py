@@ -94,6 +94,7 @@ def add_request_id(request: Any, header: str = "X-Request-Id") -> None:
 
 
 def parse_traceparent(value: str | None) -> str | None:
+    """The trace id of a valid W3C ``traceparent`` header, else None."""
     if not value or type(value) is not str:  # a lax server's bytes: no trace rather than a failed request
         return None
     match = _TRACEPARENT(value.strip())

@@ -117,6 +117,7 @@ class RouteTable:
         return re.compile("".join(pattern) + "/?")
 
     def match(self, path: str) -> str | None:
+        """The first declared template that ``path`` matches, or None."""
         if not self._compiled:
             return None
         found = self._cache.get(path, False)
@@ -145,6 +146,8 @@ class EndpointCap:
         self._warned = False
 
     def admit(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` may be a label value: admitted before, or room left under the cap
+        (shared by all workers)."""
         if endpoint in self.admitted:
             return True
         if self._full:

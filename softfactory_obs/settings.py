@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from .store.metrics import DEFAULT_BUCKETS
+
 ENV_PREFIX = "SOFTFACTORY_OBS_"
 
 TrustPolicy = Literal["always", "never", "trusted_proxies"]
@@ -41,8 +43,6 @@ DEFAULT_REDACT_QUERY = (
     "credential",
 )
 
-# prometheus_client's default latency buckets, in seconds.
-DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -233,6 +233,7 @@ class Settings:
 
     @property
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed into networks."""
         return self._proxy_networks  # type: ignore[attr-defined, no-any-return]
 
     @classmethod
@@ -247,6 +248,7 @@ class Settings:
         return cls(**{**values, **_checked_overrides(overrides)})
 
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **_checked_overrides(changes))
 
 

@@ -56,6 +56,7 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
 
 
 def human(seconds: float) -> str:
+    """``seconds`` as ``1d 02h 03m 04s``."""
     minutes, s = divmod(int(seconds), 60)
     hours, m = divmod(minutes, 60)
     days, h = divmod(hours, 24)
@@ -72,6 +73,7 @@ class History:
         self._lock = threading.Lock()
 
     def sample(self, families: dict[str, Family] | None = None) -> Totals:
+        """The request totals now (all workers), kept at most once a second for the 1- and 5-minute rates."""
         totals = _request_totals(families if families is not None else _families(self.registry), self.prefix)
         now = time.monotonic()
         with self._lock:
@@ -101,6 +103,8 @@ def _rate(part: float, whole: float) -> float:
 
 
 class SummaryApp:
+    """The JSON endpoints for humans: /api/metrics/summary and /api/metrics/errors."""
+
     def __init__(self, settings: Settings, registry: Registry, history: History, started_at: float) -> None:
         self.settings = settings
         self.registry = registry
@@ -109,6 +113,7 @@ class SummaryApp:
         self.prefix = f"{settings.namespace}_" if settings.namespace else ""
 
     def summary(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """/api/metrics/summary: uptime, workers, requests, errors, endpoints, caches."""
         families = _families(self.registry)
         totals = self.history.sample(families)
         uptime = time.time() - self.started_at
@@ -132,6 +137,7 @@ class SummaryApp:
         return answer(environ, start_response, "200 OK", json_body(data))
 
     def errors(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """/api/metrics/errors: errors by status and endpoint, lifetime and recent."""
         totals = self.history.sample()
         data: dict[str, Any] = {"timestamp": iso_utc(time.time()), "lifetime": self._error_view(totals)}
         for name, seconds in WINDOWS:

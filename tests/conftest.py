@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,8 +60,16 @@ def in_c_forked_child(body: Callable[[], None]) -> int:
             code = 1
         os._exit(code)
     assert pid > 0, "fork() failed"
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    deadline = time.monotonic() + 60
+    while True:  # bounded: a child stuck on a lock another thread held at the fork fails the test
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the C-forked child did not finish within 60 s")
+        time.sleep(0.01)
 
 
 def samples(registry: Registry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

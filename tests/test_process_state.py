@@ -41,6 +41,7 @@ def in_child_reporting(body: Callable[[], Any]) -> Any:
 
 
 def test_a_c_forked_worker_hands_out_ids_of_its_own(logs: LogCapture) -> None:
+    # metrics=False: no maintenance thread to start in the child (see the next test).
     mw = ObservabilityMiddleware(hello, registry=Registry(), auto_configure_logging=False, metrics=False)
     call_wsgi(mw)  # the parent is in the middle of a batch of ids when it forks
 
@@ -60,14 +61,17 @@ def test_a_c_forked_worker_hands_out_ids_of_its_own(logs: LogCapture) -> None:
 
 
 def test_a_c_forked_worker_writes_a_shard_of_its_own(tmp_path: Path) -> None:
+    # (No middleware here: its first request starts the maintenance thread, and starting a thread in
+    # a child forked from C can hang on a threading lock another thread of this test process held at
+    # the fork; the real uWSGI test covers the request path.)
     registry = Registry(str(tmp_path))
     imported = Counter("imported_total", "written before the fork", registry=registry)
     imported.inc()  # binds the parent's shard
-    mw = ObservabilityMiddleware(hello, registry=registry, auto_configure_logging=False, access_log=False)
 
     def child() -> int:
-        call_wsgi(mw)  # the first request notices the new process before anything writes
+        ensure_current()  # what every request does first
         imported.inc()
+        Counter("child_total", "written in the child only", registry=registry).inc()
         return os.getpid()
 
     child_pid = in_child_reporting(child)
@@ -77,7 +81,7 @@ def test_a_c_forked_worker_writes_a_shard_of_its_own(tmp_path: Path) -> None:
     assert any(f"w-{os.getpid()}-" in n for n in shards), names  # and the parent's, apart
     values = samples(registry)
     assert values[("imported_total", ())] == 2
-    assert values[("http_requests_total", (("endpoint", "/"), ("method", "GET"), ("status", "200")))] == 1
+    assert values[("child_total", ())] == 1
     snap = StoreDirectory(str(tmp_path)).snapshot()  # raises on a shard two processes wrote at once
     assert snap.live_shards + snap.dead_shards == 2
 

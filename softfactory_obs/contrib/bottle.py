@@ -12,10 +12,13 @@ from ..routes import ROUTE_KEY, to_template
 
 
 class RoutePlugin:
+    """A Bottle plugin that records each matched route's template for the ``endpoint`` label."""
+
     name = "softfactory_obs"
     api = 2
 
     def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
+        """Wrap a route's callback so the request carries its template."""
         template = to_template(route.rule)
 
         @functools.wraps(callback)

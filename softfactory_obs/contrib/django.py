@@ -13,6 +13,8 @@ from ..routes import ROUTE_KEY, to_template
 
 
 class RouteMiddleware:
+    """Django middleware that records the resolved URL pattern as the ``endpoint`` template."""
+
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
 
@@ -20,6 +22,7 @@ class RouteMiddleware:
         return self.get_response(request)
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        """Record the matched route before the view runs; returns None so Django goes on."""
         match = request.resolver_match
         route = getattr(match, "route", None)
         if route:  # request.META is the WSGI environ itself

@@ -11,7 +11,10 @@ from ..routes import ROUTE_KEY, to_template
 
 
 class RouteMiddleware:
+    """Falcon middleware that records the matched URI template as the ``endpoint`` template."""
+
     def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:
+        """Record the route template Falcon matched for this request."""
         template = req.uri_template
         if template:
             req.env[ROUTE_KEY] = to_template(template)

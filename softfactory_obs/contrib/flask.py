@@ -13,6 +13,9 @@ from ..routes import ROUTE_KEY, to_template
 
 
 def init_app(app: Flask) -> None:
+    """Record each request's Flask URL rule as the ``endpoint`` template (runs before the app's own
+    before_request functions)."""
+
     def store_route() -> None:
         rule = request.url_rule
         if rule is not None:  # None: no route matched (404/405), the middleware decides

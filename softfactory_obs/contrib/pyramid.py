@@ -16,4 +16,6 @@ def _store_route(event: Any) -> None:
 
 
 def includeme(config: Any) -> None:
+    """``config.include('softfactory_obs.contrib.pyramid')``: record each matched route's pattern as
+    the ``endpoint`` template."""
     config.add_subscriber(_store_route, ContextFound)

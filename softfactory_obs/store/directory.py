@@ -77,6 +77,8 @@ class Snapshot:
 
 @dataclass
 class Archive:
+    """What compaction keeps of dead workers: their summed counts and the shards already absorbed."""
+
     generation: int = 0
     absorbed: list[str] = field(default_factory=list)
     metas: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -84,6 +86,7 @@ class Archive:
 
     @classmethod
     def load(cls, path: str) -> Archive:
+        """The archive at ``path`` (empty when there is none)."""
         try:
             with open(path, "rb") as f:
                 f.readline()  # the generation header
@@ -96,6 +99,7 @@ class Archive:
         return cls(int(data["generation"]), list(data["absorbed"]), dict(data["metas"]), counts)
 
     def dump(self) -> bytes:
+        """The archive as stored: a header line with the generation, then the JSON."""
         # First line: the generation alone, so a reader can tell in one short read whether its
         # cached copy is current (inode numbers are reused and file times are coarse).
         return (
@@ -158,6 +162,8 @@ def _mapped(path: str) -> Iterator[list[tuple[int, Any]]]:
 
 
 class StoreDirectory:
+    """The directory all workers of one service share: their shards, the archive, the locks."""
+
     def __init__(self, path: str, *, lock_timeout: float = 2.0) -> None:
         self.path = os.path.abspath(path)
         self.lock_timeout = lock_timeout
@@ -175,6 +181,7 @@ class StoreDirectory:
         self._archive_cache: tuple[int, Archive] | None = None
 
     def new_shard(self) -> ShardWriter:
+        """A shard file for this process, locked for its life."""
         name = f"w-{os.getpid()}-{time.time_ns()}-{os.urandom(8).hex()}.shard"
         final = os.path.join(self.path, name)
         return ShardWriter(os.path.join(self.path, "." + name + ".new"), final)
@@ -364,6 +371,7 @@ class StoreDirectory:
 
 
 def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool, shard: str, snap: Snapshot) -> None:
+    """Add one shard's values to ``snap``: counts summed, gauges and exemplars kept by shard."""
     counts = snap.counts
     stamps: dict[Key, int] = {}
     gauges: list[tuple[Key, float]] = []

@@ -17,6 +17,9 @@ from .metrics import Registry
 
 
 class Maintenance:
+    """A registry's background thread: compacts dead shards and runs periodic tasks, off the request
+    path."""
+
     def __init__(self, registry: Registry, interval: float = 5.0) -> None:
         self.registry = registry
         self.interval = interval
@@ -32,6 +35,7 @@ class Maintenance:
         self._wake = threading.Event()
 
     def ensure_started(self) -> None:
+        """Start this process's thread, once (a thread-starting failure is reported, not raised)."""
         with _start_lock:
             if self.started:
                 return
@@ -44,6 +48,7 @@ class Maintenance:
             report_failure("metrics maintenance", exc)  # the first request still compacts (the middleware's hook)
 
     def wake(self) -> None:
+        """Run the next round now (a scrape saw dead shards)."""
         self._wake.set()
 
     def _run(self, wake: threading.Event, pid: int) -> None:
@@ -53,6 +58,7 @@ class Maintenance:
             wake.clear()
 
     def run_once(self) -> None:
+        """One round: compaction, then every task; each failure reported, none raised."""
         for task in [self.registry.compact, *self.tasks]:
             try:
                 task()
@@ -65,6 +71,7 @@ _start_lock = threading.Lock()
 
 
 def maintenance_for(registry: Registry) -> Maintenance:
+    """The maintenance of ``registry`` (one per registry)."""
     found = _by_registry.get(id(registry))
     if found is None or found.registry is not registry:
         found = _by_registry[id(registry)] = Maintenance(registry)

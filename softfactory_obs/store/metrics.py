@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Sequence
 from math import floor
 from typing import Any
 
-from .. import _failures
 from .._failures import report_failure
 from ..families import Family
 from ..process_state import ensure_current, install_fork_hook, on_new_process
@@ -53,12 +52,14 @@ COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e1
 SUM_SCALE = 1_000_000_000
 SUM_SCALES = {"_seconds": SUM_SCALE, "_bytes": 1}
 OTHER_SUM_SCALE = 1_000_000
+# prometheus_client's default latency buckets, in seconds (the latency histogram's default too).
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
 MAX_EXEMPLAR_BYTES = EXEMPLAR_ID_MAX  # the longest exemplar id (labels text) a slot keeps whole
 GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
 
 
 def sum_suffix(scale: int) -> str:
+    """The key suffix of a histogram sum stored at ``scale``."""
     return "sum" if scale == SUM_SCALE else f"sum@{scale}"
 
 
@@ -110,6 +111,7 @@ class Registry:
 
     @property
     def directory(self) -> StoreDirectory | None:
+        """The store directory this registry writes to, or None for memory."""
         if self._directory_path == FROM_ENVIRONMENT:
             self._directory_path = os.environ.get(ENV) or auto_directory()
         if self._directory is None and self._directory_path:
@@ -133,6 +135,7 @@ class Registry:
             self._directory = None
 
     def register(self, family: _Family) -> _Family:
+        """Add ``family``; the same metric registered twice shares its children."""
         existing = self.families.get(family.name)
         if existing is not None:
             if existing.meta != family.meta:
@@ -233,6 +236,7 @@ class Registry:
     # -- reading --------------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        """Every worker's values, merged, for a scrape."""
         ensure_current()  # this process's own shard counts as live; an inherited one is the parent's
         directory = self.directory
         if directory is not None:
@@ -252,6 +256,7 @@ class Registry:
         return snap
 
     def compact(self, **kwargs: Any) -> int:
+        """Fold dead workers' shards into the archive (see ``StoreDirectory.compact``)."""
         ensure_current()
         directory = self.directory
         return directory.compact(**kwargs) if directory is not None else 0
@@ -403,6 +408,8 @@ def _key(family: _Family, suffix: str, labelvalues: tuple[str, ...]) -> bytes:
 
 
 class Counter(_Family):
+    """A counter summed over every worker, living or dead; its name must end in ``_total``."""
+
     kind = "counter"
 
     def __init__(
@@ -426,6 +433,7 @@ class Counter(_Family):
         return CounterChild(self, labelvalues, [(_key(self, "", labelvalues), KIND_COUNT)], ex)
 
     def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` to the unlabelled counter."""
         self._unlabelled().inc(amount)
 
 
@@ -477,6 +485,8 @@ class CounterChild(_Child):
 
 
 class Gauge(_Family):
+    """A gauge over live workers, combined by ``mode``: livesum, livemax, livemin or livemostrecent."""
+
     kind = "gauge"
 
     def __init__(
@@ -501,12 +511,15 @@ class Gauge(_Family):
         return GaugeChild(self, labelvalues, keys)
 
     def set(self, value: float) -> None:
+        """Set the unlabelled gauge."""
         self._unlabelled().set(value)
 
     def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` to the unlabelled gauge."""
         self._unlabelled().inc(amount)
 
     def dec(self, amount: float = 1) -> None:
+        """Subtract ``amount`` from the unlabelled gauge."""
         self._unlabelled().inc(-amount)
 
 
@@ -520,6 +533,7 @@ class GaugeChild(_Child):
         self._stamped = family.mode == "livemostrecent"  # a second slot holds the write's time
 
     def set(self, value: float) -> None:
+        """Set this series to ``value``."""
         if self._ints is None:
             self._bind()
         lock = self._lock
@@ -533,6 +547,7 @@ class GaugeChild(_Child):
             lock.release()
 
     def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` (may be negative)."""
         if self._ints is None:
             self._bind()
         lock = self._lock
@@ -543,6 +558,7 @@ class GaugeChild(_Child):
             lock.release()
 
     def dec(self, amount: float = 1) -> None:
+        """Subtract ``amount``."""
         self.inc(-amount)
 
     def inc_unlocked(self, amount: float = 1.0) -> None:
@@ -558,6 +574,8 @@ class GaugeChild(_Child):
 
 
 class Histogram(_Family):
+    """A histogram summed over every worker, living or dead; +Inf is added to the buckets."""
+
     kind = "histogram"
 
     def __init__(
@@ -591,6 +609,7 @@ class Histogram(_Family):
         return HistogramChild(self, labelvalues, keys, ex)
 
     def observe(self, value: float) -> None:
+        """Observe ``value`` in the unlabelled histogram."""
         self._unlabelled().observe(value)
 
 
@@ -688,6 +707,7 @@ class CallbackGauge:
         (registry if registry is not None else REGISTRY).callbacks.append(self.collect)
 
     def collect(self) -> Iterable[Family]:
+        """The gauge's family, computed now."""
         family = Family(self.name, self.documentation, "gauge", self.labelnames)
         value = self.fn()
         if self.labelnames:
@@ -705,10 +725,3 @@ INTERNAL_ERRORS = Counter(
     "Failures of telemetry components; requests were served regardless",
     ["component"],
 )
-
-
-def _count_failure(component: str) -> None:
-    INTERNAL_ERRORS.labels(component).inc()
-
-
-_failures.on_failure = _count_failure

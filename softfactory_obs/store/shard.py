@@ -55,6 +55,7 @@ Key = tuple[str, str, tuple[str, ...]]  # (family, sample suffix, label values)
 
 
 def encode_key(key: Key) -> bytes:
+    """The bytes of a record key: family, suffix and label values."""
     return json.dumps([key[0], key[1], list(key[2])], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -63,6 +64,7 @@ _decoded: dict[bytes, Key] = {}
 
 def decode_key(raw: bytes) -> Key:
     # Every worker writes the same keys: decode each distinct one once per process, not once per shard.
+    """The (family, suffix, label values) a key's bytes encode."""
     key = _decoded.get(raw)
     if key is None:
         name, suffix, labels = json.loads(raw)
@@ -78,10 +80,12 @@ def _round_up(n: int, to: int) -> int:
 
 
 def value_size(kind: int) -> int:
+    """Bytes a value of ``kind`` takes in a record."""
     return EXEMPLAR_SIZE if kind == KIND_EXEMPLAR else 8
 
 
 def record_size(raw_key: bytes, kind: int = KIND_COUNT) -> int:
+    """Bytes a record of ``raw_key`` and ``kind`` takes, padding included."""
     return RECORD_HEAD.size + _round_up(len(raw_key), 8) + value_size(kind)
 
 
@@ -108,6 +112,7 @@ def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes, stamp_ns
 
 
 def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, int, str] | None:
+    """The exemplar in ``slot`` (value, stamp, id) read under its seqlock, or None."""
     for _ in range(3):
         seq = ints[slot]
         if seq == 0:
@@ -123,6 +128,8 @@ def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, i
 
 
 class Segment:
+    """One mapped part of a shard file: its buffer and views as int64 and float64 slots."""
+
     __slots__ = ("base", "buf", "floats", "ints", "size", "view")
 
     def __init__(self, base: int, buf: mmap.mmap) -> None:
@@ -204,6 +211,7 @@ class ShardWriter:
         self.segments[0].ints[1] = self._offset
 
     def buffers(self) -> list[tuple[int, Any]]:
+        """The mapped segments, for a reader in this process."""
         return [(s.base, s.buf) for s in self.segments]
 
     def close(self, *, release: bool = True) -> None:
@@ -234,6 +242,7 @@ class ShardReader:
         self.created_ns = 0
 
     def parse(self, buffers: list[tuple[int, Any]]) -> None:
+        """Read the records of ``buffers`` that were not read before."""
         first = buffers[0][1]
         if len(first) < HEADER_SIZE or first[0:8] != MAGIC:
             raise CorruptShardError("bad magic or short header")
@@ -272,6 +281,7 @@ class ShardReader:
         self.pos = pos
 
     def values(self, buffers: list[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
+        """Every (kind, key, value) of the parsed records."""
         views = [(memoryview(b).cast("q"), memoryview(b).cast("d")) for _, b in buffers]
         try:
             for kind, payload, index, slot in self.entries:
