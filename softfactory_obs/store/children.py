@@ -1,0 +1,288 @@
+"""The children: one label set's slots, and the only code that writes them.
+
+The hot path of a pre-bound child is one lock and one aligned 8-byte store into a memory-mapped
+slot. Callers that are the only thread writing a child (the HTTP metrics under a server that is
+not multithreaded) skip the lock with the ``*_unlocked`` writers. Nothing outside the store sees
+a slot, a view or the exemplar seqlock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from math import floor
+from typing import TYPE_CHECKING, Any
+
+from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, write_exemplar
+
+if TYPE_CHECKING:
+    from .metrics import Gauge, Histogram, Metric
+
+COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e12 increments per process
+# Histogram sums are fixed point too, scaled by unit so that an int64 lasts: nanoseconds for
+# _seconds (292 years), whole bytes for _bytes (9.2 EB; at nano-units 9.2 GB, an hour of a busy
+# service), micro-units for anything else. The scale is part of the sum's key (``sum`` is 1e9,
+# ``sum@1`` whole units), so shards written with different scales never add up wrongly.
+SUM_SCALE = 1_000_000_000
+SUM_SCALES = {"_seconds": SUM_SCALE, "_bytes": 1}
+OTHER_SUM_SCALE = 1_000_000
+MAX_EXEMPLAR_BYTES = EXEMPLAR_ID_MAX  # the longest exemplar id (labels text) a slot keeps whole
+
+
+def sum_suffix(scale: int) -> str:
+    """The key suffix of a histogram sum stored at ``scale``."""
+    return "sum" if scale == SUM_SCALE else f"sum@{scale}"
+
+
+def sum_scale(suffix: str) -> int:
+    """The scale of a stored sum from its key suffix (see ``sum_suffix``)."""
+    return SUM_SCALE if suffix == "sum" else int(suffix[4:])
+
+
+class Child:
+    """One label set's slots, the base of the three children. The hot path reads only attributes
+    cached here by ``_bind``.
+
+    Hazard: a slot is written only by the process that bound it (a reader never writes a live
+    shard), so the child keeps the value it last stored (``_held``, one per value slot) and each
+    write is a single store of the new value, never a read of the slot first: a read through the
+    memoryview costs as much as the store. Anything else writing the slot would be overwritten by
+    the next write; ``_bind`` starts every held value at 0, as a fresh slot is.
+    """
+
+    __slots__ = (
+        "_ex",
+        "_family",
+        "_floats",
+        "_held",
+        "_i",
+        "_idx",
+        "_ints",
+        "_keys",
+        "_labelvalues",
+        "_lock",
+        "_seg",
+    )
+
+    def __init__(
+        self,
+        family: Metric,
+        labelvalues: tuple[str, ...],
+        keys: list[tuple[bytes, int]],
+        exemplar_keys: Sequence[bytes] = (),
+    ) -> None:
+        self._family = family
+        self._labelvalues = labelvalues
+        self._keys = keys + [(raw, KIND_EXEMPLAR) for raw in exemplar_keys]
+        self._unbind()
+
+    def _unbind(self) -> None:
+        # After a fork these point into the parent's file: None forces a fresh bind in the child.
+        self._ints: Any = None
+        self._floats: Any = None
+        self._seg: Any = None
+        self._idx: list[int] = []
+        self._ex: list[int] = []
+        self._held: list[Any] = []
+        self._i = 0
+        self._lock: Any = None
+
+    def _bind(self) -> Any:
+        registry = self._family.registry
+        seg, idx = registry.bind(self._family, self._keys, self)
+        slots = len(self._keys) - len(self._ex_keys())
+        self._idx, self._ex = idx[:slots], idx[slots:]
+        self._held = [0.0 if kind == KIND_GAUGE else 0 for _, kind in self._keys[:slots]]
+        self._i = idx[0]
+        self._seg = seg
+        self._floats = seg.floats
+        self._lock = registry.lock
+        self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
+        return seg.ints
+
+    def _write_exemplar(self, slot: int, value: float, ident: bytes, stamp_ns: int) -> None:
+        """The one exemplar writer (the seqlock is ``shard.write_exemplar``'s), under the lock: two
+        threads writing one slot at once would interleave its fields."""
+        if self._ints is None:
+            self._bind()
+        lock = self._lock
+        lock.acquire()
+        try:
+            write_exemplar(self._seg, slot, value, ident, stamp_ns)
+        finally:
+            lock.release()
+
+    def _ex_keys(self) -> list[bytes]:
+        return [raw for raw, kind in self._keys if kind == KIND_EXEMPLAR]
+
+
+class CounterChild(Child):
+    """One label set of a ``Counter``."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
+        """Add ``amount`` (finite, >= 0). ``exemplar``: an ASCII id (``b"trace_id=4bf9..."``) kept as
+        this series' newest exemplar (``stamp_ns``: its wall-clock time, when the caller has it)."""
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        if amount == 1:
+            units = COUNTER_SCALE
+        elif amount >= 0 and math.isfinite(amount):
+            units = round(amount * COUNTER_SCALE)
+        else:
+            raise ValueError(f"counters only go up by finite amounts, got {amount!r}")
+        held = self._held
+        lock = self._lock
+        lock.acquire()  # acquire/release: cheaper than ``with`` on this path
+        try:
+            total = held[0] = held[0] + units
+            ints[self._i] = total
+        finally:
+            lock.release()
+        if exemplar is not None:
+            self.set_exemplar(float(amount), exemplar, stamp_ns)
+
+    def inc_unlocked(self) -> None:
+        """``inc(1)`` without the lock, for the one thread that writes this child: a request hook
+        under a server that says ``wsgi.multithread`` is false (sync and gevent workers)."""
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        held = self._held
+        total = held[0] = held[0] + COUNTER_SCALE
+        ints[self._i] = total
+
+    def set_exemplar(self, value: float, ident: bytes, stamp_ns: int = 0) -> None:
+        """Keep ``ident`` (ASCII, cut at the slot's size) as this series' newest exemplar; nothing when
+        the counter was made without ``exemplars=True``."""
+        if self._ints is None:
+            self._bind()
+        if self._ex:
+            self._write_exemplar(self._ex[0], value, ident, stamp_ns)
+
+
+class GaugeChild(Child):
+    """One label set of a ``Gauge``."""
+
+    __slots__ = ("_stamped",)
+
+    def __init__(self, family: Gauge, labelvalues: tuple[str, ...], keys: list[tuple[bytes, int]]) -> None:
+        super().__init__(family, labelvalues, keys)
+        self._stamped = family.mode == "livemostrecent"  # a second slot holds the write's time
+
+    def set(self, value: float) -> None:
+        """Set this series to ``value``."""
+        if self._ints is None:
+            self._bind()
+        lock = self._lock
+        lock.acquire()
+        try:
+            value = self._held[0] = float(value)
+            self._floats[self._i] = value
+            if self._stamped:
+                self._ints[self._idx[1]] = time.time_ns()
+        finally:
+            lock.release()
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` (may be negative)."""
+        if self._ints is None:
+            self._bind()
+        lock = self._lock
+        lock.acquire()
+        try:
+            self.inc_unlocked(amount)
+        finally:
+            lock.release()
+
+    def dec(self, amount: float = 1) -> None:
+        """Subtract ``amount``."""
+        self.inc(-amount)
+
+    def inc_unlocked(self, amount: float = 1.0) -> None:
+        """``inc`` without the lock, for the one thread that writes this child (see
+        ``CounterChild.inc_unlocked``); ``amount`` may be negative."""
+        if self._ints is None:
+            self._bind()
+        held = self._held
+        value = held[0] = held[0] + amount
+        self._floats[self._i] = value
+        if self._stamped:
+            self._ints[self._idx[1]] = time.time_ns()
+
+
+class HistogramChild(Child):
+    """One label set of a ``Histogram``."""
+
+    __slots__ = ("_bounds", "_inf", "_scale", "_sum", "_top")
+
+    def __init__(
+        self,
+        family: Histogram,
+        labelvalues: tuple[str, ...],
+        keys: list[tuple[bytes, int]],
+        exemplar_keys: Sequence[bytes] = (),
+    ) -> None:
+        super().__init__(family, labelvalues, keys, exemplar_keys)
+        finite = family.bounds[:-1]
+        # Bisecting against bounds of the values' own type skips int-float comparisons (three times
+        # dearer): whole-number bounds (sizes, counts) as ints, others as floats. The +Inf bucket
+        # is never bisected: values above the last finite bound go there directly.
+        self._bounds = tuple(int(b) for b in finite) if all(b.is_integer() for b in finite) else finite
+        self._top = self._bounds[-1] if finite else -math.inf  # the last finite bound
+        self._inf = len(family.bounds) - 1  # the +Inf bucket's position in _idx
+        scale = family.sum_scale
+        self._scale = 1 if scale == 1 else float(scale)  # float * float: no int conversion per value
+        self._sum = 0  # the sum's slot, once bound
+
+    def _bind(self) -> Any:
+        ints = super()._bind()
+        self._sum = self._idx[-1]
+        return ints
+
+    def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> int:
+        """Count ``value`` in its bucket and the sum; returns the bucket's position in ``bounds``.
+        NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it for ever).
+        ``exemplar``: an ASCII id kept as the newest exemplar of that bucket (``stamp_ns``: its
+        wall-clock time, when the caller has it)."""
+        if self._ints is None:
+            self._bind()
+        lock = self._lock
+        lock.acquire()
+        try:
+            n = self.observe_unlocked(value)
+        finally:
+            lock.release()
+        if exemplar is not None:
+            self.set_exemplar(n, value, exemplar, stamp_ns)
+        return n
+
+    def observe_unlocked(self, value: float) -> int:
+        """``observe`` without the lock, for the one thread that writes this child (see
+        ``CounterChild.inc_unlocked``)."""
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        n = bisect_left(self._bounds, value) if value <= self._top else self._inf
+        try:
+            units = floor(value * self._scale + 0.5)  # to the nearest unit (half up); round() costs twice as much
+        except (OverflowError, ValueError):  # an infinity or NaN: counted in +Inf, the sum left alone
+            n, units = self._inf, 0
+        held = self._held
+        count = held[n] = held[n] + 1
+        ints[self._idx[n]] = count
+        total = held[-1] = held[-1] + units
+        ints[self._sum] = total
+        return n
+
+    def set_exemplar(self, bucket: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
+        """Keep ``ident`` as the newest exemplar of bucket ``bucket`` (what ``observe`` returned);
+        nothing when the histogram was made without ``exemplars=True``."""
+        if self._ints is None:
+            self._bind()
+        if self._ex:
+            self._write_exemplar(self._ex[bucket], value, ident, stamp_ns)

@@ -1,0 +1,215 @@
+"""The registry: the families of this process and the shard they write to (a directory, or memory).
+
+Binding happens on first use in each process, so metrics created in the gunicorn master
+(``--preload``) or at import time work without hooks: in a new process (found by
+``process_state``, fork hooks or not) every binding inherited from the parent is dropped and the
+process writes to a shard of its own, never into its parent's.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._failures import report_failure
+from ..process_state import ensure_current, install_fork_hook, on_new_process
+from .directory import Snapshot, StoreDirectory, merge_values
+from .location import ENV, auto_directory
+from .shard import KIND_META, Segment, ShardReader, ShardWriter, record_size
+
+if TYPE_CHECKING:
+    from .children import Child
+    from .metrics import Metric
+
+FROM_ENVIRONMENT = "<from environment>"
+
+
+class Registry:
+    """The families of this process and the shard they write to (a directory, or memory).
+
+    ``directory=FROM_ENVIRONMENT`` (the default registry) decides at the first write or scrape, not
+    at import: ``SOFTFACTORY_OBS_METRICS_DIR`` if set, else a private directory per gunicorn master,
+    else memory. So metrics written at import time, even in a ``--preload`` master, land where the
+    workers' do.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.families: dict[str, Metric] = {}
+        self._directory_path = directory
+        self._directory: StoreDirectory | None = None
+        self._writer: ShardWriter | None = None
+        self._lock = threading.Lock()  # guards the writer's key table; slots have their own lock
+        self._children: list[Child] = []
+        self._metas_written: set[str] = set()
+        self._compact_pending = False
+        self.callbacks: list[Callable[[], Iterable[Any]]] = []
+        self._on_fork: list[weakref.WeakMethod[Callable[[], None]]] = []
+        # Held weakly: a registry nobody uses any more is not reset (nor kept alive) for ever.
+        on_new_process(self._after_fork_in_child, component="metrics store after fork")
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> StoreDirectory | None:
+        """The store directory this registry writes to, or None for memory."""
+        if self._directory_path == FROM_ENVIRONMENT:
+            self._directory_path = os.environ.get(ENV) or auto_directory()
+        if self._directory is None and self._directory_path:
+            self._directory = StoreDirectory(self._directory_path)
+        return self._directory
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock children hold around a locked write (it guards the writer's key table too);
+        replaced in a new process, so a child takes it again when it binds."""
+        return self._lock
+
+    def set_directory(self, path: str | None) -> None:
+        """Write to ``path`` (shared by all worker processes) from now on; ``None`` keeps values in memory."""
+        with self._lock:
+            if path == self._directory_path:
+                return
+            if self._writer is not None and self._writer.path and os.path.dirname(self._writer.path) == path:
+                self._directory_path = path  # resolved from the environment to the same place
+                return
+            if self._writer is not None:
+                raise RuntimeError(
+                    f"metrics were already written to {self._directory_path or 'memory'} in this process; "
+                    "set the metrics directory before the first request (or before forking workers)"
+                )
+            self._directory_path = path
+            self._directory = None
+
+    def register(self, family: Metric) -> Metric:
+        """Add ``family``; the same metric registered twice shares its children."""
+        existing = self.families.get(family.name)
+        if existing is not None:
+            if existing.meta != family.meta:
+                raise ValueError(
+                    f"metric {family.name!r} is already registered as {existing.meta}; "
+                    f"cannot register it again as {family.meta}"
+                )
+            family._children = existing._children  # a second Counter(...) of the same metric shares children
+            family._children_lock = existing._children_lock
+            return existing
+        self.families[family.name] = family
+        return family
+
+    # -- binding (first use in a process) ---------------------------------------------------------
+
+    def on_fork(self, forget: Callable[[], None]) -> None:
+        """Call the bound method ``forget`` in a forked child (to drop what it cached of this
+        process's slots), for as long as its object lives."""
+        self._on_fork = [ref for ref in self._on_fork if ref() is not None]
+        self._on_fork.append(weakref.WeakMethod(forget))
+
+    def _writer_or_none(self) -> ShardWriter:
+        if self._writer is None:
+            install_fork_hook()  # a fork from now on resets this process's bindings at once
+            directory = self.directory
+            self._writer = directory.new_shard() if directory is not None else ShardWriter(None)
+            # A new incarnation usually means one just died: absorb it, so the backlog of dead
+            # shards stays near the number of workers however fast they churn.
+            self._compact_pending = directory is not None
+        return self._writer
+
+    def bind(self, family: Metric, keys: Sequence[tuple[bytes, int]], child: Child) -> tuple[Segment, list[int]]:
+        """Fresh slots for one child's keys, all in one segment (one view for the hot path)."""
+        ensure_current()  # never bind into a parent's shard, whichever server forked us
+        failure = None
+        with self._lock:
+            try:
+                writer = self._writer_or_none()
+                if family.name not in self._metas_written:
+                    writer.add(family.meta_bytes, KIND_META)
+                    self._metas_written.add(family.name)
+                writer.reserve(sum(record_size(raw, kind) for raw, kind in keys))
+                slots = [writer.add(raw, kind) for raw, kind in keys]
+                seg, idx = slots[0][0], [i for _, i in slots]
+            except Exception as exc:  # a full or read-only store: keep the app running, count in memory
+                failure = exc
+                seg, idx = Segment(0, mmap.mmap(-1, mmap.PAGESIZE)), list(range(len(keys)))
+            self._children.append(child)
+        if failure is not None:
+            report_failure("metrics store", failure)  # after the lock: reporting writes a metric itself
+        return seg, idx
+
+    def compact_if_pending(self, _: object = None) -> bool:
+        """Absorb the shards of workers that died before this one started; once per process.
+
+        The middleware calls it after a request's body was sent, so the first request of a new
+        worker does not wait for it, and even a worker that lives for a single request leaves no
+        backlog behind. Returns whether a later call may still have work to do: until this process
+        has its shard and has compacted (after a fork, again).
+        """
+        if self._compact_pending:
+            self._compact_pending = False
+            try:
+                # Wait a little if our own maintenance thread (or a sibling) holds the lock: a worker
+                # that serves one request and exits must still leave no backlog behind.
+                self.compact(wait=2.0)
+            except Exception as exc:
+                report_failure("metrics compaction", exc)
+        return self._writer is None or self._compact_pending
+
+    def _after_fork_in_child(self) -> None:
+        # Inherited bindings point into the parent's file: drop them all; the child binds anew.
+        # Every step runs whatever an earlier one raised (a binding left behind would write into
+        # the parent's shard); the first failure is raised at the end.
+        self._lock = threading.Lock()
+        self._directory = None  # its locks may have been held by a thread that does not exist here
+        writer, self._writer = self._writer, None
+        self._metas_written = set()
+        for child in self._children:
+            child._unbind()
+        self._children = []
+        failure: Exception | None = None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception as exc:
+                failure = exc
+        for ref in self._on_fork:
+            forget = ref()
+            if forget is not None:
+                try:
+                    forget()
+                except Exception as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Every worker's values, merged, for a scrape."""
+        ensure_current()  # this process's own shard counts as live; an inherited one is the parent's
+        directory = self.directory
+        if directory is not None:
+            snap = directory.snapshot(self._writer)
+        else:
+            snap = Snapshot()
+            writer = self._writer
+            if writer is not None:
+                reader = ShardReader()
+                with self._lock:
+                    buffers = writer.buffers()
+                    reader.parse(buffers)
+                    merge_values(reader, buffers, True, "memory", snap)
+                snap.live_shards = 1
+        for name, family in self.families.items():
+            snap.metas.setdefault(name, family.meta)
+        return snap
+
+    def compact(self, **kwargs: Any) -> int:
+        """Fold dead workers' shards into the archive (see ``StoreDirectory.compact``)."""
+        ensure_current()
+        directory = self.directory
+        return directory.compact(**kwargs) if directory is not None else 0
+
+
+REGISTRY = Registry(FROM_ENVIRONMENT)
