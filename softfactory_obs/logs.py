@@ -41,7 +41,7 @@ _STRUCTLOG_OWN_KEYS = ("level", "logger", "logger_name", "timestamp")
 
 
 _second_cache: tuple[int, str] = (-1, "")
-_pid = os.getpid()  # written on every line; the direct route's snapshot includes it, so a change re-renders
+_pid = os.getpid()  # the pid of lines rendered without a LogRecord (the direct access line)
 
 
 @on_new_process
@@ -159,10 +159,6 @@ class JsonFormatter(_BaseJsonFormatter):
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
 
-    def writes_plain_lines(self) -> bool:
-        """True when lines hold our field names and nothing else (the direct access line can stand in)."""
-        return type(self) is JsonFormatter and self.renames is None and not self.static_fields
-
     def service_fields(self) -> str:
         """``"service": ..., "pid": ..., `` as ``format`` writes them (the direct access line's middle)."""
         return f'"service": {json_string(self.service)}, "pid": {_pid}, '
@@ -219,20 +215,32 @@ class JsonFormatter(_BaseJsonFormatter):
         out["ecs.version"] = "8.11.0"
         return out
 
-    def _format_access(self, record: logging.LogRecord, fields: dict[str, Any]) -> str:
-        """The access line's fields are known and plain: skip the generic record scan (the hot path)."""
+    def render_access(
+        self,
+        fields: dict[str, Any],
+        message: str,
+        created: float,
+        *,
+        level: str = "INFO",
+        pid: int | None = None,
+        exc_info: Any = None,
+    ) -> str:
+        """The access line, in this formatter's schema: the one renderer, whether the line came as a
+        LogRecord (``format``) or straight from the access log (``DirectSinks``)."""
         data: dict[str, Any] = {
-            "timestamp": iso_utc(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+            "timestamp": iso_utc(created),
+            "level": level,
+            "logger": ACCESS_LOGGER,
+            "message": message,
             "service": self.service,
-            "pid": record.process,
+            "pid": _pid if pid is None else pid,
         }
+        if self.static_fields:
+            data.update(self.static_fields)
         data.update(fields)
-        if record.exc_info:
-            data["traceback"] = self.formatException(record.exc_info)
-        return self.jsonify_log_record(data)
+        if exc_info:
+            data["traceback"] = self.formatException(exc_info)
+        return self.jsonify_log_record(self.process_log_record(data))
 
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         """Encode the fields as one ASCII JSON object, spelling what json cannot write safely."""
@@ -245,8 +253,15 @@ class JsonFormatter(_BaseJsonFormatter):
         """One JSON line for ``record``; a record that cannot be formatted still gives a line."""
         try:
             fields = record.__dict__.get(ACCESS_FIELDS)
-            if fields is not None and self.renames is None and not self.static_fields:
-                return self._format_access(record, fields)
+            if fields is not None:  # known, plain fields: no generic scan of the record
+                return self.render_access(
+                    fields,
+                    record.getMessage(),
+                    record.created,
+                    level=record.levelname,
+                    pid=record.process,
+                    exc_info=record.exc_info,
+                )
             return super().format(record)
         except Exception as exc:  # a broken __str__ or a bad %-format must not lose the record
             report_failure("log formatter", exc)
@@ -295,117 +310,49 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
-Targets = tuple[tuple[LineHandler, str], ...] | None  # (handler, its service fields); None: logging must run
+Sink = tuple[LineHandler, "JsonFormatter", str]  # (handler, its formatter, the line's service fields)
 
 
-class DirectRoute:
-    """Where an INFO access line goes, when that is only our line handlers with our formatter.
+class DirectSinks:
+    """Where an INFO access line may be written straight, skipping ``logging``'s records and call
+    chain (most of what a log call costs): the handlers ``configure_logging`` installed with our
+    default schema, with the formatter it gave them, for as long as they are on the root logger.
 
-    The line is then written to them directly, skipping the LogRecord and logging's call chain
-    (most of what a log call costs); the bytes are the ones ``format`` would have produced.
-    Anything else on the way (another handler, a filter, a formatter of someone else's, a record
-    factory or a patched ``Logger``, as tracing and error-reporting integrations install) sends
-    records through logging as usual. The snapshot is re-checked on every call: each logger's and
-    handler's whole ``__dict__`` against a copy (one C-level comparison each, and stricter than a
-    list of attributes), so reconfigured logging takes effect at once.
+    Explicit, never inferred from logging's state: the middleware's ``access_log_route="direct"``
+    (the default) asks for it, and then a handler, filter or record factory someone else adds to
+    the root does not see INFO access lines (ERROR lines always go through ``logging``). A handler
+    or filter on the access logger itself, or its propagation turned off, sends its lines through
+    ``logging`` as usual; so does ``access_log_route="logging"``, for every line, and the ECS schema.
     """
 
-    def __init__(self, logger: logging.Logger) -> None:
-        self.logger = logger
-        # (objects with their copied state, module-wide switches, targets): one tuple, swapped
-        # whole, so a thread never checks one snapshot and returns another's targets.
-        self._state: tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets] | None = None
+    def __init__(self) -> None:
+        self._pairs: tuple[tuple[LineHandler, JsonFormatter], ...] = ()
+        self.sinks: tuple[Sink, ...] = ()
+        on_new_process(self._render_service_fields, component="direct log sinks after fork")
 
-    def targets(self) -> Targets:
-        """The (handler, service fields) pairs an INFO line goes to; empty when INFO is off for this
-        logger; None when logging must run."""
-        state = self._state
-        try:  # unchanged since the snapshot? (inlined: a call per request is measurable here)
-            fresh = state is not None and state[1] == (  # _switches(), inlined
-                _pid,
-                logging.logProcesses,
-                logging.root.manager.disable,
-                logging._logRecordFactory,  # type: ignore[attr-defined]
-                logging.Logger.handle,
-                logging.Logger.callHandlers,
-            )
-            if fresh:
-                for obj, saved in state[0]:  # type: ignore[index]
-                    if obj.__dict__ != saved:  # attributes still the same object compare without their __eq__
-                        fresh = False
-                        break
-        except Exception:  # an attribute replaced by an object whose == raises: take a new snapshot
-            fresh = False
-        if not fresh:
-            state = self._state = self._take()
-        return state[2]  # type: ignore[index]
+    def replace(self, pairs: Iterable[tuple[LineHandler, JsonFormatter]]) -> None:
+        """Make these (handler, formatter) pairs the sinks (``configure_logging`` does, each time)."""
+        self._pairs = tuple((h, f) for h, f in pairs if f.renames is None and not f.static_fields)
+        self._render_service_fields()
 
-    def _take(self) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[Any, ...], Targets]:
-        watched: list[Any] = []
-        targets: list[tuple[LineHandler, str]] | None = []
-        handlers = 0
-        lg: Any = self.logger
-        while lg is not None:
-            watched.append(lg)
-            if lg.filters and lg is self.logger:
-                targets = None  # a logger filter may change or drop the record: let logging run it
-            for handler in lg.handlers:
-                watched.append(handler)
-                handlers += 1
-                if targets is not None and _direct(handler):
-                    if handler.level <= logging.INFO:
-                        targets.append((handler, handler.formatter.service_fields()))
-                else:
-                    targets = None
-            lg = lg.parent if lg.propagate else None
-        switches = _switches()
-        if (
-            not handlers  # logging's lastResort handler would take it
-            or not logging.logProcesses  # the line's pid would be null
-            or switches[3:] != (logging.LogRecord, _LOGGER_HANDLE, _LOGGER_CALL_HANDLERS)
-        ):
-            targets = None
-        if targets is not None and not self.logger.isEnabledFor(logging.INFO):
-            targets = []
-        # Copied after isEnabledFor, which fills the loggers' level caches.
-        return [(obj, _copied(obj.__dict__)) for obj in watched], switches, None if targets is None else tuple(targets)
+    def _render_service_fields(self) -> None:
+        # The pid is part of the line: rendered again in a new process.
+        self.sinks = tuple((h, f, f.service_fields()) for h, f in self._pairs)
+
+    def targets(self, logger: logging.Logger) -> tuple[Sink, ...] | None:
+        """The sinks for an INFO line of ``logger`` now; empty when INFO is off for it; None when the
+        line must go through ``logging``."""
+        sinks = self.sinks
+        if not sinks or logger.handlers or logger.filters or not logger.propagate:
+            return None
+        root = logging.root.handlers
+        for handler, formatter, _ in sinks:
+            if handler not in root or handler.formatter is not formatter or handler.level > logging.INFO:
+                return None
+        return sinks if logger.isEnabledFor(logging.INFO) else ()
 
 
-def _copied(attributes: dict[str, Any]) -> dict[str, Any]:
-    """An attribute dict with its lists and dicts copied, so that changes made in place show."""
-    return {k: list(v) if type(v) is list else dict(v) if type(v) is dict else v for k, v in attributes.items()}
-
-
-def _switches() -> tuple[Any, ...]:
-    """Module-wide state a direct line depends on (the pid is part of the line). The record factory
-    is read as logging keeps it, ``logging._logRecordFactory``: getLogRecordFactory() is a Python
-    call, a seventh of ``targets``' check (a test holds the two equal)."""
-    return (
-        _pid,
-        logging.logProcesses,
-        logging.root.manager.disable,
-        logging._logRecordFactory,  # type: ignore[attr-defined]
-        logging.Logger.handle,
-        logging.Logger.callHandlers,
-    )
-
-
-_LOGGER_HANDLE = logging.Logger.handle
-_LOGGER_CALL_HANDLERS = logging.Logger.callHandlers
-
-
-def _direct(handler: logging.Handler) -> bool:
-    """A handler we can write to directly: ours, unmodified, with our formatter and our filter only."""
-    cls = type(handler)
-    formatter = handler.formatter
-    return (
-        isinstance(handler, LineHandler)
-        and cls.emit is LineHandler.emit
-        and cls.handle is logging.Handler.handle
-        and isinstance(formatter, JsonFormatter)
-        and formatter.writes_plain_lines()
-        and all(type(f) is RequestContextFilter for f in handler.filters)
-    )
+DIRECT_SINKS = DirectSinks()
 
 
 _OURS = "_softfactory_obs_handler"  # installed by configure_logging: a later call replaces it
@@ -468,6 +415,8 @@ def configure_logging(
         handler.setFormatter(formatter)
         handler.addFilter(RequestContextFilter())
         root.addHandler(handler)
+    # The direct access line needs a handler that writes whole pre-rendered lines (not "watched").
+    DIRECT_SINKS.replace((handler, formatter) for handler in handlers if isinstance(handler, LineHandler))
     root.setLevel(level)
     for name in quiet_loggers:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any, TypedDict
 
-from .settings import LogFileMode, LogRotation, LogSchema, TrustPolicy
+from .settings import AccessLogRoute, LogFileMode, LogRotation, LogSchema, TrustPolicy
 
 
 class Options(TypedDict, total=False):
@@ -23,6 +23,7 @@ class Options(TypedDict, total=False):
     trust_request_id: TrustPolicy
     trusted_proxies: Collection[str]
     access_log: bool
+    access_log_route: AccessLogRoute
     log_telemetry_routes: bool
     redact_query_params: Collection[str]
     log_max_field_length: int

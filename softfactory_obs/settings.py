@@ -22,6 +22,7 @@ TrustPolicy = Literal["always", "never", "trusted_proxies"]
 LogFileMode = Literal["dated", "watched"]
 LogRotation = Literal["midnight", "hourly", "minutely", "secondly"]
 LogSchema = Literal["default", "ecs"]
+AccessLogRoute = Literal["direct", "logging"]
 
 # Substrings (case-insensitive) of query parameter names whose values never reach a log line.
 DEFAULT_REDACT_QUERY = (
@@ -62,6 +63,9 @@ class Settings:
 
     # Logs.
     access_log: bool = True
+    # "direct": INFO access lines go straight to configure_logging's handlers, without a LogRecord
+    # (handlers and filters others add to the root do not see them); "logging": every line is a record.
+    access_log_route: AccessLogRoute = "direct"
     log_telemetry_routes: bool = False
     redact_query_params: tuple[str, ...] = DEFAULT_REDACT_QUERY
     log_max_field_length: int = 512

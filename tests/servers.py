@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-from conftest import free_port, require_binary, skip_or_fail
+from helpers import free_port, require_binary, skip_or_fail
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent

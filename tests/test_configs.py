@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port, require_binary
+from helpers import free_port, require_binary
 from servers import Gunicorn, RedisServer, get
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, make_environ, require_binary
+from helpers import call_wsgi, make_environ, require_binary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import call_wsgi, make_environ, require_module, samples
+from helpers import call_wsgi, make_environ, require_module, samples
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.routes import UNMATCHED

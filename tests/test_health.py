@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import LogCapture, call_wsgi, make_environ, samples
+from helpers import LogCapture, call_wsgi, make_environ, samples
 from servers import Gunicorn
 from servers import get as http_get
 

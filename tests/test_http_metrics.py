@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LogCapture, call_wsgi, in_child, make_environ, samples, wrap
+from helpers import LogCapture, call_wsgi, in_child, make_environ, samples, wrap
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from servers import Gunicorn, scrape
 from servers import get as http_get

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, make_environ, skip_or_fail, wrap
+from helpers import call_wsgi, make_environ, skip_or_fail, wrap
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.log_files import DatedFileHandler, StreamLineHandler
+from softfactory_obs.logs import DIRECT_SINKS
 
 WRITER = textwrap.dedent("""
     import logging, random, sys, time
@@ -141,7 +142,7 @@ def test_access_lines_reach_a_dated_file_directly(tmp_path: Path) -> None:
         lambda env, sr: sr("200 OK", [("Content-Length", "0")]) or [], auto_configure_logging=False, metrics=False
     )
     [access] = [h for h in mw.finish_hooks if type(h).__name__ == "AccessLog"]
-    assert access.route.targets() is not None  # our DatedFileHandler: the direct path
+    assert DIRECT_SINKS.targets(access.logger)  # our DatedFileHandler: the direct path
     for n in range(3):
         call_wsgi(mw, make_environ(PATH_INFO=f"/p{n}"))
     [path] = tmp_path.iterdir()

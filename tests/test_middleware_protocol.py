@@ -14,7 +14,7 @@ from wsgiref.util import FileWrapper
 from wsgiref.validate import validator
 
 import pytest
-from conftest import LogCapture, call_wsgi, make_environ, wrap
+from helpers import LogCapture, call_wsgi, make_environ, wrap
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging, current_request_id, instrument
 from softfactory_obs._failures import failure_counts

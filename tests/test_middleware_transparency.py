@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from conftest import LogCapture, make_environ, samples
+from helpers import LogCapture, make_environ, samples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

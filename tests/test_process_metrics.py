@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import call_wsgi, in_child, make_environ, samples
+from helpers import call_wsgi, in_child, make_environ, samples
 from servers import Gunicorn, get, scrape, worker_pids
 
 from softfactory_obs import ObservabilityMiddleware, procfs

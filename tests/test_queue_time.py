@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, make_environ, samples, wrap
+from helpers import call_wsgi, make_environ, samples, wrap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import Gunicorn, scrape

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from conftest import call_wsgi, free_port, make_environ, samples
+from helpers import call_wsgi, free_port, make_environ, samples
 from servers import Gunicorn, RedisServer, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from conftest import LogCapture, call_wsgi, make_environ, wrap
+from helpers import LogCapture, call_wsgi, make_environ, wrap
 
 from softfactory_obs import (
     ObservabilityMiddleware,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, in_child, samples, skip_or_fail
+from helpers import call_wsgi, in_child, samples, skip_or_fail
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
+from helpers import skip_or_fail
 from servers import USERS, Gunicorn, get, scrape, served, worker_pids
 
 NO_HOOKS = Path(__file__).parent / "gunicorn_nohooks.conf.py"

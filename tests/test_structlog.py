@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import LogCapture, call_wsgi, make_environ, require_module, wrap
+from helpers import LogCapture, call_wsgi, make_environ, require_module, wrap
 
 from softfactory_obs import configure_logging, request_context_processor
 

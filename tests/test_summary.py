@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import call_wsgi, make_environ, samples
+from helpers import call_wsgi, make_environ, samples
 from servers import Gunicorn, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware
