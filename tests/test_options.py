@@ -22,6 +22,7 @@ def test_options_name_every_settings_field_and_nothing_else() -> None:
 
 SNIPPET = """
 from softfactory_obs import ObservabilityMiddleware, instrument
+from softfactory_obs.store import Counter, Histogram
 
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     return [b""]
@@ -31,10 +32,13 @@ ok2 = ObservabilityMiddleware(app, duration_buckets=[0.1, 1.0], trust_request_id
 bad_name = instrument(app, service_nme="shop")
 bad_type = instrument(app, max_endpoints="50")
 bad_choice = instrument(app, log_schema="json")
+Histogram("h_seconds", "d", ["a"]).labels("v").observe(0.5)
+Counter("c_total", "d", ["a"]).labels("v").inc()
+bad_child = Counter("n_total", "d", ["a"]).labels("v").observe(1.0)
 """
 
 
-def test_mypy_refuses_a_misspelt_mistyped_or_unknown_option(tmp_path: Path) -> None:
+def test_mypy_refuses_a_misspelt_mistyped_or_unknown_option_and_a_childs_wrong_method(tmp_path: Path) -> None:
     source = tmp_path / "uses_options.py"
     source.write_text(SNIPPET)
     env = {**os.environ, "MYPYPATH": str(ROOT)}

@@ -32,7 +32,7 @@ from softfactory_obs.store.metrics import (
     Histogram,
     Registry,
 )
-from softfactory_obs.store.shard import HEADER_SIZE, MAGIC
+from softfactory_obs.store.shard import HEADER_SIZE, KIND_COUNT, MAGIC, ShardReader
 
 
 def value(registry: Registry, name: str, **labels: str) -> float:
@@ -800,3 +800,35 @@ def test_an_auto_directory_someone_else_made_first_is_refused(tmp_path: Path, mo
         os.chown(tmp_path / "softfactory_obs-4243", 65534, 65534)
         with pytest.raises(PermissionError, match="owner uid 65534"):
             location.create_auto_directory(4243)
+
+
+def test_a_child_is_bound_once_however_many_threads_meet_it_unbound(store_dir: str) -> None:
+    # A gthread worker's first requests: each thread finds the child unbound at once. Two bindings
+    # would leave writes in slots the child no longer knows (and each write stores the value the
+    # child last stored, so a second binding loses counts).
+    for attempt in range(20):
+        registry = Registry(store_dir)
+        child = Counter(f"raced_bind_{attempt}_total", "x", registry=registry).labels()
+        gate = threading.Barrier(8)
+
+        def hit(child: Any = child, gate: threading.Barrier = gate) -> None:
+            gate.wait()
+            for _ in range(100):
+                child.inc()
+
+        threads = [threading.Thread(target=hit) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert registry._writer is not None
+        reader = ShardReader()
+        buffers = registry._writer.buffers()
+        reader.parse(buffers)
+        records = [
+            key
+            for kind, key, _ in reader.values(buffers)
+            if kind == KIND_COUNT and key[0] == f"raced_bind_{attempt}_total"
+        ]
+        assert len(records) == 1, records  # one binding: one record for the one key
+        assert value(registry, f"raced_bind_{attempt}_total") == 800

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from math import floor
 from typing import TYPE_CHECKING, Any
 
-from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, write_exemplar
+from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, Segment, write_exemplar
 
 if TYPE_CHECKING:
     from .metrics import Gauge, Histogram, Metric
@@ -68,7 +68,7 @@ class Child:
 
     def __init__(
         self,
-        family: Metric,
+        family: Metric[Any],
         labelvalues: tuple[str, ...],
         keys: list[tuple[bytes, int]],
         exemplar_keys: Sequence[bytes] = (),
@@ -89,18 +89,34 @@ class Child:
         self._i = 0
         self._lock: Any = None
 
+    @property
+    def keys(self) -> list[tuple[bytes, int]]:
+        """The record keys and kinds this child's slots are stored under (values, then exemplars)."""
+        return self._keys
+
+    @property
+    def bound(self) -> bool:
+        """Whether this child has its slots in this process."""
+        return self._ints is not None
+
     def _bind(self) -> Any:
-        registry = self._family.registry
-        seg, idx = registry.bind(self._family, self._keys, self)
+        self._family.registry.bind(self._family, self)
+        return self._ints
+
+    def attach(self, seg: Segment, idx: list[int], lock: Any) -> None:
+        """Take ``idx`` in ``seg`` as this child's slots (the registry calls it, under ``lock``)."""
         slots = len(self._keys) - len(self._ex_keys())
         self._idx, self._ex = idx[:slots], idx[slots:]
         self._held = [0.0 if kind == KIND_GAUGE else 0 for _, kind in self._keys[:slots]]
         self._i = idx[0]
         self._seg = seg
         self._floats = seg.floats
-        self._lock = registry.lock
+        self._lock = lock
+        self._attaching()
         self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
-        return seg.ints
+
+    def _attaching(self) -> None:
+        """What a kind of child derives from its slots, before it counts as bound."""
 
     def _write_exemplar(self, slot: int, value: float, ident: bytes, stamp_ns: int) -> None:
         """The one exemplar writer (the seqlock is ``shard.write_exemplar``'s), under the lock: two
@@ -239,10 +255,8 @@ class HistogramChild(Child):
         self._scale = 1 if scale == 1 else float(scale)  # float * float: no int conversion per value
         self._sum = 0  # the sum's slot, once bound
 
-    def _bind(self) -> Any:
-        ints = super()._bind()
-        self._sum = self._idx[-1]
-        return ints
+    def _attaching(self) -> None:
+        self._sum = self._idx[-1]  # the sum is the last value slot
 
     def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> int:
         """Count ``value`` in its bucket and the sum; returns the bucket's position in ``bounds``.

@@ -12,7 +12,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..families import Family
 from .children import (
@@ -72,8 +72,12 @@ def _label_text(value: object) -> str:
     return text
 
 
-class Metric:
-    """What Counter, Gauge and Histogram share: the name and label checks, ``labels()``, the registry."""
+ChildT = TypeVar("ChildT", bound=Child)
+
+
+class Metric(Generic[ChildT]):
+    """What Counter, Gauge and Histogram share: the name and label checks, ``labels()`` (typed: a
+    ``Counter``'s gives a ``CounterChild``), the registry."""
 
     kind = ""
 
@@ -97,11 +101,11 @@ class Metric:
             **extra,
         }
         self.meta_bytes = json.dumps(self.meta, separators=(",", ":"), sort_keys=True).encode()
-        self._children: dict[tuple[str, ...], Child] = {}
+        self._children: dict[tuple[str, ...], ChildT] = {}
         self._children_lock = threading.Lock()
         self.registry = registry if registry is not None else REGISTRY
 
-    def labels(self, *values: object, **by_name: object) -> Any:
+    def labels(self, *values: object, **by_name: object) -> ChildT:
         """The child for these label values; keep it to skip this lookup on the hot path."""
         if by_name:
             if values:
@@ -127,20 +131,20 @@ class Metric:
                     child = self._children[key] = self._new_child(key)
         return child
 
-    def _new_child(self, labelvalues: tuple[str, ...]) -> Child:
+    def _new_child(self, labelvalues: tuple[str, ...]) -> ChildT:
         raise NotImplementedError
 
-    def _unlabelled(self) -> Any:
+    def _unlabelled(self) -> ChildT:
         if self.labelnames:
             raise ValueError(f"{self.name} has labels {list(self.labelnames)}: call .labels(...) first")
         return self.labels()
 
 
-def _key(family: Metric, suffix: str, labelvalues: tuple[str, ...]) -> bytes:
+def _key(family: Metric[Any], suffix: str, labelvalues: tuple[str, ...]) -> bytes:
     return encode_key((family.name, suffix, labelvalues))
 
 
-class Counter(Metric):
+class Counter(Metric[CounterChild]):
     """A counter summed over every worker, living or dead; its name must end in ``_total``."""
 
     kind = "counter"
@@ -170,7 +174,7 @@ class Counter(Metric):
         self._unlabelled().inc(amount)
 
 
-class Gauge(Metric):
+class Gauge(Metric[GaugeChild]):
     """A gauge over live workers, combined by ``mode``: livesum, livemax, livemin or livemostrecent."""
 
     kind = "gauge"
@@ -209,7 +213,7 @@ class Gauge(Metric):
         self._unlabelled().inc(-amount)
 
 
-class Histogram(Metric):
+class Histogram(Metric[HistogramChild]):
     """A histogram summed over every worker, living or dead; +Inf is added to the buckets."""
 
     kind = "histogram"

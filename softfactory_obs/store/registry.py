@@ -12,7 +12,7 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._failures import report_failure
@@ -38,7 +38,7 @@ class Registry:
     """
 
     def __init__(self, directory: str | None = None) -> None:
-        self.families: dict[str, Metric] = {}
+        self.families: dict[str, Metric[Any]] = {}
         self._directory_path = directory
         self._directory: StoreDirectory | None = None
         self._writer: ShardWriter | None = None
@@ -84,7 +84,7 @@ class Registry:
             self._directory_path = path
             self._directory = None
 
-    def register(self, family: Metric) -> Metric:
+    def register(self, family: Metric[Any]) -> Metric[Any]:
         """Add ``family``; the same metric registered twice shares its children."""
         existing = self.families.get(family.name)
         if existing is not None:
@@ -117,11 +117,17 @@ class Registry:
             self._compact_pending = directory is not None
         return self._writer
 
-    def bind(self, family: Metric, keys: Sequence[tuple[bytes, int]], child: Child) -> tuple[Segment, list[int]]:
-        """Fresh slots for one child's keys, all in one segment (one view for the hot path)."""
+    def bind(self, family: Metric[Any], child: Child) -> None:
+        """Give ``child`` fresh slots for its keys, all in one segment (one view for the hot path),
+        unless another thread bound it first. The child is attached under the lock: two threads
+        meeting an unbound child at once must not each give it slots (a write through the first
+        binding would land in slots the child no longer knows)."""
         ensure_current()  # never bind into a parent's shard, whichever server forked us
         failure = None
+        keys = child.keys
         with self._lock:
+            if child.bound:
+                return
             try:
                 writer = self._writer_or_none()
                 if family.name not in self._metas_written:
@@ -134,9 +140,9 @@ class Registry:
                 failure = exc
                 seg, idx = Segment(0, mmap.mmap(-1, mmap.PAGESIZE)), list(range(len(keys)))
             self._children.append(child)
+            child.attach(seg, idx, self._lock)
         if failure is not None:
             report_failure("metrics store", failure)  # after the lock: reporting writes a metric itself
-        return seg, idx
 
     def compact_if_pending(self, _: object = None) -> bool:
         """Absorb the shards of workers that died before this one started; once per process.
