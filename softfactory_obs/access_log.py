@@ -17,7 +17,8 @@ from urllib.parse import unquote_plus
 
 from ._failures import report_failure
 from ._request import ROUTE_KEY
-from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink, iso_utc_ms
+from .json_text import iso_utc_ms
+from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
 from .settings import Settings
 
 if TYPE_CHECKING:

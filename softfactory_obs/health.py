@@ -30,7 +30,7 @@ from typing import Any
 
 from . import procfs
 from ._failures import report_failure
-from .logs import iso_utc, json_safe
+from .json_text import iso_utc, json_safe
 from .process_state import on_new_process
 
 HEALTH_JSON = "application/health+json"

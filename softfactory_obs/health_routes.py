@@ -10,7 +10,7 @@ from typing import Any
 from .families import Family, gauge
 from .guard import Guard
 from .health import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
-from .logs import iso_utc
+from .json_text import iso_utc
 from .settings import Settings
 
 LIVE_PATHS = ("/live", "/livez", "/api/metrics/live")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
-import time
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii as json_string
 from typing import IO, Any
@@ -22,6 +20,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from ._failures import report_failure
+from .json_text import iso_utc, json_fallback, json_safe
 from .log_files import DatedFileHandler, LineHandler, StreamLineHandler, WatchedLineHandler
 from .process_state import on_new_process
 from .request_id import request_context
@@ -40,7 +39,6 @@ _STRUCTLOG_ATTRS = ("_logger", "_name", "_from_structlog")
 _STRUCTLOG_OWN_KEYS = ("level", "logger", "logger_name", "timestamp")
 
 
-_second_cache: tuple[int, str] = (-1, "")
 _pid = os.getpid()  # the pid of lines rendered without a LogRecord (the direct access line)
 
 
@@ -50,68 +48,8 @@ def _renew_pid() -> None:
     _pid = os.getpid()
 
 
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
-
-
-def iso_utc(created: float) -> str:
-    """2026-11-22T05:39:49.123Z, from seconds since the epoch (``time.time()``, ``record.created``)."""
-    return iso_utc_ms(int(created * 1000))
-
-
-def iso_utc_ms(ms: int) -> str:
-    """``iso_utc`` of whole milliseconds since the epoch (``time.time_ns() // 1_000_000``), the access
-    line's clock: int arithmetic skips the float-to-int conversions, a third of a float stamp's cost.
-    The part up to the second is formatted once per second."""
-    global _second_cache  # noqa: PLW0603 - a module-level cache swapped atomically
-    second, milli = divmod(ms, 1000)
-    cached_second, text = _second_cache  # one tuple, swapped whole: threads never see a mixed pair
-    if cached_second != second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_cache = (second, text)
-    return text + _MILLIS[milli]
-
-
-def _json_fallback(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
-    try:
-        return str(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-
-
-def json_safe(value: Any, _open: frozenset[int] = frozenset()) -> Any:
-    """A copy json can write, for a record (or a health body) it refused: NaN and infinities as
-    strings (json writes them as bare, invalid tokens), keys that are not strings as text (a tuple
-    key raised TypeError), sets and tuples as lists, a container inside itself as "<cycle>"."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if not isinstance(value, (dict, list, tuple, set, frozenset)):
-        return value
-    if id(value) in _open:
-        return "<cycle>"
-    inner = _open | {id(value)}
-    if isinstance(value, dict):
-        return {_key_text(k): json_safe(v, inner) for k, v in value.items()}
-    return [json_safe(v, inner) for v in value]
-
-
-def _key_text(key: Any) -> str:
-    """A dict key as text: bytes decoded, a tuple as Python spells it, an unprintable one named."""
-    if isinstance(key, (bytes, bytearray)):
-        return key.decode("utf-8", "backslashreplace")
-    try:
-        return str(key)
-    except Exception:
-        return f"<unprintable {type(key).__name__}>"
-
-
 # Built once: json.dumps with any option builds a new encoder per call.
-_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=_json_fallback).encode
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=json_fallback).encode
 
 
 # Our field names -> Elastic Common Schema (ECS 8) names, for log_schema="ecs". Dotted keys are
@@ -268,7 +206,7 @@ class JsonFormatter(_BaseJsonFormatter):
             try:
                 message = record.getMessage()
             except Exception:  # the bad %-format itself: the template, unformatted
-                message = _json_fallback(record.msg)
+                message = json_fallback(record.msg)
             return json.dumps(
                 {
                     "timestamp": iso_utc(record.created),
@@ -279,7 +217,7 @@ class JsonFormatter(_BaseJsonFormatter):
                     "pid": record.process,
                     "format_error": f"{type(exc).__name__}: {exc}",
                 },
-                default=_json_fallback,
+                default=json_fallback,
                 ensure_ascii=True,
             )
 

@@ -19,7 +19,7 @@ from .exposition import families_from
 from .families import Family
 from .health import json_body
 from .health_routes import answer
-from .logs import iso_utc
+from .json_text import iso_utc
 from .settings import Settings
 from .store.metrics import Registry
 
