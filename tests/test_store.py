@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from softfactory_obs.store.metrics import (
     Gauge,
     Histogram,
     Registry,
+    Timer,
 )
 from softfactory_obs.store.shard import HEADER_SIZE, KIND_COUNT, MAGIC, ShardReader
 
@@ -832,3 +834,41 @@ def test_a_child_is_bound_once_however_many_threads_meet_it_unbound(store_dir: s
         ]
         assert len(records) == 1, records  # one binding: one record for the one key
         assert value(registry, f"raced_bind_{attempt}_total") == 800
+
+
+def test_prometheus_client_helpers_time_count_exceptions_and_track_inprogress() -> None:
+    registry = Registry()
+    latency = Histogram("work_seconds", "x", ["kind"], buckets=(0.01, 10.0), registry=registry)
+    failures = Counter("work_failures_total", "x", registry=registry)
+    busy = Gauge("work_busy", "x", registry=registry)
+    seen_busy: list[float] = []
+
+    @latency.labels("decorated").time()
+    @failures.count_exceptions(ValueError)
+    @busy.track_inprogress()
+    def work(fail: type[Exception] | None) -> None:
+        seen_busy.append(value(registry, "work_busy"))
+        if fail is not None:
+            raise fail("boom")
+
+    work(None)
+    with pytest.raises(ValueError):
+        work(ValueError)  # counted, and still raised
+    with pytest.raises(KeyError):
+        work(KeyError)  # not the type asked for: raised, not counted
+    threads = [threading.Thread(target=work, args=(None,)) for _ in range(4)]  # one timer per call
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with latency.labels("block").time() as timer:
+        deadline = time.perf_counter() + 0.02
+        while time.perf_counter() < deadline:  # at least 20 ms, measured by the condition, not a sleep
+            pass
+    assert isinstance(timer, Timer)
+    assert value(registry, "work_seconds_count", kind="decorated") == 7
+    assert value(registry, "work_seconds_count", kind="block") == 1
+    assert value(registry, "work_seconds_sum", kind="block") >= 0.02
+    assert value(registry, "work_seconds_bucket", kind="block", le="0.01") == 0  # not the fast bucket
+    assert value(registry, "work_failures_total") == 1
+    assert seen_busy[:3] == [1.0, 1.0, 1.0] and value(registry, "work_busy") == 0  # up inside, down after

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ContextDecorator
 from math import floor
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, Segment, write_exemplar
@@ -162,6 +164,12 @@ class CounterChild(Child):
         if exemplar is not None:
             self.set_exemplar(float(amount), exemplar, stamp_ns)
 
+    def count_exceptions(
+        self, exception: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    ) -> ExceptionCounter:
+        """A context manager and decorator counting the exceptions of ``exception``'s type that leave it."""
+        return ExceptionCounter(self.inc, exception)
+
     def inc_unlocked(self) -> None:
         """``inc(1)`` without the lock, for the one thread that writes this child: a request hook
         under a server that says ``wsgi.multithread`` is false (sync and gevent workers)."""
@@ -219,6 +227,10 @@ class GaugeChild(Child):
         """Subtract ``amount``."""
         self.inc(-amount)
 
+    def track_inprogress(self) -> InProgress:
+        """A context manager and decorator: this gauge is one higher while the block runs."""
+        return InProgress(self.inc)
+
     def inc_unlocked(self, amount: float = 1.0) -> None:
         """``inc`` without the lock, for the one thread that writes this child (see
         ``CounterChild.inc_unlocked``); ``amount`` may be negative."""
@@ -275,6 +287,10 @@ class HistogramChild(Child):
             self.set_exemplar(n, value, exemplar, stamp_ns)
         return n
 
+    def time(self) -> Timer:
+        """A context manager and decorator observing the seconds its block took."""
+        return Timer(self.observe)
+
     def observe_unlocked(self, value: float) -> int:
         """``observe`` without the lock, for the one thread that writes this child (see
         ``CounterChild.inc_unlocked``)."""
@@ -300,3 +316,54 @@ class HistogramChild(Child):
             self._bind()
         if self._ex:
             self._write_exemplar(self._ex[bucket], value, ident, stamp_ns)
+
+
+# -- prometheus_client's helpers: each a context manager and a decorator -----------------------------
+
+
+class Timer(ContextDecorator):
+    """``with histogram.time():`` or ``@histogram.time()``: observes the seconds the block took."""
+
+    def __init__(self, observe: Callable[[float], object]) -> None:
+        self._observe = observe
+        self._started = 0.0
+
+    def _recreate_cm(self) -> Timer:
+        return Timer(self._observe)  # a decorated function may run in several threads at once
+
+    def __enter__(self) -> Timer:
+        self._started = perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._observe(perf_counter() - self._started)
+
+
+class ExceptionCounter(ContextDecorator):
+    """``with counter.count_exceptions():``: counts the exceptions of ``exception``'s type that leave
+    the block (they still propagate)."""
+
+    def __init__(self, inc: Callable[[], object], exception: type[BaseException] | tuple[type[BaseException], ...]):
+        self._inc = inc
+        self._exception = exception
+
+    def __enter__(self) -> ExceptionCounter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: object, traceback: object) -> None:
+        if kind is not None and issubclass(kind, self._exception):
+            self._inc()
+
+
+class InProgress(ContextDecorator):
+    """``with gauge.track_inprogress():``: the gauge is one higher while the block runs."""
+
+    def __init__(self, inc: Callable[[float], object]) -> None:
+        self._inc = inc
+
+    def __enter__(self) -> InProgress:
+        self._inc(1.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inc(-1.0)

@@ -23,8 +23,11 @@ from .children import (
     SUM_SCALES,
     Child,
     CounterChild,
+    ExceptionCounter,
     GaugeChild,
     HistogramChild,
+    InProgress,
+    Timer,
     sum_scale,
     sum_suffix,
 )
@@ -45,11 +48,14 @@ __all__ = [
     "CallbackGauge",
     "Counter",
     "CounterChild",
+    "ExceptionCounter",
     "Gauge",
     "GaugeChild",
     "Histogram",
     "HistogramChild",
+    "InProgress",
     "Registry",
+    "Timer",
     "sum_scale",
     "sum_suffix",
 ]
@@ -173,6 +179,12 @@ class Counter(Metric[CounterChild]):
         """Add ``amount`` to the unlabelled counter."""
         self._unlabelled().inc(amount)
 
+    def count_exceptions(
+        self, exception: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    ) -> ExceptionCounter:
+        """The unlabelled counter's ``count_exceptions`` (a context manager and decorator)."""
+        return self._unlabelled().count_exceptions(exception)
+
 
 class Gauge(Metric[GaugeChild]):
     """A gauge over live workers, combined by ``mode``: livesum, livemax, livemin or livemostrecent."""
@@ -211,6 +223,10 @@ class Gauge(Metric[GaugeChild]):
     def dec(self, amount: float = 1) -> None:
         """Subtract ``amount`` from the unlabelled gauge."""
         self._unlabelled().inc(-amount)
+
+    def track_inprogress(self) -> InProgress:
+        """The unlabelled gauge's ``track_inprogress`` (a context manager and decorator)."""
+        return self._unlabelled().track_inprogress()
 
 
 class Histogram(Metric[HistogramChild]):
@@ -251,6 +267,10 @@ class Histogram(Metric[HistogramChild]):
     def observe(self, value: float) -> None:
         """Observe ``value`` in the unlabelled histogram."""
         self._unlabelled().observe(value)
+
+    def time(self) -> Timer:
+        """The unlabelled histogram's ``time`` (a context manager and decorator)."""
+        return self._unlabelled().time()
 
 
 class CallbackGauge:
