@@ -30,17 +30,22 @@ from softfactory_obs.store.metrics import Registry
 STRICT = os.environ.get("SOFTFACTORY_OBS_STRICT_TESTS") == "1"
 
 
+def _run_and_exit(body: Callable[[], None]) -> None:
+    """In a forked child: run ``body`` and leave at once, exit code 1 (traceback on stderr) if it raised."""
+    code = 0
+    try:
+        body()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
 def in_child(body: Callable[[], None]) -> int:
     """Run ``body`` in a forked process (a real incarnation with its own shard); return its exit code."""
     pid = os.fork()
     if pid == 0:
-        code = 0
-        try:
-            body()
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        os._exit(code)
+        _run_and_exit(body)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
@@ -52,13 +57,7 @@ def in_c_forked_child(body: Callable[[], None]) -> int:
     from a process with no other thread: see c_fork_scenarios.py."""
     pid = ctypes.PyDLL(None).fork()
     if pid == 0:
-        code = 0
-        try:
-            body()
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        os._exit(code)
+        _run_and_exit(body)
     assert pid > 0, "fork() failed"
     deadline = time.monotonic() + 60
     while True:  # bounded: a child stuck on a lock another thread held at the fork fails the test
