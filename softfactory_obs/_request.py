@@ -1,4 +1,4 @@
-"""One request's life: ``start_response`` capture, body iteration, ``close()`` and the finish hooks.
+"""The WSGI driver: one request's life as the server sees it, recorded in a ``RequestRecord``.
 
 The object is the iterable the server receives. It is a class with an explicit ``close()``, not a
 generator: a generator's ``finally`` never runs when the server closes it before the first
@@ -12,7 +12,9 @@ PEP 3333 rules this file follows, and where:
 - ``write()`` keeps working (``write``);
 - every block is handed on as soon as the app yields it (``__next__``);
 - a ``wsgi.file_wrapper`` result is returned as the same object so the server can still use
-  ``sendfile`` (``run``).
+  ``sendfile`` (``serve``);
+- environ strings are latin-1 code points standing for bytes: the record holds the text they
+  spell (``wsgi_to_text``).
 """
 
 from __future__ import annotations
@@ -20,86 +22,120 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._failures import report_failure
-from .request_id import new_request_id, parse_traceparent, request_context
+from .request_id import RequestIdPolicy, new_request_id, parse_traceparent, request_context
+from .request_record import LENGTHS, STATUS_CODES, RecordHook, RequestRecord, parse_length, status_code
 
-if TYPE_CHECKING:
-    from .middleware import ObservabilityMiddleware
+REQUEST_ID_KEY = "softfactory_obs.request_id"
+ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
+_STATUS_500 = "500 Internal Server Error"
 
-FinishHook = Callable[["RequestCycle"], None]
+# Response headers frameworks send on most responses (Werkzeug, Django, Falcon spell them so or in
+# lower case): start_response passes over them with one set lookup.
+COMMON_RESPONSE_HEADERS = (
+    "Content-Type", "Cache-Control", "Set-Cookie", "ETag", "Last-Modified", "Vary", "Location", "Expires", "Date",
+    "Server", "Content-Encoding", "Content-Language", "Content-Disposition", "Accept-Ranges", "Allow",
+    "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy",
+    "Strict-Transport-Security", "Content-Security-Policy", "Access-Control-Allow-Origin",
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
+def wsgi_to_text(value: str) -> str:
+    """PEP 3333 strings hold raw bytes as latin-1; show what UTF-8 they spelled, never surrogates."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that broke the latin-1 rule: already text
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _text(value: object) -> str:
+    """An environ value as text; the common case (an ASCII str) as it is."""
+    if type(value) is str and value.isascii():
+        return value
+    return wsgi_to_text(value) if type(value) is str else str(value)
+
+
+_ENVIRON_KEYS: dict[str, str] = {}  # header name -> environ key; a program asks for a handful
+
+
+def _environ_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        key = "HTTP_" + key
+    if len(_ENVIRON_KEYS) < 256:
+        _ENVIRON_KEYS[name] = key
+    return key
+
+
+@dataclass(frozen=True, slots=True)
 class Hooks:
-    """What runs per request, built once. ``response``: once the status is final and before the first
-    body byte goes out, so a worker killed mid-send has already counted the request it answered.
-    ``finish``: after the body was sent and closed (durations, the access line)."""
+    """What runs per request, built once by the middleware. ``start``: before the app runs;
+    ``response``: once the status is final and before the first body byte goes out; ``finish``:
+    after the body was sent and closed. ``state``: what each request's ``RequestRecord.state``
+    starts as (a copy; one entry per position a recorder reserved, see ``ObservabilityMiddleware.reserve_state``)."""
 
-    response: tuple[FinishHook, ...] = ()
-    finish: tuple[FinishHook, ...] = ()
-    start: tuple[FinishHook, ...] = ()
+    response: tuple[RecordHook, ...] = ()
+    finish: tuple[RecordHook, ...] = ()
+    start: tuple[RecordHook, ...] = ()
+    state: list[Any] = field(default_factory=list)  # never written: each request copies it
 
 
 NO_HOOKS = Hooks()
 
 
-def _hook_failed(hook: FinishHook, exc: Exception) -> None:
+class Driver:
+    """What the WSGI driver needs of the middleware's configuration, decided once: the request-id
+    policy and header, and whether app exceptions propagate."""
+
+    __slots__ = ("header_lower", "header_name", "header_size", "id_key", "other_headers", "propagate", "request_ids")
+
+    def __init__(self, request_ids: RequestIdPolicy, header_name: str, *, propagate: bool) -> None:
+        self.request_ids = request_ids
+        self.id_key = request_ids.environ_key
+        self.header_name = header_name
+        self.header_lower = header_name.lower()
+        self.header_size = len(self.header_lower)
+        self.propagate = propagate
+        # Spellings start_response skips with one set lookup: neither ours nor Content-Length.
+        self.other_headers = frozenset(
+            spelling
+            for name in COMMON_RESPONSE_HEADERS
+            for spelling in (name, name.lower())
+            if spelling.lower() not in (self.header_lower, "content-length")
+        )
+
+
+def _hook_failed(hook: RecordHook, exc: Exception) -> None:
     owner = getattr(hook, "__self__", hook)
     report_failure(getattr(owner, "component", "request hook"), exc)
 
 
-_STATUS_500 = "500 Internal Server Error"
-# Content-Length values as ints: apps send a handful, and a lookup costs a tenth of int(). Bounded:
-# request lengths are the client's to choose.
-LENGTHS: dict[str, int] = {}
-MAX_LENGTH_DIGITS = 11
-REQUEST_ID_KEY = "softfactory_obs.request_id"
-ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
-
-
-def parse_length(value: object) -> int | None:
-    """A Content-Length header's byte count, or None when it is not one. ASCII digits only: int()
-    would take ' 5' and '5_0', and str.isdigit() passes '²', on which int() raises. At most 11
-    digits (under 100 GB): the size sums are int64, which ten requests claiming an exabyte each
-    overflowed (it now takes some 92 million). The hot path looks in ``LENGTHS`` itself first."""
-    length = LENGTHS.get(value) if type(value) is str else None
-    if length is not None:
-        return length
-    if type(value) is not str or not (value.isascii() and value.isdigit()) or len(value) > MAX_LENGTH_DIGITS:
-        return None
-    length = int(value)
-    if len(LENGTHS) < 4096:
-        LENGTHS[value] = length
-    return length
-
-
-def serve(
-    mw: ObservabilityMiddleware,
+def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; no keywords on the hot path
+    driver: Driver,
+    hooks: Hooks,
     environ: dict[str, Any],
     start_response: Callable[..., Any],
-    hooks: Hooks,
     app: Callable[..., Iterable[bytes]],
+    path: object,
 ) -> Iterable[bytes]:
     """Run one request through ``app``: what the server gets back is the ``RequestCycle`` (or the
     app's own file wrapper, whose ``close`` we hooked).
 
-    A function, not ``__init__`` + a method: on this path a Python frame costs as much as a
-    dozen attribute stores. Set here is only what a reader may need before anything else sets
-    it; ``duration`` and ``size`` are set by ``finish`` before any hook reads them,
-    ``_server_write`` by ``start_response``, ``wrote`` by ``write``.
+    The record is built here, every slot set before any hook sees it: a function rather than
+    ``__init__`` plus a method, since on this path a Python frame costs as much as a dozen stores.
     """
-    cycle = RequestCycle()  # no __init__: type() allocates it, cheaper than object.__new__(RequestCycle)
-    cycle._started = perf_counter()
-    cycle._mw = mw
-    cycle._hooks = hooks
+    cycle = RequestCycle()  # no __init__: every slot is set below
+
+    cycle.started = perf_counter()
     cycle.environ = environ
-    cycle._server_start_response = start_response
-    if mw.id_key in environ:  # an empty one is resolved as absent
-        request_id, cycle.id_rejected = mw.request_ids.resolve(environ)
+    if driver.id_key in environ:  # an empty one is resolved as absent
+        request_id, cycle.id_rejected = driver.request_ids.resolve(environ)
     else:
         request_id = new_request_id()
         cycle.id_rejected = False
@@ -107,12 +143,30 @@ def serve(
     trace_id = cycle.trace_id = (
         parse_traceparent(environ["HTTP_TRACEPARENT"]) if "HTTP_TRACEPARENT" in environ else None
     )
+    try:  # what PEP 3333 requires every server to set
+        cycle.method = environ["REQUEST_METHOD"]
+        cycle.threaded = environ["wsgi.multithread"] is not False
+    except KeyError:  # a server (or a test) that left them out
+        cycle.method = environ.get("REQUEST_METHOD", "")
+        cycle.threaded = environ.get("wsgi.multithread", True) is not False
+    cycle.path = path if type(path) is str and path.isascii() else _text(path or "")  # path: PATH_INFO
+    script = environ.get("SCRIPT_NAME")
+    cycle.script_name = _text(script) if script else ""
+    length = environ["CONTENT_LENGTH"] if "CONTENT_LENGTH" in environ else None  # noqa: SIM401 - cheaper than get()
+    cycle.request_bytes = (LENGTHS.get(length) or parse_length(length)) if length else None
+    cycle.status = cycle.route = cycle.endpoint = cycle.exc = None
+    cycle.duration = 0.0
+    cycle.state = hooks.state.copy()
+    cycle.response_bytes = 0
+    cycle._driver = driver
+    cycle._hooks = hooks
+    cycle._server_start_response = start_response
+    cycle._server_write = _no_write
     cycle._token = request_context.set((request_id, trace_id))
-    cycle.status = cycle.content_length = cycle.exc = cycle._result = cycle._iterator = None
-    cycle.http = cycle.http_series = cycle.endpoint = None  # set by the HTTP metrics hooks
-    cycle.sent = 0
-    cycle._closed = cycle._finished = cycle._recorded = False
-    for hook in hooks.start:  # the hook loops are inlined: a helper call per stage is measurable here
+    cycle._declared = cycle._result = cycle._iterator = None
+    cycle._sent = 0
+    cycle._wrote = cycle._closed = cycle._finished = cycle._recorded = False
+    for hook in hooks.start:  # the hook loops are written out: a helper call per stage is measurable here
         try:
             hook(cycle)
         except Exception as exc:
@@ -128,7 +182,7 @@ def serve(
         cycle._iterator = iter(result)
     except Exception as exc:
         cycle.exc = exc
-        if mw.settings.propagate_exceptions or getattr(cycle, "wrote", False):
+        if driver.propagate or cycle._wrote:
             cycle.finish()
             raise
         try:
@@ -143,76 +197,79 @@ def serve(
     return cycle
 
 
-class RequestCycle:
-    """Per-request state, made by ``serve``; the middleware instance holds configuration only."""
+def _no_write(data: bytes) -> Any:
+    raise AssertionError("write() called before start_response()")  # an app bug, as PEP 3333 says
+
+
+class RequestCycle(RequestRecord):
+    """The record of one WSGI request and the iterable the server receives; made by ``serve``."""
 
     __slots__ = (
-        "__weakref__",
         "_closed",
+        "_declared",
+        "_driver",
         "_finished",
         "_hooks",
         "_iterator",
-        "_mw",
         "_recorded",
         "_result",
+        "_sent",
         "_server_start_response",
         "_server_write",
-        "_started",
         "_token",
-        "content_length",
-        "duration",
-        "endpoint",
-        "environ",
-        "exc",
-        "http",
-        "http_locked",
-        "http_series",
-        "id_rejected",
-        "request_id",
-        "sent",
-        "size",
-        "status",
-        "trace_id",
-        "wrote",
+        "_wrote",
     )
 
     _closed: bool
+    _declared: int | None  # the response's Content-Length as the app sent it, when valid
+    _driver: Driver
     _finished: bool
     _hooks: Hooks
     _iterator: Iterator[bytes] | None  # what the body is read through; for a list, once the server asked
-    _mw: ObservabilityMiddleware
     _recorded: bool
     _result: Any
+    _sent: int
     _server_start_response: Callable[..., Any]
     _server_write: Callable[[bytes], Any]
-    _started: float
     _token: Any
-    content_length: str | None
-    duration: float
-    endpoint: str | None
-    environ: dict[str, Any]
-    exc: BaseException | None
-    http: Any  # the method's in-progress state; None when the request is not measured
-    http_locked: bool  # set by the HTTP metrics' start hook: the server may run requests in threads
-    http_series: Any
-    id_rejected: bool
-    request_id: str
-    sent: int
-    size: int
-    status: str | None
-    trace_id: str | None
-    wrote: bool
+    _wrote: bool
+
+    def query_string(self) -> str:
+        """``QUERY_STRING``, as text."""
+        query = self.environ.get("QUERY_STRING")
+        if not query:
+            return ""
+        return query if type(query) is str and query.isascii() else _text(query)
+
+    def header(self, name: str) -> str | None:
+        """A request header from the environ (``HTTP_*``, or ``CONTENT_TYPE``/``CONTENT_LENGTH``), as text."""
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = _environ_key(name)
+        value = self.environ.get(key)
+        if value is None or (type(value) is str and value.isascii()):
+            return value
+        return _text(value)
+
+    def remote_address(self) -> str:
+        """``REMOTE_ADDR`` as the server gave it."""
+        return str(self.environ.get("REMOTE_ADDR", ""))
+
+    def remote_user(self) -> str | None:
+        """``REMOTE_USER``, as text."""
+        user = self.environ.get("REMOTE_USER")
+        return _text(user) if user else None
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], Any]:
         """The ``start_response`` the app calls: records the status and declared size, replaces any
         request-id header of the app's with ours, passes ``exc_info`` on."""
-        mw = self._mw
+        driver = self._driver
         content_length = None
         ours_sent = False
-        ours_size = mw.header_size
-        others = mw.other_headers
+        ours_size = driver.header_size
+        others = driver.other_headers
         for name, value in headers:
             if name in others:  # the usual names, as apps spell them: neither ours nor Content-Length
                 continue
@@ -223,13 +280,13 @@ class RequestCycle:
             size = len(name)
             if size == 14 and name.lower() == "content-length":
                 content_length = value
-            elif size == ours_size and name.lower() == mw.header_lower:
+            elif size == ours_size and name.lower() == driver.header_lower:
                 ours_sent = True
         if ours_sent:
             # Logs carry our id, so the response must too; the app's value would be a second truth.
-            headers = [h for h in headers if h[0].lower() != mw.header_lower]
+            headers = [h for h in headers if h[0].lower() != driver.header_lower]
         # A new list: the app's may be a shared constant.
-        headers = [*headers, (mw.header_name, self.request_id)]
+        headers = [*headers, (driver.header_name, self.request_id)]
         if exc_info is None:
             self._server_write = self._server_start_response(status, headers)
         else:
@@ -237,17 +294,27 @@ class RequestCycle:
                 self._server_write = self._server_start_response(status, headers, exc_info)
             finally:
                 exc_info = None  # no reference cycle through the traceback
-        self.status = status
-        self.content_length = content_length if type(content_length) is str else None  # a lax server's int
+        try:
+            self.status = STATUS_CODES[status]
+        except (KeyError, TypeError):  # a first or unhashable status
+            self.status = status_code(status)
+        # The declared body size, when valid (a lax server's int is not a header value).
+        if content_length is None:
+            self._declared = None
+        else:
+            try:
+                self._declared = LENGTHS[content_length]
+            except (KeyError, TypeError):  # a first, invalid or unhashable length
+                self._declared = parse_length(content_length)
         return self.write
 
     def write(self, data: bytes) -> Any:
         """PEP 3333's ``write()``: counts the bytes and hands them to the server's own."""
         if not self._recorded:
             self._record()
-        self.wrote = True
-        self.sent += len(data)
-        return self._server_write(data)  # AttributeError: write() before start_response(), an app bug
+        self._wrote = True
+        self._sent += len(data)
+        return self._server_write(data)
 
     # -- the server side ----------------------------------------------------------------------
 
@@ -258,15 +325,18 @@ class RequestCycle:
                 return iter(result)
             iterator = self._iterator = iter(result)
             # The common case needs no per-block work: the size is known now, nothing can raise.
-            declared = self.content_length
-            if declared is None or (declared not in LENGTHS and parse_length(declared) is None):
+            if self._declared is None:
                 try:
-                    self.sent += sum(map(len, result))  # after what write() sent, if the app used it
+                    self._sent += sum(map(len, result))  # after what write() sent, if the app used it
                 except TypeError:
                     pass  # not bytes: the server will say so
             if not self._recorded:
                 self._recorded = True
-                for hook in self._hooks.response:  # _record, inlined
+                environ = self.environ  # _record, written out: the common case
+                self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401 - get() costs more
+                if self.status is None:  # a list without start_response: the server will answer 500
+                    self.status = 500
+                for hook in self._hooks.response:
                     try:
                         hook(self)
                     except Exception as exc:
@@ -284,7 +354,7 @@ class RequestCycle:
             raise
         except Exception as exc:
             self.exc = exc
-            if self._mw.settings.propagate_exceptions or self.sent or getattr(self, "wrote", False):
+            if self._driver.propagate or self._sent or self._wrote:
                 raise  # headers may be out: PEP 3333 says let it propagate
             self._answer_500()
             block = next(self._iterator)  # type: ignore[arg-type]  # _answer_500 set it
@@ -294,7 +364,7 @@ class RequestCycle:
             raise
         if block and not self._recorded:
             self._record()
-        self.sent += len(block)
+        self._sent += len(block)
         return block
 
     def close(self) -> None:
@@ -346,7 +416,13 @@ class RequestCycle:
     # -- the end ------------------------------------------------------------------------------
 
     def _record(self) -> None:
+        """The status is final: the response hooks run (once), before any body byte goes out."""
         self._recorded = True
+        environ = self.environ
+        # An adapter sets it while the app runs. (Not get(): a method call costs more than both.)
+        self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401
+        if self.status is None:  # no status at all: the app raised (or died) before start_response
+            self.status = 500
         for hook in self._hooks.response:
             try:
                 hook(self)
@@ -358,16 +434,10 @@ class RequestCycle:
         if self._finished:
             return
         self._finished = True
-        self.duration = perf_counter() - self._started
+        self.duration = perf_counter() - self.started
         # Body bytes: the declared Content-Length when the app gave a valid one, else what was sent.
-        declared = self.content_length
-        if declared is None:
-            self.size = self.sent
-        else:
-            size = LENGTHS.get(declared)
-            if size is None:
-                size = parse_length(declared)
-            self.size = self.sent if size is None else size
+        declared = self._declared
+        self.response_bytes = self._sent if declared is None else declared
         try:
             if not self._recorded:  # no body byte ever went out: errors, empty bodies, early closes
                 self._record()

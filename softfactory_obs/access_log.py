@@ -12,22 +12,17 @@ import logging
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as json_string
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote_plus
 
 from ._failures import report_failure
-from ._request import ROUTE_KEY
 from .json_text import iso_utc_ms
 from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
+from .request_record import MAX_CACHED_TEXT, RequestRecord
+from .routes import Endpoints
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from ._request import RequestCycle
-
 REDACTED = "[REDACTED]"
-# The longest request text (path, user agent) a per-process cache keeps: hot values are short, and
-# a scanner's 8 KB paths or random agents must not pile up.
-MAX_CACHED_TEXT = 256
 TRUNCATED = "...[truncated]"
 _LOGGER_JSON = json_string(ACCESS_LOGGER)
 # The direct line's latency_ms as repr(round(ms, 3)) spells it ("12.5", "3.0"), from whole
@@ -46,16 +41,6 @@ _FIELDS = (
     "user_agent",
     "user_id",
 )
-
-
-def wsgi_to_text(value: str) -> str:
-    """PEP 3333 strings hold raw bytes as latin-1; show what UTF-8 they spelled, never surrogates."""
-    if value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a server that broke the latin-1 rule: already text
-        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def sensitive_matcher(words: tuple[str, ...]) -> Callable[[str], bool]:
@@ -92,15 +77,6 @@ def redact_query(query: str, sensitive: tuple[str, ...] | Callable[[str], bool])
     return "&".join(parts)
 
 
-def _status_code(status: str | None) -> int:
-    if status is None:
-        return 0
-    try:
-        return int(status[:3])
-    except ValueError:
-        return 0
-
-
 class AccessLog:
     """Finish hook: builds the access line's fields from a finished request and logs them.
 
@@ -113,13 +89,13 @@ class AccessLog:
 
     component = "access log"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, endpoints: Endpoints) -> None:
         self.logger = logging.getLogger(ACCESS_LOGGER)
+        self.endpoints = endpoints
         self.limit = settings.log_max_field_length
         self.sensitive = sensitive_matcher(settings.redact_query_params)
         self.user_id_getter = settings.user_id_getter
         self.direct = settings.access_log_route == "direct"
-        self._statuses: dict[str, int] = {}
         self._agents: dict[str, str] = {}  # user agent -> its JSON string
         self._addresses: dict[str, str] = {}  # REMOTE_ADDR -> its JSON string
         self._rendered: dict[tuple[Any, ...], tuple[str, str]] = {}  # see _write_direct
@@ -128,139 +104,114 @@ class AccessLog:
         return value if len(value) <= self.limit else value[: self.limit] + TRUNCATED
 
     def _text(self, value: object) -> str:
-        """A request value as bounded, printable-safe text (the JSON encoder escapes the rest)."""
+        """A request value as bounded text (the JSON encoder escapes what is not printable)."""
         text = value if type(value) is str else str(value)
-        if not text.isascii():
-            text = wsgi_to_text(text)
         return text if len(text) <= self.limit else text[: self.limit] + TRUNCATED
 
-    def __call__(self, cycle: RequestCycle) -> None:
-        status_line = cycle.status
-        # No status at all: the app raised (or died) before start_response. The server answers 500,
-        # and the HTTP metrics count one: the line says the same.
-        status = self._statuses.get(status_line) if status_line is not None else 500
-        if status is None:
-            status = _status_code(status_line)
-            if len(self._statuses) < 256:  # apps answer a handful of status lines; never grow unbounded
-                self._statuses[status_line] = status  # type: ignore[index]
-        exc = cycle.exc
+    def __call__(self, record: RequestRecord) -> None:
+        status = record.status or 0
+        exc = record.exc
         if exc is None and status < 500 and self.direct:  # ERROR lines always go through logging
             targets = DIRECT_SINKS.targets(self.logger)
             if targets is not None:
                 if targets:  # else INFO is off for this logger
-                    self._write_direct(targets, cycle, status)
+                    self._write_direct(targets, record, status)
                 return
         level = logging.ERROR if status >= 500 or (exc is not None and isinstance(exc, Exception)) else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
-        environ = cycle.environ
-        method, path, full_path, endpoint = self._values(environ, cycle.endpoint)
-        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
+        method, path, full_path, endpoint = self._values(record)
         values = (
-            cycle.request_id,
+            record.request_id,
             method,
             full_path,
             endpoint,
             status,
-            round(cycle.duration * 1000.0, 3),
-            cycle.size,
-            str(environ.get("REMOTE_ADDR", "")),
-            self._text(environ.get("HTTP_USER_AGENT", "")),
-            user_id,
+            round(record.duration * 1000.0, 3),
+            record.response_bytes,
+            record.remote_address(),
+            self._text(record.header("User-Agent") or ""),
+            self._user_id(record),
         )
         fields: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
-        if cycle.trace_id is not None:
-            fields["trace_id"] = cycle.trace_id
-        if cycle.id_rejected:
+        if record.trace_id is not None:
+            fields["trace_id"] = record.trace_id
+        if record.id_rejected:
             fields["request_id_rejected"] = True
         exc_info = None
         if exc is not None:
             fields["error_type"] = type(exc).__name__
             exc_info = (type(exc), exc, exc.__traceback__)
         # Built directly and handed to handle(): Logger.log would walk the stack for a caller we know.
-        record = logging.getLogRecordFactory()(
+        log_record = logging.getLogRecordFactory()(
             ACCESS_LOGGER, level, __file__, 0, "%s %s %s", (method, path, status), exc_info
         )
-        record.__dict__.update(fields)
-        record.__dict__[ACCESS_FIELDS] = fields
-        self.logger.handle(record)
+        log_record.__dict__.update(fields)
+        log_record.__dict__[ACCESS_FIELDS] = fields
+        self.logger.handle(log_record)
 
-    def _values(self, environ: dict[str, Any], endpoint: str | None) -> tuple[str, str, str, str]:
+    def _values(self, record: RequestRecord) -> tuple[str, str, str, str]:
         """method, path, path with the redacted query and endpoint, as bounded text."""
         limit = self.limit
-        method = environ.get("REQUEST_METHOD", "")
+        method = record.method
         if not (type(method) is str and method.isascii()):
             method = self._text(method)
         method = method[:32]
-        script = environ.get("SCRIPT_NAME")
-        path = script + environ.get("PATH_INFO", "") if script else environ.get("PATH_INFO", "")
-        if not (type(path) is str and path.isascii() and len(path) <= limit):  # the _text fast case, inlined
+        script = record.script_name
+        path = script + record.path if script else record.path
+        if len(path) > limit:
             path = self._text(path)
-        query = environ.get("QUERY_STRING")
+        query = record.query_string()
         # Redact before cutting, so a cut can never leave half a secret behind.
         full_path = self._text(f"{path}?{redact_query(query, self.sensitive)}") if query else path
-        endpoint = endpoint or environ.get(ROUTE_KEY)
-        if not endpoint:
-            endpoint = path
-        elif not (type(endpoint) is str and endpoint.isascii() and len(endpoint) <= limit):
+        endpoint = record.endpoint or self.endpoints.of(record)
+        if len(endpoint) > limit:
             endpoint = self._text(endpoint)
         return method, path, full_path, endpoint
 
-    def _write_direct(self, targets: tuple[Sink, ...], cycle: RequestCycle, status: int) -> None:
+    def _write_direct(self, targets: tuple[Sink, ...], record: RequestRecord, status: int) -> None:
         """Write an INFO line straight to the direct sinks: the bytes their formatter writes for the record."""
-        environ = cycle.environ
-        endpoint = cycle.endpoint or environ.get(ROUTE_KEY)
+        endpoint = record.endpoint or self.endpoints.of(record)
         # What the request line renders to repeats (health checks, hot routes): rendered once.
-        key = (
-            environ.get("REQUEST_METHOD"),
-            environ.get("SCRIPT_NAME"),
-            environ.get("PATH_INFO"),
-            environ.get("QUERY_STRING"),
-            endpoint,
-            status,
-        )
+        key = (record.method, record.script_name, record.path, record.query_string(), endpoint, status)
         try:
             rendered = self._rendered.get(key)
         except TypeError:  # a server that put something unhashable in the environ: render, never keep
-            rendered = self._render(environ, endpoint, status, None)
+            rendered = self._render(record, status, None)
         if rendered is None:
-            rendered = self._render(environ, endpoint, status, key)
+            rendered = self._render(record, status, key)
         message, request = rendered
-        user_id = self._user_id(environ) if self.user_id_getter is not None or "REMOTE_USER" in environ else None
-        agent = environ.get("HTTP_USER_AGENT", "")
+        agent = record.header("User-Agent") or ""
         agent_json = self._agents.get(agent)
         if agent_json is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
-            if not (type(agent) is str and agent.isascii() and len(agent) <= self.limit):
-                agent = self._text(agent)
-            agent_json = self._remember(agent)
+            agent_json = self._remember(self._text(agent))
         extra = ""
-        if cycle.trace_id is not None:
-            extra = f', "trace_id": {json_string(cycle.trace_id)}'
-        if cycle.id_rejected:
+        if record.trace_id is not None:
+            extra = f', "trace_id": {json_string(record.trace_id)}'
+        if record.id_rejected:
             extra += ', "request_id_rejected": true'
         now_ms = time.time_ns() // 1_000_000
         stamp = iso_utc_ms(now_ms)
-        ms, fraction = divmod(round(cycle.duration * 1e6), 1000)  # latency_ms, see _MS_FRACTIONS
-        remote = environ.get("REMOTE_ADDR", "")
-        remote_json = self._addresses.get(remote) if type(remote) is str else None
+        ms, fraction = divmod(round(record.duration * 1e6), 1000)  # latency_ms, see _MS_FRACTIONS
+        remote = record.remote_address()
+        remote_json = self._addresses.get(remote)
         if remote_json is None:  # clients, or the one proxy in front, repeat their addresses
             remote_json = self._remember_address(remote)
+        user_id = self._user_id(record)
         user_json = "null" if user_id is None else json_string(user_id)
         for handler, _, service_fields in targets:  # one string per line: joining parts copies them again
             # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
             line = (
                 f'{{"timestamp": "{stamp}", "level": "INFO", "logger": {_LOGGER_JSON}, {message}{service_fields}'
-                f'"request_id": "{cycle.request_id}", {request}, "latency_ms": {ms}{_MS_FRACTIONS[fraction]}, '
-                f'"content_length": {cycle.size}, "remote_addr": {remote_json}, '
+                f'"request_id": "{record.request_id}", {request}, "latency_ms": {ms}{_MS_FRACTIONS[fraction]}, '
+                f'"content_length": {record.response_bytes}, "remote_addr": {remote_json}, '
                 f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n'
             )
             handler.write_text_line(line.encode("ascii"), now_ms / 1000)
 
-    def _render(
-        self, environ: dict[str, Any], endpoint: str | None, status: int, key: tuple[Any, ...] | None
-    ) -> tuple[str, str]:
+    def _render(self, record: RequestRecord, status: int, key: tuple[Any, ...] | None) -> tuple[str, str]:
         """The line's message, and its method, path, endpoint and status fields, as JSON."""
-        method, path, full_path, endpoint = self._values(environ, endpoint)
+        method, path, full_path, endpoint = self._values(record)
         path_json = json_string(path)
         method_json = json_string(method)
         # The JSON of the message is its escaped parts joined: escaping is per character.
@@ -290,14 +241,15 @@ class AccessLog:
             self._addresses[remote] = escaped
         return escaped
 
-    def _user_id(self, environ: dict[str, Any]) -> str | None:
+    def _user_id(self, record: RequestRecord) -> str | None:
+        """``user_id_getter(environ)`` when set and it answers, else the user the server authenticated."""
         if self.user_id_getter is not None:
             try:
-                value = self.user_id_getter(environ)
+                value = self.user_id_getter(record.environ)
             except Exception as exc:
                 report_failure("user_id_getter", exc)
                 value = None
             if value is not None:
                 return self._cap(str(value))
-        user = environ.get("REMOTE_USER")
+        user = record.remote_user()
         return self._text(user) if user else None

@@ -1,4 +1,4 @@
-"""Per-request HTTP metrics, fed by three hooks of the ``RequestCycle``.
+"""Per-request HTTP metrics, a recorder with three hooks on the ``RequestRecord``.
 
 - start: ``http_requests_in_progress`` goes up (a live gauge: a killed worker's +1 vanishes);
 - response (status final, before the first body byte): the endpoint is resolved and capped, and
@@ -11,14 +11,13 @@ templates under a cross-worker cap, statuses are 3-digit codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from math import inf
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._request import parse_length
-from .access_log import MAX_CACHED_TEXT
 from .process_state import on_new_process
-from .routes import OVERFLOW, ROUTE_KEY, EndpointCap, RouteTable, resolve
+from .request_record import MAX_CACHED_TEXT, RequestRecord
+from .routes import OVERFLOW, Endpoints
 from .settings import Settings
 from .store.metrics import (
     MAX_EXEMPLAR_BYTES,
@@ -31,20 +30,22 @@ from .store.metrics import (
     Registry,
 )
 
-if TYPE_CHECKING:
-    from ._request import RequestCycle
-
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
-MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
 
 class HttpMetrics:
-    """The HTTP metrics recorder: its families, the label policy, and three request hooks."""
+    """The HTTP metrics recorder: its families, the label policy, and three request hooks.
+
+    Per request it keeps, at ``record.state[slot]``, the method and default-label set it counts
+    under (None: not measured) and, at ``slot + 1``, the series answered (None until the response
+    hook counted it): ``STATE_SIZE`` positions from ``slot``.
+    """
 
     component = "http metrics"
+    STATE_SIZE = 2
 
-    def __init__(self, registry: Registry, settings: Settings, directory: Callable[[], str | None]) -> None:
+    def __init__(self, registry: Registry, settings: Settings, endpoints: Endpoints, slot: int) -> None:
         p = f"{settings.namespace}_" if settings.namespace else ""
         extra = list(settings.default_labels)
         endpoint_labels = ["method", "endpoint", *extra]
@@ -106,20 +107,20 @@ class HttpMetrics:
             "Requests whose endpoint was folded into __overflow__ by the max_endpoints cap",
             registry=registry,
         )
-        self.table = RouteTable(settings.routes)
-        self.cap = EndpointCap(settings.max_endpoints, directory)
+        self.endpoints = endpoints
+        self.live_at, self.series_at = slot, slot + 1  # positions in record.state
         self.slow_seconds = float(settings.slow_request_seconds)
         self.skip_exact, self.skip_patterns = settings.skip
         self.skip_methods = frozenset(settings.skip_methods)
         self.skipping = bool(self.skip_methods or self.skip_exact or self.skip_patterns)
-        self._live: dict[str, _Live] = {}  # by REQUEST_METHOD, when no label is computed per request
+        self._live: dict[str, _Live] = {}  # by method, when nothing else decides it (see live_for)
         self._by_labels: dict[tuple[str, ...], _Live] = {}
         on_new_process(self._forget_due_times, component="http metrics after fork")
         static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
         self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
         self._static = tuple(static.get(k, "") for k in settings.default_labels)
 
-    def _labels_for(self, environ: dict[str, Any]) -> tuple[str, ...]:
+    def _labels_for(self, environ: Mapping[str, Any]) -> tuple[str, ...]:
         """Default label values for one request: static ones as given, computed ones from their allow-list."""
         values = list(self._static)
         for i, (compute, allowed) in self._dynamic:
@@ -133,112 +134,106 @@ class HttpMetrics:
     def _skipped(self, method: str, path: str) -> bool:
         return method in self.skip_methods or path in self.skip_exact or any(p.match(path) for p in self.skip_patterns)
 
-    # Under a server that says wsgi.multithread is false (gunicorn's sync and gevent workers), only
-    # the thread serving requests writes these series: the store's lock is skipped and each hook
-    # writes its slots inline (_Series). Threaded servers go through the children's locked writes.
+    # Under a server that says it runs no requests in other threads (gunicorn's sync and gevent
+    # workers), only the thread serving requests writes these series: the children's unlocked
+    # writers skip the store's lock. Threaded servers take it.
 
-    def start(self, cycle: RequestCycle) -> None:
+    def start(self, record: RequestRecord) -> None:
         """Start hook: the in-progress gauge goes up for a request that is measured."""
-        environ = cycle.environ
-        live = self._live.get(environ.get("REQUEST_METHOD"))  # type: ignore[arg-type]
-        if live is None or self.skipping:
-            live = self._live_for(environ)
+        live: _Live | None
+        try:  # the common case: a standard method, nothing skipped, static labels
+            live = self._live[record.method]
+        except KeyError:
+            live = self.live_for(record)
             if live is None:
                 return
-        if environ.get("wsgi.multithread", True):  # read once: the other hooks go by cycle.http_locked
-            cycle.http_locked = True
+        if record.threaded:
             live.gauge.inc()
         else:
-            cycle.http_locked = False
             live.gauge.inc_unlocked()
-        cycle.http = live
+        record.state[self.live_at] = live
 
-    def _live_for(self, environ: dict[str, Any]) -> _Live | None:
-        """The request's method and default labels (None when skipped), cached when they are static."""
-        method = environ.get("REQUEST_METHOD", "")
+    def live_for(self, record: RequestRecord) -> _Live | None:
+        """The request's method and default labels (None when skipped); kept in ``_live`` by method
+        when that decides them (no skip rules, no computed labels)."""
+        method = record.method
         if method not in METHODS:
             method = "_OTHER"
-        if self.skipping and self._skipped(method, environ.get("PATH_INFO", "")):
+        if self.skipping and self._skipped(method, record.path):
             return None
-        labels = self._labels_for(environ) if self._dynamic else self._static
+        labels = self._labels_for(record.environ) if self._dynamic else self._static
         key = (method, *labels)
         live = self._by_labels.get(key)
         if live is None:
             live = self._by_labels[key] = _Live(self.in_progress.labels(*key), method, labels)
-            if not self._dynamic and method == environ.get("REQUEST_METHOD"):
+            if not self._dynamic and not self.skipping and method == record.method:
                 self._live[method] = live
         return live
 
-    def count(self, cycle: RequestCycle) -> None:
+    def count(self, record: RequestRecord) -> None:
         """Response hook: the request counted under its endpoint and status, before the body goes
         out."""
-        live = cycle.http
+        state = record.state
+        live = state[self.live_at]
         if live is None:
             return
-        environ = cycle.environ
-        status = cycle.status or _STATUS_500  # no status at all: the app raised first
-        # The series by what the server sent, when no mount point or adapter route is involved:
-        # the common case skips endpoint resolution (bounded: paths are the client's to choose).
-        by_path = None if environ.get("SCRIPT_NAME") or ROUTE_KEY in environ else (environ.get("PATH_INFO"), status)
+        # By path and status when no mount point or adapter route is involved: the common case skips
+        # endpoint resolution (bounded: paths are the client's to choose).
+        by_path = None if record.script_name or record.route else (record.path, record.status)
         series = live.by_path.get(by_path) if by_path is not None else None
         if series is None:
-            series = self._series_for(cycle, live, status, by_path)
+            series = self._series_for(record, live, by_path)
+        else:
+            record.endpoint = series.endpoint  # what Endpoints would answer: it answered it before
+        state[self.series_at] = series
         if series.overflow:
             self.overflow.inc()
-        cycle.endpoint = series.endpoint
-        cycle.http_series = series
-        if cycle.http_locked:
+        if record.threaded:
             series.requests.inc()
         else:
             series.requests.inc_unlocked()
-        if cycle._started >= series.r_due:  # an exemplar is kept at least exemplar_interval_seconds
-            exemplar = _exemplar(cycle)
+        if record.started >= series.r_due:  # an exemplar is kept at least exemplar_interval_seconds
+            exemplar = _exemplar(record)
             if exemplar is not None:
-                series.r_due = cycle._started + self.exemplar_interval
+                series.r_due = record.started + self.exemplar_interval
                 series.requests.set_exemplar(1.0, exemplar)
 
-    def _series_for(self, cycle: RequestCycle, live: _Live, status: str, by_path: tuple[Any, str] | None) -> _Series:
-        endpoint = resolve(cycle.environ, self.table, status)
-        overflow = endpoint not in self.cap.admitted and (
-            len(endpoint) > MAX_ENDPOINT_LENGTH or not self.cap.admit(endpoint)
-        )
-        if overflow:
-            endpoint = OVERFLOW
+    def _series_for(self, record: RequestRecord, live: _Live, by_path: tuple[str, int | None] | None) -> _Series:
+        endpoint = self.endpoints.of(record)
+        status = str(record.status)
         series = live.series.get((endpoint, status))
         if series is None:
-            method, extra, code = live.method, live.labels, status[:3]
+            method, extra = live.method, live.labels
             series = _Series(
                 endpoint,
-                self.requests.labels(method, endpoint, code, *extra),
+                self.requests.labels(method, endpoint, status, *extra),
                 self.duration.labels(method, endpoint, *extra),
                 self.response_size.labels(method, endpoint, *extra),
                 self.request_size.labels(method, endpoint, *extra),
                 due=self._no_exemplar_yet,
             )
-            if len(live.series) < _CACHED:  # bounded by the endpoint cap, unless an app makes up reason phrases
+            if len(live.series) < _CACHED:  # bounded by the endpoint cap (and the few statuses)
                 live.series[(endpoint, status)] = series
-        if overflow:
-            series = series.folded()  # the overflow counter counts each request it folds
-        if by_path is not None and len(live.by_path) < _CACHED and len(str(by_path[0])) <= MAX_CACHED_TEXT:
+        if by_path is not None and len(live.by_path) < _CACHED and len(by_path[0]) <= MAX_CACHED_TEXT:
             live.by_path[by_path] = series
         return series
 
-    def observe(self, cycle: RequestCycle) -> None:
+    def observe(self, record: RequestRecord) -> None:
         """Finish hook: duration, sizes, slow requests and exceptions; the in-progress gauge goes
         down."""
-        live = cycle.http
+        state = record.state
+        live = state[self.live_at]
         if live is None:
             return
-        series = cycle.http_series
-        duration = cycle.duration
-        length = cycle.environ.get("CONTENT_LENGTH")  # the client's: never int() an unchecked header
-        request_size = parse_length(length) if length else None
-        if cycle.http_locked:
+        series = state[self.series_at]
+        duration = record.duration
+        request_size = record.request_bytes
+        if record.threaded:
             live.gauge.dec()
             if series is None:  # the response hook failed: nothing more to attribute
                 return
             n = series.duration.observe(duration)
-            series.response_size.observe(cycle.size)
+            series.response_size.observe(record.response_bytes)
             if request_size is not None:
                 series.request_size.observe(request_size)
         else:
@@ -246,19 +241,20 @@ class HttpMetrics:
             if series is None:
                 return
             n = series.duration.observe_unlocked(duration)
-            series.response_size.observe_unlocked(cycle.size)
+            series.response_size.observe_unlocked(record.response_bytes)
             if request_size is not None:
                 series.request_size.observe_unlocked(request_size)
-        if cycle._started >= series.d_due[n]:  # at most one exemplar per bucket and interval
-            exemplar = _exemplar(cycle)
+        if record.started >= series.d_due[n]:  # at most one exemplar per bucket and interval
+            exemplar = _exemplar(record)
             if exemplar is not None:
-                series.d_due[n] = cycle._started + self.exemplar_interval
+                series.d_due[n] = record.started + self.exemplar_interval
                 series.duration.set_exemplar(n, duration, exemplar)
         # The rare ones, through the family:
         if duration > self.slow_seconds:
             self.slow.labels(live.method, series.endpoint, *live.labels).inc()
-        if cycle.exc is not None and isinstance(cycle.exc, Exception):
-            self.exceptions.labels(live.method, series.endpoint, type(cycle.exc).__name__, *live.labels).inc()
+        exc = record.exc
+        if exc is not None and isinstance(exc, Exception):
+            self.exceptions.labels(live.method, series.endpoint, type(exc).__name__, *live.labels).inc()
 
     def _forget_due_times(self) -> None:
         """In a new process: exemplar due times are the parent's; a worker's first requests must
@@ -267,18 +263,17 @@ class HttpMetrics:
         self._by_labels.clear()
 
 
-def _exemplar(cycle: RequestCycle) -> bytes | None:
+def _exemplar(record: RequestRecord) -> bytes | None:
     """The request's exemplar labels: its trace id, else its id when that fits the slot (a longer
     client id is not cut into a false one)."""
-    if cycle.trace_id is not None:
-        return b"trace_id=" + cycle.trace_id.encode()
-    if len(cycle.request_id) <= _ID_ROOM:
-        return b"request_id=" + cycle.request_id.encode()
+    if record.trace_id is not None:
+        return b"trace_id=" + record.trace_id.encode()
+    if len(record.request_id) <= _ID_ROOM:
+        return b"request_id=" + record.request_id.encode()
     return None
 
 
 _ID_ROOM = MAX_EXEMPLAR_BYTES - len(b"request_id=")  # 60: the longest client id an exemplar keeps whole
-_STATUS_500 = "500 Internal Server Error"
 _CACHED = 4096
 
 
@@ -291,8 +286,8 @@ class _Live:
         self.gauge = gauge
         self.method = method
         self.labels = labels
-        self.series: dict[tuple[str, str], _Series] = {}  # (endpoint, status line) -> series
-        self.by_path: dict[tuple[Any, str], _Series] = {}  # (PATH_INFO, status line) -> series
+        self.series: dict[tuple[str, str], _Series] = {}  # (endpoint, status) -> series
+        self.by_path: dict[tuple[str, int | None], _Series] = {}  # (path, status) -> series
 
 
 class _Series:
@@ -316,17 +311,5 @@ class _Series:
         self.duration = duration
         self.response_size = response_size
         self.request_size = request_size
-        self.overflow = False
+        self.overflow = endpoint == OVERFLOW  # counted in softfactory_obs_endpoint_overflow_total
         self.r_due, self.d_due = due[0], list(due[1])
-
-    def folded(self) -> _Series:
-        copy = _Series(
-            self.endpoint,
-            self.requests,
-            self.duration,
-            self.response_size,
-            self.request_size,
-            due=(self.r_due, self.d_due),
-        )
-        copy.overflow = True
-        return copy

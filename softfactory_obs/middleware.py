@@ -11,7 +11,7 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from . import procfs
-from ._request import NO_HOOKS, FinishHook, Hooks, serve
+from ._request import NO_HOOKS, Driver, Hooks, serve
 from .access_log import AccessLog
 from .exposition import MetricsApp, check_prometheus_client_registry
 from .guard import Guard
@@ -23,6 +23,8 @@ from .process_metrics import ProcessSampler
 from .process_state import ensure_current, install_fork_hook, on_new_process
 from .queue_time import QueueTime
 from .request_id import RequestIdPolicy
+from .request_record import RecordHook
+from .routes import EndpointCap, Endpoints, RouteTable
 from .settings import Settings
 from .store.maintenance import Maintenance, maintenance_for
 from .store.metrics import REGISTRY, Registry
@@ -34,33 +36,6 @@ if TYPE_CHECKING:
     from .options import Options
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-# Response headers frameworks send on most responses (Werkzeug, Django, Falcon spell them so or in
-# lower case): start_response passes over them with one set lookup.
-COMMON_RESPONSE_HEADERS = (
-    "Content-Type",
-    "Cache-Control",
-    "Set-Cookie",
-    "ETag",
-    "Last-Modified",
-    "Vary",
-    "Location",
-    "Expires",
-    "Date",
-    "Server",
-    "Content-Encoding",
-    "Content-Language",
-    "Content-Disposition",
-    "Accept-Ranges",
-    "Allow",
-    "X-Frame-Options",
-    "X-Content-Type-Options",
-    "Referrer-Policy",
-    "Cross-Origin-Opener-Policy",
-    "Strict-Transport-Security",
-    "Content-Security-Policy",
-    "Access-Control-Allow-Origin",
-)
 
 # Set in environ by the outermost instance; an inner instance seeing it passes the request through.
 ENVIRON_MARK = "softfactory_obs.middleware"
@@ -86,21 +61,16 @@ class ObservabilityMiddleware:
         self.app = app
         self.settings = settings
         self.request_ids = RequestIdPolicy(settings)
-        self.id_key = self.request_ids.environ_key
-        self.header_name = settings.request_id_header
-        self.header_lower = settings.request_id_header.lower()
-        self.header_size = len(self.header_lower)
-        self.other_headers = frozenset(
-            spelling
-            for name in COMMON_RESPONSE_HEADERS
-            for spelling in (name, name.lower())
-            if spelling.lower() not in (self.header_lower, "content-length")
-        )
+        self.driver = Driver(self.request_ids, settings.request_id_header, propagate=settings.propagate_exceptions)
         self.telemetry_routes: dict[str, WSGIApp] = {}
-        self.finish_hooks: list[FinishHook] = []
-        self.response_hooks: list[FinishHook] = []
-        self.start_hooks: list[FinishHook] = []
+        self.finish_hooks: list[RecordHook] = []
+        self.response_hooks: list[RecordHook] = []
+        self.start_hooks: list[RecordHook] = []
+        self.state_size = 0  # positions of RequestRecord.state reserved by recorders
         self.registry = registry if registry is not None else REGISTRY
+        # The endpoint every recorder shows; capped (max_endpoints) when metrics keep the label.
+        cap = EndpointCap(settings.max_endpoints, self._store_path) if settings.metrics else None
+        self.endpoints = Endpoints(RouteTable(settings.routes), cap)
         self.maintenance: Maintenance | None = None
         self.guard = Guard(settings.telemetry_token, settings.telemetry_allow)
         self.health_checks = HealthChecks(ttl=settings.health_cache_seconds)
@@ -110,7 +80,7 @@ class ObservabilityMiddleware:
         if settings.health:
             self._set_up_health(settings)
         if settings.access_log:
-            self.finish_hooks.append(AccessLog(settings))
+            self.finish_hooks.append(AccessLog(settings, self.endpoints))
         if settings.metrics:
             self.finish_hooks.append(self._compact_once)  # last: after the access line
             self.registry.on_fork(self._rearm_compaction)
@@ -138,10 +108,10 @@ class ObservabilityMiddleware:
             sampler = ProcessSampler(self.registry, settings.service_name, settings.service_version)
             maintenance.sampler = sampler
             maintenance.tasks.append(sampler.sample)
-        http = HttpMetrics(self.registry, settings, self._store_path)
+        http = HttpMetrics(self.registry, settings, self.endpoints, self.reserve_state(HttpMetrics.STATE_SIZE))
         self.start_hooks.append(http.start)
         if settings.queue_time_header:
-            self.start_hooks.append(QueueTime(self.registry, settings))  # after http.start: it reads cycle.http
+            self.start_hooks.append(QueueTime(self.registry, settings, http))
         self.response_hooks.append(http.count)
         self.finish_hooks.append(http.observe)
         metrics_app = self.guard.protect(MetricsApp(self.registry, on_dead_shards=maintenance.wake))
@@ -173,10 +143,13 @@ class ObservabilityMiddleware:
         ensure_current()  # a new process resets what it inherited, on any server
         if not self._started_in_process:
             self._start_in_process()
-        path = environ.get("PATH_INFO")
+        try:
+            path = environ["PATH_INFO"]
+        except KeyError:  # PEP 3333 lets a server leave out an empty one
+            path = ""
         if path not in self.telemetry_routes:
-            return serve(self, environ, start_response, self._hooks, self.app)
-        return serve(self, environ, start_response, self._telemetry_hooks, self.telemetry_routes[path])
+            return serve(self.driver, self._hooks, environ, start_response, self.app, path)
+        return serve(self.driver, self._telemetry_hooks, environ, start_response, self.telemetry_routes[path], path)
 
     def _start_in_process(self) -> None:
         """The first request of each process (never the gunicorn or uWSGI master): start what runs
@@ -246,13 +219,26 @@ class ObservabilityMiddleware:
         """With ``ready_on_start=False``: tell /ready that start-up (warm caches, migrations) is done."""
         self.readiness.started = ready
 
-    def add_finish_hook(self, hook: FinishHook) -> None:
-        """Call ``hook(cycle)`` once per application request, after its body was sent and closed."""
+    def reserve_state(self, size: int = 1) -> int:
+        """``size`` positions of ``RequestRecord.state`` for a recorder's per-request values (each
+        request starts them at None); returns the first one's index."""
+        slot = self.state_size
+        self.state_size += size
+        self._rebuild_hooks()
+        return slot
+
+    def add_start_hook(self, hook: RecordHook) -> None:
+        """Call ``hook(record)`` once per application request, before the app runs."""
+        self.start_hooks.append(hook)
+        self._rebuild_hooks()
+
+    def add_finish_hook(self, hook: RecordHook) -> None:
+        """Call ``hook(record)`` once per application request, after its body was sent and closed."""
         self.finish_hooks.append(hook)
         self._rebuild_hooks()
 
-    def add_response_hook(self, hook: FinishHook) -> None:
-        """Call ``hook(cycle)`` once per application request, when its status is final, before the body."""
+    def add_response_hook(self, hook: RecordHook) -> None:
+        """Call ``hook(record)`` once per application request, when its status is final, before the body."""
         self.response_hooks.append(hook)
         self._rebuild_hooks()
 
@@ -272,7 +258,9 @@ class ObservabilityMiddleware:
             self._rebuild_hooks()
 
     def _rebuild_hooks(self) -> None:
-        self._hooks = Hooks(_bound(self.response_hooks), _bound(self.finish_hooks), _bound(self.start_hooks))
+        self._hooks = Hooks(
+            _bound(self.response_hooks), _bound(self.finish_hooks), _bound(self.start_hooks), [None] * self.state_size
+        )
         # Telemetry routes are never counted; they are logged only when asked.
         access = _bound(h for h in self.finish_hooks if isinstance(h, AccessLog))
         self._telemetry_hooks = Hooks((), access) if self.settings.log_telemetry_routes else NO_HOOKS
@@ -282,7 +270,7 @@ class ObservabilityMiddleware:
         return directory.path if directory is not None else None
 
 
-def _bound(hooks: Iterable[Any]) -> tuple[FinishHook, ...]:
+def _bound(hooks: Iterable[Any]) -> tuple[RecordHook, ...]:
     """Hooks as the request calls them: an object with a ``__call__`` (the access log) as its bound
     method, which skips the slot lookup calling the object costs every request."""
     return tuple(h.__call__ if isinstance(type(h).__call__, FunctionType) else h for h in hooks)

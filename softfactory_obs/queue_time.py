@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from time import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .http_metrics import HttpMetrics
+from .request_record import RequestRecord
 from .settings import Settings
 from .store.metrics import Histogram, Registry
-
-if TYPE_CHECKING:
-    from ._request import RequestCycle
 
 _STAMP = re.compile(r"(?:t=)?(\d{1,19}(?:\.\d{1,9})?)", re.ASCII)  # without ASCII, \d takes any script's digits
 # A stamp's unit is the largest that puts it after 2000-01-01, as New Relic's agents tell them apart:
@@ -47,13 +46,15 @@ def request_start(value: object) -> float | None:
 
 
 class QueueTime:
-    """Start hook, after the HTTP metrics' own: a request they do not measure is not observed here."""
+    """Start hook: observes the wait of the requests the HTTP metrics measure (their skip rules and
+    default labels, asked of ``http`` itself: it does not matter which hook runs first)."""
 
     component = "queue time"
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(self, registry: Registry, settings: Settings, http: HttpMetrics) -> None:
         p = f"{settings.namespace}_" if settings.namespace else ""
-        self.key = "HTTP_" + settings.queue_time_header.upper().replace("-", "_")
+        self.header = settings.queue_time_header
+        self.http = http
         self.histogram = Histogram(
             f"{p}http_request_queue_seconds",
             f"Time from the proxy's {settings.queue_time_header} stamp until a worker took the request",
@@ -63,10 +64,12 @@ class QueueTime:
         )
         self._children: dict[tuple[str, ...], Any] = {}  # by default label values: bounded by their allow-lists
 
-    def __call__(self, cycle: RequestCycle) -> None:
-        live = cycle.http
-        value = cycle.environ.get(self.key)
-        if live is None or value is None:
+    def __call__(self, record: RequestRecord) -> None:
+        value = record.header(self.header)
+        if value is None:
+            return
+        live = self.http.live_for(record)
+        if live is None:
             return
         started = request_start(value)
         if started is None:

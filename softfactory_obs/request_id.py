@@ -37,8 +37,7 @@ def _new_batch() -> list[str]:
     raw = bytearray(os.urandom(16 * _BATCH))
     raw[6::16] = raw[6::16].translate(_VERSION_4)
     raw[8::16] = raw[8::16].translate(_VARIANT_1)
-    text = raw.hex()
-    return [text[i : i + 32] for i in range(0, len(text), 32)]
+    return raw.hex(" ", 16).split(" ")  # one id per 16 bytes, cut in C: slicing in Python cost twice this
 
 
 # list.pop() is atomic under the GIL, so no two threads take the same id; two threads that find it

@@ -21,13 +21,15 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 
-from . import _request
 from ._failures import report_failure
-from .access_log import MAX_CACHED_TEXT, wsgi_to_text
+from ._request import ROUTE_KEY  # where the adapters put the template; the WSGI driver reads it
+from .request_record import MAX_CACHED_TEXT, RequestRecord
 
-ROUTE_KEY = _request.ROUTE_KEY  # where the adapters put the template; defined beside the other environ keys
+__all__ = ["OVERFLOW", "ROUTE_KEY", "UNMATCHED", "EndpointCap", "Endpoints", "RouteTable", "normalise", "to_template"]
+
 UNMATCHED = "__unmatched__"
 OVERFLOW = "__overflow__"
+MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
@@ -103,7 +105,7 @@ class RouteTable:
     def __init__(self, templates: Iterable[str]) -> None:
         self._compiled = [(self._compile(t), t) for t in templates]
         self._cache: dict[str, str | None] = {}
-        # raw PATH_INFO (with SCRIPT_NAME) -> (endpoint, matched a template): what ``resolve`` decided
+        # request path (after the mount point) -> (endpoint, matched a template): what ``resolve`` decided
         self.resolved: dict[str, tuple[str, bool]] = {}
 
     @staticmethod
@@ -200,27 +202,47 @@ class EndpointCap:
             os.close(fd)  # releases the lock
 
 
-def resolve(environ: dict[str, object], table: RouteTable, status: str | None) -> str:
-    """The endpoint template for a finished request (before the cap).
+def resolve(record: RequestRecord, table: RouteTable) -> str:
+    """The endpoint template for a request whose status is final (before the cap).
 
-    Templates are relative to where the app is mounted, so the mount point (``SCRIPT_NAME``) is
+    Templates are relative to where the app is mounted, so the mount point (``script_name``) is
     put in front: two apps mounted at /a and /b never share an endpoint.
     """
-    script = environ.get("SCRIPT_NAME")
-    route = environ.get(ROUTE_KEY)
+    script, route = record.script_name, record.route
     if route:
-        return (wsgi_to_text(str(script)) if script else "") + wsgi_to_text(str(route))
-    raw = str(environ.get("PATH_INFO", ""))
-    if script:
-        raw = str(script) + raw
+        return script + str(route)
+    raw = script + record.path if script else record.path
     known = table.resolved.get(raw)
     if known is None:
-        path = wsgi_to_text(raw)
-        template = table.match(path)
-        known = (template, True) if template is not None else (normalise(path) or "/", False)
+        template = table.match(raw)
+        known = (template, True) if template is not None else (normalise(raw) or "/", False)
         if len(table.resolved) < 10_000 and len(raw) <= MAX_CACHED_TEXT:  # hot paths repeat
             table.resolved[raw] = known
     endpoint, matched = known
-    if not matched and status is not None and status.startswith("404"):
+    if not matched and record.status == 404:
         return UNMATCHED
     return endpoint
+
+
+class Endpoints:
+    """The ``endpoint`` of a request: ``resolve``, then the cap when metrics keep one.
+
+    One instance serves every recorder that shows the endpoint (the HTTP metrics' label, the access
+    line), so a request has one endpoint wherever it appears, whichever asks first: the answer is
+    kept on the record (``RequestRecord.endpoint``). Call it once the status is final.
+    """
+
+    def __init__(self, table: RouteTable, cap: EndpointCap | None = None) -> None:
+        self.table = table
+        self.cap = cap
+
+    def of(self, record: RequestRecord) -> str:
+        """The request's endpoint (its status must be final), resolved once per request."""
+        endpoint = record.endpoint
+        if endpoint is None:
+            endpoint = resolve(record, self.table)
+            cap = self.cap
+            if cap is not None and endpoint not in cap.admitted:
+                endpoint = endpoint if len(endpoint) <= MAX_ENDPOINT_LENGTH and cap.admit(endpoint) else OVERFLOW
+            record.endpoint = endpoint
+        return endpoint

@@ -246,7 +246,7 @@ class GaugeChild(Child):
 class HistogramChild(Child):
     """One label set of a ``Histogram``."""
 
-    __slots__ = ("_bounds", "_inf", "_scale", "_sum", "_top")
+    __slots__ = ("_bounds", "_inf", "_scale", "_sum", "_top", "_whole")
 
     def __init__(
         self,
@@ -265,6 +265,7 @@ class HistogramChild(Child):
         self._inf = len(family.bounds) - 1  # the +Inf bucket's position in _idx
         scale = family.sum_scale
         self._scale = 1 if scale == 1 else float(scale)  # float * float: no int conversion per value
+        self._whole = scale == 1  # sums in whole units (bytes): an int value is its own
         self._sum = 0  # the sum's slot, once bound
 
     def _attaching(self) -> None:
@@ -298,10 +299,13 @@ class HistogramChild(Child):
         if ints is None:
             ints = self._bind()
         n = bisect_left(self._bounds, value) if value <= self._top else self._inf
-        try:
-            units = floor(value * self._scale + 0.5)  # to the nearest unit (half up); round() costs twice as much
-        except (OverflowError, ValueError):  # an infinity or NaN: counted in +Inf, the sum left alone
-            n, units = self._inf, 0
+        if self._whole and type(value) is int:
+            units = value
+        else:
+            try:
+                units = floor(value * self._scale + 0.5)  # to the nearest unit (half up); round() costs twice as much
+            except (OverflowError, ValueError):  # an infinity or NaN: counted in +Inf, the sum left alone
+                n, units = self._inf, 0
         held = self._held
         count = held[n] = held[n] + 1
         ints[self._idx[n]] = count
