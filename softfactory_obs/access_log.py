@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as json_string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from ._failures import report_failure
@@ -21,6 +21,9 @@ from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
 from .request_record import MAX_CACHED_TEXT, RequestRecord
 from .routes import Endpoints
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .components import Host
 
 REDACTED = "[REDACTED]"
 TRUNCATED = "...[truncated]"
@@ -96,9 +99,14 @@ class AccessLog:
         self.sensitive = sensitive_matcher(settings.redact_query_params)
         self.user_id_getter = settings.user_id_getter
         self.direct = settings.access_log_route == "direct"
+        self.log_telemetry = settings.log_telemetry_routes
         self._agents: dict[str, str] = {}  # user agent -> its JSON string
         self._addresses: dict[str, str] = {}  # REMOTE_ADDR -> its JSON string
         self._rendered: dict[tuple[Any, ...], tuple[str, str]] = {}  # see _write_direct
+
+    def install(self, host: Host) -> None:
+        """A finish hook; on the telemetry routes too when ``log_telemetry_routes`` asks."""
+        host.add_finish_hook(self, telemetry=self.log_telemetry)
 
     def _cap(self, value: str) -> str:
         return value if len(value) <= self.limit else value[: self.limit] + TRUNCATED

@@ -22,6 +22,7 @@ from .exposition_formats import OPENMETRICS, encode_openmetrics, encode_text, gz
 from .families import Exemplar, Family, Sample, gauge
 from .store.directory import Snapshot, StoreBusyError
 from .store.metrics import COUNTER_SCALE, Registry, sum_scale
+from .store.shard import decode_exemplar
 
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -110,10 +111,8 @@ def _histogram(name: str, meta: dict[str, Any], labelnames: list[str], by_labels
 
 def _exemplar(stored: tuple[float, int, str]) -> Exemplar | None:
     value, stamp, ident = stored
-    name, _, label = ident.partition("=")
-    if not label or not name.isidentifier():
-        return None
-    return Exemplar({name: label}, value, stamp / 1e9)
+    labels = decode_exemplar(ident)
+    return Exemplar(labels, value, stamp / 1e9) if labels else None
 
 
 def _le(bound: float) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from math import inf
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .process_state import on_new_process
 from .request_record import MAX_CACHED_TEXT, RequestRecord
@@ -30,6 +30,9 @@ from .store.metrics import (
     Registry,
 )
 
+if TYPE_CHECKING:
+    from .components import Host
+
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)
 
@@ -37,15 +40,15 @@ SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 
 class HttpMetrics:
     """The HTTP metrics recorder: its families, the label policy, and three request hooks.
 
-    Per request it keeps, at ``record.state[slot]``, the method and default-label set it counts
-    under (None: not measured) and, at ``slot + 1``, the series answered (None until the response
-    hook counted it): ``STATE_SIZE`` positions from ``slot``.
+    Per request it keeps, at ``record.state[live_at]``, the method and default-label set it counts
+    under (None: not measured) and, at ``series_at``, the series answered (None until the response
+    hook counted it): the ``STATE_SIZE`` positions ``install`` reserved.
     """
 
     component = "http metrics"
     STATE_SIZE = 2
 
-    def __init__(self, registry: Registry, settings: Settings, endpoints: Endpoints, slot: int) -> None:
+    def __init__(self, registry: Registry, settings: Settings, endpoints: Endpoints) -> None:
         p = f"{settings.namespace}_" if settings.namespace else ""
         extra = list(settings.default_labels)
         endpoint_labels = ["method", "endpoint", *extra]
@@ -108,7 +111,7 @@ class HttpMetrics:
             registry=registry,
         )
         self.endpoints = endpoints
-        self.live_at, self.series_at = slot, slot + 1  # positions in record.state
+        self.live_at, self.series_at = 0, 1  # positions in record.state: install() reserves its own
         self.slow_seconds = float(settings.slow_request_seconds)
         self.skip_exact, self.skip_patterns = settings.skip
         self.skip_methods = frozenset(settings.skip_methods)
@@ -137,6 +140,14 @@ class HttpMetrics:
     # Under a server that says it runs no requests in other threads (gunicorn's sync and gevent
     # workers), only the thread serving requests writes these series: the children's unlocked
     # writers skip the store's lock. Threaded servers take it.
+
+    def install(self, host: Host) -> None:
+        """Reserve the per-request positions and add the three hooks."""
+        self.live_at = host.reserve_state(self.STATE_SIZE)
+        self.series_at = self.live_at + 1
+        host.add_start_hook(self.start)
+        host.add_response_hook(self.count)
+        host.add_finish_hook(self.observe)
 
     def start(self, record: RequestRecord) -> None:
         """Start hook: the in-progress gauge goes up for a request that is measured."""
@@ -263,17 +274,17 @@ class HttpMetrics:
         self._by_labels.clear()
 
 
-def _exemplar(record: RequestRecord) -> bytes | None:
+def _exemplar(record: RequestRecord) -> dict[str, str] | None:
     """The request's exemplar labels: its trace id, else its id when that fits the slot (a longer
     client id is not cut into a false one)."""
     if record.trace_id is not None:
-        return b"trace_id=" + record.trace_id.encode()
+        return {"trace_id": record.trace_id}
     if len(record.request_id) <= _ID_ROOM:
-        return b"request_id=" + record.request_id.encode()
+        return {"request_id": record.request_id}
     return None
 
 
-_ID_ROOM = MAX_EXEMPLAR_BYTES - len(b"request_id=")  # 60: the longest client id an exemplar keeps whole
+_ID_ROOM = MAX_EXEMPLAR_BYTES - len("request_id=")  # 60: the longest client id an exemplar keeps whole
 _CACHED = 4096
 
 

@@ -1,4 +1,5 @@
-"""The WSGI middleware: routes telemetry paths to their apps and hands every request to ``_request.serve``.
+"""The WSGI middleware: the host the components install into (``components.py``); routes telemetry
+paths to their apps and hands every request to ``_request.serve``.
 
 ``__call__`` is the hot path and stays small: one marker check, one dict lookup, one object.
 Everything else was decided in ``__init__``.
@@ -10,32 +11,24 @@ from collections.abc import Callable, Iterable
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
-from . import procfs
+from ._failures import report_failure
 from ._request import NO_HOOKS, Driver, Hooks, serve
-from .access_log import AccessLog
-from .exposition import MetricsApp, check_prometheus_client_registry
+from .components import WSGIApp, components_for
 from .guard import Guard
 from .health import Check, HealthChecks, Readiness
-from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
-from .http_metrics import HttpMetrics
 from .logs import configure_logging, logging_configured
-from .process_metrics import ProcessSampler
 from .process_state import ensure_current, install_fork_hook, on_new_process
-from .queue_time import QueueTime
 from .request_id import RequestIdPolicy
 from .request_record import RecordHook
 from .routes import EndpointCap, Endpoints, RouteTable
 from .settings import Settings
-from .store.maintenance import Maintenance, maintenance_for
+from .store.maintenance import maintenance_for
 from .store.metrics import REGISTRY, Registry
-from .summary import History, SummaryApp
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only type checkers read it
 
     from .options import Options
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # Set in environ by the outermost instance; an inner instance seeing it passes the request through.
 ENVIRON_MARK = "softfactory_obs.middleware"
@@ -63,29 +56,28 @@ class ObservabilityMiddleware:
         self.request_ids = RequestIdPolicy(settings)
         self.driver = Driver(self.request_ids, settings.request_id_header, propagate=settings.propagate_exceptions)
         self.telemetry_routes: dict[str, WSGIApp] = {}
-        self.finish_hooks: list[RecordHook] = []
-        self.response_hooks: list[RecordHook] = []
         self.start_hooks: list[RecordHook] = []
+        self.response_hooks: list[RecordHook] = []
+        self.finish_hooks: list[RecordHook] = []
+        self.telemetry_finish_hooks: list[RecordHook] = []  # telemetry routes are logged only when asked
         self.state_size = 0  # positions of RequestRecord.state reserved by recorders
         self.registry = registry if registry is not None else REGISTRY
+        if settings.metrics and settings.metrics_dir:
+            self.registry.set_directory(settings.metrics_dir)
         # The endpoint every recorder shows; capped (max_endpoints) when metrics keep the label.
         cap = EndpointCap(settings.max_endpoints, self._store_path) if settings.metrics else None
         self.endpoints = Endpoints(RouteTable(settings.routes), cap)
-        self.maintenance: Maintenance | None = None
+        self.maintenance = maintenance_for(self.registry)
+        self.maintenance.interval = settings.maintenance_interval_seconds
         self.guard = Guard(settings.telemetry_token, settings.telemetry_allow)
         self.health_checks = HealthChecks(ttl=settings.health_cache_seconds)
         self.readiness = Readiness(settings.ready_on_start)
-        if settings.metrics:
-            self._set_up_metrics(settings)
-        if settings.health:
-            self._set_up_health(settings)
-        if settings.access_log:
-            self.finish_hooks.append(AccessLog(settings, self.endpoints))
-        if settings.metrics:
-            self.finish_hooks.append(self._compact_once)  # last: after the access line
-            self.registry.on_fork(self._rearm_compaction)
-        self._rebuild_hooks()
+        self._per_process: list[Callable[[], object]] = []
         self._started_in_process = False
+        self._rebuild_hooks()
+        self.components = components_for(self)
+        for component in self.components:
+            component.install(self)
         on_new_process(self._forget_process, component="middleware after fork")
         install_fork_hook()
         if settings.auto_configure_logging and not logging_configured():
@@ -98,43 +90,6 @@ class ObservabilityMiddleware:
                 service=settings.service_name,
                 schema=settings.log_schema,
             )
-
-    def _set_up_metrics(self, settings: Settings) -> None:
-        if settings.metrics_dir:
-            self.registry.set_directory(settings.metrics_dir)
-        maintenance = self.maintenance = maintenance_for(self.registry)
-        maintenance.interval = settings.maintenance_interval_seconds
-        if maintenance.sampler is None:  # one per registry, however many middlewares share it
-            sampler = ProcessSampler(self.registry, settings.service_name, settings.service_version)
-            maintenance.sampler = sampler
-            maintenance.tasks.append(sampler.sample)
-        http = HttpMetrics(self.registry, settings, self.endpoints, self.reserve_state(HttpMetrics.STATE_SIZE))
-        self.start_hooks.append(http.start)
-        if settings.queue_time_header:
-            self.start_hooks.append(QueueTime(self.registry, settings, http))
-        self.response_hooks.append(http.count)
-        self.finish_hooks.append(http.observe)
-        metrics_app = self.guard.protect(MetricsApp(self.registry, on_dead_shards=maintenance.wake))
-        self.mount(settings.metrics_path, metrics_app)
-        self.mount("/api/metrics/prometheus", metrics_app)  # the path the seed docs scrape
-        check_prometheus_client_registry(self.registry)
-        if settings.summary:
-            history = History(self.registry, f"{settings.namespace}_" if settings.namespace else "")
-            maintenance.tasks.append(history.sample)
-            summary = SummaryApp(settings, self.registry, history, started_at=procfs.start_time(procfs.service_pid()))
-            self.mount("/api/metrics/summary", self.guard.protect(summary.summary))
-            self.mount("/api/metrics/errors", self.guard.protect(summary.errors))
-
-    def _set_up_health(self, settings: Settings) -> None:
-        routes = HealthRoutes(settings, self.health_checks, self.readiness, self.guard)
-        for paths, handler in ((LIVE_PATHS, routes.live), (READY_PATHS, routes.ready), (HEALTH_PATHS, routes.health)):
-            for path in paths:
-                self.mount(path, handler)
-        if self.maintenance is not None:
-            self.maintenance.tasks.append(self.health_checks.refresh_background)
-            if not self.maintenance.readiness_exported:  # one app_ready family per registry
-                self.maintenance.readiness_exported = True
-                self.registry.callbacks.append(routes.ready_metric)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if ENVIRON_MARK in environ:
@@ -152,13 +107,14 @@ class ObservabilityMiddleware:
         return serve(self.driver, self._telemetry_hooks, environ, start_response, self.telemetry_routes[path], path)
 
     def _start_in_process(self) -> None:
-        """The first request of each process (never the gunicorn or uWSGI master): start what runs
-        beside requests. SIGTERM marks the worker draining whatever else is on."""
+        """The first request of each process (never the gunicorn or uWSGI master): what the
+        components asked to run once per process (the maintenance thread, the SIGTERM hook)."""
         self._started_in_process = True
-        if self.maintenance is not None:
-            self.maintenance.ensure_started()
-        if self.settings.health:
-            self.readiness.watch_sigterm()
+        for action in self._per_process:
+            try:
+                action()
+            except Exception as exc:
+                report_failure("middleware start in process", exc)
 
     def _forget_process(self) -> None:
         self._started_in_process = False
@@ -232,38 +188,46 @@ class ObservabilityMiddleware:
         self.start_hooks.append(hook)
         self._rebuild_hooks()
 
-    def add_finish_hook(self, hook: RecordHook) -> None:
-        """Call ``hook(record)`` once per application request, after its body was sent and closed."""
-        self.finish_hooks.append(hook)
-        self._rebuild_hooks()
-
     def add_response_hook(self, hook: RecordHook) -> None:
         """Call ``hook(record)`` once per application request, when its status is final, before the body."""
         self.response_hooks.append(hook)
         self._rebuild_hooks()
 
-    def _compact_once(self, _: object) -> None:
-        """Finish hook until this process's compaction has run; then it leaves the request path."""
-        if not self.registry.compact_if_pending():
-            try:
-                self.finish_hooks.remove(self._compact_once)
-            except ValueError:  # another thread took it out first
-                return
-            self._rebuild_hooks()
+    def add_finish_hook(self, hook: RecordHook, *, telemetry: bool = False) -> None:
+        """Call ``hook(record)`` once per application request, after its body was sent and closed;
+        with ``telemetry``, once per request to a telemetry route (/metrics, the probes) too."""
+        self.finish_hooks.append(hook)
+        if telemetry:
+            self.telemetry_finish_hooks.append(hook)
+        self._rebuild_hooks()
 
-    def _rearm_compaction(self) -> None:
-        """In a forked worker: its first request has a compaction to run again."""
-        if self._compact_once not in self.finish_hooks:
-            self.finish_hooks.append(self._compact_once)
-            self._rebuild_hooks()
+    def remove_finish_hook(self, hook: RecordHook) -> None:
+        """Stop calling ``hook`` (safe from any thread; a hook that is not there is ignored)."""
+        for hooks in (self.finish_hooks, self.telemetry_finish_hooks):
+            try:
+                hooks.remove(hook)
+            except ValueError:  # never added, or another thread took it out first
+                continue
+        self._rebuild_hooks()
+
+    def every_interval(self, task: Callable[[], object]) -> None:
+        """Run ``task`` on the registry's maintenance thread, every ``maintenance_interval_seconds``."""
+        self.maintenance.tasks.append(task)
+        self.in_each_process(self.maintenance.ensure_started)
+
+    def in_each_process(self, action: Callable[[], object]) -> None:
+        """Run ``action`` (once) before the first request of each process that serves requests."""
+        if action not in self._per_process:
+            self._per_process.append(action)
 
     def _rebuild_hooks(self) -> None:
         self._hooks = Hooks(
             _bound(self.response_hooks), _bound(self.finish_hooks), _bound(self.start_hooks), [None] * self.state_size
         )
         # Telemetry routes are never counted; they are logged only when asked.
-        access = _bound(h for h in self.finish_hooks if isinstance(h, AccessLog))
-        self._telemetry_hooks = Hooks((), access) if self.settings.log_telemetry_routes else NO_HOOKS
+        self._telemetry_hooks = (
+            Hooks((), _bound(self.telemetry_finish_hooks)) if self.telemetry_finish_hooks else NO_HOOKS
+        )
 
     def _store_path(self) -> str | None:
         directory = self.registry.directory

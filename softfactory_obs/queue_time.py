@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import re
 from time import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .http_metrics import HttpMetrics
 from .request_record import RequestRecord
 from .settings import Settings
 from .store.metrics import Histogram, Registry
+
+if TYPE_CHECKING:
+    from .components import Host
 
 _STAMP = re.compile(r"(?:t=)?(\d{1,19}(?:\.\d{1,9})?)", re.ASCII)  # without ASCII, \d takes any script's digits
 # A stamp's unit is the largest that puts it after 2000-01-01, as New Relic's agents tell them apart:
@@ -63,6 +66,10 @@ class QueueTime:
             registry=registry,
         )
         self._children: dict[tuple[str, ...], Any] = {}  # by default label values: bounded by their allow-lists
+
+    def install(self, host: Host) -> None:
+        """A start hook: the stamp is read before the app runs."""
+        host.add_start_hook(self)
 
     def __call__(self, record: RequestRecord) -> None:
         value = record.header(self.header)

@@ -167,7 +167,7 @@ class OtherProtocolRecord(RequestRecord):
 def test_a_record_from_another_protocol_feeds_the_same_recorders(registry: Registry, logs: LogCapture) -> None:
     settings = Settings.from_env(routes=["/orders/{id}"], access_log_route="logging", auto_configure_logging=False)
     endpoints = Endpoints(RouteTable(settings.routes))
-    http = HttpMetrics(registry, settings, endpoints, 0)
+    http = HttpMetrics(registry, settings, endpoints)  # not installed: state positions 0 and 1
     access = AccessLog(settings, endpoints)
     record = OtherProtocolRecord([None] * HttpMetrics.STATE_SIZE)
     http.start(record)

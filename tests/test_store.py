@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from softfactory_obs import ObservabilityMiddleware, _failures
 from softfactory_obs._failures import failure_counts
+from softfactory_obs.components import Compaction
 from softfactory_obs.exposition import MetricsApp, families_from
 from softfactory_obs.store import directory, location
 from softfactory_obs.store.directory import StoreDirectory
@@ -76,11 +77,15 @@ def test_memory_mode_needs_no_directory() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda r: Counter("jobs", "x", registry=r), "must end in _total"),
         (lambda r: Counter("bad-name_total", "x", registry=r), "not a valid Prometheus name"),
         (lambda r: Counter("x_total", "x", ["__reserved"], registry=r), "label name '__reserved' is not valid"),
         (lambda r: Counter("x_total", "x", ["a", "a"], registry=r), "duplicate label names"),
         (lambda r: Gauge("g", "x", mode="all", registry=r), "mode must be one of livesum"),
+        (lambda r: Gauge("g", "x", multiprocess_mode="max", registry=r), "live workers' gauges only: try 'livemax'"),
+        (lambda r: Gauge("g", "x", mode="livesum", multiprocess_mode="livemax", registry=r), "disagree"),
+        (lambda r: Counter("e_total", "x", exemplars=True, registry=r).inc(1, {"trace id": "a"}), "label name"),
+        (lambda r: Counter("e_total", "x", exemplars=True, registry=r).inc(1, {"id": "a" * 100}), "a slot keeps"),
+        (lambda r: Counter("e_total", "x", exemplars=True, registry=r).inc(1, {"k": "a" * 128}), "128 characters"),
         (lambda r: Histogram("h", "x", ["le"], registry=r), "'le' is reserved"),
         (lambda r: Histogram("h", "x", buckets=(1, 1), registry=r), "buckets must be distinct"),
         (lambda r: Counter("x_total", "x", ["a"], registry=r).inc(), r"has labels \['a'\]"),
@@ -580,22 +585,41 @@ def test_the_unlocked_writers_count_exactly_as_the_locked_ones(values: list[floa
     assert written[0][("v_bytes_bucket", (("le", le),))] == expected_le_10
 
 
-def test_exemplars_are_written_through_the_children_only_and_cut_to_the_slot() -> None:
+def test_exemplars_are_label_dicts_written_through_the_children_only() -> None:
     registry = Registry()
     hist = Histogram("d_seconds", "x", buckets=(0.1, 1.0), exemplars=True, registry=registry).labels()
     count = Counter("c_total", "x", exemplars=True, registry=registry).labels()
-    long_id = b"request_id=" + b"a" * 100  # longer than a slot holds: cut, never spilling into the next
+    longest = {"request_id": "a" * (MAX_EXEMPLAR_BYTES - len("request_id="))}  # exactly what a slot holds
     n = hist.observe_unlocked(0.5)
-    hist.set_exemplar(n, 0.5, long_id, 1_700_000_000_000_000_000)
-    count.inc_unlocked()
-    count.set_exemplar(1.0, b"trace_id=abc", 1_700_000_000_000_000_000)
+    hist.set_exemplar(n, 0.5, longest, 1_700_000_000_000_000_000)
+    count.inc(1, {"trace_id": "abc", "span_id": "\u00e9t\u00e9"}, 1_700_000_000_000_000_000)
     plain = Histogram("p_seconds", "x", buckets=(0.1, 1.0), registry=registry).labels()  # no exemplars=True
-    plain.set_exemplar(plain.observe(0.5), 0.5, b"trace_id=abc")  # nothing to keep it in: ignored
+    plain.set_exemplar(plain.observe(0.5), 0.5, {"trace_id": "abc"})  # nothing to keep it in: ignored
     lines = MetricsApp(registry).render("application/openmetrics-text")[0].decode().splitlines()
-    kept = "a" * (MAX_EXEMPLAR_BYTES - len("request_id="))
+    kept = longest["request_id"]
     assert f'd_seconds_bucket{{le="1.0"}} 1.0 # {{request_id="{kept}"}} 0.5 1700000000.0' in lines, lines
-    assert 'c_total 1.0 # {trace_id="abc"} 1.0 1700000000.0' in lines, lines
+    assert 'c_total 1.0 # {span_id="\u00e9t\u00e9",trace_id="abc"} 1.0 1700000000.0' in lines, lines
     assert 'p_seconds_bucket{le="1.0"} 1.0' in lines, lines  # counted, with no exemplar
+    with pytest.raises(ValueError, match="a slot keeps"):  # one byte more: refused, never cut into a false id
+        count.set_exemplar(1.0, {"request_id": kept + "a"})
+    assert 'c_total 1.0 # {span_id="\u00e9t\u00e9",trace_id="abc"} 1.0 1700000000.0' in (
+        MetricsApp(registry).render("application/openmetrics-text")[0].decode().splitlines()
+    )
+
+
+def test_the_family_methods_speak_prometheus_clients_dialect() -> None:
+    registry = Registry()
+    orders = Counter("orders", "Orders placed", exemplars=True, registry=registry)  # _total added, as theirs does
+    assert orders.name == "orders_total"
+    orders.inc(2, exemplar={"trace_id": "t1"})
+    latency = Histogram("work_seconds", "x", buckets=(1.0,), exemplars=True, registry=registry)
+    latency.observe(0.5, exemplar={"trace_id": "t2"})
+    busy = Gauge("busy", "x", multiprocess_mode="livemax", registry=registry)
+    assert busy.mode == "livemax"
+    text = MetricsApp(registry).render("application/openmetrics-text")[0].decode()
+    assert 'orders_total 2.0 # {trace_id="t1"} 2.0' in text, text
+    assert 'work_seconds_bucket{le="1.0"} 1.0 # {trace_id="t2"} 0.5' in text, text
+    assert "# TYPE busy gauge" in text
 
 
 def test_callback_gauges_are_evaluated_at_scrape_time() -> None:
@@ -628,11 +652,14 @@ def test_a_new_worker_absorbs_its_predecessors_after_its_first_request(store_dir
     preloaded = middleware() if preload else None
     if preloaded is not None:
         call_wsgi(preloaded, {"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
-        assert preloaded._compact_once not in preloaded.finish_hooks  # done in this process: off the request path
+        [compaction] = [c for c in preloaded.components if isinstance(c, Compaction)]
+        assert not compaction.armed  # done in this process: off the request path
+        assert compaction.compact_once not in preloaded.finish_hooks
 
     def worker_serving_one_request() -> None:
         mw = preloaded or middleware()
-        assert mw._compact_once in mw.finish_hooks
+        [compaction] = [c for c in mw.components if isinstance(c, Compaction)]
+        assert compaction.armed and compaction.compact_once in mw.finish_hooks
         counter.inc()
         call_wsgi(mw, {"REQUEST_METHOD": "GET", "PATH_INFO": "/"})
 

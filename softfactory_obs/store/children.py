@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ContextDecorator
 from math import floor
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, Segment, write_exemplar
+from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, Segment, encode_exemplar, write_exemplar
 
 if TYPE_CHECKING:
     from .metrics import Gauge, Histogram, Metric
@@ -30,7 +30,7 @@ COUNTER_SCALE = 1_000_000  # counters hold micro-units: inc(0.5) is exact, 9.2e1
 SUM_SCALE = 1_000_000_000
 SUM_SCALES = {"_seconds": SUM_SCALE, "_bytes": 1}
 OTHER_SUM_SCALE = 1_000_000
-MAX_EXEMPLAR_BYTES = EXEMPLAR_ID_MAX  # the longest exemplar id (labels text) a slot keeps whole
+MAX_EXEMPLAR_BYTES = EXEMPLAR_ID_MAX  # the most an exemplar's labels take in a slot, as name=value lines
 
 
 def sum_suffix(scale: int) -> str:
@@ -120,9 +120,10 @@ class Child:
     def _attaching(self) -> None:
         """What a kind of child derives from its slots, before it counts as bound."""
 
-    def _write_exemplar(self, slot: int, value: float, ident: bytes, stamp_ns: int) -> None:
+    def _write_exemplar(self, slot: int, value: float, labels: Mapping[str, str], stamp_ns: int) -> None:
         """The one exemplar writer (the seqlock is ``shard.write_exemplar``'s), under the lock: two
         threads writing one slot at once would interleave its fields."""
+        ident = encode_exemplar(labels)  # before the lock: it may refuse the labels
         if self._ints is None:
             self._bind()
         lock = self._lock
@@ -141,9 +142,10 @@ class CounterChild(Child):
 
     __slots__ = ()
 
-    def inc(self, amount: float = 1, exemplar: bytes | None = None, stamp_ns: int = 0) -> None:
-        """Add ``amount`` (finite, >= 0). ``exemplar``: an ASCII id (``b"trace_id=4bf9..."``) kept as
-        this series' newest exemplar (``stamp_ns``: its wall-clock time, when the caller has it)."""
+    def inc(self, amount: float = 1, exemplar: Mapping[str, str] | None = None, stamp_ns: int = 0) -> None:
+        """Add ``amount`` (finite, >= 0). ``exemplar``: labels (``{"trace_id": "4bf9..."}``) kept as
+        this series' newest exemplar (``stamp_ns``: its wall-clock time, when the caller has it);
+        labels a slot cannot hold whole raise ValueError, after the count."""
         ints = self._ints
         if ints is None:
             ints = self._bind()
@@ -180,13 +182,13 @@ class CounterChild(Child):
         total = held[0] = held[0] + COUNTER_SCALE
         ints[self._i] = total
 
-    def set_exemplar(self, value: float, ident: bytes, stamp_ns: int = 0) -> None:
-        """Keep ``ident`` (ASCII, cut at the slot's size) as this series' newest exemplar; nothing when
-        the counter was made without ``exemplars=True``."""
+    def set_exemplar(self, value: float, labels: Mapping[str, str], stamp_ns: int = 0) -> None:
+        """Keep ``labels`` as this series' newest exemplar, for ``value``; nothing when the counter
+        was made without ``exemplars=True``."""
         if self._ints is None:
             self._bind()
         if self._ex:
-            self._write_exemplar(self._ex[0], value, ident, stamp_ns)
+            self._write_exemplar(self._ex[0], value, labels, stamp_ns)
 
 
 class GaugeChild(Child):
@@ -271,10 +273,10 @@ class HistogramChild(Child):
     def _attaching(self) -> None:
         self._sum = self._idx[-1]  # the sum is the last value slot
 
-    def observe(self, value: float, exemplar: bytes | None = None, stamp_ns: int = 0) -> int:
+    def observe(self, value: float, exemplar: Mapping[str, str] | None = None, stamp_ns: int = 0) -> int:
         """Count ``value`` in its bucket and the sum; returns the bucket's position in ``bounds``.
         NaN and infinities land in +Inf and leave the sum alone (a NaN sum would poison it for ever).
-        ``exemplar``: an ASCII id kept as the newest exemplar of that bucket (``stamp_ns``: its
+        ``exemplar``: labels kept as the newest exemplar of that bucket (``stamp_ns``: its
         wall-clock time, when the caller has it)."""
         if self._ints is None:
             self._bind()
@@ -313,13 +315,13 @@ class HistogramChild(Child):
         ints[self._sum] = total
         return n
 
-    def set_exemplar(self, bucket: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
-        """Keep ``ident`` as the newest exemplar of bucket ``bucket`` (what ``observe`` returned);
+    def set_exemplar(self, bucket: int, value: float, labels: Mapping[str, str], stamp_ns: int = 0) -> None:
+        """Keep ``labels`` as the newest exemplar of bucket ``bucket`` (what ``observe`` returned);
         nothing when the histogram was made without ``exemplars=True``."""
         if self._ints is None:
             self._bind()
         if self._ex:
-            self._write_exemplar(self._ex[bucket], value, ident, stamp_ns)
+            self._write_exemplar(self._ex[bucket], value, labels, stamp_ns)
 
 
 # -- prometheus_client's helpers: each a context manager and a decorator -----------------------------

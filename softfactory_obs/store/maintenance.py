@@ -23,9 +23,7 @@ class Maintenance:
     def __init__(self, registry: Registry, interval: float = 5.0) -> None:
         self.registry = registry
         self.interval = interval
-        self.tasks: list[Callable[[], object]] = []  # more periodic work (process metrics)
-        self.sampler: object | None = None  # the registry's ProcessSampler, once one is set up
-        self.readiness_exported = False
+        self.tasks: list[Callable[[], object]] = []  # more periodic work (process metrics, health checks)
         self._wake = threading.Event()
         self.started = False  # read on every request: a plain flag, reset in a forked child
 

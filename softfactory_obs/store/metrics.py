@@ -11,7 +11,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from ..families import Family
@@ -32,7 +32,7 @@ from .children import (
     sum_suffix,
 )
 from .registry import FROM_ENVIRONMENT, REGISTRY, Registry
-from .shard import KIND_COUNT, KIND_GAUGE, KIND_STAMP, encode_key
+from .shard import KIND_COUNT, KIND_GAUGE, KIND_STAMP, LABEL_NAME, encode_key
 
 __all__ = [
     "COUNTER_SCALE",
@@ -66,7 +66,6 @@ GAUGE_MODES = ("livesum", "livemax", "livemin", "livemostrecent")
 
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def _label_text(value: object) -> str:
@@ -93,7 +92,7 @@ class Metric(Generic[ChildT]):
         if not _NAME.fullmatch(name):
             raise ValueError(f"metric name {name!r} is not a valid Prometheus name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
         for label in labelnames:
-            if not _LABEL.fullmatch(label) or label.startswith("__"):
+            if not LABEL_NAME.fullmatch(label) or label.startswith("__"):
                 raise ValueError(f"{name}: label name {label!r} is not valid (letters, digits, _; not starting __)")
         if len(set(labelnames)) != len(labelnames):
             raise ValueError(f"{name}: duplicate label names in {list(labelnames)}")
@@ -151,7 +150,8 @@ def _key(family: Metric[Any], suffix: str, labelvalues: tuple[str, ...]) -> byte
 
 
 class Counter(Metric[CounterChild]):
-    """A counter summed over every worker, living or dead; its name must end in ``_total``."""
+    """A counter summed over every worker, living or dead. As in prometheus_client, ``_total`` is
+    added to a name without it (``Counter("orders", ...)`` is exposed as ``orders_total``)."""
 
     kind = "counter"
 
@@ -165,7 +165,7 @@ class Counter(Metric[CounterChild]):
         registry: Registry | None = None,
     ) -> None:
         if not name.endswith("_total"):
-            raise ValueError(f"counter {name!r} must end in _total (Prometheus naming)")
+            name += "_total"
         extra: dict[str, Any] = {"exemplars": True} if exemplars else {}
         super().__init__(name, documentation, labelnames, registry, scale=COUNTER_SCALE, **extra)
         self.exemplars = exemplars
@@ -175,9 +175,9 @@ class Counter(Metric[CounterChild]):
         ex = [_key(self, "x", labelvalues)] if self.exemplars else []
         return CounterChild(self, labelvalues, [(_key(self, "", labelvalues), KIND_COUNT)], ex)
 
-    def inc(self, amount: float = 1) -> None:
-        """Add ``amount`` to the unlabelled counter."""
-        self._unlabelled().inc(amount)
+    def inc(self, amount: float = 1, exemplar: Mapping[str, str] | None = None) -> None:
+        """Add ``amount`` to the unlabelled counter; ``exemplar``: labels such as ``{"trace_id": ...}``."""
+        self._unlabelled().inc(amount, exemplar)
 
     def count_exceptions(
         self, exception: type[BaseException] | tuple[type[BaseException], ...] = Exception
@@ -187,7 +187,12 @@ class Counter(Metric[CounterChild]):
 
 
 class Gauge(Metric[GaugeChild]):
-    """A gauge over live workers, combined by ``mode``: livesum, livemax, livemin or livemostrecent."""
+    """A gauge over live workers, combined by ``mode``: livesum, livemax, livemin or livemostrecent.
+
+    ``multiprocess_mode`` is prometheus_client's name for ``mode``. Its modes over dead processes
+    too (``sum``, ``max``, ``min``, ``mostrecent``, ``all``, ``liveall``) are refused: a dead
+    worker's gauge is not kept here.
+    """
 
     kind = "gauge"
 
@@ -197,11 +202,22 @@ class Gauge(Metric[GaugeChild]):
         documentation: str,
         labelnames: Sequence[str] = (),
         *,
-        mode: str = "livesum",
+        mode: str | None = None,
+        multiprocess_mode: str | None = None,
         registry: Registry | None = None,
     ) -> None:
+        if mode is not None and multiprocess_mode is not None and mode != multiprocess_mode:
+            raise ValueError(f"gauge {name!r}: mode={mode!r} and multiprocess_mode={multiprocess_mode!r} disagree")
+        mode = mode or multiprocess_mode or "livesum"
         if mode not in GAUGE_MODES:
-            raise ValueError(f"gauge {name!r}: mode must be one of {', '.join(GAUGE_MODES)}, got {mode!r}")
+            raise ValueError(
+                f"gauge {name!r}: mode must be one of {', '.join(GAUGE_MODES)}, got {mode!r}"
+                + (
+                    f" (the store keeps live workers' gauges only: try 'live{mode}')"
+                    if f"live{mode}" in GAUGE_MODES
+                    else ""
+                )
+            )
         super().__init__(name, documentation, labelnames, registry, mode=mode)
         self.mode = mode
         self.registry.register(self)
@@ -264,9 +280,9 @@ class Histogram(Metric[HistogramChild]):
         ex = [_key(self, "x" + repr(b), labelvalues) for b in self.bounds] if self.exemplars else []
         return HistogramChild(self, labelvalues, keys, ex)
 
-    def observe(self, value: float) -> None:
-        """Observe ``value`` in the unlabelled histogram."""
-        self._unlabelled().observe(value)
+    def observe(self, value: float, exemplar: Mapping[str, str] | None = None) -> None:
+        """Observe ``value`` in the unlabelled histogram; ``exemplar``: labels such as ``{"trace_id": ...}``."""
+        self._unlabelled().observe(value, exemplar)
 
     def time(self) -> Timer:
         """The unlabelled histogram's ``time`` (a context manager and decorator)."""

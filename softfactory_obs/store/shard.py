@@ -26,10 +26,11 @@ import itertools
 import json
 import mmap
 import os
+import re
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 MAGIC = b"SFOSHD01"
@@ -100,6 +101,42 @@ EXEMPLAR_BODY = struct.Struct(f"<dqB{EXEMPLAR_ID_MAX}s")
 next_odd = itertools.count(1, 2).__next__
 
 
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+MAX_EXEMPLAR_RUNES = 128  # OpenMetrics: the names and values of an exemplar's labels, together
+
+
+def encode_exemplar(labels: Mapping[str, str]) -> bytes:
+    """An exemplar's labels as a slot keeps them: ``name=value`` lines, UTF-8. Refused (ValueError)
+    rather than cut: a cut value would be a false trace id."""
+    if not labels:
+        raise ValueError("an exemplar needs at least one label, such as {'trace_id': ...}")
+    lines = []
+    for name, value in labels.items():
+        text = str(value)
+        if not (isinstance(name, str) and LABEL_NAME.fullmatch(name)) or name.startswith("__"):
+            raise ValueError(f"exemplar label name {name!r} is not valid (letters, digits, _; not starting __)")
+        if "\n" in text:
+            raise ValueError(f"exemplar label {name}: a value may not hold a line break")
+        lines.append(f"{name}={text}")
+    if sum(len(str(n)) + len(str(v)) for n, v in labels.items()) > MAX_EXEMPLAR_RUNES:
+        raise ValueError(f"exemplar {dict(labels)}: over OpenMetrics' {MAX_EXEMPLAR_RUNES} characters")
+    ident = "\n".join(lines).encode("utf-8", "replace")
+    if len(ident) > EXEMPLAR_ID_MAX:
+        raise ValueError(f"exemplar {dict(labels)}: {len(ident)} bytes, a slot keeps {EXEMPLAR_ID_MAX}")
+    return ident
+
+
+def decode_exemplar(ident: str) -> dict[str, str]:
+    """The labels ``encode_exemplar`` stored (empty when the text is not such labels)."""
+    labels = {}
+    for line in ident.split("\n"):
+        name, eq, value = line.partition("=")
+        if not eq or not LABEL_NAME.fullmatch(name):
+            return {}
+        labels[name] = value
+    return labels
+
+
 def write_exemplar(seg: Segment, slot: int, value: float, ident: bytes, stamp_ns: int = 0) -> None:
     """Seqlock write: odd seq while the fields change, even after (see ``next_odd``)."""
     ints = seg.ints
@@ -123,7 +160,7 @@ def read_exemplar(buf: Any, ints: Any, floats: Any, slot: int) -> tuple[float, i
         at = (slot + 3) * 8
         ident = bytes(buf[at + 1 : at + 1 + min(buf[at], EXEMPLAR_ID_MAX)])
         if ints[slot] == seq:
-            return value, stamp, ident.decode("ascii", "replace")
+            return value, stamp, ident.decode("utf-8", "replace")
     return None
 
 
