@@ -18,7 +18,7 @@ from urllib.parse import unquote_plus
 from ._failures import report_failure
 from .json_text import iso_utc_ms
 from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
-from .request_record import MAX_CACHED_TEXT, RequestRecord
+from .request.record import MAX_CACHED_TEXT, RequestRecord
 from .routes import Endpoints
 from .settings import Settings
 

@@ -31,7 +31,7 @@ from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
 from .http_metrics import HttpMetrics
 from .process_metrics import ProcessSampler
 from .queue_time import QueueTime
-from .request_record import RecordHook
+from .request.record import RecordHook
 from .routes import Endpoints
 from .settings import Settings
 from .store.maintenance import Maintenance

@@ -16,7 +16,7 @@ from math import inf
 from typing import TYPE_CHECKING, Any
 
 from .process_state import on_new_process
-from .request_record import MAX_CACHED_TEXT, RequestRecord
+from .request.record import MAX_CACHED_TEXT, RequestRecord
 from .routes import OVERFLOW, Endpoints
 from .settings import Settings
 from .store.metrics import (

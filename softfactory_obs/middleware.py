@@ -1,5 +1,5 @@
 """The WSGI middleware: the host the components install into (``components.py``); routes telemetry
-paths to their apps and hands every request to ``_request.serve``.
+paths to their apps and hands every request to ``request.wsgi.serve``.
 
 ``__call__`` is the hot path and stays small: one marker check, one dict lookup, one object.
 Everything else was decided in ``__init__``.
@@ -12,14 +12,15 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from ._failures import report_failure
-from ._request import NO_HOOKS, Driver, Hooks, serve
 from .components import WSGIApp, components_for
 from .guard import Guard
 from .health import Check, HealthChecks, Readiness
 from .logs import configure_logging, logging_configured
 from .process_state import ensure_current, install_fork_hook, on_new_process
+from .request.record import NO_HOOKS, Hooks, RecordHook
+from .request.wsgi import serve
+from .request.wsgi_environ import Driver
 from .request_id import RequestIdPolicy
-from .request_record import RecordHook
 from .routes import EndpointCap, Endpoints, RouteTable
 from .settings import Settings
 from .store.maintenance import maintenance_for

@@ -14,7 +14,7 @@ from time import time
 from typing import TYPE_CHECKING, Any
 
 from .http_metrics import HttpMetrics
-from .request_record import RequestRecord
+from .request.record import RequestRecord
 from .settings import Settings
 from .store.metrics import Histogram, Registry
 

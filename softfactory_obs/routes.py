@@ -22,8 +22,8 @@ import threading
 from collections.abc import Callable, Iterable
 
 from ._failures import report_failure
-from ._request import ROUTE_KEY  # where the adapters put the template; the WSGI driver reads it
-from .request_record import MAX_CACHED_TEXT, RequestRecord
+from .request.record import MAX_CACHED_TEXT, RequestRecord
+from .request.wsgi import ROUTE_KEY  # where the adapters put the template; the WSGI driver reads it
 
 __all__ = ["OVERFLOW", "ROUTE_KEY", "UNMATCHED", "EndpointCap", "Endpoints", "RouteTable", "normalise", "to_template"]
 

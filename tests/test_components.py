@@ -26,7 +26,7 @@ from softfactory_obs.guard import Guard
 from softfactory_obs.health import HealthChecks, Readiness
 from softfactory_obs.http_metrics import HttpMetrics
 from softfactory_obs.queue_time import QueueTime
-from softfactory_obs.request_record import RecordHook
+from softfactory_obs.request.record import RecordHook
 from softfactory_obs.routes import Endpoints, RouteTable
 from softfactory_obs.settings import Settings
 from softfactory_obs.store.maintenance import Maintenance

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import mmap
 import os
 import re
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._failures import report_failure
+from .archive import ARCHIVE, Archive
 from .shard import (
     KIND_COUNT,
     KIND_EXEMPLAR,
@@ -46,9 +46,6 @@ from .shard import (
 )
 
 SHARD_RE = re.compile(r"w-(\d+)-(\d+)-([0-9a-f]{16})\.shard")
-ARCHIVE = "archive.json"
-ARCHIVE_VERSION = 1
-ARCHIVE_MAGIC = "SFOARCHIVE"
 # A shard whose writer added a segment between our mapping and our read of ``used`` is mapped
 # again; to miss again, the writer must fill a whole new (doubled) segment in that instant, so
 # a third miss in a row means ``used`` is wrong, not late.
@@ -73,48 +70,6 @@ class Snapshot:
     dead_shards: int = 0
     files_opened: int = 0
     archive_generation: int = 0
-
-
-@dataclass
-class Archive:
-    """What compaction keeps of dead workers: their summed counts and the shards already absorbed."""
-
-    generation: int = 0
-    absorbed: list[str] = field(default_factory=list)
-    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
-    counts: dict[Key, int] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str) -> Archive:
-        """The archive at ``path`` (empty when there is none)."""
-        try:
-            with open(path, "rb") as f:
-                f.readline()  # the generation header
-                data = json.load(f)
-        except FileNotFoundError:
-            return cls()
-        if data.get("version") != ARCHIVE_VERSION:
-            raise CorruptShardError(f"{path}: unknown archive version {data.get('version')!r}")
-        counts = {(n, s, tuple(lv)): int(v) for n, s, lv, v in data["counts"]}
-        return cls(int(data["generation"]), list(data["absorbed"]), dict(data["metas"]), counts)
-
-    def dump(self) -> bytes:
-        """The archive as stored: a header line with the generation, then the JSON."""
-        # First line: the generation alone, so a reader can tell in one short read whether its
-        # cached copy is current (inode numbers are reused and file times are coarse).
-        return (
-            f"{ARCHIVE_MAGIC} {self.generation}\n".encode()
-            + json.dumps(
-                {
-                    "version": ARCHIVE_VERSION,
-                    "generation": self.generation,
-                    "absorbed": self.absorbed,
-                    "metas": self.metas,
-                    "counts": [[n, s, list(lv), v] for (n, s, lv), v in sorted(self.counts.items())],
-                },
-                separators=(",", ":"),
-            ).encode()
-        )
 
 
 def _flock(fd: int, op: int, timeout: float) -> None:
@@ -191,14 +146,9 @@ class StoreDirectory:
     def _archive(self) -> Archive:
         """The archive, parsed only when its generation changed (callers hold dir.lock or compact.lock)."""
         path = os.path.join(self.path, ARCHIVE)
-        try:
-            with open(path, "rb") as f:
-                header = f.readline(64).split()
-        except FileNotFoundError:
+        generation = Archive.generation_of(path)
+        if generation is None:
             return Archive()
-        if len(header) != 2 or header[0] != ARCHIVE_MAGIC.encode() or not header[1].isdigit():
-            raise CorruptShardError(f"{path}: not an archive header: {b' '.join(header)!r}")
-        generation = int(header[1])
         if self._archive_cache is not None and self._archive_cache[0] == generation:
             return self._archive_cache[1]
         archive = Archive.load(path)

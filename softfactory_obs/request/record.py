@@ -1,6 +1,6 @@
 """The request record: what one request was, in terms every recorder reads, whatever the protocol.
 
-A server-side driver (``_request.RequestCycle`` for WSGI; an ASGI front fills the same fields)
+A server-side driver (``request.wsgi.RequestCycle`` for WSGI; an ASGI front fills the same fields)
 builds one record per request and calls the recorders' hooks with it at three moments:
 
 - start: before the app runs. Set: ``method``, ``path``, ``script_name``, ``request_id``,
@@ -22,6 +22,7 @@ the middleware when they are built), so recorders never depend on each other hav
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 RecordHook = Callable[["RequestRecord"], None]
@@ -135,3 +136,19 @@ class RequestRecord:
     def remote_user(self) -> str | None:
         """The user the server (or a middleware in front of us) authenticated, if any."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What runs per request, built once by the middleware. ``start``: before the app runs;
+    ``response``: once the status is final and before the first body byte goes out; ``finish``:
+    after the body was sent and closed. ``state``: what each request's ``RequestRecord.state``
+    starts as (a copy; one entry per position a recorder reserved, see ``reserve_state``)."""
+
+    response: tuple[RecordHook, ...] = ()
+    finish: tuple[RecordHook, ...] = ()
+    start: tuple[RecordHook, ...] = ()
+    state: list[Any] = field(default_factory=list)  # never written: each request copies it
+
+
+NO_HOOKS = Hooks()

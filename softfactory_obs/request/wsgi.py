@@ -22,93 +22,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-from ._failures import report_failure
-from .request_id import RequestIdPolicy, new_request_id, parse_traceparent, request_context
-from .request_record import LENGTHS, STATUS_CODES, RecordHook, RequestRecord, parse_length, status_code
+from .._failures import report_failure
+from ..request_id import new_request_id, parse_traceparent, request_context
+from .record import LENGTHS, STATUS_CODES, Hooks, RecordHook, RequestRecord, parse_length, status_code
+from .wsgi_environ import Driver, environ_text, header_key
 
 REQUEST_ID_KEY = "softfactory_obs.request_id"
 ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
 _STATUS_500 = "500 Internal Server Error"
-
-# Response headers frameworks send on most responses (Werkzeug, Django, Falcon spell them so or in
-# lower case): start_response passes over them with one set lookup.
-COMMON_RESPONSE_HEADERS = (
-    "Content-Type", "Cache-Control", "Set-Cookie", "ETag", "Last-Modified", "Vary", "Location", "Expires", "Date",
-    "Server", "Content-Encoding", "Content-Language", "Content-Disposition", "Accept-Ranges", "Allow",
-    "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy",
-    "Strict-Transport-Security", "Content-Security-Policy", "Access-Control-Allow-Origin",
-)  # fmt: skip
-
-
-def wsgi_to_text(value: str) -> str:
-    """PEP 3333 strings hold raw bytes as latin-1; show what UTF-8 they spelled, never surrogates."""
-    if value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a server that broke the latin-1 rule: already text
-        return value.encode("utf-8", "replace").decode("utf-8")
-
-
-def _text(value: object) -> str:
-    """An environ value as text; the common case (an ASCII str) as it is."""
-    if type(value) is str and value.isascii():
-        return value
-    return wsgi_to_text(value) if type(value) is str else str(value)
-
-
-_ENVIRON_KEYS: dict[str, str] = {}  # header name -> environ key; a program asks for a handful
-
-
-def _environ_key(name: str) -> str:
-    key = name.upper().replace("-", "_")
-    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        key = "HTTP_" + key
-    if len(_ENVIRON_KEYS) < 256:
-        _ENVIRON_KEYS[name] = key
-    return key
-
-
-@dataclass(frozen=True, slots=True)
-class Hooks:
-    """What runs per request, built once by the middleware. ``start``: before the app runs;
-    ``response``: once the status is final and before the first body byte goes out; ``finish``:
-    after the body was sent and closed. ``state``: what each request's ``RequestRecord.state``
-    starts as (a copy; one entry per position a recorder reserved, see ``ObservabilityMiddleware.reserve_state``)."""
-
-    response: tuple[RecordHook, ...] = ()
-    finish: tuple[RecordHook, ...] = ()
-    start: tuple[RecordHook, ...] = ()
-    state: list[Any] = field(default_factory=list)  # never written: each request copies it
-
-
-NO_HOOKS = Hooks()
-
-
-class Driver:
-    """What the WSGI driver needs of the middleware's configuration, decided once: the request-id
-    policy and header, and whether app exceptions propagate."""
-
-    __slots__ = ("header_lower", "header_name", "header_size", "id_key", "other_headers", "propagate", "request_ids")
-
-    def __init__(self, request_ids: RequestIdPolicy, header_name: str, *, propagate: bool) -> None:
-        self.request_ids = request_ids
-        self.id_key = request_ids.environ_key
-        self.header_name = header_name
-        self.header_lower = header_name.lower()
-        self.header_size = len(self.header_lower)
-        self.propagate = propagate
-        # Spellings start_response skips with one set lookup: neither ours nor Content-Length.
-        self.other_headers = frozenset(
-            spelling
-            for name in COMMON_RESPONSE_HEADERS
-            for spelling in (name, name.lower())
-            if spelling.lower() not in (self.header_lower, "content-length")
-        )
 
 
 def _hook_failed(hook: RecordHook, exc: Exception) -> None:
@@ -149,9 +73,9 @@ def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; 
     except KeyError:  # a server (or a test) that left them out
         cycle.method = environ.get("REQUEST_METHOD", "")
         cycle.threaded = environ.get("wsgi.multithread", True) is not False
-    cycle.path = path if type(path) is str and path.isascii() else _text(path or "")  # path: PATH_INFO
+    cycle.path = path if type(path) is str and path.isascii() else environ_text(path or "")  # path: PATH_INFO
     script = environ.get("SCRIPT_NAME")
-    cycle.script_name = _text(script) if script else ""
+    cycle.script_name = environ_text(script) if script else ""
     length = environ["CONTENT_LENGTH"] if "CONTENT_LENGTH" in environ else None  # noqa: SIM401 - cheaper than get()
     cycle.request_bytes = (LENGTHS.get(length) or parse_length(length)) if length else None
     cycle.status = cycle.route = cycle.endpoint = cycle.exc = None
@@ -239,17 +163,14 @@ class RequestCycle(RequestRecord):
         query = self.environ.get("QUERY_STRING")
         if not query:
             return ""
-        return query if type(query) is str and query.isascii() else _text(query)
+        return query if type(query) is str and query.isascii() else environ_text(query)
 
     def header(self, name: str) -> str | None:
         """A request header from the environ (``HTTP_*``, or ``CONTENT_TYPE``/``CONTENT_LENGTH``), as text."""
-        key = _ENVIRON_KEYS.get(name)
-        if key is None:
-            key = _environ_key(name)
-        value = self.environ.get(key)
+        value = self.environ.get(header_key(name))
         if value is None or (type(value) is str and value.isascii()):
             return value
-        return _text(value)
+        return environ_text(value)
 
     def remote_address(self) -> str:
         """``REMOTE_ADDR`` as the server gave it."""
@@ -258,7 +179,7 @@ class RequestCycle(RequestRecord):
     def remote_user(self) -> str | None:
         """``REMOTE_USER``, as text."""
         user = self.environ.get("REMOTE_USER")
-        return _text(user) if user else None
+        return environ_text(user) if user else None
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
