@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from softfactory_obs.exposition import MetricsApp
+from softfactory_obs.metrics.exposition import MetricsApp
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import Registry
 

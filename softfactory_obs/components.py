@@ -23,20 +23,20 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from . import procfs
-from .access_log import AccessLog
-from .exposition import MetricsApp, check_prometheus_client_registry
 from .guard import Guard
 from .health import HealthChecks, Readiness
-from .health_routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
-from .http_metrics import HttpMetrics
-from .process_metrics import ProcessSampler
-from .queue_time import QueueTime
+from .health.routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
+from .logs.access import AccessLog
+from .metrics.exposition import MetricsApp, check_prometheus_client_registry
+from .metrics.http import HttpMetrics
+from .metrics.process import ProcessSampler
+from .metrics.queue_time import QueueTime
+from .metrics.summary import History, SummaryApp
 from .request.record import RecordHook
 from .routes import Endpoints
 from .settings import Settings
 from .store.maintenance import Maintenance
 from .store.metrics import Registry
-from .summary import History, SummaryApp
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

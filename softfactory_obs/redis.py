@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._failures import report_failure
-from .families import Family
+from .metrics.families import Family
 from .store.metrics import REGISTRY, Counter, Histogram, Registry
 
 READS = {"GET", "GETEX", "GETDEL", "MGET", "HGET", "HMGET", "HGETALL"}

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from softfactory_obs import ObservabilityMiddleware
-from softfactory_obs.exposition import MetricsApp
+from softfactory_obs.metrics.exposition import MetricsApp
 from softfactory_obs.store.metrics import Registry
 
 # CI sets this: a test that would skip for a missing binary fails instead.

@@ -11,7 +11,6 @@ import pytest
 from helpers import call_wsgi, make_environ
 
 from softfactory_obs import ObservabilityMiddleware
-from softfactory_obs.access_log import AccessLog
 from softfactory_obs.components import (
     Compaction,
     Component,
@@ -24,8 +23,9 @@ from softfactory_obs.components import (
 )
 from softfactory_obs.guard import Guard
 from softfactory_obs.health import HealthChecks, Readiness
-from softfactory_obs.http_metrics import HttpMetrics
-from softfactory_obs.queue_time import QueueTime
+from softfactory_obs.logs.access import AccessLog
+from softfactory_obs.metrics.http import HttpMetrics
+from softfactory_obs.metrics.queue_time import QueueTime
 from softfactory_obs.request.record import RecordHook
 from softfactory_obs.routes import Endpoints, RouteTable
 from softfactory_obs.settings import Settings

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from prometheus_client.samples import Exemplar as TheirExemplar
 
 from softfactory_obs import ObservabilityMiddleware
-from softfactory_obs.exposition import MetricsApp
-from softfactory_obs.exposition_formats import OPENMETRICS, TEXT, encode_openmetrics, encode_text, negotiate
-from softfactory_obs.families import Exemplar, Family
+from softfactory_obs.metrics.exposition import MetricsApp
+from softfactory_obs.metrics.families import Exemplar, Family
+from softfactory_obs.metrics.formats import OPENMETRICS, TEXT, encode_openmetrics, encode_text, negotiate
 from softfactory_obs.store.metrics import Counter, Gauge, Histogram, Registry
 
 HOSTILE_LABELS = [

@@ -17,8 +17,8 @@ from helpers import call_wsgi, make_environ, skip_or_fail, wrap
 
 from softfactory_obs import ObservabilityMiddleware, configure_logging
 from softfactory_obs._failures import failure_counts
-from softfactory_obs.log_files import DatedFileHandler, StreamLineHandler
 from softfactory_obs.logs import DIRECT_SINKS
+from softfactory_obs.logs.files import DatedFileHandler, StreamLineHandler
 
 WRITER = textwrap.dedent("""
     import logging, random, sys, time

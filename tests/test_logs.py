@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from softfactory_obs import ObservabilityMiddleware, RequestContextFilter, configure_logging
 from softfactory_obs._failures import failure_counts
-from softfactory_obs.access_log import AccessLog, redact_query, sensitive_matcher
 from softfactory_obs.json_text import iso_utc, iso_utc_ms
 from softfactory_obs.logs import DIRECT_SINKS, JsonFormatter
+from softfactory_obs.logs.access import AccessLog, redact_query, sensitive_matcher
 from softfactory_obs.settings import DEFAULT_REDACT_QUERY
 
 TEXT = [("Content-Type", "text/plain")]

@@ -17,7 +17,7 @@ from helpers import call_wsgi, in_child, make_environ, samples
 from servers import Gunicorn, get, scrape, worker_pids
 
 from softfactory_obs import ObservabilityMiddleware, procfs
-from softfactory_obs.process_metrics import ProcessSampler
+from softfactory_obs.metrics.process import ProcessSampler
 from softfactory_obs.store.metrics import Registry
 
 

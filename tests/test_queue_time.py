@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from servers import Gunicorn, scrape
 
 from softfactory_obs import Settings
-from softfactory_obs.queue_time import request_start
+from softfactory_obs.metrics.queue_time import request_start
 from softfactory_obs.store.metrics import Registry
 
 NOW = 1_763_800_000.25  # 2025-11-22, in seconds

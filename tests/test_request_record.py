@@ -10,8 +10,8 @@ from helpers import LogCapture, call_wsgi, make_environ, samples
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs._failures import failure_counts
-from softfactory_obs.access_log import AccessLog
-from softfactory_obs.http_metrics import HttpMetrics
+from softfactory_obs.logs.access import AccessLog
+from softfactory_obs.metrics.http import HttpMetrics
 from softfactory_obs.request.record import RequestRecord
 from softfactory_obs.request.wsgi import ROUTE_KEY
 from softfactory_obs.routes import UNMATCHED, Endpoints, RouteTable

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from softfactory_obs import ObservabilityMiddleware, _failures
 from softfactory_obs._failures import failure_counts
 from softfactory_obs.components import Compaction
-from softfactory_obs.exposition import MetricsApp, families_from
+from softfactory_obs.metrics.exposition import MetricsApp, families_from
 from softfactory_obs.store import directory, location
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import (

@@ -13,8 +13,8 @@ from helpers import call_wsgi, make_environ, samples
 from servers import Gunicorn, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.metrics.summary import History, human, quantile
 from softfactory_obs.store.metrics import Gauge, Registry
-from softfactory_obs.summary import History, human, quantile
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:

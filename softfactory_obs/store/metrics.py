@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from ..families import Family
+from ..metrics.families import Family
 from .children import (
     COUNTER_SCALE,
     MAX_EXEMPLAR_BYTES,

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .families import Family, gauge
-from .guard import Guard
-from .health import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
-from .json_text import iso_utc
-from .settings import Settings
+from ..guard import Guard
+from ..json_text import iso_utc
+from ..metrics.families import Family, gauge
+from ..settings import Settings
+from . import HEALTH_JSON, HealthChecks, Readiness, Result, json_body
 
 LIVE_PATHS = ("/live", "/livez", "/api/metrics/live")
 READY_PATHS = ("/ready", "/readyz", "/api/metrics/ready")

@@ -19,10 +19,10 @@ import os
 import time
 from collections.abc import Iterable
 
-from . import procfs
+from .. import procfs
+from ..process_state import ensure_current, on_new_process
+from ..store.metrics import Counter, Gauge, Registry
 from .families import Family, gauge
-from .process_state import ensure_current, on_new_process
-from .store.metrics import Counter, Gauge, Registry
 
 MAX_SLOTS = 1024
 

@@ -1,5 +1,5 @@
 """``/metrics``: the merged store as families, encoded in the format the scraper asked for
-(``exposition_formats``).
+(``metrics.formats``).
 
 A worker never imports prometheus_client to answer a scrape: that import costs every worker about
 2.3 MB of resident memory. An app that keeps its own metrics in prometheus_client's multiprocess
@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from ._failures import report_failure
-from .exposition_formats import OPENMETRICS, encode_openmetrics, encode_text, gzip_accepted, negotiate
+from .._failures import report_failure
+from ..store.directory import Snapshot, StoreBusyError
+from ..store.metrics import COUNTER_SCALE, Registry, sum_scale
+from ..store.shard import decode_exemplar
 from .families import Exemplar, Family, Sample, gauge
-from .store.directory import Snapshot, StoreBusyError
-from .store.metrics import COUNTER_SCALE, Registry, sum_scale
-from .store.shard import decode_exemplar
+from .formats import OPENMETRICS, encode_openmetrics, encode_text, gzip_accepted, negotiate
 
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

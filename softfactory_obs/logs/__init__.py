@@ -19,11 +19,11 @@ from typing import IO, Any
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
-from ._failures import report_failure
-from .json_text import iso_utc, json_fallback, json_safe
-from .log_files import DatedFileHandler, LineHandler, StreamLineHandler, WatchedLineHandler
-from .process_state import on_new_process
-from .request_id import request_context
+from .._failures import report_failure
+from ..json_text import iso_utc, json_fallback, json_safe
+from ..process_state import on_new_process
+from ..request_id import request_context
+from .files import DatedFileHandler, LineHandler, StreamLineHandler, WatchedLineHandler
 
 ACCESS_LOGGER = "softfactory_obs.access"
 # Record attribute holding the access line's fields as one dict (they are also set one by one, for

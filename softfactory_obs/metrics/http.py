@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from math import inf
 from typing import TYPE_CHECKING, Any
 
-from .process_state import on_new_process
-from .request.record import MAX_CACHED_TEXT, RequestRecord
-from .routes import OVERFLOW, Endpoints
-from .settings import Settings
-from .store.metrics import (
+from ..process_state import on_new_process
+from ..request.record import MAX_CACHED_TEXT, RequestRecord
+from ..routes import OVERFLOW, Endpoints
+from ..settings import Settings
+from ..store.metrics import (
     MAX_EXEMPLAR_BYTES,
     Counter,
     CounterChild,
@@ -31,7 +31,7 @@ from .store.metrics import (
 )
 
 if TYPE_CHECKING:
-    from .components import Host
+    from ..components import Host
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0)

@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..health import json_body
+from ..health.routes import answer
+from ..json_text import iso_utc
+from ..settings import Settings
+from ..store.metrics import Registry
 from .exposition import families_from
 from .families import Family
-from .health import json_body
-from .health_routes import answer
-from .json_text import iso_utc
-from .settings import Settings
-from .store.metrics import Registry
 
 WINDOWS = (("1m", 60.0), ("5m", 300.0))
 Totals = dict[tuple[str, str], float]  # (endpoint, status) -> requests

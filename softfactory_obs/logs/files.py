@@ -23,7 +23,7 @@ import sys
 import time
 from typing import IO
 
-from ._failures import report_failure
+from .._failures import report_failure
 
 # rotation name -> (period in seconds, strftime pattern of the period in UTC)
 ROTATIONS = {

@@ -13,13 +13,13 @@ import re
 from time import time
 from typing import TYPE_CHECKING, Any
 
-from .http_metrics import HttpMetrics
-from .request.record import RequestRecord
-from .settings import Settings
-from .store.metrics import Histogram, Registry
+from ..request.record import RequestRecord
+from ..settings import Settings
+from ..store.metrics import Histogram, Registry
+from .http import HttpMetrics
 
 if TYPE_CHECKING:
-    from .components import Host
+    from ..components import Host
 
 _STAMP = re.compile(r"(?:t=)?(\d{1,19}(?:\.\d{1,9})?)", re.ASCII)  # without ASCII, \d takes any script's digits
 # A stamp's unit is the largest that puts it after 2000-01-01, as New Relic's agents tell them apart:

@@ -15,15 +15,15 @@ from json.encoder import encode_basestring_ascii as json_string
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from ._failures import report_failure
-from .json_text import iso_utc_ms
-from .logs import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
-from .request.record import MAX_CACHED_TEXT, RequestRecord
-from .routes import Endpoints
-from .settings import Settings
+from .._failures import report_failure
+from ..json_text import iso_utc_ms
+from ..request.record import MAX_CACHED_TEXT, RequestRecord
+from ..routes import Endpoints
+from ..settings import Settings
+from . import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
 
 if TYPE_CHECKING:
-    from .components import Host
+    from ..components import Host
 
 REDACTED = "[REDACTED]"
 TRUNCATED = "...[truncated]"

@@ -28,10 +28,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import procfs
-from ._failures import report_failure
-from .json_text import iso_utc, json_safe
-from .process_state import on_new_process
+from .. import procfs
+from .._failures import report_failure
+from ..json_text import iso_utc, json_safe
+from ..process_state import on_new_process
 
 HEALTH_JSON = "application/health+json"
 _SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|://[^/@\s]+@")
