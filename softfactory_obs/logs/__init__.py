@@ -23,9 +23,10 @@ from .._failures import report_failure
 from ..json_text import iso_utc, json_fallback, json_safe
 from ..process_state import on_new_process
 from ..request_id import request_context
+from .access_line import ACCESS_LOGGER as ACCESS_LOGGER
+from .access_line import access_line, from_fields
 from .files import DatedFileHandler, LineHandler, StreamLineHandler, WatchedLineHandler
 
-ACCESS_LOGGER = "softfactory_obs.access"
 # Record attribute holding the access line's fields as one dict (they are also set one by one, for
 # other formatters); our formatter serialises it directly.
 ACCESS_FIELDS = "softfactory_obs_fields"
@@ -97,9 +98,9 @@ class JsonFormatter(_BaseJsonFormatter):
         self.service = service
         self.renames = ECS_FIELDS if schema == "ecs" else None
 
-    def service_fields(self) -> str:
-        """``"service": ..., "pid": ..., `` as ``format`` writes them (the direct access line's middle)."""
-        return f'"service": {json_string(self.service)}, "pid": {_pid}, '
+    def service_fields(self, pid: int | None = None) -> str:
+        """``"service": ..., "pid": ..., `` as ``format`` writes them (the access line's middle)."""
+        return f'"service": {json_string(self.service)}, "pid": {_pid if pid is None else pid}, '
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         """The line's fields in order: ours, the request context, extras, the traceback."""
@@ -163,8 +164,8 @@ class JsonFormatter(_BaseJsonFormatter):
         pid: int | None = None,
         exc_info: Any = None,
     ) -> str:
-        """The access line, in this formatter's schema: the one renderer, whether the line came as a
-        LogRecord (``format``) or straight from the access log (``DirectSinks``)."""
+        """An access line with more than ``access_line`` writes (an exception, static fields, the
+        ECS schema, an ERROR level), in this formatter's schema, through the general encoder."""
         data: dict[str, Any] = {
             "timestamp": iso_utc(created),
             "level": level,
@@ -192,6 +193,11 @@ class JsonFormatter(_BaseJsonFormatter):
         try:
             fields = record.__dict__.get(ACCESS_FIELDS)
             if fields is not None:  # known, plain fields: no generic scan of the record
+                plain = self.renames is None and not self.static_fields and not record.exc_info
+                parts = from_fields(fields) if plain and record.levelno == logging.INFO else None
+                if parts is not None:  # the bytes the direct route writes (logs.access_line)
+                    stamp, message = iso_utc(record.created), json_string(record.getMessage())
+                    return access_line(stamp, message, self.service_fields(record.process), *parts)[:-1]
                 return self.render_access(
                     fields,
                     record.getMessage(),

@@ -21,29 +21,13 @@ from ..request.record import MAX_CACHED_TEXT, RequestRecord
 from ..routes import Endpoints
 from ..settings import Settings
 from . import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
+from .access_line import FIELDS, access_line, latency_ms, optional_part, request_part
 
 if TYPE_CHECKING:
     from ..components import Host
 
 REDACTED = "[REDACTED]"
 TRUNCATED = "...[truncated]"
-_LOGGER_JSON = json_string(ACCESS_LOGGER)
-# The direct line's latency_ms as repr(round(ms, 3)) spells it ("12.5", "3.0"), from whole
-# microseconds (one digit apart only within float error of half a microsecond): float formatting
-# (dtoa, twice over with round) was a tenth of the line's cost.
-_MS_FRACTIONS = tuple(repr(i / 1000)[1:] for i in range(1000))
-_FIELDS = (
-    "request_id",
-    "method",
-    "path",
-    "endpoint",
-    "status",
-    "latency_ms",
-    "content_length",
-    "remote_addr",
-    "user_agent",
-    "user_id",
-)
 
 
 def sensitive_matcher(words: tuple[str, ...]) -> Callable[[str], bool]:
@@ -141,7 +125,7 @@ class AccessLog:
             self._text(record.header("User-Agent") or ""),
             self._user_id(record),
         )
-        fields: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
+        fields: dict[str, Any] = dict(zip(FIELDS, values, strict=True))
         if record.trace_id is not None:
             fields["trace_id"] = record.trace_id
         if record.id_rejected:
@@ -193,42 +177,37 @@ class AccessLog:
         agent_json = self._agents.get(agent)
         if agent_json is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
             agent_json = self._remember(self._text(agent))
-        extra = ""
-        if record.trace_id is not None:
-            extra = f', "trace_id": {json_string(record.trace_id)}'
-        if record.id_rejected:
-            extra += ', "request_id_rejected": true'
         now_ms = time.time_ns() // 1_000_000
         stamp = iso_utc_ms(now_ms)
-        ms, fraction = divmod(round(record.duration * 1e6), 1000)  # latency_ms, see _MS_FRACTIONS
         remote = record.remote_address()
         remote_json = self._addresses.get(remote)
         if remote_json is None:  # clients, or the one proxy in front, repeat their addresses
             remote_json = self._remember_address(remote)
         user_id = self._user_id(record)
         user_json = "null" if user_id is None else json_string(user_id)
-        for handler, _, service_fields in targets:  # one string per line: joining parts copies them again
-            # Request ids are validated to [A-Za-z0-9_.:-] (request_id.py): nothing in them to escape.
-            line = (
-                f'{{"timestamp": "{stamp}", "level": "INFO", "logger": {_LOGGER_JSON}, {message}{service_fields}'
-                f'"request_id": "{record.request_id}", {request}, "latency_ms": {ms}{_MS_FRACTIONS[fraction]}, '
-                f'"content_length": {record.response_bytes}, "remote_addr": {remote_json}, '
-                f'"user_agent": {agent_json}, "user_id": {user_json}{extra}}}\n'
+        latency = latency_ms(record.duration)
+        trace_id, rejected = record.trace_id, record.id_rejected
+        optional = optional_part(trace_id, rejected) if trace_id is not None or rejected else ""
+        for handler, _, service_fields in targets:
+            line = access_line(
+                stamp,
+                message,
+                service_fields,
+                record.request_id,
+                request,
+                latency,
+                record.response_bytes,
+                remote_json,
+                agent_json,
+                user_json,
+                optional,
             )
             handler.write_text_line(line.encode("ascii"), now_ms / 1000)
 
     def _render(self, record: RequestRecord, status: int, key: tuple[Any, ...] | None) -> tuple[str, str]:
-        """The line's message, and its method, path, endpoint and status fields, as JSON."""
+        """The line's message (a JSON string) and its request fields (``request_part``)."""
         method, path, full_path, endpoint = self._values(record)
-        path_json = json_string(path)
-        method_json = json_string(method)
-        # The JSON of the message is its escaped parts joined: escaping is per character.
-        full_path_json = json_string(full_path) if full_path is not path else path_json
-        rendered = (
-            f'"message": "{method_json[1:-1]} {path_json[1:-1]} {status}", ',
-            f'"method": {method_json}, "path": {full_path_json}, "endpoint": {json_string(endpoint)}, '
-            f'"status": {status}',
-        )
+        rendered = (json_string(f"{method} {path} {status}"), request_part(method, full_path, endpoint, status))
         if key is not None and len(full_path) <= MAX_CACHED_TEXT:
             if len(self._rendered) >= 1024:  # bounded; emptied rather than frozen, so hot lines come back
                 self._rendered.clear()
