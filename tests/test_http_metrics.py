@@ -499,6 +499,7 @@ def test_exemplars_can_be_switched_off(registry: Registry) -> None:
     wsgi = metrics_app(registry, exemplars=False)
     get(wsgi, "/users/1", HTTP_TRACEPARENT=TRACEPARENT)
     body = call_wsgi(wsgi, make_environ(PATH_INFO="/metrics", HTTP_ACCEPT="application/openmetrics-text")).body
+    assert b'http_requests_total{endpoint="/users/{id}"' in body  # the control: the request was counted
     assert b"trace_id" not in body
 
 

@@ -102,8 +102,8 @@ class Registry:
     # -- binding (first use in a process) ---------------------------------------------------------
 
     def on_fork(self, forget: Callable[[], None]) -> None:
-        """Call the bound method ``forget`` in a forked child (to drop what it cached of this
-        process's slots), for as long as its object lives."""
+        """Call the bound method ``forget`` in a forked child and after ``release`` (to drop what it
+        cached of the slots it had), for as long as its object lives."""
         self._on_fork = [ref for ref in self._on_fork if ref() is not None]
         self._on_fork.append(weakref.WeakMethod(forget))
 
@@ -162,11 +162,27 @@ class Registry:
                 report_failure("metrics compaction", exc)
         return self._writer is None or self._compact_pending
 
+    @property
+    def shard_path(self) -> str | None:
+        """The file this process writes its values to; None before its first write, or in memory."""
+        writer = self._writer
+        return writer.path if writer is not None and writer.path else None
+
+    def release(self) -> None:
+        """Give up this process's shard, as a process that exits does: its lock is released (the
+        shard now counts as dead, for compaction to absorb) and every child unbound; a later
+        write binds a new shard. For a worker's exit hook, and for tests that play a dead worker."""
+        with self._lock:
+            self._release()
+
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.
-        # Every step runs whatever an earlier one raised (a binding left behind would write into
-        # the parent's shard); the first failure is raised at the end.
         self._lock = threading.Lock()
+        self._release()
+
+    def _release(self) -> None:
+        # Every step runs whatever an earlier one raised (a binding left behind would write into
+        # a shard that is not this process's own); the first failure is raised at the end.
         self._directory = None  # its locks may have been held by a thread that does not exist here
         writer, self._writer = self._writer, None
         self._metas_written = set()
