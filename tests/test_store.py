@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -917,3 +920,76 @@ def test_prometheus_client_helpers_time_count_exceptions_and_track_inprogress() 
     assert value(registry, "work_seconds_bucket", kind="block", le="0.01") == 0  # not the fast bucket
     assert value(registry, "work_failures_total") == 1
     assert seen_busy[:3] == [1.0, 1.0, 1.0] and value(registry, "work_busy") == 0  # up inside, down after
+
+
+def _dead_worker_counting(store_dir: str, amount: int) -> None:
+    """A worker process that counts ``amount`` and exits (its shard is then dead)."""
+
+    def worker() -> None:
+        Counter("served_total", "x", registry=Registry(store_dir)).inc(amount)
+
+    assert in_child(worker) == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"SFOARCHIVE 3 abc\n{not json", b"garbage\n", b"SFOARCHIVE 3 abc\n" + json.dumps({"version": 1}).encode()],
+    ids=["empty", "broken-json", "bad-header", "missing-fields"],
+)
+def test_a_corrupt_archive_is_set_aside_and_the_store_goes_on(store_dir: str, damage: bytes) -> None:
+    _dead_worker_counting(store_dir, 10)
+    assert StoreDirectory(store_dir).compact() == 1  # the worker's 10 now live in the archive
+    archive = Path(store_dir) / "archive.json"
+    archive.write_bytes(damage)
+    registry = Registry(store_dir)
+    Counter("served_total", "x", registry=registry).inc(1)  # a live worker's count
+    status, body = _call(MetricsApp(registry))
+    assert status.startswith("200"), body
+    assert "served_total 1.0" in body  # the archive's 10 are gone: the documented reset
+    assert (Path(store_dir) / "archive.json.corrupt").read_bytes() == damage and not archive.exists()
+    assert failure_counts()["metrics store (corrupt archive set aside)"] == 1
+    _dead_worker_counting(store_dir, 5)  # compaction heals: a new archive, exact from here on
+    assert StoreDirectory(store_dir).compact() == 1
+    assert value(registry, "served_total") == 6
+    assert json.loads(archive.read_bytes().split(b"\n", 1)[1])["generation"] == 1
+
+
+def test_an_archive_restored_from_backup_is_read_anew_even_with_a_known_generation(store_dir: str) -> None:
+    """Generations are reused after a restore (an older archive, compacted again): the nonce tells
+    two archives with one generation number apart, so no reader keeps serving the one it cached."""
+    _dead_worker_counting(store_dir, 10)
+    StoreDirectory(store_dir).compact()
+    archive = Path(store_dir) / "archive.json"
+    backup = archive.read_bytes()  # generation 1, holding 10
+    registry = Registry(store_dir)
+    _dead_worker_counting(store_dir, 100)
+    StoreDirectory(store_dir).compact()  # generation 2: 110
+    assert value(registry, "served_total") == 110  # this reader caches generation 2
+    archive.write_bytes(backup)  # the operator restores the backup: generation 1 again, 10
+    _dead_worker_counting(store_dir, 1000)
+    StoreDirectory(store_dir).compact()  # generation 2 again, now holding 1,010
+    assert value(registry, "served_total") == 1010
+    assert value(Registry(store_dir), "served_total") == 1010  # a fresh reader agrees
+
+
+def test_a_shard_that_cannot_be_made_leaks_no_descriptor_and_no_file(store_dir: str) -> None:
+    """F1: in a directory that is full (here: a file-size limit under the first segment, so the
+    kernel refuses posix_fallocate), every failed attempt gives back its fd and its .new file."""
+
+    def worker() -> None:
+        directory = StoreDirectory(store_dir)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+        fds = len(os.listdir("/proc/self/fd"))
+        failures = 0
+        for _ in range(50):
+            try:
+                directory.new_shard()
+            except OSError:
+                failures += 1
+        assert failures == 50, failures  # the control: every attempt did fail
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert [n for n in os.listdir(store_dir) if "shard" in n] == []
+
+    os.makedirs(store_dir)
+    assert in_child(worker) == 0

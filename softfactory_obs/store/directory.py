@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._failures import report_failure
-from .archive import ARCHIVE, Archive
+from .archive import ARCHIVE, Archive, Identity, new_nonce
 from .shard import (
     KIND_COUNT,
     KIND_EXEMPLAR,
@@ -133,7 +133,7 @@ class StoreDirectory:
         # threads parsing the same tail (a scrape and the maintenance thread, or two gthread
         # scrapes) would each append it, counting those series twice.
         self._snapshot_lock = threading.Lock()
-        self._archive_cache: tuple[int, Archive] | None = None
+        self._archive_cache: tuple[Identity, Archive] | None = None
 
     def new_shard(self) -> ShardWriter:
         """A shard file for this process, locked for its life."""
@@ -144,15 +144,28 @@ class StoreDirectory:
     # -- reading ----------------------------------------------------------------------------------
 
     def _archive(self) -> Archive:
-        """The archive, parsed only when its generation changed (callers hold dir.lock or compact.lock)."""
+        """The archive, parsed only when its identity changed (callers hold dir.lock or compact.lock).
+
+        A corrupt archive is set aside (``archive.json.corrupt``) and counted, and the store goes on
+        without it: the dead workers' totals it held are lost (counters reset, which Prometheus'
+        rate() absorbs), the next compaction writes a new one. Answering 500 for ever would lose
+        every scrape instead."""
         path = os.path.join(self.path, ARCHIVE)
-        generation = Archive.generation_of(path)
-        if generation is None:
+        try:
+            identity = Archive.identity_of(path)
+            if identity is None:
+                return Archive()
+            if self._archive_cache is not None and self._archive_cache[0] == identity:
+                return self._archive_cache[1]
+            archive = Archive.load(path)
+            if archive.identity != identity:
+                raise CorruptShardError(f"{path}: first line {identity} but the archive holds {archive.identity}")
+        except CorruptShardError as exc:
+            self._archive_cache = None
+            _quarantine(self.path, ARCHIVE)
+            report_failure("metrics store (corrupt archive set aside)", exc)
             return Archive()
-        if self._archive_cache is not None and self._archive_cache[0] == generation:
-            return self._archive_cache[1]
-        archive = Archive.load(path)
-        self._archive_cache = (generation, archive)
+        self._archive_cache = (identity, archive)
         return archive
 
     def _shard_names(self) -> list[str]:
@@ -246,7 +259,7 @@ class StoreDirectory:
         leftovers = set(archive.absorbed) & set(present)
         if not dead and not leftovers:
             return 0
-        new = Archive(archive.generation + 1, [], dict(archive.metas), dict(archive.counts))
+        new = Archive(archive.generation + 1, new_nonce(), [], dict(archive.metas), dict(archive.counts))
         absorbed = [name for name in dead if self._absorb(name, new)]
         new.absorbed = sorted(leftovers | set(absorbed))
         tmp = os.path.join(self.path, f"{ARCHIVE}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
@@ -255,7 +268,7 @@ class StoreDirectory:
             f.flush()
             os.fsync(f.fileno())
         _maybe_crash(crash_at, "after_tmp")
-        if not self._publish(tmp, new, archive.generation, crash_at):
+        if not self._publish(tmp, new, archive.identity, crash_at):
             _unlink(tmp)
             return 0
         return len(absorbed)
@@ -299,7 +312,7 @@ class StoreDirectory:
             into.counts[key] = into.counts.get(key, 0) + value
         return True
 
-    def _publish(self, tmp: str, new: Archive, expected_generation: int, crash_at: str | None) -> bool:
+    def _publish(self, tmp: str, new: Archive, expected: Identity, crash_at: str | None) -> bool:
         """Swap the archive in and unlink what it absorbed, while no reader is listing."""
         fd = os.open(os.path.join(self.path, "dir.lock"), os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -307,7 +320,7 @@ class StoreDirectory:
                 _flock(fd, fcntl.LOCK_EX, self.lock_timeout)
             except StoreBusyError:
                 return False
-            if self._archive().generation != expected_generation:  # impossible under compact.lock; be sure
+            if self._archive().identity != expected:  # impossible under compact.lock; be sure
                 return False
             os.rename(tmp, os.path.join(self.path, ARCHIVE))
             _maybe_crash(crash_at, "after_rename")

@@ -21,6 +21,7 @@ Liveness is the kernel's: the owner holds ``flock(LOCK_EX)`` on the file from cr
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -189,23 +190,32 @@ class ShardWriter:
         self._offset = HEADER_SIZE  # next free byte, global
         self._end = 0  # end of the last segment, global
         if path is not None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for life: our liveness
-            except BaseException:
-                os.close(fd)
-                raise
-            self.fd = fd
-        self._grow(FIRST_SEGMENT)
-        head = self.segments[0].buf
-        head[0:8] = MAGIC
-        ints = self.segments[0].ints
-        ints[2] = os.getpid()
-        ints[3] = time.time_ns()
-        ints[1] = HEADER_SIZE
-        if path is not None and final_path is not None:
-            # Published under its final name only once locked: a prober never sees it unlocked.
-            os.rename(path, final_path)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if self.fd is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for life: our liveness
+            self._grow(FIRST_SEGMENT)
+            head = self.segments[0].buf
+            head[0:8] = MAGIC
+            ints = self.segments[0].ints
+            ints[2] = os.getpid()
+            ints[3] = time.time_ns()
+            ints[1] = HEADER_SIZE
+            if path is not None and final_path is not None:
+                # Published under its final name only once locked: a prober never sees it unlocked.
+                os.rename(path, final_path)
+        except BaseException:
+            # Hazard: a full directory fails here on every attempt (posix_fallocate: ENOSPC). Each
+            # failure must give back its descriptor and its half-made file, or a worker that keeps
+            # trying runs out of descriptors and fills the directory with .new files.
+            self._abandon(path)
+            raise
+
+    def _abandon(self, path: str | None) -> None:
+        self.close()
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _grow(self, needed: int) -> None:
         last = self.segments[-1].size if self.segments else FIRST_SEGMENT // 2
