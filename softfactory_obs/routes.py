@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from ._failures import report_failure
-from .request.record import MAX_CACHED_TEXT, RequestRecord
+from .request.record import MAX_CACHED_TEXT, RequestRecord, without_userinfo
 from .request.wsgi import ROUTE_KEY  # where the adapters put the template; the WSGI driver reads it
 
 __all__ = ["OVERFLOW", "ROUTE_KEY", "UNMATCHED", "EndpointCap", "Endpoints", "RouteTable", "normalise", "to_template"]
@@ -96,6 +96,8 @@ def _normalise_segment(segment: str) -> str:
     for pattern, placeholder in _SEGMENT_RULES:
         if pattern.fullmatch(segment):
             return placeholder
+    if not segment.isprintable():  # raw control bytes (NUL, ESC, CR, DEL, U+2028) never reach a label
+        return "".join(c if c.isprintable() else "\ufffd" for c in segment)
     return segment
 
 
@@ -211,7 +213,7 @@ def resolve(record: RequestRecord, table: RouteTable) -> str:
     script, route = record.script_name, record.route
     if route:
         return script + str(route)
-    raw = script + record.path if script else record.path
+    raw = without_userinfo(script + record.path if script else record.path)
     known = table.resolved.get(raw)
     if known is None:
         template = table.match(raw)

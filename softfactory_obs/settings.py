@@ -42,6 +42,9 @@ DEFAULT_REDACT_QUERY = (
     "code",
     "state",
     "credential",
+    "jwt",
+    "passphrase",
+    "otp",
 )
 
 

@@ -9,6 +9,7 @@ Authorization and Cookie can never appear.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as json_string
@@ -17,7 +18,7 @@ from urllib.parse import unquote_plus
 
 from .._failures import report_failure
 from ..json_text import iso_utc_ms
-from ..request.record import MAX_CACHED_TEXT, RequestRecord
+from ..request.record import MAX_CACHED_TEXT, RequestRecord, without_userinfo
 from ..routes import Endpoints
 from ..settings import Settings
 from . import ACCESS_FIELDS, ACCESS_LOGGER, DIRECT_SINKS, Sink
@@ -54,14 +55,17 @@ def redact_query(query: str, sensitive: tuple[str, ...] | Callable[[str], bool])
     encoded = "%" in query or "+" in query
     if not search(query) and not (encoded and search(unquote_plus(query))):
         return query
-    parts = []
-    for pair in query.split("&"):
-        name, eq, _ = pair.partition("=")
+    # Pairs end at & or ; (the older HTML form separator some frameworks still split on): a secret
+    # behind either is redacted; the separators are kept as they came.
+    parts = _PAIRS.split(query)
+    for i in range(0, len(parts), 2):
+        name, eq, _ = parts[i].partition("=")
         if eq and (search(name) or (encoded and search(unquote_plus(name)))):
-            parts.append(f"{name}={REDACTED}")
-        else:
-            parts.append(pair)
-    return "&".join(parts)
+            parts[i] = f"{name}={REDACTED}"
+    return "".join(parts)
+
+
+_PAIRS = re.compile(r"([&;])")
 
 
 class AccessLog:
@@ -150,7 +154,7 @@ class AccessLog:
             method = self._text(method)
         method = method[:32]
         script = record.script_name
-        path = script + record.path if script else record.path
+        path = without_userinfo(script + record.path if script else record.path)
         if len(path) > limit:
             path = self._text(path)
         query = record.query_string()

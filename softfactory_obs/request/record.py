@@ -21,6 +21,7 @@ the middleware when they are built), so recorders never depend on each other hav
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,16 @@ def status_code(status: object) -> int:
     if type(status) is str and len(STATUS_CODES) < 256:  # apps answer a handful; never unbounded
         STATUS_CODES[status] = code
     return code
+
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@]*@")
+
+
+def without_userinfo(target: str) -> str:
+    """A request target without the ``user:password@`` of an absolute-form URL (``GET
+    http://user:secret@host/x``: wsgiref passes it through as the path); anything else unchanged.
+    Whatever shows a request's path (the access line, an endpoint label) goes through this."""
+    return _USERINFO.sub(r"\1", target, count=1) if "@" in target else target
 
 
 # What the two functions above answered, for the values a program meets on every request. The hot
