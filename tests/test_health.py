@@ -302,3 +302,38 @@ def test_app_ready_metric_follows_readiness() -> None:
     assert samples(registry)[("app_ready", ())] == 0
     mw.mark_ready()
     assert samples(registry)[("app_ready", ())] == 1
+
+
+def test_a_hung_check_costs_one_timeout_not_one_per_probe() -> None:
+    """F5: after the first probe gave up on a hung check, probes answer at once from the known
+    state while that one run stays in flight; the scrape never waits; the answer moves on as soon
+    as the check does."""
+    release = threading.Event()
+    started: list[float] = []
+
+    def hangs() -> bool:
+        started.append(time.monotonic())
+        release.wait(60)
+        return True
+
+    mw = make(health_cache_seconds=0.05)
+    mw.add_health_check("db", hangs, timeout=2.0)
+    try:
+        t0 = time.monotonic()
+        status, _, body = get(mw, "/ready", REMOTE_ADDR="127.0.0.1")
+        assert status == 503 and body["failing"] == ["db"], body
+        assert time.monotonic() - t0 >= 1.9  # the control: the first probe did wait the check's timeout
+        t1 = time.monotonic()
+        for path in ("/ready", "/health", "/ready", "/metrics", "/ready", "/health", "/ready", "/metrics"):
+            assert get(mw, path, REMOTE_ADDR="127.0.0.1")[0] in (200, 503)
+        # Eight probes waiting 2 s each would take 16 s; from the known state they take none of it.
+        assert time.monotonic() - t1 < 2.0
+        assert len(started) == 1  # one run in flight, never a pile of hung threads
+        assert samples(mw.registry)[("app_ready", ())] == 0.0
+        release.set()
+        deadline = time.monotonic() + 30
+        while get(mw, "/ready", REMOTE_ADDR="127.0.0.1")[0] != 200:
+            assert time.monotonic() < deadline, "the check answered, /ready never followed"
+            time.sleep(0.05)
+    finally:
+        release.set()

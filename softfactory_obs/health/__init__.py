@@ -58,9 +58,10 @@ class Result:
     ok: bool
     critical: bool
     latency_ms: float
-    checked_at: float
+    checked_at: float  # when the result became known (a run's end, or the moment a wait gave up)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    timed_out: bool = False
 
     def as_dict(self, now: float, with_details: bool) -> dict[str, Any]:
         """The result as the /health body shows it (details only when the caller may see them)."""
@@ -128,54 +129,64 @@ class HealthChecks:
         future: Future[Result] = Future()
 
         def run() -> None:
-            future.set_result(self._execute(check))
+            result = self._execute(check)
+            future.set_result(result)
+            self._store(result)  # also when every probe stopped waiting: the known state moves on
 
         threading.Thread(target=run, name=f"softfactory_obs-check-{check.name}", daemon=True).start()
         return future
 
     def _execute(self, check: Check) -> Result:
-        started = time.time()
         t0 = time.perf_counter()
         try:
             value = check.fn()
         except Exception as exc:
             return Result(
-                check.name, False, check.critical, (time.perf_counter() - t0) * 1000, started, error=sanitise(exc)
+                check.name, False, check.critical, (time.perf_counter() - t0) * 1000, time.time(), error=sanitise(exc)
             )
         details = value if isinstance(value, dict) else {}
-        return Result(check.name, bool(value), check.critical, (time.perf_counter() - t0) * 1000, started, details)
+        return Result(check.name, bool(value), check.critical, (time.perf_counter() - t0) * 1000, time.time(), details)
 
-    def run(self, names: list[str] | None = None) -> list[Result]:
-        """Fresh-enough results for ``names`` (all by default); waits at most the longest timeout."""
+    def _store(self, result: Result) -> None:
+        with self._lock:
+            known = self._results.get(result.name)
+            if known is None or result.checked_at >= known.checked_at:
+                self._results[result.name] = result
+
+    def run(self, names: list[str] | None = None, *, wait: bool = True) -> list[Result]:
+        """Fresh-enough results for ``names`` (all by default).
+
+        A stale result is refreshed by one run at a time. A probe waits for a run it started (at
+        most the check's timeout); while a run is already in flight (a slow or hung dependency)
+        it answers at once from the known state, so a hung check costs one timeout, not one per
+        probe. With ``wait=False`` (a scrape) it never waits: unknown results are left out.
+        """
         chosen = [self.checks[n] for n in (names if names is not None else list(self.checks))]
         now = time.time()
         waiting: list[tuple[Check, Future[Result]]] = []
         with self._lock:
             for check in chosen:
-                cached = self._results.get(check.name)
+                known = self._results.get(check.name)
                 max_age = check.interval * 2 if check.interval else self.ttl
-                if cached is not None and now - cached.checked_at < max_age:
+                if known is not None and now - known.checked_at < max_age:
                     continue
                 future = self._running.get(check.name)
-                if future is None or future.done():
+                in_flight = future is not None and not future.done()
+                if future is None or not in_flight:
                     future = self._running[check.name] = self._submit(check)
-                waiting.append((check, future))
+                if wait and (known is None or not in_flight):
+                    waiting.append((check, future))
         deadline = time.perf_counter() + max((c.timeout for c, _ in waiting), default=0)
         for check, future in waiting:
             try:
                 result = future.result(timeout=max(0.0, min(check.timeout, deadline - time.perf_counter())))
             except FutureTimeout:
-                result = Result(
-                    check.name,
-                    False,
-                    check.critical,
-                    check.timeout * 1000,
-                    now,
-                    error=f"timed out after {check.timeout:g} s",
-                )
-            with self._lock:
-                self._results[check.name] = result
-        return [self._results[c.name] for c in chosen if c.name in self._results]
+                error = f"timed out after {check.timeout:g} s"
+                result = Result(check.name, False, check.critical, check.timeout * 1000, time.time(), error=error)
+                result.timed_out = True
+            self._store(result)
+        with self._lock:
+            return [self._results[c.name] for c in chosen if c.name in self._results]
 
     def refresh_background(self) -> None:
         """Maintenance task: re-run checks that have an interval before their results get old."""
