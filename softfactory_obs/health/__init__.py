@@ -156,10 +156,11 @@ class HealthChecks:
     def run(self, names: list[str] | None = None, *, wait: bool = True) -> list[Result]:
         """Fresh-enough results for ``names`` (all by default).
 
-        A stale result is refreshed by one run at a time. A probe waits for a run it started (at
-        most the check's timeout); while a run is already in flight (a slow or hung dependency)
-        it answers at once from the known state, so a hung check costs one timeout, not one per
-        probe. With ``wait=False`` (a scrape) it never waits: unknown results are left out.
+        A stale result is refreshed by one run at a time, which a probe waits for (at most the
+        check's timeout), except when the check is known to hang: once a run timed out, probes
+        answer at once from that known state while the run stays in flight, so a hung check costs
+        one timeout, not one per probe. With ``wait=False`` (a scrape) nothing waits: a refresh is
+        started when due and the known results are returned.
         """
         chosen = [self.checks[n] for n in (names if names is not None else list(self.checks))]
         now = time.time()
@@ -174,7 +175,7 @@ class HealthChecks:
                 in_flight = future is not None and not future.done()
                 if future is None or not in_flight:
                     future = self._running[check.name] = self._submit(check)
-                if wait and (known is None or not in_flight):
+                if wait and not (in_flight and known is not None and known.timed_out):
                     waiting.append((check, future))
         deadline = time.perf_counter() + max((c.timeout for c, _ in waiting), default=0)
         for check, future in waiting:
