@@ -116,7 +116,9 @@ class ProcessMetrics:
             return
         _sampled.add(host.registry)
         settings = host.settings
-        host.every_interval(ProcessSampler(host.registry, settings.service_name, settings.service_version).sample)
+        sampler = ProcessSampler(host.registry, settings.service_name, settings.service_version)
+        host.every_interval(sampler.sample)
+        host.in_each_process(sampler.watch_exit)
 
 
 class Compaction:

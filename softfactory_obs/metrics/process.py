@@ -12,14 +12,17 @@ sample, so the total only grows across any churn.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterable
 
 from .. import procfs
+from .._failures import report_failure
 from ..process_state import ensure_current, on_new_process
 from ..store.metrics import Counter, Gauge, Registry
 from .families import Family, gauge
@@ -69,6 +72,8 @@ class ProcessSampler:
         self._slot: str | None = None  # claimed by the first sample in each process
         self._cpu_seen = 0.0
         self._sampled_at = 0.0
+        self._cpu_lock = threading.Lock()  # the maintenance thread and the exit sample may meet
+        self._exit_hooked = False
         registry.callbacks.append(self.collect_at_scrape)
         on_new_process(self._forget_slot, component="process metrics after fork")
 
@@ -80,6 +85,8 @@ class ProcessSampler:
         self._slot = None
         self._cpu_seen = 0.0
         self._sampled_at = 0.0
+        self._cpu_lock = threading.Lock()
+        self._exit_hooked = False
 
     def _claim_slot(self) -> str:
         directory = self.registry.directory
@@ -119,9 +126,30 @@ class ProcessSampler:
         self.cpu_percent.labels(slot).set(max(0.0, cpu_percent))
         self.memory_percent.labels(slot).set(stats.rss / total_memory * 100 if total_memory else 0.0)
         self.pid.labels(slot).set(pid)
-        if used > self._cpu_seen:  # cumulative per process: add the growth, never anything negative
-            self.cpu.inc(used - self._cpu_seen)
-            self._cpu_seen = used
+        self._add_cpu(used)
+
+    def _add_cpu(self, used: float) -> None:
+        with self._cpu_lock:
+            if used > self._cpu_seen:  # cumulative per process: add the growth, never anything negative
+                self.cpu.inc(used - self._cpu_seen)
+                self._cpu_seen = used
+
+    def watch_exit(self) -> None:
+        """In a worker: add its last CPU when it exits normally (max_requests recycling, SIGTERM,
+        SIGQUIT: the interpreter's exit runs ``atexit``), not only what the last sample saw, up to
+        an interval earlier. A SIGKILL (or ``os._exit``) loses the time since the last sample."""
+        if not self._exit_hooked:
+            self._exit_hooked = True
+            atexit.register(self.sample_cpu_at_exit, os.getpid())
+
+    def sample_cpu_at_exit(self, pid: int) -> None:
+        """The worker's final CPU (only in the process that registered it: a fork inherits the hook)."""
+        if pid != os.getpid():
+            return
+        try:
+            self._add_cpu(procfs.process_stats(pid).cpu_seconds)
+        except Exception as exc:  # at exit: nothing to serve any more, but say so
+            report_failure("process metrics at exit", exc)
 
     def collect_at_scrape(self) -> Iterable[Family]:
         """Service-level facts computed in the scraping process: uptime, master memory, info."""
