@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -44,6 +45,12 @@ class CacheMetrics:
         self.evictions = Counter("cache_evictions_total", "Keys deleted from the cache", ["cache"], registry=registry)
         self.errors = Counter(
             "cache_errors_total", "Cache operations that raised", ["cache", "operation", "error"], registry=registry
+        )
+        self.bypassed = Counter(
+            "cache_bypassed_total",
+            "Cached calls that left Redis alone while it was failing (the function answered)",
+            ["cache"],
+            registry=registry,
         )
         self.duration = Histogram(
             "cache_operation_duration_seconds",
@@ -182,6 +189,38 @@ def _safely(fn: Callable[[], Any]) -> None:
         report_failure("redis metrics", exc)
 
 
+class Breaker:
+    """Fail fast while Redis fails: after a connection error or a timeout, calls leave Redis alone
+    for ``cooldown`` seconds; then one call tries it again (the others still stay away), and a
+    success closes the breaker. Other errors (a bad command, a full memory) say nothing about
+    reaching Redis and leave it closed."""
+
+    def __init__(self, cooldown: float = 5.0) -> None:
+        self.cooldown = cooldown
+        self._open_until = 0.0  # 0: closed
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """Whether this call may use Redis (true for one trial call once the cool-down is over)."""
+        if not self._open_until:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now < self._open_until:
+                return False
+            self._open_until = now + self.cooldown  # the others wait while this one tries
+        return True
+
+    def failed(self, exc: BaseException) -> None:
+        """A call raised ``exc``: open the breaker when it says Redis cannot be reached."""
+        if isinstance(exc, (redis_py.ConnectionError, redis_py.TimeoutError, OSError)):
+            self._open_until = time.monotonic() + self.cooldown
+
+    def succeeded(self) -> None:
+        """A call reached Redis: close the breaker."""
+        self._open_until = 0.0
+
+
 def cached(
     client: Any,
     *,
@@ -190,6 +229,7 @@ def cached(
     key: Callable[..., str] | None = None,
     serializer: Any = json,
     registry: Registry | None = None,
+    cooldown: float = 5.0,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Read-through cache: a hit returns the stored value; a miss (or Redis down) calls the function.
 
@@ -198,19 +238,28 @@ def cached(
     arguments the default key cannot spell call the function, and are counted in
     ``cache_errors_total`` (operation ``get``, ``set``, ``decode`` or ``key``). ``serializer`` has
     ``dumps``/``loads`` (json by default); ``ttl`` is in seconds.
+
+    Redis failing costs one call, not every call: the cache talks to Redis through a second client
+    with the same settings and no retries (redis-py's default retries with backoff cost seconds per
+    call), and after a connection error or timeout it leaves Redis alone for ``cooldown`` seconds
+    (counted in ``cache_bypassed_total``), then tries once. A client without ``socket_timeout``
+    can still hang that one call on a Redis that accepts and never answers: set one.
     """
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
-        raise ValueError(f"ttl: expected a number of seconds > 0, got {ttl!r}")
+    for name, seconds in (("ttl", ttl), ("cooldown", cooldown)):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise ValueError(f"{name}: expected a number of seconds > 0, got {seconds!r}")
+        if seconds <= 0:
+            raise ValueError(f"{name}: expected a number of seconds > 0, got {seconds!r}")
     metrics = cache_metrics(registry)
-    counted_by_client = getattr(client, MARK, None) is not None
+    fast = _client_like(client)
+    breaker = Breaker(cooldown)
     ttl_ms = max(1, int(ttl * 1000))
 
     def error(operation: str, exc: Exception) -> None:
         _safely(lambda: metrics.errors.labels(cache, operation, type(exc).__name__).inc())
 
     def count(counter: Counter) -> None:
-        if not counted_by_client:  # else the instrumented client counted its own GET and SET
-            _safely(lambda: counter.labels(cache).inc())
+        _safely(lambda: counter.labels(cache).inc())
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         prefix = f"{fn.__module__}.{fn.__qualname__}:"
@@ -225,12 +274,16 @@ def cached(
                 except Exception as exc:  # e.g. a dict argument with str and int keys: sort_keys cannot order them
                     error("key", exc)
                     return fn(*args, **kwargs)
-            try:
-                stored = client.get(name)
-            except Exception as exc:
-                if not counted_by_client:
-                    error("get", exc)
+            if not breaker.allow():
+                count(metrics.bypassed)
                 return fn(*args, **kwargs)
+            try:
+                stored = fast.get(name)
+            except Exception as exc:
+                breaker.failed(exc)
+                error("get", exc)
+                return fn(*args, **kwargs)
+            breaker.succeeded()
             if stored is not None:
                 try:
                     value = serializer.loads(stored)
@@ -243,10 +296,10 @@ def cached(
                 count(metrics.misses)
             value = fn(*args, **kwargs)
             try:
-                client.set(name, serializer.dumps(value), px=ttl_ms)
+                fast.set(name, serializer.dumps(value), px=ttl_ms)
             except Exception as exc:  # Redis down, or a value the serializer cannot write
-                if not counted_by_client or not isinstance(exc, redis_py.RedisError):
-                    error("set", exc)
+                breaker.failed(exc)
+                error("set", exc)
             else:
                 count(metrics.puts)
             return value
@@ -256,13 +309,18 @@ def cached(
     return decorate
 
 
-def probe_client(client: Any, timeout: float = 0.5) -> Any:
-    """A second client to the same server with short timeouts and no retries, for INFO and PING."""
+def _client_like(client: Any, **overrides: Any) -> Any:
+    """A second client to the same server with ``client``'s settings, no retries, and ``overrides``."""
     kwargs = dict(client.connection_pool.connection_kwargs)
-    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    kwargs.update(retry=Retry(NoBackoff(), 0), **overrides)
     kwargs.pop("retry_on_error", None)
     pool = client.connection_pool.__class__(connection_class=client.connection_pool.connection_class, **kwargs)
     return redis_py.Redis(connection_pool=pool)
+
+
+def probe_client(client: Any, timeout: float = 0.5) -> Any:
+    """A second client to the same server with short timeouts and no retries, for INFO and PING."""
+    return _client_like(client, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 class RedisInfoCollector:

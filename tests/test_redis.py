@@ -277,3 +277,64 @@ def test_auth_errors_are_counted_and_raised() -> None:
             r.get("x")
         errors = {dict(lb)["error"] for (name, lb), _ in samples(registry).items() if name == "cache_errors_total"}
         assert errors == {"AuthenticationError"}
+
+
+def _cached_app(client: redis.Redis, registry: Registry, **options: Any) -> ObservabilityMiddleware:
+    """A one-worker app whose answer comes through cached(): what a Redis outage must not slow down."""
+
+    @cached(client, ttl=60, cache="pages", registry=registry, **options)
+    def page(n: str) -> str:
+        return f"page {n}"
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [page(environ["QUERY_STRING"]).encode()]
+
+    return ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False)
+
+
+@pytest.mark.parametrize("outage", ["down", "hung"])
+def test_a_redis_outage_costs_the_cache_one_call_not_every_call(outage: str) -> None:
+    """With a client made as users make it (short socket timeouts, redis-py's default retries with
+    backoff), 20 requests took 78 s with Redis down and 143 s with it hung (SIGSTOP)."""
+    registry = Registry()
+    with RedisServer() as srv:
+        assert srv.proc is not None
+        client = redis.Redis(port=srv.port, socket_timeout=0.3, socket_connect_timeout=0.3)
+        mw = _cached_app(client, registry)
+        assert call_wsgi(mw, make_environ(QUERY_STRING="0")).body == b"page 0"
+        assert one(registry, "cache_puts_total", cache="pages") == 1  # the control: the cache was in use
+        if outage == "hung":
+            srv.proc.send_signal(signal.SIGSTOP)
+        else:
+            srv.__exit__()
+        try:
+            t0 = time.monotonic()
+            bodies = [call_wsgi(mw, make_environ(QUERY_STRING=str(i))).body for i in range(1, 21)]
+            spent = time.monotonic() - t0
+        finally:
+            if outage == "hung":
+                srv.proc.send_signal(signal.SIGCONT)
+    assert bodies == [f"page {i}".encode() for i in range(1, 21)]  # the answers did not change
+    assert spent < 4.0, f"20 requests took {spent:.1f} s"
+    assert one(registry, "cache_bypassed_total", cache="pages") >= 18  # Redis was left alone after one failure
+    errors = {dict(lb)["error"] for (name, lb), _ in samples(registry).items() if name == "cache_errors_total"}
+    assert errors and errors <= {"ConnectionError", "TimeoutError"}
+
+
+def test_the_cache_tries_redis_again_after_the_cooldown_and_recovers() -> None:
+    registry = Registry()
+    port = free_port()
+    client = redis.Redis(port=port, socket_timeout=0.3, socket_connect_timeout=0.3)
+    mw = _cached_app(client, registry, cooldown=0.2)
+    assert call_wsgi(mw, make_environ(QUERY_STRING="a")).body == b"page a"  # Redis down: the function answers
+    srv = RedisServer()
+    srv.port = port
+    with srv:
+        deadline = time.monotonic() + 30
+        while samples(registry).get(("cache_puts_total", (("cache", "pages"),)), 0) < 1:
+            assert time.monotonic() < deadline, "the cache never went back to Redis"
+            assert call_wsgi(mw, make_environ(QUERY_STRING="a")).body == b"page a"
+            time.sleep(0.05)
+        assert call_wsgi(mw, make_environ(QUERY_STRING="a")).body == b"page a"
+        assert one(registry, "cache_hits_total", cache="pages") >= 1  # served from Redis again
