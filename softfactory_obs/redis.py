@@ -246,12 +246,14 @@ def cached(
     can still hang that one call on a Redis that accepts and never answers: set one.
     """
     for name, seconds in (("ttl", ttl), ("cooldown", cooldown)):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-            raise ValueError(f"{name}: expected a number of seconds > 0, got {seconds!r}")
-        if seconds <= 0:
+        number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        if not (number and math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"{name}: expected a number of seconds > 0, got {seconds!r}")
     metrics = cache_metrics(registry)
-    fast = _client_like(client)
+    try:
+        fast = _client_like(client)
+    except Exception:  # a client of another shape (a cluster client, a stand-in): used as it is, retries and all
+        fast = client
     breaker = Breaker(cooldown)
     ttl_ms = max(1, int(ttl * 1000))
 

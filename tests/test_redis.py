@@ -338,3 +338,27 @@ def test_the_cache_tries_redis_again_after_the_cooldown_and_recovers() -> None:
             time.sleep(0.05)
         assert call_wsgi(mw, make_environ(QUERY_STRING="a")).body == b"page a"
         assert one(registry, "cache_hits_total", cache="pages") >= 1  # served from Redis again
+
+
+def test_cached_takes_a_client_of_another_shape_as_it_is() -> None:
+    """A client without a connection pool to copy (a cluster client, a stand-in) still caches."""
+
+    class DictClient:
+        def __init__(self) -> None:
+            self.data: dict[str, bytes] = {}
+
+        def get(self, name: str) -> bytes | None:
+            return self.data.get(name)
+
+        def set(self, name: str, value: str | bytes, px: int) -> None:
+            self.data[name] = value.encode() if isinstance(value, str) else value
+
+    registry = Registry()
+    store = DictClient()
+
+    @cached(store, ttl=60, cache="plain", registry=registry)
+    def square(n: int) -> int:
+        return n * n
+
+    assert square(3) == square(3) == 9
+    assert one(registry, "cache_hits_total", cache="plain") == 1 and len(store.data) == 1
