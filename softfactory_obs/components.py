@@ -123,6 +123,8 @@ class ProcessMetrics:
 
 class Compaction:
     """A worker's first request compacts what dead processes left, then leaves the request path.
+    It comes back while series count in memory (a full store), to move them into the shard on a
+    request's own thread (see ``Registry.write_unwritten``).
 
     The maintenance thread compacts too, but it may not run (a container's thread limit), and the
     first scrape should not find the previous workers' shards still to merge.
@@ -138,6 +140,7 @@ class Compaction:
         self._host = host
         self._arm()
         host.registry.on_fork(self._arm)
+        host.registry.on_unwritten(self._arm)  # series counting in memory: retried after requests
         host.in_each_process(host.maintenance.ensure_started)
 
     def _arm(self) -> None:
@@ -147,9 +150,12 @@ class Compaction:
 
     def compact_once(self, _: object) -> None:
         """Finish hook until this process's compaction has run."""
-        if self._host is not None and not self._host.registry.compact_if_pending():
+        host = self._host
+        if host is not None and not host.registry.compact_if_pending():
             self.armed = False
-            self._host.remove_finish_hook(self.compact_once)
+            host.remove_finish_hook(self.compact_once)
+            if host.registry.unwritten:  # a binding failed in another thread meanwhile
+                self._arm()
 
 
 class Health:

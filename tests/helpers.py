@@ -3,6 +3,7 @@ binaries, free ports. Tests import these from here; conftest.py holds only pytes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import io
@@ -11,10 +12,12 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
@@ -101,6 +104,26 @@ def require_binary(name: str) -> str:
         skip_or_fail(f"{name} is not installed (apt-get install the package that ships it; .ci/run does)")
     assert path is not None
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real, small tmpfs mounted for one test (root only), always unmounted."""
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, mode: str) -> None:
+    """Make a ``tmpfs`` read-only (``mode="ro"``) or writable again (``"rw"``)."""
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True, capture_output=True)
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import call_wsgi, in_child, samples, skip_or_fail
+from helpers import call_wsgi, in_child, remount, samples, tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +38,7 @@ from softfactory_obs.store.metrics import (
     Registry,
     Timer,
 )
+from softfactory_obs.store.registry import REGISTRY
 from softfactory_obs.store.shard import HEADER_SIZE, KIND_COUNT, MAGIC, ShardReader
 
 
@@ -340,21 +341,6 @@ def test_unusable_store_directory_never_fails_the_app(tmp_path: Path) -> None:
     assert failure_counts()["metrics store"] == 1  # reported once per process, counted
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A real, small tmpfs mounted for one test (root only), always unmounted."""
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-
-
 def test_full_tmpfs_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
     # A small real tmpfs, nearly full: growing a shard must fail cleanly (we preallocate), not kill us.
     with tmpfs(tmp_path / "tiny", "size=192k") as mount:
@@ -537,15 +523,101 @@ def test_a_dead_shard_named_after_a_live_pid_is_still_dead(store_dir: str) -> No
     assert value(registry, "reused_total") == 6
 
 
-def test_read_only_store_never_fails_the_app(tmp_path: Path) -> None:
-    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
-        registry = Registry(str(mount / "store"))
-        counter = Counter("ro_total", "x", registry=registry)
-        counter.inc()
-        counter.inc()
-        assert failure_counts()["metrics store"] == 1
+def test_a_read_only_store_is_read_and_what_was_counted_meanwhile_moves_in_later(tmp_path: Path) -> None:
+    """F2 + F3: a worker started while the directory is read-only scrapes what the others wrote
+    (not a 500), counts in memory, and moves those counts into a shard once it can write."""
+    with tmpfs(tmp_path / "ro", "size=256k") as mount:
+        store = str(mount / "store")
+        _dead_worker_counting(store, 5)
+        remount(mount, "ro")
+        registry = Registry(store)
+        counter = Counter("served_total", "x", registry=registry)
+        counter.inc(2)
+        assert failure_counts()["metrics store"] == 1  # the control: the store did refuse the shard
         status, body = _call(MetricsApp(registry))
-        assert status.startswith("500") and "Read-only file system" in body  # loud, never silently empty
+        assert status.startswith("200"), body
+        assert "served_total 5.0" in body  # what the others wrote; our 2 are in no scrape yet
+        assert "softfactory_obs_store_writable 0.0" in body
+        assert registry.write_unwritten(every=0) is True  # still read-only: they wait
+        remount(mount, "rw")
+        assert registry.write_unwritten(every=0) is False
+        counter.inc()
+        assert value(Registry(store), "served_total") == 8  # a fresh reader: every count is in the files
+        assert "softfactory_obs_store_writable 1.0" in _call(MetricsApp(registry))[1]
+
+
+def test_counts_made_while_the_store_is_full_are_written_once_it_has_room(store_dir: str) -> None:
+    """F2: a shard that cannot grow (a file-size limit; a full tmpfs fails the same way) keeps new
+    series in memory; the store's failure counter has a slot from the start, so every worker sees
+    the fault at once; once there is room, the counts held move into the shard, none lost."""
+
+    def worker() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+        default = REGISTRY  # the store's own failure counter lives in it
+        default.set_directory(store_dir)
+        counter = Counter("paths_total", "x", ["path"], registry=default)
+        counter.labels("first").inc()  # the shard is made, with its first segment
+        shard = default.shard_path
+        assert shard is not None
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(shard), limit[1]))
+        for n in range(1500):
+            counter.labels(f"path-{n:05d}-" * 4).inc()
+        assert default.unwritten > 0  # the control: the shard did stop growing
+        reader = Registry(store_dir)
+        assert value(reader, "softfactory_obs_internal_errors_total", component="metrics store") >= 1
+        held = sum(v for (name, _), v in samples(reader).items() if name == "paths_total")
+        assert held < 1501, held
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        assert default.write_unwritten(every=0) is False
+        counter.labels("path-00007-" * 4).inc()
+        totals = samples(Registry(store_dir))
+        assert sum(v for (name, _), v in totals.items() if name == "paths_total") == 1502
+        assert totals[("paths_total", (("path", "path-00007-" * 4),))] == 2
+
+    os.makedirs(store_dir)
+    assert in_child(worker) == 0
+
+
+def test_a_dead_shard_is_parsed_anew_not_trusted_from_what_was_read_while_it_lived(store_dir: str) -> None:
+    """F8: a reader that parsed a shard while it lived re-validates it whole once it is dead."""
+    worker = Registry(store_dir)
+    Counter("served_total", "x", registry=worker).inc(5)
+    reader = Registry(store_dir)
+    Counter("served_total", "x", registry=reader).inc()
+    assert value(reader, "served_total") == 6  # the reader has the worker's key table now
+    path = worker.shard_path
+    assert path is not None
+    worker.release()  # the worker is gone
+    data = bytearray(Path(path).read_bytes())
+    used = int.from_bytes(data[8:16], sys.byteorder)
+    data[HEADER_SIZE:used] = bytes((n * 151 + 7) % 256 for n in range(used - HEADER_SIZE))  # keys and values
+    Path(path).write_bytes(bytes(data))
+    assert value(reader, "served_total") == 1  # our own count, not garbage
+    assert Path(path + ".corrupt").exists()
+
+
+def test_a_dead_shard_that_changes_after_it_was_validated_is_set_aside(store_dir: str) -> None:
+    """F8: a dead shard never changes; bytes that do (here a plausible value in its one counter
+    slot) are refused, not exposed."""
+    worker = Registry(store_dir)
+    Counter("served_total", "x", registry=worker).inc(5)
+    path = worker.shard_path
+    assert path is not None
+    worker.release()
+    reader = Registry(store_dir)
+    assert value(reader, "served_total") == 5  # validated dead, checksum kept
+    parsed = ShardReader()
+    with open(path, "r+b") as f:
+        data = f.read()
+        parsed.parse([(0, data)])
+        slot = next(s for kind, key, _, s in parsed.entries if kind == KIND_COUNT and key[0] == "served_total")
+        f.seek(slot * 8)
+        f.write((10**12 * 1_000_000).to_bytes(8, sys.byteorder))
+    snap_samples = samples(reader)
+    assert ("served_total", ()) not in snap_samples  # set aside, not 10^12
+    assert Path(path + ".corrupt").exists()
+    assert failure_counts()["metrics store (corrupt shard quarantined)"] == 1
 
 
 @pytest.mark.parametrize("writer", ["observe", "observe_unlocked"])

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import skip_or_fail
+from helpers import skip_or_fail, tmpfs
 from servers import USERS, Gunicorn, get, scrape, served, worker_pids
 
 NO_HOOKS = Path(__file__).parent / "gunicorn_nohooks.conf.py"
@@ -297,3 +297,55 @@ def test_scrape_storm_during_churn_and_compaction(tmp_path: Path, store: Path) -
         assert ok > 100
         final = served(scrape(server.port))
         assert ok <= final
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until its file system is full."""
+    chunk = b"x" * 4096
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, chunk):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    return sum(v for (name, _), v in metrics.items() if name == "http_requests_total")
+
+
+def test_a_full_store_shows_the_fault_and_loses_no_count_once_space_returns(tmp_path: Path) -> None:
+    """F2 under gunicorn: new endpoints on a full tmpfs count in each worker's memory; the fault is
+    on /metrics at once (from every worker); once the space is freed every request is counted."""
+    tests_dir = Path(__file__).parent
+    with tmpfs(tmp_path / "small", "size=4m") as mount:
+        env = {
+            "SOFTFACTORY_OBS_METRICS_DIR": str(mount / "store"),
+            "SOFTFACTORY_OBS_MAX_ENDPOINTS": "5000",
+            "SOFTFACTORY_OBS_ACCESS_LOG": "0",
+            "PYTHONPATH": f"{tests_dir}:{tests_dir.parent}",
+        }
+        with Gunicorn(tmp_path, app="catchall_app:app", workers=2, **env) as server:
+            sent = 0
+            with ThreadPoolExecutor(4) as pool:  # both workers make their shard while there is room
+                sent += sum(code == 200 for code in pool.map(lambda _: get(server.port, "/")[0], range(40)))
+            _fill(mount / "filler")
+            words = ["".join(chr(97 + (n // 26**k) % 26) for k in range(4)) for n in range(200)]
+            with ThreadPoolExecutor(4) as pool:
+                sent += sum(code == 200 for code in pool.map(lambda w: get(server.port, f"/{w}")[0], words))
+            assert sent == 240  # the app never noticed
+            metrics = scrape(server.port)
+            assert metrics[("softfactory_obs_internal_errors_total", (("component", "metrics store"),))] >= 1
+            assert metrics[("softfactory_obs_store_free_bytes", ())] < 64 * 1024
+            assert _total(metrics) < sent  # the control: counts were held back while it was full
+            (mount / "filler").unlink()
+            deadline = time.monotonic() + 60
+            while True:  # each worker moves what it holds after one of its next requests
+                sent += get(server.port, "/")[0] == 200
+                counted = _total(scrape(server.port))
+                if counted == sent or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert counted == sent

@@ -180,7 +180,7 @@ def check_prometheus_client_registry(registry: Registry) -> None:
 
 def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Family]:
     """The store's own health for a scrape: shards by state, files read, the previous scrape's
-    duration."""
+    duration, and whether new series can be written there now."""
     shards = Family("softfactory_obs_store_shards", "Shard files in the metrics store by state", "gauge", ["state"])
     shards.add(["live"], snap.live_shards)
     shards.add(["dead"], snap.dead_shards)
@@ -196,7 +196,20 @@ def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Family]:
     )
     generation = Family("softfactory_obs_store_compactions", "Compactions published to the store", "counter")
     generation.add((), snap.archive_generation)
-    return [shards, duration, files, generation]
+    families = [shards, duration, files, generation]
+    if snap.writable is not None:
+        families.append(
+            gauge(
+                "softfactory_obs_store_writable",
+                "1 if workers can make new series in the metrics store now, 0 if it is read-only or gone",
+                int(snap.writable),
+            )
+        )
+    if snap.free_bytes is not None:
+        families.append(
+            gauge("softfactory_obs_store_free_bytes", "Space left on the metrics store's file system", snap.free_bytes)
+        )
+    return families
 
 
 class ScrapeLimitError(Exception):

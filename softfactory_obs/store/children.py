@@ -17,7 +17,7 @@ from math import floor
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, Segment, encode_exemplar, write_exemplar
+from .shard import EXEMPLAR_ID_MAX, KIND_EXEMPLAR, KIND_GAUGE, KIND_STAMP, Segment, encode_exemplar, write_exemplar
 
 if TYPE_CHECKING:
     from .metrics import Gauge, Histogram, Metric
@@ -116,6 +116,26 @@ class Child:
         self._lock = lock
         self._attaching()
         self._ints = seg.ints  # last: it is the "bound" flag the hot path checks
+
+    def move(self, seg: Segment, idx: list[int]) -> None:
+        """Take ``idx`` in ``seg`` as this child's slots, keeping what it counted so far: the
+        values it holds are stored into the new slots (the registry calls it, under the lock, on
+        a thread that may write this child; see ``Registry.write_unwritten``)."""
+        old_ints, old_idx = self._ints, self._idx
+        slots = len(old_idx)
+        self._idx, self._ex = idx[:slots], idx[slots:]
+        self._i = idx[0]
+        self._seg = seg
+        self._floats = seg.floats
+        self._attaching()
+        self._ints = seg.ints
+        for (_, kind), held, old, new in zip(self._keys, self._held, old_idx, self._idx, strict=False):
+            if kind == KIND_GAUGE:
+                seg.floats[new] = held
+            elif kind == KIND_STAMP:
+                seg.ints[new] = old_ints[old]  # a gauge's write time is not held: copy it
+            else:
+                seg.ints[new] = held
 
     def _attaching(self) -> None:
         """What a kind of child derives from its slots, before it counts as bound."""

@@ -14,6 +14,13 @@ temporary file, then under LOCK_EX renames it into place and unlinks the shards 
 the archive names those shards, so if the compactor dies between the rename and the unlinks the
 leftovers are skipped, not counted twice. Counts are integers, so regrouping them is exact and
 no counter ever goes backwards.
+
+A dead shard never changes again, so readers validate it whole once its writer is gone (never
+trusting a key table parsed while it lived) and keep its checksum: a dead shard whose bytes then
+change is damaged and is set aside, never exposed.
+
+A directory this process cannot write (read-only, or not there) is still read: scrapes show what
+the others wrote, compaction waits, and only making a shard fails (counted by the registry).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +78,10 @@ class Snapshot:
     dead_shards: int = 0
     files_opened: int = 0
     archive_generation: int = 0
+    # Whether a worker could make a shard in the directory now, and the space left there (None
+    # without a directory): a store fault is visible at once, whichever worker answers.
+    writable: bool | None = None
+    free_bytes: int | None = None
 
 
 def _flock(fd: int, op: int, timeout: float) -> None:
@@ -122,21 +134,31 @@ class StoreDirectory:
     def __init__(self, path: str, *, lock_timeout: float = 2.0) -> None:
         self.path = os.path.abspath(path)
         self.lock_timeout = lock_timeout
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise PermissionError(f"metrics directory {self.path} is not writable")
-        for name in ("dir.lock", "compact.lock"):
-            with open(os.path.join(self.path, name), "a"):
-                pass
+        with contextlib.suppress(OSError):  # read-only: still readable; new_shard says why not
+            self._prepare()
         self._readers: dict[str, ShardReader] = {}  # parsed key tables of shards, by file name
+        self._dead: dict[str, int] = {}  # checksums of dead shards, as first validated
         # One snapshot at a time per process: the incremental key tables above are shared, and two
         # threads parsing the same tail (a scrape and the maintenance thread, or two gthread
         # scrapes) would each append it, counting those series twice.
         self._snapshot_lock = threading.Lock()
         self._archive_cache: tuple[Identity, Archive] | None = None
 
+    def _prepare(self) -> None:
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        if not self.writable():
+            raise PermissionError(f"metrics directory {self.path} is not writable")
+        for name in ("dir.lock", "compact.lock"):
+            with open(os.path.join(self.path, name), "a"):
+                pass
+
+    def writable(self) -> bool:
+        """Whether this process can make files in the directory now."""
+        return os.access(self.path, os.W_OK | os.X_OK)
+
     def new_shard(self) -> ShardWriter:
         """A shard file for this process, locked for its life."""
+        self._prepare()  # the directory may have become writable (or been removed) since
         name = f"w-{os.getpid()}-{time.time_ns()}-{os.urandom(8).hex()}.shard"
         final = os.path.join(self.path, name)
         return ShardWriter(os.path.join(self.path, "." + name + ".new"), final)
@@ -169,18 +191,45 @@ class StoreDirectory:
         return archive
 
     def _shard_names(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.path) if SHARD_RE.fullmatch(n))
+        try:
+            return sorted(n for n in os.listdir(self.path) if SHARD_RE.fullmatch(n))
+        except FileNotFoundError:  # a store nobody could make yet
+            return []
 
     def snapshot(self, own: ShardWriter | None = None) -> Snapshot:
         """A consistent merge of the archive and every shard not yet absorbed."""
         with self._snapshot_lock:
             return self._snapshot(own)
 
+    def _space(self, snap: Snapshot) -> None:
+        try:
+            stat = os.statvfs(self.path)
+        except OSError:
+            snap.writable, snap.free_bytes = False, 0
+            return
+        snap.writable = not stat.f_flag & os.ST_RDONLY and self.writable()
+        snap.free_bytes = stat.f_bavail * stat.f_frsize
+
+    def _read_lock(self) -> int | None:
+        """``dir.lock`` opened for LOCK_SH; None where nobody can have made it (a read-only
+        directory, where no compaction can publish either)."""
+        path = os.path.join(self.path, "dir.lock")
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not os.path.isdir(self.path) or not self.writable():
+                return None
+            with open(path, "a"):
+                pass
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
     def _snapshot(self, own: ShardWriter | None) -> Snapshot:
         snap = Snapshot()
-        fd = os.open(os.path.join(self.path, "dir.lock"), os.O_RDONLY | os.O_CLOEXEC)
+        self._space(snap)
+        fd = self._read_lock()
         try:
-            _flock(fd, fcntl.LOCK_SH, self.lock_timeout)
+            if fd is not None:
+                _flock(fd, fcntl.LOCK_SH, self.lock_timeout)
             archive = self._archive()
             absorbed = set(archive.absorbed)
             snap.archive_generation = archive.generation
@@ -210,14 +259,19 @@ class StoreDirectory:
                 else:
                     snap.dead_shards += 1
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         for gone in set(self._readers) - seen:
             del self._readers[gone]
+        for gone in set(self._dead) - seen:
+            del self._dead[gone]
         return snap
 
     def _read_shard(self, name: str, path: str, live: bool, snap: Snapshot) -> None:
         reader = self._readers.get(name)
-        if reader is None:
+        if reader is None or (not live and name not in self._dead):
+            # Newly dead: parse it whole again rather than resume with a key table read while it
+            # lived (the bytes under it may have been damaged since).
             reader = self._readers[name] = ShardReader()
         snap.files_opened += 1
         for attempt in range(_MAP_ATTEMPTS):
@@ -228,8 +282,18 @@ class StoreDirectory:
                     if attempt + 1 == _MAP_ATTEMPTS:
                         raise
                     continue  # its writer added a segment since we mapped it: map it again
+                if not live:
+                    self._check_unchanged(name, buffers, reader)
                 merge_values(reader, buffers, live, name, snap)
                 return
+
+    def _check_unchanged(self, name: str, buffers: list[tuple[int, Any]], reader: ShardReader) -> None:
+        """Remember a dead shard's checksum when first validated; refuse it if its bytes changed."""
+        checksum = zlib.crc32(buffers[0][1][: reader.pos])
+        known = self._dead.setdefault(name, checksum)
+        if known != checksum:
+            self._dead.pop(name, None)
+            raise CorruptShardError(f"{name}: changed after its writer died (checksum {checksum:08x}, was {known:08x})")
 
     # -- compaction -------------------------------------------------------------------------------
 
@@ -240,6 +304,8 @@ class StoreDirectory:
         to ``wait`` seconds for it. ``crash_at`` (tests only) kills the process at a named step to
         prove crash consistency.
         """
+        if not self.writable():
+            return 0  # nothing can be published; dead shards are still read where they are
         lock_fd = os.open(os.path.join(self.path, "compact.lock"), os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
@@ -301,6 +367,8 @@ class StoreDirectory:
         try:
             with _mapped(os.path.join(self.path, name)) as buffers:
                 reader.parse(buffers)
+                if name in self._dead:
+                    self._check_unchanged(name, buffers, reader)
                 merge_values(reader, buffers, False, name, snap)
         except CorruptShardError as exc:
             _quarantine(self.path, name)
@@ -372,7 +440,8 @@ def _unlink(path: str) -> None:
 
 
 def _quarantine(directory: str, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    # Best effort: in a read-only directory the file stays, and every reader skips it anew.
+    with contextlib.suppress(OSError):
         os.rename(os.path.join(directory, name), os.path.join(directory, name + ".corrupt"))
 
 

@@ -326,3 +326,5 @@ INTERNAL_ERRORS = Counter(
     "Failures of telemetry components; requests were served regardless",
     ["component"],
 )
+# Its slot is made with the shard, so that a store too full for new series still counts that.
+REGISTRY.bind_with_shard(INTERNAL_ERRORS, INTERNAL_ERRORS.labels("metrics store"))

@@ -4,13 +4,18 @@ Binding happens on first use in each process, so metrics created in the gunicorn
 (``--preload``) or at import time work without hooks: in a new process (found by
 ``process_state``, fork hooks or not) every binding inherited from the parent is dropped and the
 process writes to a shard of its own, never into its parent's.
+
+A child the shard cannot take (a full or read-only store) counts in this process's memory and
+is moved into the shard, with what it counted, once the shard can take it (``write_unwritten``).
+Until then its counts are in no scrape: a scrape shows only what every worker can read, so that
+counters never go backwards between scrapes answered by different workers.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -48,6 +53,14 @@ class Registry:
         self._compact_pending = False
         self.callbacks: list[Callable[[], Iterable[Any]]] = []
         self._on_fork: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._on_unwritten: list[weakref.WeakMethod[Callable[[], None]]] = []
+        # Children counting in memory (their slots in ``_memory``) until the shard takes them.
+        self._memory: ShardWriter | None = None
+        self._unwritten: list[tuple[Metric[Any], Child]] = []
+        self._next_retry = 0.0
+        # Children bound as soon as a shard exists, so that they have slots while it can still
+        # grant them: the store's own failure counter must not live in the store that failed.
+        self._with_shard: list[tuple[Metric[Any], Child]] = []
         # Held weakly: a registry nobody uses any more is not reset (nor kept alive) for ever.
         on_new_process(self._after_fork_in_child, component="metrics store after fork")
 
@@ -107,6 +120,17 @@ class Registry:
         self._on_fork = [ref for ref in self._on_fork if ref() is not None]
         self._on_fork.append(weakref.WeakMethod(forget))
 
+    def bind_with_shard(self, family: Metric[Any], child: Child) -> None:
+        """Bind ``child`` whenever this process's shard is made (its first segment has room for
+        it), rather than at its first write, when the store may already be full."""
+        self._with_shard.append((family, child))
+
+    def on_unwritten(self, retry: Callable[[], None]) -> None:
+        """Call the bound method ``retry`` when a child could not get slots in the shard, for as
+        long as its object lives: some request thread must call ``write_unwritten`` from now on."""
+        self._on_unwritten = [ref for ref in self._on_unwritten if ref() is not None]
+        self._on_unwritten.append(weakref.WeakMethod(retry))
+
     def _writer_or_none(self) -> ShardWriter:
         if self._writer is None:
             install_fork_hook()  # a fork from now on resets this process's bindings at once
@@ -115,34 +139,80 @@ class Registry:
             # A new incarnation usually means one just died: absorb it, so the backlog of dead
             # shards stays near the number of workers however fast they churn.
             self._compact_pending = directory is not None
+            for family, child in self._with_shard:
+                if not child.bound:
+                    seg, idx = self._slots(family, child.keys)
+                    self._children.append(child)
+                    child.attach(seg, idx, self._lock)
         return self._writer
 
+    def _slots(self, family: Metric[Any], keys: list[tuple[bytes, int]]) -> tuple[Segment, list[int]]:
+        # Caller holds the lock. All of a child's slots in one segment: one view for the hot path.
+        writer = self._writer_or_none()
+        if family.name not in self._metas_written:
+            writer.add(family.meta_bytes, KIND_META)
+            self._metas_written.add(family.name)
+        writer.reserve(sum(record_size(raw, kind) for raw, kind in keys))
+        slots = [writer.add(raw, kind) for raw, kind in keys]
+        return slots[0][0], [i for _, i in slots]
+
     def bind(self, family: Metric[Any], child: Child) -> None:
-        """Give ``child`` fresh slots for its keys, all in one segment (one view for the hot path),
-        unless another thread bound it first. The child is attached under the lock: two threads
-        meeting an unbound child at once must not each give it slots (a write through the first
-        binding would land in slots the child no longer knows)."""
+        """Give ``child`` fresh slots for its keys, unless another thread bound it first; slots in
+        this process's memory when the shard cannot take them (counted, retried later). The child
+        is attached under the lock: two threads meeting an unbound child at once must not each
+        give it slots (a write through the first binding would land in slots the child no longer
+        knows)."""
         ensure_current()  # never bind into a parent's shard, whichever server forked us
         failure = None
-        keys = child.keys
         with self._lock:
             if child.bound:
                 return
             try:
-                writer = self._writer_or_none()
-                if family.name not in self._metas_written:
-                    writer.add(family.meta_bytes, KIND_META)
-                    self._metas_written.add(family.name)
-                writer.reserve(sum(record_size(raw, kind) for raw, kind in keys))
-                slots = [writer.add(raw, kind) for raw, kind in keys]
-                seg, idx = slots[0][0], [i for _, i in slots]
+                seg, idx = self._slots(family, child.keys)
             except Exception as exc:  # a full or read-only store: keep the app running, count in memory
                 failure = exc
-                seg, idx = Segment(0, mmap.mmap(-1, mmap.PAGESIZE)), list(range(len(keys)))
+                if self._memory is None:
+                    self._memory = ShardWriter(None)
+                self._memory.reserve(sum(record_size(raw, kind) for raw, kind in child.keys))
+                slots = [self._memory.add(raw, kind) for raw, kind in child.keys]
+                seg, idx = slots[0][0], [i for _, i in slots]
+                self._unwritten.append((family, child))
             self._children.append(child)
             child.attach(seg, idx, self._lock)
         if failure is not None:
             report_failure("metrics store", failure)  # after the lock: reporting writes a metric itself
+            _call_each(self._on_unwritten)
+
+    @property
+    def unwritten(self) -> int:
+        """How many children of this process count in memory, waiting for slots in the shard."""
+        return len(self._unwritten)
+
+    def write_unwritten(self, *, every: float = 1.0) -> bool:
+        """Move the children that count in memory into the shard, with their counts, as far as
+        it takes them now (at most once per ``every`` seconds); returns whether some still wait.
+
+        Hazard: call it only on a thread that may write these children itself (a request's
+        thread, or greenlet). A server that is not multithreaded writes them without the lock,
+        and a move from another thread, between such a writer's reads of the old slots' view and
+        of its index, would send the write out of bounds or into another child's slot.
+        """
+        if not self._unwritten:
+            return False
+        now = time.monotonic()
+        if now < self._next_retry:
+            return True
+        self._next_retry = now + every
+        with self._lock:
+            while self._unwritten:
+                family, child = self._unwritten[0]
+                try:
+                    seg, idx = self._slots(family, child.keys)
+                except Exception:  # still full: counted when it first failed, not on each retry
+                    break
+                child.move(seg, idx)
+                del self._unwritten[0]
+            return bool(self._unwritten)
 
     def compact_if_pending(self, _: object = None) -> bool:
         """Absorb the shards of workers that died before this one started; once per process.
@@ -150,8 +220,10 @@ class Registry:
         The middleware calls it after a request's body was sent, so the first request of a new
         worker does not wait for it, and even a worker that lives for a single request leaves no
         backlog behind. Returns whether a later call may still have work to do: until this process
-        has its shard and has compacted (after a fork, again).
+        has its shard and has compacted (after a fork, again), and while children count in
+        memory (``write_unwritten``: this is a request's thread).
         """
+        self.write_unwritten()
         if self._compact_pending:
             self._compact_pending = False
             try:
@@ -160,7 +232,7 @@ class Registry:
                 self.compact(wait=2.0)
             except Exception as exc:
                 report_failure("metrics compaction", exc)
-        return self._writer is None or self._compact_pending
+        return self._writer is None or self._compact_pending or bool(self._unwritten)
 
     @property
     def shard_path(self) -> str | None:
@@ -186,15 +258,18 @@ class Registry:
         self._directory = None  # its locks may have been held by a thread that does not exist here
         writer, self._writer = self._writer, None
         self._metas_written = set()
+        memory, self._memory = self._memory, None
+        self._unwritten = []
         for child in self._children:
             child._unbind()
         self._children = []
         failure: Exception | None = None
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception as exc:
-                failure = exc
+        for shard in (writer, memory):
+            if shard is not None:
+                try:
+                    shard.close()
+                except Exception as exc:
+                    failure = failure or exc
         for ref in self._on_fork:
             forget = ref()
             if forget is not None:
@@ -232,6 +307,16 @@ class Registry:
         ensure_current()
         directory = self.directory
         return directory.compact(**kwargs) if directory is not None else 0
+
+
+def _call_each(methods: list[weakref.WeakMethod[Callable[[], None]]]) -> None:
+    for ref in list(methods):
+        method = ref()
+        if method is not None:
+            try:
+                method()
+            except Exception as exc:
+                report_failure("metrics store", exc)
 
 
 REGISTRY = Registry(FROM_ENVIRONMENT)
