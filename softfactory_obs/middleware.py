@@ -153,15 +153,18 @@ class ObservabilityMiddleware:
         critical: bool = False,
         timeout: float = 0.5,
         prefixes: dict[str, str] | None = None,
+        cooldown: float | None = 5.0,
     ) -> Any:
         """Count ``client``'s cache hits and misses, expose Redis INFO at scrape time, and check it in /health.
 
         INFO and the health check's PING use a second connection with ``timeout`` and no retries,
-        so a dead Redis costs a scrape or a probe at most ``timeout``. Returns the instrumented client.
+        so a dead Redis costs a scrape or a probe at most ``timeout``. ``cooldown``: how long the
+        client's own calls fail fast after a connection error or timeout (see ``instrument_redis``).
+        Returns the instrumented client.
         """
         from .redis import RedisInfoCollector, instrument_redis  # noqa: PLC0415 - redis-py only for apps using it
 
-        instrument_redis(client, cache, prefixes=prefixes, registry=self.registry)
+        instrument_redis(client, cache, prefixes=prefixes, registry=self.registry, cooldown=cooldown)
         collector = RedisInfoCollector(client, cache, timeout)
         self.registry.callbacks.append(collector.collect)
         self.add_health_check(

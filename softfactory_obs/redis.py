@@ -3,7 +3,9 @@
 ``instrument_redis(client)`` returns the same client with its ``execute_command`` (and its
 pipelines' ``execute``) wrapped: reads count hits and misses (per key for MGET, per field for
 HMGET), writes count puts, DEL/UNLINK count evictions, every command is timed, and errors are
-counted by exception class and then raised unchanged: we never swallow the app's errors.
+counted by exception class and then raised unchanged: we never swallow the app's errors. After a
+connection error or a timeout its calls fail fast (``RedisUnavailableError``, a
+``redis.ConnectionError``) for a cool-down instead of waiting on Redis again.
 
 The ``cache`` label is bounded: a fixed name, or a prefix map (``{"user:": "users"}``) chosen up
 front; never the raw key.
@@ -114,10 +116,28 @@ def _operation(command: str) -> str:
     return command.lower() if command in READS or command in PUTS or command in EVICTIONS else "other"
 
 
+class RedisUnavailableError(redis_py.ConnectionError):
+    """What an instrumented client raises instead of calling Redis while its breaker is open: a
+    ``redis.ConnectionError``, so code that handles Redis being down handles it unchanged."""
+
+
 def instrument_redis(
-    client: Any, cache: str = "default", *, prefixes: Mapping[str, str] | None = None, registry: Registry | None = None
+    client: Any,
+    cache: str = "default",
+    *,
+    prefixes: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    cooldown: float | None = 5.0,
 ) -> Any:
-    """Count this client's cache traffic; returns the same client. Instrumenting twice is a no-op."""
+    """Count this client's cache traffic; returns the same client. Instrumenting twice is a no-op.
+
+    ``cooldown``: after a connection error or a timeout, the client's commands and pipelines raise
+    ``RedisUnavailableError`` at once for that many seconds (counted in ``cache_bypassed_total``)
+    rather than each wait out its timeouts and retries on a Redis that is down or hung; then one
+    call tries Redis again, and its success closes the breaker. ``None`` turns this off.
+    """
+    if cooldown is not None:
+        _check_seconds("cooldown", cooldown)
     if getattr(client, MARK, None) is not None:
         return client
     if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
@@ -126,33 +146,12 @@ def instrument_redis(
             f"client: expected a synchronous redis-py client (redis.Redis), got {type(client).__name__} "
             "from redis.asyncio"
         )
-    metrics = cache_metrics(registry)
-    namer = _Namer(cache, prefixes)
+    calls = _Calls(cache_metrics(registry), _Namer(cache, prefixes), Breaker(cooldown))
     original = client.execute_command
 
     @functools.wraps(original)
     def execute_command(*args: Any, **options: Any) -> Any:
-        command = str(args[0]).upper() if args else ""
-        started = time.perf_counter()
-        try:
-            result = original(*args, **options)
-        except Exception as exc:
-            error = type(exc).__name__
-            _safely(
-                lambda: metrics.errors.labels(
-                    namer(args[1]) if len(args) > 1 else namer.default, _operation(command), error
-                ).inc()
-            )
-            raise
-        seconds = time.perf_counter() - started
-
-        def record() -> None:
-            _count(metrics, namer, command, args[1:], result)
-            name = namer(args[1]) if len(args) > 1 else namer.default
-            metrics.duration.labels(name, _operation(command)).observe(seconds)
-
-        _safely(record)
-        return result
+        return calls.command(original, args, options)
 
     original_pipeline = client.pipeline
 
@@ -160,26 +159,68 @@ def instrument_redis(
     def pipeline(*args: Any, **kwargs: Any) -> Any:
         pipe = original_pipeline(*args, **kwargs)
         execute = pipe.execute
-
-        def counted_execute(*a: Any, **kw: Any) -> Any:
-            stack = [c.args if hasattr(c, "args") else c[0] for c in pipe.command_stack]
-            results = execute(*a, **kw)
-
-            def record() -> None:
-                for cmd, res in zip(stack, results, strict=False):
-                    if not isinstance(res, Exception):
-                        _count(metrics, namer, str(cmd[0]).upper(), tuple(cmd[1:]), res)
-
-            _safely(record)
-            return results
-
-        pipe.execute = counted_execute
+        pipe.execute = lambda *a, **kw: calls.pipeline(pipe, execute, a, kw)
         return pipe
 
     client.execute_command = execute_command
     client.pipeline = pipeline
     setattr(client, MARK, cache)
     return client
+
+
+class _Calls:
+    """What an instrumented client does around each command and pipeline."""
+
+    def __init__(self, metrics: CacheMetrics, namer: _Namer, breaker: Breaker) -> None:
+        self.metrics, self.namer, self.breaker = metrics, namer, breaker
+
+    def _through_breaker(self, name: str, call: Callable[[], Any]) -> Any:
+        breaker = self.breaker
+        if not breaker.allow():
+            _safely(lambda: self.metrics.bypassed.labels(name).inc())
+            raise RedisUnavailableError(breaker.why())
+        try:
+            result = call()
+        except Exception as exc:
+            breaker.failed(exc)
+            raise
+        breaker.succeeded()
+        return result
+
+    def command(self, original: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        metrics, namer = self.metrics, self.namer
+        command = str(args[0]).upper() if args else ""
+        name = namer(args[1]) if len(args) > 1 else namer.default
+        started = time.perf_counter()
+        try:
+            result = self._through_breaker(name, lambda: original(*args, **options))
+        except RedisUnavailableError:
+            raise
+        except Exception as exc:
+            error = type(exc).__name__
+            _safely(lambda: metrics.errors.labels(name, _operation(command), error).inc())
+            raise
+        seconds = time.perf_counter() - started
+
+        def record() -> None:
+            _count(metrics, namer, command, args[1:], result)
+            metrics.duration.labels(name, _operation(command)).observe(seconds)
+
+        _safely(record)
+        return result
+
+    def pipeline(self, pipe: Any, execute: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        stack = [c.args if hasattr(c, "args") else c[0] for c in pipe.command_stack]
+        name = self.namer(stack[0][1]) if stack and len(stack[0]) > 1 else self.namer.default
+        results = self._through_breaker(name, lambda: execute(*args, **kwargs))
+
+        def record() -> None:
+            for cmd, res in zip(stack, results, strict=False):
+                if not isinstance(res, Exception):
+                    _count(self.metrics, self.namer, str(cmd[0]).upper(), tuple(cmd[1:]), res)
+
+        _safely(record)
+        return results
 
 
 def _safely(fn: Callable[[], Any]) -> None:
@@ -195,10 +236,11 @@ class Breaker:
     success closes the breaker. Other errors (a bad command, a full memory) say nothing about
     reaching Redis and leave it closed."""
 
-    def __init__(self, cooldown: float = 5.0) -> None:
-        self.cooldown = cooldown
+    def __init__(self, cooldown: float | None = 5.0) -> None:
+        self.cooldown = cooldown  # None: never opens
         self._open_until = 0.0  # 0: closed
         self._lock = threading.Lock()
+        self._error = ""  # what opened it, for the message of a call turned away
 
     def allow(self) -> bool:
         """Whether this call may use Redis (true for one trial call once the cool-down is over)."""
@@ -208,13 +250,24 @@ class Breaker:
         with self._lock:
             if now < self._open_until:
                 return False
-            self._open_until = now + self.cooldown  # the others wait while this one tries
+            self._open_until = now + (self.cooldown or 0.0)  # the others wait while this one tries
         return True
 
     def failed(self, exc: BaseException) -> None:
-        """A call raised ``exc``: open the breaker when it says Redis cannot be reached."""
-        if isinstance(exc, (redis_py.ConnectionError, redis_py.TimeoutError, OSError)):
+        """A call raised ``exc``: open the breaker when it says Redis cannot be reached; any other
+        error is Redis answering, which closes it."""
+        if self.cooldown is not None and isinstance(exc, (redis_py.ConnectionError, redis_py.TimeoutError, OSError)):
+            self._error = f"{type(exc).__name__}: {exc}"
             self._open_until = time.monotonic() + self.cooldown
+        else:
+            self._open_until = 0.0
+
+    def why(self) -> str:
+        """Why a call was turned away, for its exception."""
+        return (
+            f"softfactory_obs: Redis failed ({self._error}); calls fail fast for {self.cooldown} s "
+            "after a failure, then one tries again"
+        )
 
     def succeeded(self) -> None:
         """A call reached Redis: close the breaker."""
@@ -245,10 +298,8 @@ def cached(
     (counted in ``cache_bypassed_total``), then tries once. A client without ``socket_timeout``
     can still hang that one call on a Redis that accepts and never answers: set one.
     """
-    for name, seconds in (("ttl", ttl), ("cooldown", cooldown)):
-        number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
-        if not (number and math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"{name}: expected a number of seconds > 0, got {seconds!r}")
+    _check_seconds("ttl", ttl)
+    _check_seconds("cooldown", cooldown)
     metrics = cache_metrics(registry)
     try:
         fast = _client_like(client)
@@ -309,6 +360,11 @@ def cached(
         return wrapper
 
     return decorate
+
+
+def _check_seconds(name: str, seconds: object) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{name}: expected a number of seconds > 0, got {seconds!r}")
 
 
 def _client_like(client: Any, **overrides: Any) -> Any:

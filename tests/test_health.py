@@ -337,3 +337,50 @@ def test_a_hung_check_costs_one_timeout_not_one_per_probe() -> None:
             time.sleep(0.05)
     finally:
         release.set()
+
+
+@pytest.mark.gunicorn
+def test_live_stays_fast_while_8_probers_poll_ready_on_a_hung_check(tmp_path: Any) -> None:
+    """F5 under gunicorn: 4 sync workers, a critical check that hangs (timeout 1 s), 8 load
+    balancers polling /ready every 0.5 s. At db2d9f8 every /ready waited the full second, the
+    workers were always busy, and 5 of 10 /live probes hit the kubelet's 1 s timeout."""
+    tests_dir = os.path.dirname(__file__)
+    pythonpath = f"{tests_dir}{os.pathsep}{os.path.dirname(tests_dir)}"
+    results: dict[str, list[tuple[int | str, float]]] = {"ready": [], "live": []}
+    stop = threading.Event()
+
+    def probe(path: str, every: float, timeout: float, into: list[tuple[int | str, float]]) -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                status: int | str = http_get(server.port, path, timeout=timeout)[0]
+            except OSError as exc:  # the probe's own timeout
+                status = type(exc).__name__
+            into.append((status, time.perf_counter() - t0))
+            stop.wait(every)
+
+    with Gunicorn(tmp_path, app="hang_app:app", workers=4, PYTHONPATH=pythonpath) as server:
+        probers = [threading.Thread(target=probe, args=("/ready", 0.5, 10.0, results["ready"])) for _ in range(8)]
+        for thread in probers:
+            thread.start()
+        deadline = time.monotonic() + 60
+        # Each worker's first probe waits out the check's timeout (nothing is known yet); measure after.
+        while len(results["ready"]) < 16 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        probers.append(threading.Thread(target=probe, args=("/live", 0.25, 1.0, results["live"])))
+        probers[-1].start()
+        while len(results["live"]) < 30 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        for thread in probers:
+            thread.join()
+    live = results["live"]
+    ready = results["ready"]
+    assert len(live) >= 30 and len(ready) >= 40, (len(live), len(ready))
+    assert {status for status, _ in ready} == {503}  # the control: the check hung all along
+    assert {status for status, _ in live} == {200}, live  # none timed out
+    slow_live = sorted(seconds for _, seconds in live)[int(len(live) * 0.99) - 1]
+    assert slow_live < 0.5, f"/live p99 {slow_live * 1000:.0f} ms"  # far from the 1 s timeout
+    # Only each worker's first probe waits out the check's timeout (and those queued behind it on
+    # a busy worker); the rest answer from the known state.
+    assert sum(seconds >= 0.9 for _, seconds in ready) <= 8, sorted(s for _, s in ready)[-10:]

@@ -17,7 +17,7 @@ from helpers import call_wsgi, free_port, make_environ, samples
 from servers import Gunicorn, RedisServer, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware
-from softfactory_obs.redis import cached, instrument_redis
+from softfactory_obs.redis import RedisUnavailableError, cached, instrument_redis
 from softfactory_obs.store.metrics import Registry
 
 
@@ -362,3 +362,54 @@ def test_cached_takes_a_client_of_another_shape_as_it_is() -> None:
 
     assert square(3) == square(3) == 9
     assert one(registry, "cache_hits_total", cache="plain") == 1 and len(store.data) == 1
+
+
+def test_an_instrumented_client_fails_fast_while_redis_is_down_and_recovers() -> None:
+    """The app's own calls through instrument_redis: one failure pays the client's timeouts and
+    retries; the next calls raise at once (a redis.ConnectionError the app already handles), until
+    a trial call after the cool-down finds Redis back."""
+    registry = Registry()
+    with RedisServer() as srv:
+        port = srv.port
+        r = instrument_redis(
+            redis.Redis(port=port, socket_timeout=0.3, socket_connect_timeout=0.3), registry=registry, cooldown=0.5
+        )
+        r.set("k", "v")
+        assert r.get("k") == b"v"  # the control: reaching Redis
+    with pytest.raises(redis.ConnectionError) as first:
+        r.get("k")
+    assert not isinstance(first.value, RedisUnavailableError)  # the first failure is Redis's own
+    t0 = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(RedisUnavailableError, match="calls fail fast"):
+            r.get("k")
+    with pytest.raises(RedisUnavailableError):
+        r.pipeline().get("k").execute()
+    assert time.monotonic() - t0 < 0.25 * 21  # each well under one socket timeout; no Redis call made
+    assert one(registry, "cache_bypassed_total", cache="default") == 21
+    again = RedisServer()
+    again.port = port
+    with again:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r.set("k", "back")
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the client never went back to Redis"
+                time.sleep(0.05)
+        assert r.get("k") == b"back"
+
+
+def test_the_breaker_can_be_turned_off_and_a_bad_cooldown_is_refused() -> None:
+    with pytest.raises(ValueError, match="cooldown: expected a number of seconds > 0"):
+        instrument_redis(redis.Redis(port=free_port()), registry=Registry(), cooldown=0)
+    registry = Registry()
+    r = instrument_redis(
+        redis.Redis(port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2), registry=registry, cooldown=None
+    )
+    for _ in range(3):
+        with pytest.raises(redis.ConnectionError) as raised:
+            r.get("k")
+        assert not isinstance(raised.value, RedisUnavailableError)  # every call goes to Redis
+    assert one(registry, "cache_errors_total", cache="default", operation="get", error="ConnectionError") == 3
