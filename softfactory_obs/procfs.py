@@ -8,6 +8,7 @@ psutil is imported only where /proc is missing (macOS and other development mach
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,62 @@ def parent_is_gunicorn() -> bool:
 def service_pid() -> int:
     """The gunicorn master when we are one of its workers, else this process."""
     return os.getppid() if parent_is_gunicorn() else os.getpid()
+
+
+def workers_master() -> int | None:
+    """The process that forked this worker and reaps it (a gunicorn or uWSGI master), if any."""
+    if parent_is_gunicorn():
+        return os.getppid()
+    uwsgi = sys.modules.get("uwsgi")  # uWSGI's embedded module, there from its start
+    if uwsgi is None or not hasattr(uwsgi, "masterpid"):
+        return None
+    master = int(uwsgi.masterpid())  # 0 without --master
+    return master if master and master != os.getpid() else None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        found: list[int] = []
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                found += [int(child) for child in f.read().split()]
+        return found
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: look for them
+        children = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if int(_stat_fields(int(entry))[1]) == pid:
+                        children.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    continue
+        return children
+
+
+def workers_cpu_seconds(master: int, attempts: int = 10) -> float:
+    """User + system CPU of every process ``master`` forked, living or dead: what it reaped (its
+    children's times, which the kernel adds at each wait) plus what its living (or exited, not yet
+    reaped) children used so far, their own reaped children included. Exact, and never smaller
+    than an earlier answer: a read during which the master reaped someone is read again."""
+    total = 0.0
+    for _ in range(attempts):
+        reaped = _children_ticks(master)
+        total = 0.0
+        try:
+            for child in _children(master):
+                fields = _stat_fields(child)
+                total += sum(int(n) for n in fields[11:15])  # utime, stime, cutime, cstime
+        except FileNotFoundError:  # reaped while we read: read everything again
+            continue
+        if _children_ticks(master) == reaped:
+            return (reaped + total) / _TICKS
+    raise RuntimeError(f"process {master} reaped a worker during each of {attempts} reads of its workers' CPU")
+
+
+def _children_ticks(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[13]) + int(fields[14])  # cutime, cstime
 
 
 def pid_exists(pid: int) -> bool:

@@ -5,11 +5,13 @@ be each worker's own: request ids, the pid on log lines, the store's shard."""
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
-from servers import USERS, Uwsgi, scrape, served
+from servers import USERS, Uwsgi, get, scrape, served
 
 
 def test_uwsgi_prefork_workers_each_have_their_own_ids_pids_and_shards(tmp_path: Path) -> None:
@@ -52,3 +54,24 @@ def _request_id(port: int, n: int) -> str:
         return request_id
     finally:
         conn.close()
+
+
+def test_uwsgi_worker_cpu_is_exact_under_max_requests_recycling(tmp_path: Path) -> None:
+    """F4 under uWSGI: workers recycled every 40 requests (uWSGI's own --max-requests) still add
+    up, since the scrape reads the CPU the master reaped plus its living workers'."""
+    store = tmp_path / "store"
+    store.mkdir()
+    args = ("--max-requests", "40")
+    with Uwsgi(tmp_path, "cpu_app:app", processes=4, args=args, SOFTFACTORY_OBS_METRICS_DIR=str(store)) as server:
+        assert server.proc is not None
+        for _ in range(400):
+            assert get(server.port, "/burn")[0] == 200
+        exposed = scrape(server.port)[("process_cpu_seconds_total", ())]
+        master = server.proc.pid
+        master_own = psutil.Process(master).cpu_times()
+        server.proc.send_signal(signal.SIGTERM)  # --die-on-term: the master stops its workers and exits
+        _, status, usage = os.wait4(master, 0)
+        server.proc.returncode = os.waitstatus_to_exitcode(status)
+    workers_real = usage.ru_utime + usage.ru_stime - master_own.user - master_own.system
+    assert workers_real > 8  # the control: 400 requests of 20 ms over ten generations of workers
+    assert 0.95 <= exposed / workers_real <= 1.0, (exposed, workers_real)

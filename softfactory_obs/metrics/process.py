@@ -6,8 +6,11 @@ seconds, never in a request. Each worker claims the lowest free slot number (a `
 ``worker="<n>"``: the label set stays as small as the number of workers, and a successor takes
 over its predecessor's series.
 Gauges are live-only, so a dead worker's memory disappears from the next scrape, kill -9 included.
-CPU is a single counter over all workers: each incarnation adds what it used since its last
-sample, so the total only grows across any churn.
+CPU is a single counter over all workers. Under a master that forks and reaps the workers
+(gunicorn, uWSGI) it is read at scrape time from the kernel: what the master reaped plus what its
+living workers used, exact through any churn and kill -9, and never smaller than before. Without
+one (mod_wsgi daemons, a single process) each incarnation adds what it used since its last sample
+and once more at a normal exit, so the total only grows.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..store.metrics import Counter, Gauge, Registry
 from .families import Family, gauge
 
 MAX_SLOTS = 1024
+CPU_HELP = "CPU time (user + system) used by all worker processes, living and dead"
 
 
 class ProcessSampler:
@@ -63,11 +67,8 @@ class ProcessSampler:
             registry=registry,
         )
         self.pid = Gauge("softfactory_obs_worker_pid", "Process id behind each worker slot", labels, registry=registry)
-        self.cpu = Counter(
-            "process_cpu_seconds_total",
-            "CPU time (user + system) used by all worker processes, living and dead",
-            registry=registry,
-        )
+        self._cpu: Counter | None = None  # only where no master counts for us (see _add_cpu)
+        self._master: int | None = None
         self._slot_fd: int | None = None
         self._slot: str | None = None  # claimed by the first sample in each process
         self._cpu_seen = 0.0
@@ -87,6 +88,7 @@ class ProcessSampler:
         self._sampled_at = 0.0
         self._cpu_lock = threading.Lock()
         self._exit_hooked = False
+        self._master = None
 
     def _claim_slot(self) -> str:
         directory = self.registry.directory
@@ -110,6 +112,7 @@ class ProcessSampler:
         pid = ensure_current()
         if self._slot is None:
             self._slot = self._claim_slot()
+            self._master = procfs.workers_master()
         stats = procfs.process_stats(pid)
         now = time.monotonic()
         used = stats.cpu_seconds
@@ -129,16 +132,20 @@ class ProcessSampler:
         self._add_cpu(used)
 
     def _add_cpu(self, used: float) -> None:
+        if self._master is not None:
+            return  # read from the kernel at scrape time (collect_at_scrape), exactly
         with self._cpu_lock:
+            if self._cpu is None:
+                self._cpu = Counter("process_cpu_seconds_total", CPU_HELP, registry=self.registry)
             if used > self._cpu_seen:  # cumulative per process: add the growth, never anything negative
-                self.cpu.inc(used - self._cpu_seen)
+                self._cpu.inc(used - self._cpu_seen)
                 self._cpu_seen = used
 
     def watch_exit(self) -> None:
         """In a worker: add its last CPU when it exits normally (max_requests recycling, SIGTERM,
         SIGQUIT: the interpreter's exit runs ``atexit``), not only what the last sample saw, up to
         an interval earlier. A SIGKILL (or ``os._exit``) loses the time since the last sample."""
-        if not self._exit_hooked:
+        if not self._exit_hooked and procfs.workers_master() is None:
             self._exit_hooked = True
             atexit.register(self.sample_cpu_at_exit, os.getpid())
 
@@ -166,3 +173,8 @@ class ProcessSampler:
             yield gauge(
                 "gunicorn_master_resident_memory_bytes", "Resident memory of the master", procfs.resident_bytes(service)
             )
+        master = procfs.workers_master()
+        if master is not None:
+            cpu = Family("process_cpu_seconds_total", CPU_HELP, "counter")
+            cpu.add((), procfs.workers_cpu_seconds(master))
+            yield cpu
