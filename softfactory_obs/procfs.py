@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .extras import require
+
 _PROC = os.path.isdir("/proc/self/fd") and os.path.exists("/proc/self/statm")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -193,9 +195,7 @@ def memory() -> tuple[int, float]:
 
 
 def _psutil() -> Any:
-    import psutil  # noqa: PLC0415 - only where /proc is missing
-
-    return psutil
+    return require("psutil", "process metrics without /proc")  # only where /proc is missing
 
 
 def _psutil_stats(pid: int) -> ProcessStats:

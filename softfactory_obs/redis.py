@@ -22,11 +22,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import redis as redis_py
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from ._failures import report_failure
+from .extras import missing
+
+try:
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised in a venv without the extra
+    raise missing("redis", "softfactory_obs.redis") from exc
+
+
 from .metrics.families import Family
 from .store.metrics import REGISTRY, Counter, Histogram, Registry
 

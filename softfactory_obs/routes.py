@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from ._failures import report_failure
 from .request.record import MAX_CACHED_TEXT, RequestRecord, without_userinfo
 from .request.wsgi import ROUTE_KEY  # where the adapters put the template; the WSGI driver reads it
+from .route_templates import compile_template
 
 __all__ = ["OVERFLOW", "ROUTE_KEY", "UNMATCHED", "EndpointCap", "Endpoints", "RouteTable", "normalise", "to_template"]
 
@@ -31,7 +32,6 @@ UNMATCHED = "__unmatched__"
 OVERFLOW = "__overflow__"
 MAX_ENDPOINT_LENGTH = 256  # a longer "template" is a path no route table or normaliser tamed
 
-_PLACEHOLDER = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
 _SEGMENT_RULES = [
     (re.compile(r"\d+"), "{id}"),
@@ -105,20 +105,10 @@ class RouteTable:
     """User-declared templates, matched in order: ``{name}`` is one segment, ``{name:path}`` the rest."""
 
     def __init__(self, templates: Iterable[str]) -> None:
-        self._compiled = [(self._compile(t), t) for t in templates]
+        self._compiled = [(compile_template(t), t) for t in templates]
         self._cache: dict[str, str | None] = {}
         # request path (after the mount point) -> (endpoint, matched a template): what ``resolve`` decided
         self.resolved: dict[str, tuple[str, bool]] = {}
-
-    @staticmethod
-    def _compile(template: str) -> re.Pattern[str]:
-        pattern, pos = [], 0
-        for match in _PLACEHOLDER.finditer(template):
-            pattern.append(re.escape(template[pos : match.start()]))
-            pattern.append(".+" if match[2] == "path" else "[^/]+")
-            pos = match.end()
-        pattern.append(re.escape(template[pos:]))
-        return re.compile("".join(pattern) + "/?")
 
     def match(self, path: str) -> str | None:
         """The first declared template that ``path`` matches, or None."""

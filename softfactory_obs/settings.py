@@ -7,13 +7,16 @@ Everything here runs once, at construction. The request path only reads attribut
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from .route_templates import template_problem
 from .store.metrics import DEFAULT_BUCKETS
 
 ENV_PREFIX = "SOFTFACTORY_OBS_"
@@ -210,8 +213,12 @@ class Settings:
         _require(
             10 <= self.max_endpoints <= 100_000, "max_endpoints", "an integer from 10 to 100000", self.max_endpoints
         )
+        if self.metrics_dir:
+            _check_directory_path(self.metrics_dir)
         for template in self.routes:
-            _require(template.startswith("/"), "routes", "templates starting with '/'", template)
+            problem = template_problem(template)
+            if problem is not None:
+                raise ValueError(f"routes: {template!r} is not a route template ({problem})")
         object.__setattr__(self, "skip_methods", tuple(m.upper() for m in self.skip_methods))
         _check_default_labels(self.default_labels)
         for cidr in self.telemetry_allow:
@@ -250,9 +257,19 @@ class Settings:
         values: dict[str, Any] = {}
         for name, hint in get_type_hints(cls).items():
             raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is not None and name not in overrides:
+            # Empty means unset: an empty Helm value or `VAR=` must not turn a feature off.
+            if raw is not None and raw.strip() and name not in overrides:
                 values[name] = _parse(name, hint, raw)
-        return cls(**{**values, **_checked_overrides(overrides)})
+        _warn_unknown_variables(environ)
+        try:
+            return cls(**{**values, **_checked_overrides(overrides)})
+        except ValueError as exc:
+            field = str(exc).partition(":")[0]
+            if field in values:  # say where the bad value came from
+                raise ValueError(
+                    f"{ENV_PREFIX}{field.upper()}={environ[ENV_PREFIX + field.upper()]!r}: {exc}"
+                ) from None
+            raise
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
@@ -263,8 +280,40 @@ def _checked_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid options are: {', '.join(sorted(names))}")
+        guesses = [f"{name} (did you mean {guess}?)" if (guess := did_you_mean(name)) else name for name in unknown]
+        raise ValueError(f"unknown option(s) {', '.join(guesses)}; valid options are: {', '.join(sorted(names))}")
     return dict(options)
+
+
+def did_you_mean(name: str) -> str | None:
+    """The option ``name`` was probably meant to be, if one is close."""
+    options = [f.name for f in dataclasses.fields(Settings)]
+    close = difflib.get_close_matches(name.lower(), options, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``SOFTFACTORY_OBS_*`` variables that name no option, each with the option it was probably
+    meant to be (as a variable name), if one is close."""
+    options = {f.name for f in dataclasses.fields(Settings)}
+    found = []
+    for var in sorted(environ):
+        if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX) :].lower() not in options:
+            guess = did_you_mean(var[len(ENV_PREFIX) :])
+            found.append((var, ENV_PREFIX + guess.upper() if guess else None))
+    return found
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    # Only likely typos, once per process: other SOFTFACTORY_OBS_* variables may be the app's own.
+    # `python -m softfactory_obs check` lists them all.
+    for var, guess in unknown_variables(environ):
+        if guess is not None and var not in _warned:
+            _warned.add(var)
+            sys.stderr.write(f"softfactory_obs: {var} is not a setting and is ignored; did you mean {guess}?\n")
 
 
 def _item_types(hint: Any) -> tuple[type, ...]:
@@ -334,13 +383,23 @@ def _compile_skips(entries: tuple[str | re.Pattern[str], ...]) -> tuple[frozense
     return frozenset(exact), tuple(patterns)
 
 
+def _check_directory_path(path: str) -> None:
+    # At start-up rather than at the first write or scrape. A directory this process cannot write
+    # is allowed: scrapes still read it (the store's failure is counted, never raised).
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"metrics_dir: {path!r} cannot be a directory: {existing} is a file")
+
+
 def _require(ok: bool, field: str, expected: str, got: object) -> None:
     if not ok:
         raise ValueError(f"{field}: expected {expected}, got {got!r}")
 
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _parse_collection(var: str, hint: Any, raw: str) -> Any:

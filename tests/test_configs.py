@@ -16,7 +16,7 @@ import yaml
 from helpers import free_port, require_binary
 from servers import Gunicorn, RedisServer, get
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "softfactory_obs" / "configs"  # configs/ links here
 
 
 def run(*args: str) -> str:
@@ -181,7 +181,7 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
 
 def test_every_alert_has_severity_and_a_runbook_section() -> None:
     rules = yaml.safe_load((CONFIGS / "rules" / "alerts.yml").read_text())["groups"][0]["rules"]
-    runbooks = (CONFIGS.parent / "docs" / "RUNBOOKS.md").read_text()
+    runbooks = (Path(__file__).resolve().parent.parent / "docs" / "RUNBOOKS.md").read_text()
     anchors = {line[3:].strip().lower().replace(" ", "") for line in runbooks.splitlines() if line.startswith("## ")}
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]

@@ -167,7 +167,7 @@ def test_instrument_log_settings_win_over_the_shipped_gunicorn_config(tmp_path: 
     server = Gunicorn(
         tmp_path,
         app="logging_app:app",
-        config=ROOT / "configs" / "gunicorn.conf.py",
+        config=ROOT / "softfactory_obs" / "configs" / "gunicorn.conf.py",
         PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
         TEST_LOG_FILE=str(log_file),
         WORKERS="2",

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from softfactory_obs import ObservabilityMiddleware, Settings, instrument
+from softfactory_obs.settings import unknown_variables
+from softfactory_obs.store.metrics import Registry
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -75,6 +77,11 @@ def test_settings_object_plus_overrides() -> None:
         ({"user_id_getter": "REMOTE_USER"}, r"user_id_getter: expected a callable"),
         ({"service_name": ""}, r"service_name: expected a non-empty string"),
         ({"no_such_option": 1}, r"unknown option\(s\) no_such_option; valid options are: .*access_log"),
+        ({"max_endpoint": 50}, r"unknown option\(s\) max_endpoint \(did you mean max_endpoints\?\)"),
+        ({"routes": ("/u/{id",)}, r"routes: '/u/\{id' is not a route template \(braces only as placeholders"),
+        ({"routes": ("/u/{id}}",)}, r"routes: '/u/\{id\}\}' is not a route template"),
+        ({"routes": ("/files/{p:rest}",)}, r"unknown placeholder kind 'rest'"),
+        ({"routes": ("u/{id}",)}, r"a template starts with '/'"),
     ],
 )
 def test_invalid_options_name_the_field_and_the_accepted_values(options: dict[str, Any], message: str) -> None:
@@ -87,7 +94,16 @@ def test_invalid_options_name_the_field_and_the_accepted_values(options: dict[st
     [
         ("SOFTFACTORY_OBS_ACCESS_LOG", "maybe", r"SOFTFACTORY_OBS_ACCESS_LOG: expected one of 1/true/yes/on"),
         ("SOFTFACTORY_OBS_LOG_BACKUP_COUNT", "many", r"SOFTFACTORY_OBS_LOG_BACKUP_COUNT: expected an integer"),
-        ("SOFTFACTORY_OBS_TRUST_REQUEST_ID", "all", r"trust_request_id: expected one of"),
+        (
+            "SOFTFACTORY_OBS_TRUST_REQUEST_ID",
+            "all",
+            r"SOFTFACTORY_OBS_TRUST_REQUEST_ID='all': trust_request_id: expected",
+        ),
+        (
+            "SOFTFACTORY_OBS_MAX_ENDPOINTS",
+            "5",
+            r"SOFTFACTORY_OBS_MAX_ENDPOINTS='5': max_endpoints: expected an integer",
+        ),
         ("SOFTFACTORY_OBS_USER_ID_GETTER", "x", r"cannot be set from the environment"),
     ],
 )
@@ -99,3 +115,40 @@ def test_invalid_environment_names_the_variable(var: str, value: str, message: s
 def test_app_must_be_callable() -> None:
     with pytest.raises(TypeError, match="expected a WSGI callable"):
         ObservabilityMiddleware("not an app", auto_configure_logging=False)  # type: ignore[arg-type]
+
+
+def test_empty_environment_values_mean_unset() -> None:
+    """An empty Helm value (``SOFTFACTORY_OBS_ACCESS_LOG=``) turned the access log off."""
+    defaults = Settings()
+    assert defaults.access_log is True and defaults.metrics is True  # the control: both on by default
+    empty = Settings.from_env(
+        {"SOFTFACTORY_OBS_ACCESS_LOG": "", "SOFTFACTORY_OBS_METRICS": "  ", "SOFTFACTORY_OBS_MAX_ENDPOINTS": ""}
+    )
+    assert (empty.access_log, empty.metrics, empty.max_endpoints) == (True, True, defaults.max_endpoints)
+    assert Settings.from_env({"SOFTFACTORY_OBS_ACCESS_LOG": "0"}).access_log is False
+
+
+def test_a_mistyped_variable_is_named_with_the_one_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings.from_env({"SOFTFACTORY_OBS_MAX_ENDPOINT": "50", "SOFTFACTORY_OBS_REDIS_URL": "redis://x"})
+    assert settings.max_endpoints == Settings().max_endpoints  # ignored, as before, but no longer silently
+    err = capsys.readouterr().err
+    assert (
+        "SOFTFACTORY_OBS_MAX_ENDPOINT is not a setting and is ignored; did you mean SOFTFACTORY_OBS_MAX_ENDPOINTS?"
+        in err
+    )
+    assert "REDIS_URL" not in err  # the app's own variable, like no setting: not a typo of one
+    assert unknown_variables({"SOFTFACTORY_OBS_MAX_ENDPOINT": "", "SOFTFACTORY_OBS_REDIS_URL": "", "OTHER": ""}) == [
+        ("SOFTFACTORY_OBS_MAX_ENDPOINT", "SOFTFACTORY_OBS_MAX_ENDPOINTS"),
+        ("SOFTFACTORY_OBS_REDIS_URL", None),
+    ]
+
+
+def test_a_metrics_dir_that_cannot_be_a_directory_is_refused_at_start_up(tmp_path: Any) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"metrics_dir: '.*/file/store' cannot be a directory: .*/file is a file"):
+        ObservabilityMiddleware(
+            app, auto_configure_logging=False, registry=Registry(), metrics_dir=str(tmp_path / "file" / "store")
+        )
+    ObservabilityMiddleware(  # the control: a directory still to be made is fine
+        app, auto_configure_logging=False, registry=Registry(), metrics_dir=str(tmp_path / "new" / "store")
+    )

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .._failures import report_failure
+from ..extras import require
 from ..store.directory import Snapshot, StoreBusyError
 from ..store.metrics import COUNTER_SCALE, Registry, sum_scale
 from ..store.shard import decode_exemplar
@@ -130,11 +131,12 @@ def prometheus_client_families() -> list[Family]:
     if not path:
         return []
     # Only here: an app that uses prometheus_client's multiprocess mode has it imported anyway.
-    from prometheus_client import CollectorRegistry  # noqa: PLC0415
-    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+    needed_by = f"exposing prometheus_client's multiprocess directory (${PROMETHEUS_MULTIPROC_ENV})"
+    collector_registry = require("prometheus_client", needed_by).CollectorRegistry
+    multiprocess = require("prometheus_client.multiprocess", needed_by)
 
-    registry = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry = collector_registry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, path=path)
     families = []
     for metric in registry.collect():
         family = Family(metric.name, metric.documentation, metric.type)
@@ -165,8 +167,9 @@ def check_prometheus_client_registry(registry: Registry) -> None:
     """At start-up: the app's prometheus_client metrics (multiprocess mode) must not reuse our names."""
     if not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         return
-    from prometheus_client import REGISTRY as PROMETHEUS_REGISTRY  # noqa: PLC0415 - only for apps that use it
-    from prometheus_client.metrics import MetricWrapperBase  # noqa: PLC0415
+    needed_by = f"prometheus_client's multiprocess mode (${PROMETHEUS_MULTIPROC_ENV} is set)"
+    PROMETHEUS_REGISTRY = require("prometheus_client", needed_by).REGISTRY  # noqa: N806 - its own name
+    MetricWrapperBase = require("prometheus_client.metrics", needed_by).MetricWrapperBase  # noqa: N806
 
     # Only metrics the app defined (not prometheus_client's own process and GC collectors, which
     # multiprocess mode does not expose anyway).
