@@ -3,6 +3,7 @@ installed in a fresh venv, where it serves an instrumented request and writes it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,11 @@ from softfactory_obs import __version__
 
 
 def run(*args: str | Path, cwd: Path = ROOT) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600, check=False, cwd=cwd)
+    # Nothing of this checkout may leak in: the fresh venv must see only what its wheel installed.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    done = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=600, check=False, cwd=cwd, env=env
+    )
     assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -95,6 +100,8 @@ def test_the_wheel_alone_serves_a_request_in_a_fresh_venv(dist: Path, tmp_path: 
         """
     )
     assert run(python, "-c", script, cwd=tmp_path).strip() == "served"
+    where = run(python, "-c", "import softfactory_obs; print(softfactory_obs.__file__)", cwd=tmp_path)
+    assert where.startswith(str(venv)), where  # the wheel's copy, not this checkout's
     out = run(venv / "bin" / "softfactory-obs", "configs", tmp_path / "monitoring", cwd=tmp_path)
     assert (tmp_path / "monitoring" / "rules" / "alerts.test.yml").exists(), out
     assert run(venv / "bin" / "softfactory-obs", "--version", cwd=tmp_path).strip() == f"softfactory-obs {__version__}"
