@@ -112,15 +112,21 @@ def service_pid() -> int:
     return os.getppid() if parent_is_gunicorn() else os.getpid()
 
 
+def uwsgi_master() -> int | None:
+    """The uWSGI master's pid, in the master itself or in any of its workers; None outside uWSGI
+    or without ``--master``."""
+    uwsgi = sys.modules.get("uwsgi")  # uWSGI's embedded module, there from its start
+    if uwsgi is None or not hasattr(uwsgi, "masterpid"):
+        return None
+    return int(uwsgi.masterpid()) or None  # 0 without --master
+
+
 def workers_master() -> int | None:
     """The process that forked this worker and reaps it (a gunicorn or uWSGI master), if any."""
     if parent_is_gunicorn():
         return os.getppid()
-    uwsgi = sys.modules.get("uwsgi")  # uWSGI's embedded module, there from its start
-    if uwsgi is None or not hasattr(uwsgi, "masterpid"):
-        return None
-    master = int(uwsgi.masterpid())  # 0 without --master
-    return master if master and master != os.getpid() else None
+    master = uwsgi_master()
+    return master if master != os.getpid() else None
 
 
 def _children(pid: int) -> list[int]:

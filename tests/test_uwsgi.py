@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 from servers import USERS, Uwsgi, get, scrape, served
 
+from softfactory_obs.cli.configs import SHIPPED
+
 
 def test_uwsgi_prefork_workers_each_have_their_own_ids_pids_and_shards(tmp_path: Path) -> None:
     store = tmp_path / "store"
@@ -75,3 +77,28 @@ def test_uwsgi_worker_cpu_is_exact_under_max_requests_recycling(tmp_path: Path) 
     workers_real = usage.ru_utime + usage.ru_stime - master_own.user - master_own.system
     assert workers_real > 8  # the control: 400 requests of 20 ms over ten generations of workers
     assert 0.95 <= exposed / workers_real <= 1.0, (exposed, workers_real)
+
+
+def test_uwsgi_finds_its_store_without_configuration_and_recycling_keeps_every_count(tmp_path: Path) -> None:
+    """Without SOFTFACTORY_OBS_METRICS_DIR each scrape showed the one worker that answered (115-152
+    of 500) and recycling reset it. Now every process of one master, the master included, finds
+    the master's private directory."""
+    args = ("--ini", str(SHIPPED / "uwsgi.ini"), "--max-requests", "25")  # the shipped config, recycling sooner
+    with Uwsgi(tmp_path, "preload_app:app", processes=4, args=args) as server:
+        assert server.proc is not None
+        store = Path(f"/dev/shm/softfactory_obs-{server.proc.pid}")
+        sent = 0
+        for _ in range(4):
+            with ThreadPoolExecutor(8) as pool:
+                sent += sum(
+                    code == 200 for code in pool.map(lambda n: get(server.port, f"/api/users/{n + 1}")[0], range(50))
+                )
+            for _ in range(3):  # whichever worker answers (recycled ones included) sees every count
+                metrics = scrape(server.port)
+                assert served(metrics, USERS) == sent
+                assert metrics[("app_imports_total", ())] == 1  # written in the master, counted once
+        assert sent == 200
+        assert store.is_dir() and store.stat().st_mode & 0o077 == 0  # private to the service's user
+        assert any(name.endswith(".shard") for name in os.listdir(store))
+        lines = [x for x in server.log_lines(wait_for=sent) if x.get("logger") == "softfactory_obs.access"]
+        assert len(lines) >= sent  # our JSON access lines, in uWSGI's log

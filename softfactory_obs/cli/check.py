@@ -120,9 +120,9 @@ def _store(settings: Settings | None, report: Report) -> None:
     path = (settings.metrics_dir if settings is not None else "") or os.environ.get(METRICS_DIR_ENV, "")
     if not path:
         report.line(
-            "no directory set: under gunicorn each master makes a private one "
+            "no directory set: a gunicorn or uWSGI master makes a private one for its workers "
             f"({auto_path(0).replace('-0', '-<master pid>')}); elsewhere values stay in one process's memory. "
-            f"Set {METRICS_DIR_ENV} for uWSGI, mod_wsgi or any server with several processes"
+            f"Set {METRICS_DIR_ENV} for mod_wsgi or any other server with several processes"
         )
         return
     report.line(f"directory: {path}")
@@ -172,7 +172,7 @@ def _servers(report: Report) -> None:
             continue
     uwsgi = shutil.which("uwsgi")
     if uwsgi:
-        report.line(f"uwsgi at {uwsgi}: set {METRICS_DIR_ENV} (the store is not found on its own there yet)")
+        report.line(f"uwsgi at {uwsgi}: run it with --master, so that its workers find the store (configs/uwsgi.ini)")
     config = os.path.join(os.getcwd(), "gunicorn.conf.py")
     if os.path.exists(config):
         with open(config, encoding="utf-8") as f:

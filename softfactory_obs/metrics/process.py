@@ -169,7 +169,7 @@ class ProcessSampler:
         info = Family("app_info", "Service name and version", "gauge", ["service", "version"])
         info.add([self.service, self.version], 1)
         yield info
-        if service != os.getpid():
+        if service != os.getpid() and procfs.parent_is_gunicorn():
             yield gauge(
                 "gunicorn_master_resident_memory_bytes", "Resident memory of the master", procfs.resident_bytes(service)
             )

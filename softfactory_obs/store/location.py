@@ -1,8 +1,11 @@
-"""Where the store lives when nobody said: a private directory per gunicorn master, or memory.
+"""Where the store lives when nobody said: a private directory per gunicorn or uWSGI master, or memory.
 
 Every worker of one master must agree on the directory without any hook, so it is named after the
-master's pid: a worker sees it as its parent, the master (under ``--preload``) as itself. The
-chosen path is also put in the environment, so processes forked later inherit it.
+master's pid: a gunicorn worker sees it as its parent, uWSGI tells any process its master
+(``uwsgi.masterpid()``), and a master that writes metrics itself (``--preload``, uWSGI's default
+prefork mode) names it after itself. The chosen path is also put in the environment, so processes
+forked later inherit it. A master that is gone leaves its directory behind until the next master
+of the same user starts (``_remove_stale``); gunicorn's ``on_exit`` hook removes it at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import stat
 import sys
 import tempfile
 
-from ..procfs import pid_exists, service_pid
+from ..procfs import pid_exists, service_pid, uwsgi_master
 
 ENV = "SOFTFACTORY_OBS_METRICS_DIR"
 _AUTO = re.compile(r"softfactory_obs-(\d+)")
@@ -28,8 +31,8 @@ def _base() -> str:
 
 
 def auto_directory() -> str | None:
-    """The directory for this gunicorn master's workers, or None outside gunicorn (memory mode)."""
-    if "gunicorn" not in sys.modules:
+    """The directory for this gunicorn or uWSGI master's workers, or None outside them (memory mode)."""
+    if "gunicorn" not in sys.modules and uwsgi_master() is None:
         return None
     path = create_auto_directory(service_pid())
     os.environ[ENV] = path
