@@ -52,7 +52,9 @@ stack:
 	for f in smtp_password slack_webhook_url pagerduty_routing_key webhook_token; do \
 	  [ -f .stack/secrets/$$f ] || echo placeholder > .stack/secrets/$$f; done
 	sed 's|/etc/alertmanager/secrets|$(CURDIR)/.stack/secrets|' configs/alertmanager.yml > .stack/alertmanager.yml
-	@echo "Prometheus on http://127.0.0.1:9090, Alertmanager on http://127.0.0.1:9093 (Ctrl-C stops both)"
+	@# Debian's Prometheus serves only the classic UI (its new one is not packaged): these pages answer.
+	@echo "Prometheus: http://127.0.0.1:9090/classic/targets (is the demo up?), /classic/alerts, /classic/graph"
+	@echo "Alertmanager: http://127.0.0.1:9093/#/alerts   (Ctrl-C stops both)"
 	trap 'kill $$(jobs -p) 2>/dev/null' INT TERM EXIT; \
 	  prometheus-alertmanager --config.file=.stack/alertmanager.yml --storage.path=.stack/alertmanager \
 	    --web.listen-address=127.0.0.1:9093 --cluster.listen-address= & \
@@ -66,7 +68,7 @@ test: $(STAMP)
 	@missing=""; for b in $(TEST_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	  [ -e /usr/lib/uwsgi/plugins/python3_plugin.so ] || missing="$$missing uwsgi-plugin-python3"; \
 	  [ -z "$$missing" ] || echo "make test: missing$$missing; their tests will skip. As root, bash .ci/run installs them (apt-get install redis-server prometheus prometheus-alertmanager uwsgi uwsgi-plugin-python3)."
-	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not soak" --cov --cov-report=term $(PYTEST_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)

@@ -5,7 +5,7 @@
 Works with sync and gthread workers. Metrics are exact without any of the hooks below; they make
 the store directory explicit (chosen once by the master, removed at exit) and turn gunicorn's own
 log lines into the same JSON as the app's. Put the store on tmpfs: set SOFTFACTORY_OBS_METRICS_DIR
-to a directory on /dev/shm or a Kubernetes emptyDir with medium: Memory (see the README for sizing).
+to a directory on /dev/shm or a Kubernetes emptyDir with medium: Memory (sizing: docs/METRICS.md in the repository).
 """
 
 import os
