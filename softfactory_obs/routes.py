@@ -23,10 +23,22 @@ from collections.abc import Callable, Iterable
 
 from ._failures import report_failure
 from .request.record import MAX_CACHED_TEXT, RequestRecord, without_userinfo
-from .request.wsgi import ROUTE_KEY  # where the adapters put the template; the WSGI driver reads it
-from .route_templates import compile_template
 
-__all__ = ["OVERFLOW", "ROUTE_KEY", "UNMATCHED", "EndpointCap", "Endpoints", "RouteTable", "normalise", "to_template"]
+# Where the adapters put the template and a handled exception; the WSGI driver reads them.
+from .request.wsgi import EXCEPTION_KEY, ROUTE_KEY
+from .route_templates import compile_template, display, framework_template
+
+__all__ = [
+    "EXCEPTION_KEY",
+    "OVERFLOW",
+    "ROUTE_KEY",
+    "UNMATCHED",
+    "EndpointCap",
+    "Endpoints",
+    "RouteTable",
+    "normalise",
+    "to_template",
+]
 
 UNMATCHED = "__unmatched__"
 OVERFLOW = "__overflow__"
@@ -44,34 +56,17 @@ _SEGMENT_RULES = [
 ]
 
 
-_FRAMEWORK_PARAM = re.compile(
-    r"<(\w+)(?::([^<>]*))?>"  # Flask/Django <int:id>, <id>; Bottle <id:int>, <name:re:[a-z]+>
-    r"|\(\?P<(\w+)>[^)]*\)"  # Django re_path: (?P<year>[0-9]{4})
-    r"|\{(\w+):[^{}]*\}"  # Falcon, Pyramid: {id:int}, {id:\d+}
-)
-# Flask and Django put the converter first (<int:id>), Bottle the name first (<id:int>).
-_CONVERTERS = frozenset(("int", "float", "path", "string", "uuid", "slug", "any", "str"))
+_templates: dict[tuple[str, str], str] = {}
 
 
-def _param_name(match: re.Match[str]) -> str:
-    if match[1] is not None:
-        first, rest = match[1], match[2]
-        name = rest if first in _CONVERTERS and rest and rest.isidentifier() else first
-    else:
-        name = match[3] or match[4]
-    return "{" + name + "}"
-
-
-_templates: dict[str, str] = {}
-
-
-def to_template(rule: str) -> str:
-    """A framework's route rule in one spelling: ``{name}`` for every parameter, regex anchors dropped."""
-    template = _templates.get(rule)  # adapters call this per request; an app has a fixed set of rules
+def to_template(rule: str, style: str = "flask") -> str:
+    """A framework's route rule in one spelling, ``{name}`` for every parameter (see
+    ``route_templates.framework_template`` for the styles); cached, as adapters call it per request."""
+    template = _templates.get((rule, style))
     if template is None:
-        template = _FRAMEWORK_PARAM.sub(_param_name, rule).replace("^", "").replace("$", "") or "/"
-        if len(_templates) < 10_000:
-            _templates[rule] = template
+        template = framework_template(rule, style)
+        if len(_templates) < 10_000:  # an app has a fixed set of rules
+            _templates[rule, style] = template
     return template
 
 
@@ -105,7 +100,10 @@ class RouteTable:
     """User-declared templates, matched in order: ``{name}`` is one segment, ``{name:path}`` the rest."""
 
     def __init__(self, templates: Iterable[str]) -> None:
-        self._compiled = [(compile_template(t), t) for t in templates]
+        self._compiled = [(compile_template(t), display(t)) for t in templates]
+        # Templates declared: a path that matches none is ``__unmatched__``, whatever its status,
+        # so a scanner's paths (answered 401, 405, 301) take no endpoint slot.
+        self.declared = bool(self._compiled)
         self._cache: dict[str, str | None] = {}
         # request path (after the mount point) -> (endpoint, matched a template): what ``resolve`` decided
         self.resolved: dict[str, tuple[str, bool]] = {}
@@ -201,13 +199,18 @@ def resolve(record: RequestRecord, table: RouteTable) -> str:
     put in front: two apps mounted at /a and /b never share an endpoint.
     """
     script, route = record.script_name, record.route
-    if route:
-        return script + str(route)
+    if route:  # an adapter's template, or its word that no route matched
+        return UNMATCHED if route == UNMATCHED else script + str(route)
     raw = without_userinfo(script + record.path if script else record.path)
     known = table.resolved.get(raw)
     if known is None:
         template = table.match(raw)
-        known = (template, True) if template is not None else (normalise(raw) or "/", False)
+        if template is not None:
+            known = (template, True)
+        elif table.declared:  # templates declared and none matched: whatever it was answered
+            known = (UNMATCHED, True)
+        else:
+            known = (normalise(raw) or "/", False)
         if len(table.resolved) < 10_000 and len(raw) <= MAX_CACHED_TEXT:  # hot paths repeat
             table.resolved[raw] = known
     endpoint, matched = known

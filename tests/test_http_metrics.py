@@ -224,7 +224,10 @@ def test_route_table_wins_over_the_normaliser(registry: Registry) -> None:
     get(wsgi, "/users/alice")
     get(wsgi, "/users/alice/")
     endpoints = {dict(lb)["endpoint"] for lb in series(registry, "http_requests_total")}
-    assert endpoints == {"/files/{path:path}", "/users/{name}"}
+    assert endpoints == {"/files/{path}", "/users/{name}"}  # every endpoint spells a parameter {name}
+    get(wsgi, "/scanner/probe.php")  # matches no declared route: unmatched, whatever it answered
+    endpoints = {dict(lb)["endpoint"] for lb in series(registry, "http_requests_total")}
+    assert endpoints == {"/files/{path}", "/users/{name}", UNMATCHED}
     table = RouteTable(["/a/{x}"])
     assert table.match("/a/1") == "/a/{x}" and table.match("/a/1/2") is None
 

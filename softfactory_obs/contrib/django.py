@@ -1,4 +1,4 @@
-"""Django: add ``"softfactory_obs.contrib.django.RouteMiddleware"`` to ``MIDDLEWARE``; wrap the WSGI app.
+"""Django: add ``"softfactory_obs.contrib.django.RouteMiddleware"`` first in ``MIDDLEWARE``; wrap the WSGI app.
 
 # wsgi.py
 application = instrument(get_wsgi_application())
@@ -9,21 +9,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..routes import ROUTE_KEY, to_template
+from ..routes import EXCEPTION_KEY, ROUTE_KEY, UNMATCHED, to_template
 
 
 class RouteMiddleware:
-    """Django middleware that records the resolved URL pattern as the ``endpoint`` template."""
+    """Django middleware that records the resolved URL pattern as the ``endpoint`` template, and an
+    exception a view raised that Django turns into its own 500."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
-        return self.get_response(request)
+        response = self.get_response(request)
+        # No view resolved (a 404, an APPEND_SLASH redirect, a 401 from middleware): the path
+        # matched no route, and takes no endpoint slot. First in MIDDLEWARE, this sees them all.
+        if ROUTE_KEY not in request.META:
+            request.META[ROUTE_KEY] = UNMATCHED
+        return response
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Record the matched route before the view runs; returns None so Django goes on."""
         match = request.resolver_match
         route = getattr(match, "route", None)
         if route:  # request.META is the WSGI environ itself
-            request.META[ROUTE_KEY] = to_template("/" + route.lstrip("^"))
+            request.META[ROUTE_KEY] = to_template(route, "django")
+
+    def process_exception(self, request: Any, exception: Exception) -> None:
+        """Record the view's exception (counted by type, named on the access line); returns None so
+        Django answers as it would without us."""
+        request.META[EXCEPTION_KEY] = exception

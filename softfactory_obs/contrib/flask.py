@@ -7,19 +7,45 @@ app.wsgi_app = instrument(app.wsgi_app)
 
 from __future__ import annotations
 
-from flask import Flask, request
+from typing import Any
 
-from ..routes import ROUTE_KEY, to_template
+from flask import Flask, got_request_exception, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Rule
+
+from ..routes import EXCEPTION_KEY, ROUTE_KEY, UNMATCHED, to_template
 
 
 def init_app(app: Flask) -> None:
-    """Record each request's Flask URL rule as the ``endpoint`` template (runs before the app's own
-    before_request functions)."""
+    """Record each request's Flask URL rule as the ``endpoint`` template, before the app's own
+    before_request functions (a 405 gets the template of the route it did not allow; no rule,
+    ``__unmatched__``), and an exception Flask turns into its own 500 (its
+    ``got_request_exception`` signal), so it is counted by type and named on the access line."""
 
     def store_route() -> None:
-        rule = request.url_rule
-        if rule is not None:  # None: no route matched (404/405), the middleware decides
-            request.environ[ROUTE_KEY] = to_template(rule.rule)
+        rule = request.url_rule or _rule_of_other_methods(app)
+        # No rule: no route matched, whatever the app answers (404, or a 401 from an auth hook):
+        # a scanner's paths take no endpoint slot.
+        request.environ[ROUTE_KEY] = to_template(rule.rule, "flask") if rule is not None else UNMATCHED
 
     # First, so another before_request that answers early cannot skip it.
     app.before_request_funcs.setdefault(None, []).insert(0, store_route)
+    got_request_exception.connect(_store_exception, app, weak=False)
+
+
+def _store_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
+    request.environ[EXCEPTION_KEY] = exception
+
+
+def _rule_of_other_methods(app: Flask) -> Rule | None:
+    """For a 405, the rule the path matched with a method it allows (the template its GET has)."""
+    error = request.routing_exception
+    allowed = list(error.valid_methods or ()) if isinstance(error, MethodNotAllowed) else []
+    adapter = app.create_url_adapter(request)
+    if not allowed or adapter is None:
+        return None
+    try:
+        rule, _ = adapter.match(method=allowed[0], return_rule=True)
+    except HTTPException:
+        return None
+    return rule

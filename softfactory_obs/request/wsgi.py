@@ -32,6 +32,9 @@ from .wsgi_environ import Driver, environ_text, header_key
 
 REQUEST_ID_KEY = "softfactory_obs.request_id"
 ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
+# Where an adapter puts an exception its framework turned into a response of its own (Flask's or
+# Django's 500 page): the request record carries it as if it had escaped the app.
+EXCEPTION_KEY = "softfactory_obs.exception"
 _STATUS_500 = "500 Internal Server Error"
 
 
@@ -255,6 +258,8 @@ class RequestCycle(RequestRecord):
                 self._recorded = True
                 environ = self.environ  # _record, written out: the common case
                 self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401 - get() costs more
+                if EXCEPTION_KEY in environ:
+                    self.exc = environ[EXCEPTION_KEY]
                 if self.status is None:  # a list without start_response: the server will answer 500
                     self.status = 500
                 for hook in self._hooks.response:
@@ -342,6 +347,8 @@ class RequestCycle(RequestRecord):
         environ = self.environ
         # An adapter sets it while the app runs. (Not get(): a method call costs more than both.)
         self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401
+        if EXCEPTION_KEY in environ and self.exc is None:  # handled by the framework: none escaped
+            self.exc = environ[EXCEPTION_KEY]
         if self.status is None:  # no status at all: the app raised (or died) before start_response
             self.status = 500
         for hook in self._hooks.response:
