@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .. import procfs
+from .. import cgroup, procfs
 from .._failures import report_failure
 from ..process_state import ensure_current, on_new_process
 from ..store.metrics import Counter, Gauge, Registry
@@ -62,7 +62,7 @@ class ProcessSampler:
         )
         self.memory_percent = Gauge(
             "softfactory_obs_worker_memory_percent",
-            "Resident memory of each worker, percent of the machine",
+            "Resident memory of each worker, percent of the container's memory limit (of the machine without one)",
             labels,
             registry=registry,
         )
@@ -119,7 +119,7 @@ class ProcessSampler:
         # Since the previous sample (0 on the first, as psutil's cpu_percent(interval=None)).
         cpu_percent = (used - self._cpu_seen) / (now - self._sampled_at) * 100 if self._sampled_at else 0.0
         self._sampled_at = now
-        total_memory = procfs.memory()[0]
+        total_memory = cgroup.memory_limit_bytes() or procfs.memory()[0]
         slot = self._slot
         self.rss.labels(slot).set(stats.rss)
         self.vms.labels(slot).set(stats.vms)
@@ -178,3 +178,28 @@ class ProcessSampler:
             cpu = Family("process_cpu_seconds_total", CPU_HELP, "counter")
             cpu.add((), procfs.workers_cpu_seconds(master))
             yield cpu
+        yield from container_families()
+
+
+def container_families() -> Iterable[Family]:
+    """The container's limits and its memory in use, from the cgroup every worker shares (only
+    those it has: no limit, no limit gauge)."""
+    for name, documentation, value in (
+        (
+            "softfactory_obs_container_memory_limit_bytes",
+            "Memory limit of the container (its cgroup) the service runs in",
+            cgroup.memory_limit_bytes(),
+        ),
+        (
+            "softfactory_obs_container_memory_usage_bytes",
+            "Memory the container (its cgroup: every worker and the master) uses, as its limit counts it",
+            cgroup.memory_usage_bytes(),
+        ),
+        (
+            "softfactory_obs_container_cpu_limit_cores",
+            "CPU quota of the container in cores (cpu.max, or cfs_quota_us / cfs_period_us)",
+            cgroup.cpu_limit_cores(),
+        ),
+    ):
+        if value is not None:
+            yield gauge(name, documentation, value)
