@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from . import procfs
+from . import otel, procfs
 from .guard import Guard
 from .health import HealthChecks, Readiness
 from .health.routes import HEALTH_PATHS, LIVE_PATHS, READY_PATHS, HealthRoutes
@@ -158,6 +158,25 @@ class Compaction:
                 self._arm()
 
 
+class TracerIds:
+    """In a process that runs OpenTelemetry, the active span's trace and span ids on each request
+    (``otel.take_span``); decided at each process's first request, once the app is imported."""
+
+    def __init__(self) -> None:
+        self._host: Host | None = None
+        self._armed = False  # inherited by a fork together with the hooks it stands for
+
+    def install(self, host: Host) -> None:
+        """Check for OpenTelemetry in each worker, before its first request."""
+        self._host = host
+        host.in_each_process(self._arm_if_used)
+
+    def _arm_if_used(self) -> None:
+        if not self._armed and self._host is not None and otel.uses_opentelemetry():
+            self._armed = True
+            self._host.add_start_hook(otel.take_span)
+
+
 class Health:
     """``/live``, ``/ready``, ``/health`` and their aliases; checks refreshed in the background."""
 
@@ -189,7 +208,7 @@ class Summary:
 def components_for(host: Host) -> list[Component]:
     """The components ``host.settings`` ask for, in installation order."""
     settings = host.settings
-    parts: list[Component] = []
+    parts: list[Component] = [TracerIds()]  # first: every recorder sees the tracer's ids
     if settings.metrics:
         http = HttpMetrics(host.registry, settings, host.endpoints)
         parts += [ProcessMetrics(), http]

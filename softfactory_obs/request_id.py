@@ -22,10 +22,13 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}", re.ASCII).fullmatch
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?", re.ASCII).fullmatch
 _ZERO_TRACE = "0" * 32
 
-# The request context: (request_id, trace_id) of the request in flight in this thread or task, None
-# between requests. Set by the request path (WSGI or ASGI) for the request's duration and reset
-# after its finish hooks; read by the log pipeline and the helpers below. Nothing else writes it.
-request_context: ContextVar[tuple[str, str | None] | None] = ContextVar("softfactory_obs_request", default=None)
+# The request context: (request_id, trace_id, span_id) of the request in flight in this thread or
+# task, None between requests. Set by the request path (WSGI or ASGI) for the request's duration
+# and reset after its finish hooks; read by the log pipeline and the helpers below. Nothing else
+# writes it, but ``replace_trace`` (a tracer in front knows the trace better than the header did).
+request_context: ContextVar[tuple[str, str | None, str | None] | None] = ContextVar(
+    "softfactory_obs_request", default=None
+)
 
 # Ids are cut from one batch of kernel randomness: os.urandom per request is a syscall (~0.5 µs).
 _BATCH = 512
@@ -90,6 +93,12 @@ def add_request_id(request: Any, header: str = "X-Request-Id") -> None:
     wanted = header.lower()
     if not any(str(name).lower() == wanted for name in headers):  # header names are case-insensitive
         headers[header] = ctx[0]
+
+
+def replace_trace(request_id: str, trace_id: str, span_id: str) -> None:
+    """Within a request: its trace is this span's (OpenTelemetry's server span). The request path's
+    reset at the end of the request still restores what was there before the request."""
+    request_context.set((request_id, trace_id, span_id))
 
 
 def parse_traceparent(value: str | None) -> str | None:

@@ -19,6 +19,7 @@ from softfactory_obs.components import (
     MetricsEndpoint,
     ProcessMetrics,
     Summary,
+    TracerIds,
     components_for,
 )
 from softfactory_obs.guard import Guard
@@ -90,6 +91,7 @@ def kinds(parts: list[Component]) -> list[type]:
 def test_the_settings_pick_the_components_in_installation_order() -> None:
     everything = RecordingHost(queue_time_header="X-Request-Start")
     assert kinds(components_for(everything)) == [
+        TracerIds,
         ProcessMetrics,
         HttpMetrics,
         QueueTime,
@@ -101,8 +103,8 @@ def test_the_settings_pick_the_components_in_installation_order() -> None:
         Compaction,
     ]
     bare = RecordingHost(metrics=False, health=False, access_log=False)
-    assert components_for(bare) == []
-    assert kinds(components_for(RecordingHost(metrics=False, access_log=False))) == [Health, Drain]
+    assert kinds(components_for(bare)) == [TracerIds]  # the app's own log lines still carry the tracer's ids
+    assert kinds(components_for(RecordingHost(metrics=False, access_log=False))) == [TracerIds, Health, Drain]
 
 
 def test_every_component_installs_through_the_host_alone() -> None:

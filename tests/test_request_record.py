@@ -145,7 +145,7 @@ class OtherProtocolRecord(RequestRecord):
     def __init__(self, state: list[Any]) -> None:
         self.environ = {"type": "http"}
         self.method, self.path, self.script_name = "GET", "/orders/42", ""
-        self.request_id, self.id_rejected, self.trace_id = "rec-1", False, None
+        self.request_id, self.id_rejected, self.trace_id, self.span_id = "rec-1", False, None, None
         self.request_bytes, self.started, self.threaded = None, time.perf_counter(), True
         self.status = self.route = self.endpoint = self.exc = None
         self.duration, self.response_bytes, self.state = 0.0, 0, state

@@ -63,6 +63,7 @@ ECS_FIELDS = {
     "pid": "process.pid",
     "request_id": "http.request.id",
     "trace_id": "trace.id",
+    "span_id": "span.id",
     "method": "http.request.method",
     "path": "url.original",
     "endpoint": "url.path",
@@ -117,6 +118,8 @@ class JsonFormatter(_BaseJsonFormatter):
             log_data["request_id"] = ctx[0]
             if ctx[1] is not None:
                 log_data["trace_id"] = ctx[1]
+                if ctx[2] is not None:
+                    log_data["span_id"] = ctx[2]
         log_data.update(self.static_fields)
         for key, value in message_dict.items():
             log_data[_RENAMES.get(key, key)] = value
@@ -237,6 +240,8 @@ def request_context_processor(logger: object, method_name: str, event_dict: dict
         event_dict.setdefault("request_id", ctx[0])
         if ctx[1] is not None:
             event_dict.setdefault("trace_id", ctx[1])
+            if ctx[2] is not None:
+                event_dict.setdefault("span_id", ctx[2])
     return event_dict
 
 
@@ -251,6 +256,8 @@ class RequestContextFilter(logging.Filter):
                 record.request_id = ctx[0]
             if ctx[1] is not None and not hasattr(record, "trace_id"):
                 record.trace_id = ctx[1]
+                if ctx[2] is not None:
+                    record.span_id = ctx[2]
         return True
 
 

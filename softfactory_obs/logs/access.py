@@ -132,6 +132,8 @@ class AccessLog:
         fields: dict[str, Any] = dict(zip(FIELDS, values, strict=True))
         if record.trace_id is not None:
             fields["trace_id"] = record.trace_id
+            if record.span_id is not None:
+                fields["span_id"] = record.span_id
         if record.id_rejected:
             fields["request_id_rejected"] = True
         exc_info = None
@@ -191,7 +193,7 @@ class AccessLog:
         user_json = "null" if user_id is None else json_string(user_id)
         latency = latency_ms(record.duration)
         trace_id, rejected = record.trace_id, record.id_rejected
-        optional = optional_part(trace_id, rejected) if trace_id is not None or rejected else ""
+        optional = optional_part(trace_id, record.span_id, rejected) if trace_id is not None or rejected else ""
         for handler, _, service_fields in targets:
             line = access_line(
                 stamp,

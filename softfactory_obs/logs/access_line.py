@@ -15,7 +15,7 @@ from typing import Any
 ACCESS_LOGGER = "softfactory_obs.access"
 LOGGER_JSON = json_string(ACCESS_LOGGER)
 # The fields of an access line after the envelope (timestamp, level, logger, message, service,
-# pid), in order; trace_id and request_id_rejected follow when set.
+# pid), in order; trace_id (with span_id) and request_id_rejected follow when set.
 FIELDS = (
     "request_id",
     "method",
@@ -28,7 +28,7 @@ FIELDS = (
     "user_agent",
     "user_id",
 )
-OPTIONAL_FIELDS = ("trace_id", "request_id_rejected")
+OPTIONAL_FIELDS = ("trace_id", "span_id", "request_id_rejected")
 # latency_ms as repr(round(ms, 3)) spells it ("12.5", "3.0"), from whole microseconds (one digit
 # apart only within float error of half a microsecond): float formatting was a tenth of the line.
 _MS_FRACTIONS = tuple(repr(i / 1000)[1:] for i in range(1000))
@@ -48,9 +48,12 @@ def request_part(method: str, path: str, endpoint: str, status: int) -> str:
     )
 
 
-def optional_part(trace_id: str | None, id_rejected: bool) -> str:
-    """``, "trace_id": ...`` and ``, "request_id_rejected": true`` when they apply; else empty."""
+def optional_part(trace_id: str | None, span_id: str | None, id_rejected: bool) -> str:
+    """``, "trace_id": ...`` (with ``, "span_id": ...``) and ``, "request_id_rejected": true`` when
+    they apply; else empty."""
     text = "" if trace_id is None else f', "trace_id": {json_string(trace_id)}'
+    if span_id is not None and trace_id is not None:
+        text += f', "span_id": {json_string(span_id)}'
     return text + ', "request_id_rejected": true' if id_rejected else text
 
 
@@ -86,6 +89,7 @@ def from_fields(fields: dict[str, Any]) -> tuple[str, str, str, int, str, str, s
         return None
     request_id, method, path, endpoint, status, latency, size, remote, agent, user = (fields[k] for k in FIELDS)
     trace_id, rejected = fields.get("trace_id"), fields.get("request_id_rejected", False)
+    span_id = fields.get("span_id")
     plain = (
         all(type(t) is str for t in (request_id, method, path, endpoint, remote, agent))
         and type(status) is int
@@ -93,6 +97,7 @@ def from_fields(fields: dict[str, Any]) -> tuple[str, str, str, int, str, str, s
         and type(latency) is float
         and (user is None or type(user) is str)
         and (trace_id is None or type(trace_id) is str)
+        and (span_id is None or (type(span_id) is str and trace_id is not None))
         and rejected in (True, False)
         and json_string(request_id) == f'"{request_id}"'  # written as it is: only what needs no escape
     )
@@ -106,5 +111,5 @@ def from_fields(fields: dict[str, Any]) -> tuple[str, str, str, int, str, str, s
         json_string(remote),
         json_string(agent),
         "null" if user is None else json_string(user),
-        optional_part(trace_id, bool(rejected)),
+        optional_part(trace_id, span_id, bool(rejected)),
     )

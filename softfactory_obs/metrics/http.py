@@ -278,6 +278,8 @@ def _exemplar(record: RequestRecord) -> dict[str, str] | None:
     """The request's exemplar labels: its trace id, else its id when that fits the slot (a longer
     client id is not cut into a false one)."""
     if record.trace_id is not None:
+        if record.span_id is not None:
+            return {"trace_id": record.trace_id, "span_id": record.span_id}
         return {"trace_id": record.trace_id}
     if len(record.request_id) <= _ID_ROOM:
         return {"request_id": record.request_id}

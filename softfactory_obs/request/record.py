@@ -107,6 +107,7 @@ class RequestRecord:
         "response_bytes",
         "route",
         "script_name",
+        "span_id",
         "started",
         "state",
         "status",
@@ -131,6 +132,7 @@ class RequestRecord:
     status: int | None
     threaded: bool
     trace_id: str | None
+    span_id: str | None  # the tracer's span for this request (OpenTelemetry's, when it runs in front)
 
     def query_string(self) -> str:
         """The query string as text, without the ``?`` (empty when there is none)."""

@@ -89,7 +89,8 @@ def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; 
     cycle._hooks = hooks
     cycle._server_start_response = start_response
     cycle._server_write = _no_write
-    cycle._token = request_context.set((request_id, trace_id))
+    cycle.span_id = None
+    cycle._token = request_context.set((request_id, trace_id, None))
     cycle._declared = cycle._result = cycle._iterator = None
     cycle._sent = 0
     cycle._wrote = cycle._closed = cycle._finished = cycle._recorded = False
