@@ -33,7 +33,8 @@ from .wsgi_environ import Driver, environ_text, header_key
 REQUEST_ID_KEY = "softfactory_obs.request_id"
 ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route template
 # Where an adapter puts an exception its framework turned into a response of its own (Flask's or
-# Django's 500 page): the request record carries it as if it had escaped the app.
+# Django's 500 page): the request record carries it as if it had escaped the app. Read only when
+# the route is set too (every adapter sets it first), so a plain app pays one test for it.
 EXCEPTION_KEY = "softfactory_obs.exception"
 _STATUS_500 = "500 Internal Server Error"
 
@@ -81,7 +82,7 @@ def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; 
     cycle.script_name = environ_text(script) if script else ""
     length = environ["CONTENT_LENGTH"] if "CONTENT_LENGTH" in environ else None  # noqa: SIM401 - cheaper than get()
     cycle.request_bytes = (LENGTHS.get(length) or parse_length(length)) if length else None
-    cycle.status = cycle.route = cycle.endpoint = cycle.exc = None
+    cycle.status = cycle.route = cycle.endpoint = cycle.exc = cycle.span_id = None
     cycle.duration = 0.0
     cycle.state = hooks.state.copy()
     cycle.response_bytes = 0
@@ -89,7 +90,6 @@ def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; 
     cycle._hooks = hooks
     cycle._server_start_response = start_response
     cycle._server_write = _no_write
-    cycle.span_id = None
     cycle._token = request_context.set((request_id, trace_id, None))
     cycle._declared = cycle._result = cycle._iterator = None
     cycle._sent = 0
@@ -258,8 +258,8 @@ class RequestCycle(RequestRecord):
             if not self._recorded:
                 self._recorded = True
                 environ = self.environ  # _record, written out: the common case
-                self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401 - get() costs more
-                if EXCEPTION_KEY in environ:
+                route = self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401 - get() costs more
+                if route is not None and EXCEPTION_KEY in environ:  # only an adapter (it sets the route) reports one
                     self.exc = environ[EXCEPTION_KEY]
                 if self.status is None:  # a list without start_response: the server will answer 500
                     self.status = 500
@@ -347,8 +347,9 @@ class RequestCycle(RequestRecord):
         self._recorded = True
         environ = self.environ
         # An adapter sets it while the app runs. (Not get(): a method call costs more than both.)
-        self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401
-        if EXCEPTION_KEY in environ and self.exc is None:  # handled by the framework: none escaped
+        route = self.route = environ[ROUTE_KEY] if ROUTE_KEY in environ else None  # noqa: SIM401
+        # Handled by the framework (none escaped); only an adapter, which sets the route, reports one.
+        if route is not None and self.exc is None and EXCEPTION_KEY in environ:
             self.exc = environ[EXCEPTION_KEY]
         if self.status is None:  # no status at all: the app raised (or died) before start_response
             self.status = 500
