@@ -99,7 +99,7 @@ class MetricsEndpoint:
         """Mount the exposition; check a prometheus_client multiprocess directory for our names."""
         app = host.guard.protect(MetricsApp(host.registry, on_dead_shards=host.maintenance.wake))
         host.mount(host.settings.metrics_path, app)
-        host.mount("/api/metrics/prometheus", app)
+        host.mount(host.settings.telemetry_prefix + "/api/metrics/prometheus", app)
         check_prometheus_client_registry(host.registry)
 
 
@@ -185,7 +185,7 @@ class Health:
         routes = HealthRoutes(host.settings, host.health_checks, host.readiness, host.guard)
         for paths, handler in ((LIVE_PATHS, routes.live), (READY_PATHS, routes.ready), (HEALTH_PATHS, routes.health)):
             for path in paths:
-                host.mount(path, handler)
+                host.mount(host.settings.telemetry_prefix + path, handler)
         host.every_interval(host.health_checks.refresh_background)
         if host.settings.metrics and host.registry not in _ready_exported:
             _ready_exported.add(host.registry)
@@ -201,8 +201,9 @@ class Summary:
         history = History(host.registry, f"{settings.namespace}_" if settings.namespace else "")
         host.every_interval(history.sample)
         summary = SummaryApp(settings, host.registry, history, started_at=procfs.start_time(procfs.service_pid()))
-        host.mount("/api/metrics/summary", host.guard.protect(summary.summary))
-        host.mount("/api/metrics/errors", host.guard.protect(summary.errors))
+        prefix = settings.telemetry_prefix
+        host.mount(prefix + "/api/metrics/summary", host.guard.protect(summary.summary))
+        host.mount(prefix + "/api/metrics/errors", host.guard.protect(summary.errors))
 
 
 def components_for(host: Host) -> list[Component]:

@@ -124,6 +124,11 @@ class Settings:
     # JSON for humans: /api/metrics/summary and /api/metrics/errors (guarded like /metrics).
     summary: bool = True
 
+    # Put in front of the health routes, the JSON endpoints and /api/metrics/prometheus (not
+    # metrics_path, which is set on its own): "/_obs" serves /_obs/health, so an app's own /health
+    # stays the app's. Empty: /health, /live, ... as they are.
+    telemetry_prefix: str = ""
+
     # Health routes (/live, /ready, /health and aliases).
     health: bool = True
     # False: /ready answers 503 until the app calls ObservabilityMiddleware.mark_ready().
@@ -176,6 +181,13 @@ class Settings:
         )
         _require(
             self.metrics_path.startswith("/"), "metrics_path", "an absolute path such as '/metrics'", self.metrics_path
+        )
+        _require(
+            not self.telemetry_prefix
+            or (self.telemetry_prefix.startswith("/") and not self.telemetry_prefix.endswith("/")),
+            "telemetry_prefix",
+            "empty, or a path such as '/_obs' (a leading slash, no trailing one)",
+            self.telemetry_prefix,
         )
         _require(
             not self.namespace or bool(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.namespace)),

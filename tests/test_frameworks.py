@@ -378,3 +378,42 @@ def test_scanners_cannot_fill_the_endpoint_cap_through_non_404_answers() -> None
     assert ok.status.startswith("200")
     labels = {dict(lb)["endpoint"] for (name, lb) in samples(registry) if name == "http_requests_total"}
     assert labels == {UNMATCHED, "/orders/{n}"}  # the real route has its own series, not __overflow__
+
+
+def _flask_app_with_its_own_health() -> Any:
+    flask = require_module("flask")
+    from softfactory_obs.contrib.flask import init_app
+
+    app = flask.Flask(__name__)
+
+    @app.route("/health")
+    def health() -> str:
+        return "the app's own health"
+
+    init_app(app)
+    return app
+
+
+def test_an_app_route_our_telemetry_shadows_is_named_and_a_prefix_moves_ours(logs: LogCapture) -> None:
+    """pypiserver's /health was replaced by ours without a word. Now the adapter says so at the first
+    request, and telemetry_prefix moves our routes out of the app's way."""
+    app = _flask_app_with_its_own_health()
+    shadowing = ObservabilityMiddleware(app.wsgi_app, registry=Registry(), auto_configure_logging=False)
+    assert b"the app's own health" not in call_wsgi(shadowing, make_environ(PATH_INFO="/health")).body
+    call_wsgi(shadowing, make_environ(PATH_INFO="/health"))
+    warnings_seen = [line["message"] for line in logs.lines() if line["level"] == "WARNING"]
+    assert len(warnings_seen) == 0  # telemetry routes never reach the app: the first app request tells
+    call_wsgi(shadowing, make_environ(PATH_INFO="/other"))
+    call_wsgi(shadowing, make_environ(PATH_INFO="/other"))
+    warnings_seen = [line["message"] for line in logs.lines() if line["level"] == "WARNING"]
+    assert len(warnings_seen) == 1 and "/health" in warnings_seen[0] and "telemetry_prefix" in warnings_seen[0]
+
+    app = _flask_app_with_its_own_health()
+    moved = ObservabilityMiddleware(
+        app.wsgi_app, registry=Registry(), auto_configure_logging=False, telemetry_prefix="/_obs"
+    )
+    assert call_wsgi(moved, make_environ(PATH_INFO="/health")).body == b"the app's own health"
+    ours = call_wsgi(moved, make_environ(PATH_INFO="/_obs/health", REMOTE_ADDR="127.0.0.1"))
+    assert ours.status.startswith("200") and b'"status"' in ours.body
+    assert call_wsgi(moved, make_environ(PATH_INFO="/_obs/ready")).status.startswith("200")
+    assert len([line for line in logs.lines() if line["level"] == "WARNING"]) == 1  # no new warning

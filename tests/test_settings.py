@@ -82,6 +82,7 @@ def test_settings_object_plus_overrides() -> None:
         ({"routes": ("/u/{id}}",)}, r"routes: '/u/\{id\}\}' is not a route template"),
         ({"routes": ("/files/{p:rest}",)}, r"unknown placeholder kind 'rest'"),
         ({"routes": ("u/{id}",)}, r"a template starts with '/'"),
+        ({"telemetry_prefix": "_obs/"}, r"telemetry_prefix: expected empty, or a path such as '/_obs'"),
     ],
 )
 def test_invalid_options_name_the_field_and_the_accepted_values(options: dict[str, Any], message: str) -> None:

@@ -2,3 +2,27 @@
 
 Import only the one you use; none is imported by ``softfactory_obs`` itself.
 """
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..middleware import ENVIRON_MARK
+
+
+def warn_if_shadowed(environ: dict[str, Any], app_paths: Iterable[str], framework: str) -> None:
+    """Warn (once, from the adapter's first request) when the app routes a path that the
+    middleware in front serves itself (``/health``, ``/metrics``, ...): the app never sees those
+    requests. ``app_paths``: the app's route rules, as its framework spells them."""
+    host = environ.get(ENVIRON_MARK)
+    ours = set(getattr(host, "telemetry_routes", ()))
+    shadowed = sorted(ours.intersection(app_paths))
+    if shadowed:
+        logging.getLogger("softfactory_obs").warning(
+            "the %s app routes %s, which softfactory_obs answers itself before the app sees the request; "
+            "set telemetry_prefix (for example '/_obs') to move ours (and metrics_path for /metrics)",
+            framework,
+            ", ".join(shadowed),
+        )

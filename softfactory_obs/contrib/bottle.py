@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from ..routes import EXCEPTION_KEY, ROUTE_KEY, UNMATCHED, to_template
+from . import warn_if_shadowed
 
 
 def _bottle_of(app: Any) -> ModuleType:
@@ -32,10 +33,15 @@ class RoutePlugin:
         """On install: mark the requests no route matched (404, 405), after Bottle answered them."""
         bottle = _bottle_of(app)
 
+        first = [True]
+
         def mark_unmatched() -> None:
             environ = bottle.request.environ
             if ROUTE_KEY not in environ:
                 environ[ROUTE_KEY] = UNMATCHED
+            if first[0]:
+                first[0] = False
+                warn_if_shadowed(environ, (route.rule for route in app.routes), "Bottle")
 
         app.add_hook("after_request", mark_unmatched)
 

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Rule
 
 from ..routes import EXCEPTION_KEY, ROUTE_KEY, UNMATCHED, to_template
+from . import warn_if_shadowed
 
 
 def init_app(app: Flask) -> None:
@@ -22,7 +23,12 @@ def init_app(app: Flask) -> None:
     ``__unmatched__``), and an exception Flask turns into its own 500 (its
     ``got_request_exception`` signal), so it is counted by type and named on the access line."""
 
+    first = [True]
+
     def store_route() -> None:
+        if first[0]:
+            first[0] = False
+            warn_if_shadowed(request.environ, (r.rule for r in app.url_map.iter_rules()), "Flask")
         rule = request.url_rule or _rule_of_other_methods(app)
         # No rule: no route matched, whatever the app answers (404, or a 401 from an auth hook):
         # a scanner's paths take no endpoint slot.
