@@ -47,31 +47,28 @@ def _read(relative: str, name: str, controller: str, root: str) -> str | None:
     return None
 
 
-def memory_limit_bytes(root: str = ROOT, membership: str = SELF) -> int | None:
-    """The container's memory limit in bytes, or None without one."""
+def _memory_number(v1: str, v2: str, root: str, membership: str) -> int | None:
+    """A number of the memory controller: file ``v1`` under cgroup v1, ``v2`` under v2; None for
+    v2's "max" or nothing readable."""
     paths = _paths(membership)
     if "memory" in paths:
-        raw = _read(paths["memory"], "memory.limit_in_bytes", "memory", root)
+        raw = _read(paths["memory"], v1, "memory", root)
     elif "" in paths:
-        raw = _read(paths[""], "memory.max", "", root)
+        raw = _read(paths[""], v2, "", root)
     else:
         return None
-    if raw is None or not raw.isdigit():
-        return None  # "max", or nothing readable
-    limit = int(raw)
-    return limit if limit < _UNLIMITED else None
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def memory_limit_bytes(root: str = ROOT, membership: str = SELF) -> int | None:
+    """The container's memory limit in bytes, or None without one."""
+    limit = _memory_number("memory.limit_in_bytes", "memory.max", root, membership)
+    return limit if limit is not None and limit < _UNLIMITED else None
 
 
 def memory_usage_bytes(root: str = ROOT, membership: str = SELF) -> int | None:
     """Memory the whole cgroup uses now (what its limit is compared with), or None."""
-    paths = _paths(membership)
-    if "memory" in paths:
-        raw = _read(paths["memory"], "memory.usage_in_bytes", "memory", root)
-    elif "" in paths:
-        raw = _read(paths[""], "memory.current", "", root)
-    else:
-        return None
-    return int(raw) if raw is not None and raw.isdigit() else None
+    return _memory_number("memory.usage_in_bytes", "memory.current", root, membership)
 
 
 def cpu_limit_cores(root: str = ROOT, membership: str = SELF) -> float | None:
