@@ -154,6 +154,7 @@ def test_gauges_count_live_processes_only(store_dir: str) -> None:
     low = Gauge("conns_min", "x", mode="livemin", registry=registry)
     recent = Gauge("last_seen", "x", mode="livemostrecent", registry=registry)
     read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
 
     def stays_alive() -> None:
         os.close(write_end)
@@ -161,6 +162,7 @@ def test_gauges_count_live_processes_only(store_dir: str) -> None:
         peak.set(5)
         low.set(5)
         recent.set(1)
+        os.write(ready_write, b"x")  # its gauges are written: the parent may read them now
         os.read(read_end, 1)  # until the parent closes the pipe
 
     pid = os.fork()
@@ -170,6 +172,9 @@ def test_gauges_count_live_processes_only(store_dir: str) -> None:
         finally:
             os._exit(0)
     os.close(read_end)
+    os.close(ready_write)
+    assert os.read(ready_read, 1) == b"x"  # waits however loaded the machine is
+    os.close(ready_read)
     try:
 
         def short_lived() -> None:

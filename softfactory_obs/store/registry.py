@@ -147,14 +147,12 @@ class Registry:
         return self._writer
 
     def _slots(self, family: Metric[Any], keys: list[tuple[bytes, int]]) -> tuple[Segment, list[int]]:
-        # Caller holds the lock. All of a child's slots in one segment: one view for the hot path.
+        # Caller holds the lock.
         writer = self._writer_or_none()
         if family.name not in self._metas_written:
             writer.add(family.meta_bytes, KIND_META)
             self._metas_written.add(family.name)
-        writer.reserve(sum(record_size(raw, kind) for raw, kind in keys))
-        slots = [writer.add(raw, kind) for raw, kind in keys]
-        return slots[0][0], [i for _, i in slots]
+        return _slots_in(writer, keys)
 
     def bind(self, family: Metric[Any], child: Child) -> None:
         """Give ``child`` fresh slots for its keys, unless another thread bound it first; slots in
@@ -173,9 +171,7 @@ class Registry:
                 failure = exc
                 if self._memory is None:
                     self._memory = ShardWriter(None)
-                self._memory.reserve(sum(record_size(raw, kind) for raw, kind in child.keys))
-                slots = [self._memory.add(raw, kind) for raw, kind in child.keys]
-                seg, idx = slots[0][0], [i for _, i in slots]
+                seg, idx = _slots_in(self._memory, child.keys)
                 self._unwritten.append((family, child))
             self._children.append(child)
             child.attach(seg, idx, self._lock)
@@ -307,6 +303,13 @@ class Registry:
         ensure_current()
         directory = self.directory
         return directory.compact(**kwargs) if directory is not None else 0
+
+
+def _slots_in(writer: ShardWriter, keys: list[tuple[bytes, int]]) -> tuple[Segment, list[int]]:
+    # All of a child's slots in one segment: one view for the hot path.
+    writer.reserve(sum(record_size(raw, kind) for raw, kind in keys))
+    slots = [writer.add(raw, kind) for raw, kind in keys]
+    return slots[0][0], [i for _, i in slots]
 
 
 def _call_each(methods: list[weakref.WeakMethod[Callable[[], None]]]) -> None:
