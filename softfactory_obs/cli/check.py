@@ -102,10 +102,10 @@ def _app_settings(app_ref: str) -> Settings:
 def _variables(report: Report) -> None:
     report.heading(f"{ENV_PREFIX}* variables")
     unknown = unknown_variables(os.environ)
-    known = sorted(v for v in os.environ if v.startswith(ENV_PREFIX) and (v, None) not in unknown)
+    not_settings = {var for var, _ in unknown}
+    known = sorted(v for v in os.environ if v.startswith(ENV_PREFIX) and v not in not_settings)
     for var in known:
-        if all(var != name for name, _ in unknown):
-            report.line(f"{var} is set")
+        report.line(f"{var} is set")
     for var, guess in unknown:
         if guess is not None:
             report.line(f"{var} is not a setting and is ignored; did you mean {guess}?", "error")
