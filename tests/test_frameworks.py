@@ -417,3 +417,18 @@ def test_an_app_route_our_telemetry_shadows_is_named_and_a_prefix_moves_ours(log
     assert ours.status.startswith("200") and b'"status"' in ours.body
     assert call_wsgi(moved, make_environ(PATH_INFO="/_obs/ready")).status.startswith("200")
     assert len([line for line in logs.lines() if line["level"] == "WARNING"]) == 1  # no new warning
+
+
+def test_the_django_adapter_names_a_route_our_telemetry_shadows(logs: LogCapture) -> None:
+    test_django()  # configures Django with the adapter; its URLconf has a /healthz of its own
+    from django.core.wsgi import get_wsgi_application
+
+    def warned() -> list[str]:
+        return [line["message"] for line in logs.lines() if line["level"] == "WARNING"]
+
+    mw = ObservabilityMiddleware(get_wsgi_application(), registry=Registry(), auto_configure_logging=False)
+    before = len(warned())  # test_django's own app warned already: each adapter instance says it once
+    call_wsgi(mw, make_environ(PATH_INFO="/users/7", SERVER_NAME="localhost", HTTP_HOST="localhost"))
+    assert len(warned()) == before + 1 and "the Django app routes /healthz" in warned()[-1]
+    call_wsgi(mw, make_environ(PATH_INFO="/users/7", SERVER_NAME="localhost", HTTP_HOST="localhost"))
+    assert len(warned()) == before + 1  # once

@@ -12,13 +12,21 @@ from typing import Any
 from ..middleware import ENVIRON_MARK
 
 
+def telemetry_paths(environ: dict[str, Any]) -> set[str]:
+    """The paths the middleware in front of this request answers itself (none without one)."""
+    return set(getattr(environ.get(ENVIRON_MARK), "telemetry_routes", ()))
+
+
 def warn_if_shadowed(environ: dict[str, Any], app_paths: Iterable[str], framework: str) -> None:
     """Warn (once, from the adapter's first request) when the app routes a path that the
     middleware in front serves itself (``/health``, ``/metrics``, ...): the app never sees those
     requests. ``app_paths``: the app's route rules, as its framework spells them."""
-    host = environ.get(ENVIRON_MARK)
-    ours = set(getattr(host, "telemetry_routes", ()))
-    shadowed = sorted(ours.intersection(app_paths))
+    warn_shadowed(telemetry_paths(environ).intersection(app_paths), framework)
+
+
+def warn_shadowed(shadowed: Iterable[str], framework: str) -> None:
+    """The warning of ``warn_if_shadowed``, for paths an adapter found shadowed its own way."""
+    shadowed = sorted(shadowed)
     if shadowed:
         logging.getLogger("softfactory_obs").warning(
             "the %s app routes %s, which softfactory_obs answers itself before the app sees the request; "

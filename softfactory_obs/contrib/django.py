@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.urls import Resolver404, resolve
+
 from ..routes import EXCEPTION_KEY, ROUTE_KEY, UNMATCHED, to_template
+from . import telemetry_paths, warn_shadowed
 
 
 class RouteMiddleware:
@@ -18,8 +21,12 @@ class RouteMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
+        self._checked = False
 
     def __call__(self, request: Any) -> Any:
+        if not self._checked:  # the first request: the URLconf is loaded, the middleware known
+            self._checked = True
+            warn_shadowed((path for path in telemetry_paths(request.META) if _routed(path)), "Django")
         response = self.get_response(request)
         # No view resolved (a 404, an APPEND_SLASH redirect, a 401 from middleware): the path
         # matched no route, and takes no endpoint slot. First in MIDDLEWARE, this sees them all.
@@ -38,3 +45,12 @@ class RouteMiddleware:
         """Record the view's exception (counted by type, named on the access line); returns None so
         Django answers as it would without us."""
         request.META[EXCEPTION_KEY] = exception
+
+
+def _routed(path: str) -> bool:
+    """Whether the app's URLconf has a view for ``path``."""
+    try:
+        resolve(path)
+    except Resolver404:
+        return False
+    return True
