@@ -52,6 +52,7 @@ class Options(TypedDict, total=False):
     queue_time_header: str
     default_labels: dict[str, Any]
     summary: bool
+    telemetry_prefix: str
     health: bool
     ready_on_start: bool
     health_cache_seconds: float
