@@ -17,7 +17,9 @@ no counter ever goes backwards.
 
 A dead shard never changes again, so readers validate it whole once its writer is gone (never
 trusting a key table parsed while it lived) and keep its checksum: a dead shard whose bytes then
-change is damaged and is set aside, never exposed.
+change is damaged and is set aside, never exposed. Hazard: values damaged before any reader saw
+the shard dead, its structure intact, cannot be told from real ones (no writer checksums its
+slots: that would cost every write).
 
 A directory this process cannot write (read-only, or not there) is still read: scrapes show what
 the others wrote, compaction waits, and only making a shard fails (counted by the registry).
