@@ -108,8 +108,10 @@ def parent_is_gunicorn() -> bool:
 
 
 def service_pid() -> int:
-    """The gunicorn master when we are one of its workers, else this process."""
-    return os.getppid() if parent_is_gunicorn() else os.getpid()
+    """The service's master (gunicorn's or uWSGI's) when there is one, else this process."""
+    if parent_is_gunicorn():
+        return os.getppid()
+    return uwsgi_master() or os.getpid()
 
 
 def uwsgi_master() -> int | None:
