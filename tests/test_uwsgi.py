@@ -5,8 +5,10 @@ be each worker's own: request ids, the pid on log lines, the store's shard."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,3 +115,25 @@ def test_uwsgi_finds_its_store_without_configuration_and_recycling_keeps_every_c
         assert any(name.endswith(".shard") for name in os.listdir(store))
         lines = [x for x in server.log_lines(wait_for=sent) if x.get("logger") == "softfactory_obs.access"]
         assert len(lines) >= sent  # our JSON access lines, in uWSGI's log
+
+
+def test_instrument_log_settings_hold_under_uwsgi(tmp_path: Path) -> None:
+    """instrument(service_name=, log_schema=, log_file=) under uWSGI's prefork mode, where the app
+    (and its logging set-up) is imported in the master and its workers are forked from C."""
+    log_file = tmp_path / "logs" / "shop.log"
+    with Uwsgi(tmp_path, "logging_app:app", processes=2, TEST_LOG_FILE=str(log_file)) as server:
+        for _ in range(6):
+            assert get(server.port, "/")[0] == 200
+        deadline = time.monotonic() + 30
+        while True:  # dated files: shop-<date>.log
+            lines = [json.loads(x) for f in sorted(log_file.parent.glob("*.log")) for x in f.read_text().splitlines()]
+            if len(lines) >= 12 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert len(lines) >= 12, lines
+    assert all(line["service.name"] == "shop" and line["ecs.version"] for line in lines), lines
+    access = [x for x in lines if x["log.logger"] == "softfactory_obs.access"]
+    assert len(access) == 6 and all(x["http.response.status_code"] == 200 for x in access)
+    assert len({x["process.pid"] for x in access}) >= 1 and server.proc is not None
+    assert all(x["process.pid"] != server.proc.pid for x in access)  # the workers', not the master's pid
+    assert sum(x["message"] == "order placed" for x in lines) == 6  # the app's own records
