@@ -88,8 +88,10 @@ class Drain:
     """SIGTERM marks the worker draining (``/ready`` answers 503), whatever else is on."""
 
     def install(self, host: Host) -> None:
-        """Hook SIGTERM in each worker, from its first request (the main thread, for signals)."""
-        host.in_each_process(host.readiness.watch_sigterm)
+        """Hook SIGTERM in each worker, from its first request (the main thread, for signals);
+        not where the server's own handlers stop and reload workers (uWSGI, mod_wsgi)."""
+        if not procfs.server_owns_signals():
+            host.in_each_process(host.readiness.watch_sigterm)
 
 
 class MetricsEndpoint:

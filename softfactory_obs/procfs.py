@@ -108,10 +108,32 @@ def parent_is_gunicorn() -> bool:
 
 
 def service_pid() -> int:
-    """The service's master (gunicorn's or uWSGI's) when there is one, else this process."""
+    """The service's master (gunicorn's, uWSGI's or Apache's) when there is one, else this process."""
     if parent_is_gunicorn():
         return os.getppid()
+    if mod_wsgi_interpreter() is not None and os.getppid() != 1:
+        # Apache's parent forks mod_wsgi's daemon processes and its embedded-mode children alike,
+        # and keeps its pid through graceful restarts. (Reparented to init: ``apache2 -X``.)
+        return os.getppid()
     return uwsgi_master() or os.getpid()
+
+
+def mod_wsgi_interpreter() -> str | None:
+    """Under Apache mod_wsgi, which of its interpreters this is: ``"<process group>|<application
+    group>"`` (the process group is empty in embedded mode); None elsewhere."""
+    mod_wsgi = sys.modules.get("mod_wsgi")  # mod_wsgi's embedded module, there from the start
+    if mod_wsgi is None or not hasattr(mod_wsgi, "process_group"):
+        return None
+    return f"{mod_wsgi.process_group}|{mod_wsgi.application_group}"
+
+
+def server_owns_signals() -> bool:
+    """True under uWSGI and mod_wsgi, whose workers' signals belong to C handlers of the server's.
+
+    A Python handler there would replace uWSGI's (which reloads or stops the worker) and would
+    only run once Python runs again, after the next request: a worker told to stop waited for the
+    master's reload mercy. mod_wsgi ignores Python's handlers and logs a warning for each."""
+    return "uwsgi" in sys.modules or "mod_wsgi" in sys.modules
 
 
 def uwsgi_master() -> int | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,6 +119,20 @@ class Gunicorn(Server):
         return [self.python, "-m", "gunicorn", "-c", str(self.config), *self.args, self.app]
 
 
+class Waitress(Server):
+    """waitress: one process, many threads; our JSON lines on its stdout."""
+
+    name = "waitress"
+
+    def __init__(self, tmp: Path, app: str, threads: int = 4, **env: str) -> None:
+        super().__init__(tmp, **env)
+        self.app, self.threads = app, threads
+
+    def command(self) -> list[str]:
+        listen = f"--listen=127.0.0.1:{self.port}"
+        return [sys.executable, "-m", "waitress", listen, f"--threads={self.threads}", self.app]
+
+
 UWSGI_PYTHON_PLUGIN = Path("/usr/lib/uwsgi/plugins/python3_plugin.so")
 
 
@@ -144,6 +160,122 @@ class Uwsgi(Server):
             "--pythonpath", str(ROOT / "tests"), "--module", self.module, "--disable-logging", "--die-on-term",
             *self.args,
         ]  # fmt: skip
+
+
+APACHE = Path("/usr/sbin/apache2")
+MOD_WSGI = Path("/usr/lib/apache2/modules/mod_wsgi.so")
+
+
+class Apache(Server):
+    """Debian's Apache with mod_wsgi, in the foreground (this process is the Apache parent), with a
+    config of its own: daemon mode (``WSGIDaemonProcess``) or embedded mode. mod_wsgi runs Debian's
+    python3 of this venv's version with the venv's packages on its python-path.
+
+    Everything lives in a 0755 directory made here (pytest's tmp_path is 0700 under root, and the
+    daemon processes run as www-data, who must read the app and write the store). Our JSON lines go
+    to Apache's ErrorLog."""
+
+    name = "apache"
+
+    def __init__(
+        self,
+        tmp: Path,
+        wsgi: str,
+        *,
+        mode: str = "daemon",
+        processes: int = 2,
+        threads: int = 4,
+        daemon_options: str = "",
+        **env: str,
+    ) -> None:
+        if not APACHE.exists() or not MOD_WSGI.exists():
+            skip_or_fail(
+                "apache2 or mod_wsgi is missing (apt-get install apache2 libapache2-mod-wsgi-py3; .ci/run does)"
+            )
+        built_for = os.path.realpath(MOD_WSGI).rsplit("-", 1)[-1]  # mod_wsgi.so-3.11
+        ours = "{}.{}".format(*sys.version_info[:2])
+        if built_for != ours:
+            skip_or_fail(f"mod_wsgi embeds Python {built_for}, this venv is {ours}: its packages would not load")
+        super().__init__(tmp, **env)
+        if "SOFTFACTORY_OBS_METRICS_DIR" not in env:  # Apache's children inherit its environment
+            self.env.pop("SOFTFACTORY_OBS_METRICS_DIR", None)
+        self.root = Path(tempfile.mkdtemp(prefix="sfo-apache-"))
+        self.root.chmod(0o755)
+        (self.root / "rt").mkdir()
+        self.log_path = self.error_log = self.root / "error.log"
+        self.conf = self.root / "httpd.conf"
+        (self.root / "app.wsgi").write_text(wsgi)
+        site, project = Path(sysconfig.get_paths()["purelib"]), ROOT
+        self.mounted: Path | None = None
+        if not _others_can_read(ROOT):  # a checkout under /root (0700): www-data cannot reach it
+            self.mounted = project = self.root / "project"
+            project.mkdir()
+            subprocess.run(["mount", "--bind", str(ROOT), str(project)], check=True, capture_output=True)
+            if site.is_relative_to(ROOT):
+                site = project / site.relative_to(ROOT)
+        if not _others_can_read(site):
+            skip_or_fail(f"the daemon user cannot read {site}: make the venv readable by others")
+        path = ":".join([str(site), str(project), str(project / "tests")])
+        user = "User www-data\nGroup www-data" if os.getuid() == 0 else ""
+        if mode == "daemon":
+            wsgi_conf = (
+                f"WSGIDaemonProcess app processes={processes} threads={threads} python-path={path} "
+                f"home={self.root} display-name=%{{GROUP}} {daemon_options}\n"
+                "WSGIProcessGroup app\nWSGIRestrictEmbedded On"
+            )
+            mpm = "event"
+        else:
+            wsgi_conf = f"WSGIPythonPath {path}"
+            mpm = "prefork" if threads == 1 else "event"
+        mpm_conf = (
+            f"MinSpareServers {processes}\nMaxSpareServers {processes}"
+            if mpm == "prefork"
+            else f"ThreadsPerChild {threads}\nThreadLimit {threads}\nMinSpareThreads 1\n"
+            f"MaxSpareThreads {processes * threads}"
+        )
+        self.conf.write_text(
+            f"""ServerRoot "{self.root}"
+Listen 127.0.0.1:{self.port}
+ServerName 127.0.0.1
+PidFile {self.root}/httpd.pid
+DefaultRuntimeDir {self.root}/rt
+ErrorLog {self.error_log}
+LogLevel info
+LoadModule mpm_{mpm}_module /usr/lib/apache2/modules/mod_mpm_{mpm}.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule wsgi_module {MOD_WSGI}
+{user}
+StartServers {processes}
+ServerLimit {processes}
+MaxRequestWorkers {processes * threads}
+MaxConnectionsPerChild 0
+{mpm_conf}
+WSGISocketPrefix {self.root}/rt/wsgi
+{wsgi_conf}
+WSGIApplicationGroup %{{GLOBAL}}
+WSGIScriptAlias / {self.root}/app.wsgi
+<Directory {self.root}>
+    Require all granted
+</Directory>
+"""
+        )
+
+    def command(self) -> list[str]:
+        return [str(APACHE), "-f", str(self.conf), "-DFOREGROUND"]
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            unmount = ["umount", "--lazy", str(self.mounted)]
+            unmounted = self.mounted is None or subprocess.run(unmount, check=False).returncode == 0
+            if unmounted:  # never delete through a bind mount still in place: it is the checkout
+                shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _others_can_read(path: Path) -> bool:
+    """Whether a user other than the owner can reach ``path`` and list it (each parent searchable)."""
+    return bool(path.stat().st_mode & 0o004) and all(parent.stat().st_mode & 0o001 for parent in path.parents)
 
 
 def get(port: int, path: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,3 +138,68 @@ def test_instrument_log_settings_hold_under_uwsgi(tmp_path: Path) -> None:
     assert len({x["process.pid"] for x in access}) >= 1 and server.proc is not None
     assert all(x["process.pid"] != server.proc.pid for x in access)  # the workers', not the master's pid
     assert sum(x["message"] == "order placed" for x in lines) == 6  # the app's own records
+
+
+def test_uwsgi_stops_and_reloads_workers_on_its_own_signals(tmp_path: Path) -> None:
+    """uWSGI's C handlers own its workers' signals. A Python SIGTERM handler (ours, for /ready)
+    swallowed them and could only run once Python ran again: a worker told to stop served on
+    until the master's reload mercy (60 s) killed it. Now SIGTERM to a worker replaces it at
+    once, and a graceful reload (SIGHUP to the master) lets the request in flight finish; no count
+    is lost through either."""
+    with Uwsgi(tmp_path, "preload_app:app", processes=2, args=("--enable-threads",)) as server:
+        assert server.proc is not None
+        master = psutil.Process(server.proc.pid)
+        with ThreadPoolExecutor(8) as pool:
+            sent = sum(
+                code == 200 for code in pool.map(lambda n: get(server.port, f"/api/users/{n + 1}")[0], range(40))
+            )
+        first = {p.pid for p in master.children()}
+        served_by = {x["pid"] for x in server.log_lines(wait_for=sent) if x.get("logger") == "softfactory_obs.access"}
+        victim = next(iter(first & served_by))  # a worker that served, so any hook of ours is in it
+        os.kill(victim, signal.SIGTERM)
+        _wait_until(lambda: victim not in {p.pid for p in master.children()} and len(master.children()) == 2, 20)
+
+        with ThreadPoolExecutor(1) as pool:  # a request in flight through a graceful reload
+            slow = pool.submit(get, server.port, "/api/slow?seconds=1.5", 30)
+            before = {p.pid for p in master.children()}
+            _wait_until(lambda: any(_serving(pid) for pid in before), 10)  # a worker holds it: reload now
+            master.send_signal(signal.SIGHUP)
+            assert slow.result()[0] == 200
+        _wait_until(lambda: not before & {p.pid for p in master.children()} and len(master.children()) == 2, 30)
+        for _ in range(4):
+            assert served(scrape(server.port), USERS) == sent == 40
+        assert get(server.port, "/ready")[0] == 200
+
+
+def _serving(pid: int) -> bool:
+    try:  # a connection accepted by this worker (idle workers hold only the listening socket)
+        return any(c.status == psutil.CONN_ESTABLISHED for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.05)
+
+
+def test_uwsgi_sends_a_wrapped_file_with_sendfile(tmp_path: Path) -> None:
+    """uWSGI's wsgi.file_wrapper is a function returning the file itself, sent with sendfile only
+    if the app returns that very object. Iterated by the middleware instead, a 64 MiB file with no
+    newline went through Python as one 64 MiB line: the worker's peak memory grew by its size."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(b"x" * (1 << 20))
+    with Uwsgi(tmp_path, "bigfile_app:app", processes=1, TEST_BIG_FILE=str(big)) as server:
+        before = int(get(server.port, "/peak")[1])
+        for _ in range(3):
+            status, body = get(server.port, "/big", timeout=60)
+            assert status == 200 and len(body) == 64 << 20
+        after = int(get(server.port, "/peak")[1])
+        metrics = scrape(server.port)
+    assert after - before < 16 << 10, f"peak memory grew by {after - before} kB: the file went through Python"
+    assert metrics[("http_requests_total", (("endpoint", "/big"), ("method", "GET"), ("status", "200")))] == 3
+    assert metrics[("http_response_size_bytes_sum", (("endpoint", "/big"), ("method", "GET")))] == 3 * (64 << 20)

@@ -78,19 +78,39 @@ class LineHandler(logging.Handler):
         report_failure(self.component, sys.exc_info()[1] or RuntimeError("unknown"))
 
 
+def apache_error_log_fd() -> int | None:
+    """Under mod_wsgi, the descriptor of Apache's error log (2), where the default log lines go.
+
+    mod_wsgi's ``sys.stdout`` also ends in that log, but through Apache's logger: it prefixes every
+    line, escapes every backslash (so any JSON escape, every traceback, becomes invalid JSON) and
+    cuts lines at 8,190 bytes. Apache opened the log for appending and made it each child's stderr
+    (a daemon group's virtual host's log, if it has one): writing there keeps lines whole and raw.
+    None elsewhere, or where stderr leads nowhere (``ErrorLog syslog``)."""
+    if "mod_wsgi" not in sys.modules:
+        return None
+    try:
+        found, null = os.fstat(2), os.stat(os.devnull)
+    except OSError:
+        return None
+    return None if (found.st_dev, found.st_ino) == (null.st_dev, null.st_ino) else 2
+
+
 class StreamLineHandler(LineHandler):
-    """Writes to a stream's file descriptor when it has one (stdout), else through the stream."""
+    """Writes to a stream's file descriptor when it has one (stdout), else through the stream.
+    Without a stream: stdout, or Apache's error log under mod_wsgi."""
 
     component = "log stream"
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         super().__init__()
         self.stream = stream if stream is not None else sys.stdout
-        try:
-            self.stream.flush()
-            self._fd: int | None = self.stream.fileno()
-        except Exception:  # StringIO, pytest's capture: no descriptor of its own
-            self._fd = None
+        self._fd: int | None = apache_error_log_fd() if stream is None else None
+        if self._fd is None:
+            try:
+                self.stream.flush()
+                self._fd = self.stream.fileno()
+            except Exception:  # StringIO, pytest's capture, mod_wsgi's log: no descriptor of its own
+                self._fd = None
 
     def write_line(self, line: bytes, created: float) -> None:
         """Write one encoded line to the stream's file descriptor."""

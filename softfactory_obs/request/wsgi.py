@@ -12,7 +12,7 @@ PEP 3333 rules this file follows, and where:
 - ``write()`` keeps working (``write``);
 - every block is handed on as soon as the app yields it (``__next__``);
 - a ``wsgi.file_wrapper`` result is returned as the same object so the server can still use
-  ``sendfile`` (``serve``);
+  ``sendfile`` (``serve``; uWSGI's wrapper returns the file itself: ``_hand_file_back``);
 - environ strings are latin-1 code points standing for bytes: the record holds the text they
   spell (``wsgi_to_text``).
 """
@@ -107,6 +107,8 @@ def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; 
         if type(file_wrapper) is type and isinstance(result, file_wrapper) and cycle._hook_close(result):
             cycle._record()
             return result
+        if file_wrapper is not None and type(file_wrapper) is not type and hasattr(result, "fileno"):
+            return cycle._hand_file_back(result)
         cycle._iterator = iter(result)
     except Exception as exc:
         cycle.exc = exc
@@ -329,6 +331,18 @@ class RequestCycle(RequestRecord):
         except AttributeError:  # a wrapper with __slots__: fall back to iterating it ourselves
             return False
         return True
+
+    def _hand_file_back(self, result: Any) -> Iterable[bytes]:
+        """uWSGI's ``wsgi.file_wrapper`` is a function that returns the file itself, and uWSGI sends
+        it with sendfile only when the app returns that very object; iterated, it would go through
+        Python line by line. So the file goes back as it is. The record ends when the server closes
+        it or, where a C file object cannot be hooked, now: timed to the hand-over, sized by its
+        Content-Length."""
+        self._record()
+        if not self._hook_close(result):
+            self.finish()
+        returned: Iterable[bytes] = result
+        return returned
 
     def _answer_500(self) -> None:
         """The app failed before any body byte: answer a JSON 500 that still carries the request id."""

@@ -1,11 +1,13 @@
-"""Where the store lives when nobody said: a private directory per gunicorn or uWSGI master, or memory.
+"""Where the store lives when nobody said: a private directory per gunicorn, uWSGI or Apache master, or memory.
 
 Every worker of one master must agree on the directory without any hook, so it is named after the
 master's pid: a gunicorn worker sees it as its parent, uWSGI tells any process its master
 (``uwsgi.masterpid()``), and a master that writes metrics itself (``--preload``, uWSGI's default
-prefork mode) names it after itself. The chosen path is also put in the environment, so processes
-forked later inherit it. A master that is gone leaves its directory behind until the next master
-of the same user starts (``_remove_stale``); gunicorn's ``on_exit`` hook removes it at once.
+prefork mode) names it after itself. Under mod_wsgi, Apache's parent forks every daemon process
+and embedded child; there the name adds the process group and interpreter. The chosen path is
+also put in the environment, so processes forked later inherit it. A master that is gone leaves
+its directory behind until the next master of the same user starts (``_remove_stale``);
+gunicorn's ``on_exit`` hook removes it at once.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import shutil
 import stat
 import sys
 import tempfile
+import zlib
 
-from ..procfs import pid_exists, service_pid, uwsgi_master
+from ..procfs import mod_wsgi_interpreter, pid_exists, service_pid, uwsgi_master
 
 ENV = "SOFTFACTORY_OBS_METRICS_DIR"
-_AUTO = re.compile(r"softfactory_obs-(\d+)")
+_AUTO = re.compile(r"softfactory_obs-(\d+)(-[\w.-]+)?")
 
 
 def _base() -> str:
@@ -31,22 +34,31 @@ def _base() -> str:
 
 
 def auto_directory() -> str | None:
-    """The directory for this gunicorn or uWSGI master's workers, or None outside them (memory mode)."""
-    if "gunicorn" not in sys.modules and uwsgi_master() is None:
+    """The directory for this gunicorn, uWSGI or Apache master's workers, or None outside them
+    (memory mode)."""
+    interpreter = mod_wsgi_interpreter()
+    if "gunicorn" not in sys.modules and uwsgi_master() is None and interpreter is None:
         return None
-    path = create_auto_directory(service_pid())
+    path = create_auto_directory(service_pid(), _interpreter_tag(interpreter) if interpreter is not None else "")
     os.environ[ENV] = path
     return path
 
 
-def auto_path(master_pid: int) -> str:
+def _interpreter_tag(interpreter: str) -> str:
+    # One Apache runs many apps: a store per mod_wsgi daemon process group and interpreter, so two
+    # apps (or two sub-interpreters of one process, which would share its pid's shard) never meet.
+    group = re.sub(r"[^\w.]", "_", interpreter.split("|", maxsplit=1)[0])[:48] or "embedded"
+    return f"{group}-{zlib.crc32(interpreter.encode()):08x}"
+
+
+def auto_path(master_pid: int, tag: str = "") -> str:
     """Where ``create_auto_directory`` puts the store of this master's workers."""
-    return os.path.join(_base(), f"softfactory_obs-{master_pid}")
+    return os.path.join(_base(), f"softfactory_obs-{master_pid}" + (f"-{tag}" if tag else ""))
 
 
-def create_auto_directory(master_pid: int) -> str:
-    """``<tmpfs>/softfactory_obs-<master pid>``, private to its user; stale siblings are removed."""
-    path = auto_path(master_pid)
+def create_auto_directory(master_pid: int, tag: str = "") -> str:
+    """``<tmpfs>/softfactory_obs-<master pid>[-<tag>]``, private to its user; stale siblings are removed."""
+    path = auto_path(master_pid, tag)
     _remove_stale(os.path.dirname(path), keep=path)
     os.makedirs(path, mode=0o700, exist_ok=True)
     _check_private(path)

@@ -1,0 +1,67 @@
+"""The same checks on every server a user runs, with nothing configured: N requests give N
+distinct request ids, every scrape (whichever worker answers) counts exactly N, /health is 200,
+and each request's access line is valid JSON carrying the id its response gave."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from servers import ROOT, USERS, Apache, Gunicorn, Server, Uwsgi, Waitress, get, scrape, served
+
+TESTS = str(ROOT / "tests")
+PATH = f"{TESTS}{os.pathsep}{ROOT}"
+
+
+def _gunicorn(worker_class: str) -> Callable[[Path], Server]:
+    args = f"--worker-class {worker_class}" + (" --threads 4" if worker_class == "gthread" else "")
+    return lambda tmp: Gunicorn(tmp, "preload_app:app", workers=3, PYTHONPATH=PATH, GUNICORN_CMD_ARGS=args)
+
+
+SERVERS: dict[str, Callable[[Path], Server]] = {
+    "gunicorn-sync": _gunicorn("sync"),
+    "gunicorn-gthread": _gunicorn("gthread"),
+    "gunicorn-gevent": _gunicorn("gevent"),
+    "uwsgi-prefork": lambda tmp: Uwsgi(tmp, "preload_app:app", processes=3, args=("--enable-threads",)),
+    "uwsgi-lazy-apps": lambda tmp: Uwsgi(tmp, "preload_app:app", processes=3, args=("--lazy-apps", "--enable-threads")),
+    "mod_wsgi-daemon": lambda tmp: Apache(tmp, "from preload_app import app as application\n", processes=2, threads=4),
+    "waitress": lambda tmp: Waitress(tmp, "preload_app:app", PYTHONPATH=PATH),
+}
+
+
+def _request_id(port: int, n: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", f"/api/users/{n + 1}")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+        return response.getheader("X-Request-Id") or ""
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_every_server_counts_exactly_with_distinct_ids_and_json_lines(tmp_path: Path, name: str) -> None:
+    rounds, per_round = 3, 40
+    with SERVERS[name](tmp_path) as server:
+        ids: list[str] = []
+        for done in range(1, rounds + 1):
+            with ThreadPoolExecutor(8) as pool:
+                ids += pool.map(lambda n: _request_id(server.port, n), range(per_round))
+            for _ in range(3):  # whichever worker answers the scrape sees every worker's counts
+                assert served(scrape(server.port), USERS) == done * per_round
+        assert get(server.port, "/health")[0] == 200
+        lines = server.log_lines(wait_for=len(ids))  # every line starting with "{" must parse
+        raw = server.log_path.read_text().splitlines()
+    assert all(ids) and len(set(ids)) == len(ids) == rounds * per_round
+    access = [x for x in lines if x.get("logger") == "softfactory_obs.access" and x["path"].startswith("/api/users/")]
+    assert sorted(x["request_id"] for x in access) == sorted(ids)
+    assert all(x["status"] == 200 and x["endpoint"] == USERS for x in access)
+    if isinstance(server, Gunicorn | Waitress):  # stdout is ours alone: every line is JSON
+        assert [json.loads(line) for line in raw if line.strip()] == lines
