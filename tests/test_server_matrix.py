@@ -1,12 +1,14 @@
 """The same checks on every server a user runs, with nothing configured: N requests give N
 distinct request ids, every scrape (whichever worker answers) counts exactly N, /health is 200,
-and each request's access line is valid JSON carrying the id its response gave."""
+each request's access line is valid JSON carrying the id its response gave, and every worker
+that served has its own process metrics."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +48,11 @@ def _request_id(port: int, n: int) -> str:
         conn.close()
 
 
+def _sampled_pids(port: int) -> set[int]:
+    metrics = scrape(port)
+    return {int(value) for (name, _), value in metrics.items() if name == "softfactory_obs_worker_pid"}
+
+
 @pytest.mark.parametrize("name", list(SERVERS))
 def test_every_server_counts_exactly_with_distinct_ids_and_json_lines(tmp_path: Path, name: str) -> None:
     rounds, per_round = 3, 40
@@ -59,6 +66,11 @@ def test_every_server_counts_exactly_with_distinct_ids_and_json_lines(tmp_path: 
         assert get(server.port, "/health")[0] == 200
         lines = server.log_lines(wait_for=len(ids))  # every line starting with "{" must parse
         raw = server.log_path.read_text().splitlines()
+        serving = {x["pid"] for x in lines if x.get("logger") == "softfactory_obs.access"}
+        deadline = time.monotonic() + 60
+        while not serving <= (sampled := _sampled_pids(server.port)):  # process metrics, one slot per worker
+            assert time.monotonic() < deadline, f"workers {serving} served, process metrics cover {sampled}"
+            time.sleep(0.2)
     assert all(ids) and len(set(ids)) == len(ids) == rounds * per_round
     access = [x for x in lines if x.get("logger") == "softfactory_obs.access" and x["path"].startswith("/api/users/")]
     assert sorted(x["request_id"] for x in access) == sorted(ids)
