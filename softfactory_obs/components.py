@@ -18,6 +18,7 @@ Contracts:
 
 from __future__ import annotations
 
+import atexit
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from .logs.access import AccessLog
 from .metrics.exposition import MetricsApp, check_prometheus_client_registry
 from .metrics.http import HttpMetrics
 from .metrics.process import ProcessSampler
+from .metrics.prometheus_bridge import PrometheusClientBridge
 from .metrics.queue_time import QueueTime
 from .metrics.summary import History, SummaryApp
 from .request.record import RecordHook
@@ -123,6 +125,26 @@ class ProcessMetrics:
         host.in_each_process(sampler.watch_exit)
 
 
+_bridged: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+class PrometheusClientMetrics:
+    """The app's own prometheus_client metrics (its default registry) on /metrics, added up over
+    every worker (``metrics/prometheus_bridge.py``)."""
+
+    def install(self, host: Host) -> None:
+        """One bridge per registry: copied now (what was counted at import), every interval,
+        before each scrape and at exit."""
+        if host.registry in _bridged:
+            return
+        _bridged.add(host.registry)
+        bridge = PrometheusClientBridge(host.registry)
+        bridge.copy(gauges=False)  # maybe a master that forks the workers: no pid-labelled gauges
+        host.every_interval(bridge.copy)
+        host.registry.before_scrape.append(bridge.copy)
+        atexit.register(bridge.copy)  # inherited by forked workers: each copies its last counts
+
+
 class Compaction:
     """A worker's first request compacts what dead processes left, then leaves the request path.
     It comes back while series count in memory (a full store), to move them into the shard on a
@@ -214,7 +236,7 @@ def components_for(host: Host) -> list[Component]:
     parts: list[Component] = [TracerIds()]  # first: every recorder sees the tracer's ids
     if settings.metrics:
         http = HttpMetrics(host.registry, settings, host.endpoints)
-        parts += [ProcessMetrics(), http]
+        parts += [ProcessMetrics(), PrometheusClientMetrics(), http]
         if settings.queue_time_header:
             parts.append(QueueTime(host.registry, settings, http))
         parts.append(MetricsEndpoint())

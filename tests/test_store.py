@@ -1070,3 +1070,19 @@ def test_a_shard_that_cannot_be_made_leaks_no_descriptor_and_no_file(store_dir: 
 
     os.makedirs(store_dir)
     assert in_child(worker) == 0
+
+
+def test_histogram_add_takes_counts_made_elsewhere(store_dir: str) -> None:
+    registry = Registry(store_dir)
+    sizes = Histogram("copied_size_bytes", "sizes", buckets=(10, 100), registry=registry)
+    sizes.labels().add([1, 0, 2], 1005.0)  # per bucket: one <= 10, two above 100
+    sizes.observe(50)
+    with pytest.raises(ValueError, match="expected 3 bucket counts"):
+        sizes.labels().add([1, 1], 1.0)
+    with pytest.raises(ValueError, match="none negative"):
+        sizes.labels().add([1, -1, 0], 1.0)
+    got = samples(registry)
+    assert got[("copied_size_bytes_bucket", (("le", "10.0"),))] == 1
+    assert got[("copied_size_bytes_bucket", (("le", "100.0"),))] == 2
+    assert got[("copied_size_bytes_bucket", (("le", "+Inf"),))] == 4
+    assert got[("copied_size_bytes_sum", ())] == 1055

@@ -300,6 +300,11 @@ class MetricsApp:
     def _collect(self) -> list[Family]:
         self.merges += 1
         started = time.perf_counter()
+        for prepare in self.registry.before_scrape:
+            try:
+                prepare()
+            except Exception as exc:  # what it would have added is stale, the scrape goes on
+                report_failure("metrics callback", exc)
         snap = self.registry.snapshot()
         metrics = list(families_from(snap))
         names = {m.name for m in metrics}

@@ -335,6 +335,27 @@ class HistogramChild(Child):
         ints[self._sum] = total
         return n
 
+    def add(self, counts: Sequence[int], total: float) -> None:
+        """Add observations counted elsewhere (another library's histogram, copied): ``counts[i]``
+        more values in the bucket of ``bounds[i]`` (per bucket, not cumulative), ``total`` more in
+        the sum."""
+        if len(counts) != self._inf + 1 or any(c < 0 for c in counts):
+            raise ValueError(f"expected {self._inf + 1} bucket counts, none negative, got {list(counts)}")
+        ints = self._ints
+        if ints is None:
+            ints = self._bind()
+        units = floor(total * self._scale + 0.5) if math.isfinite(total) else 0
+        held, idx = self._held, self._idx
+        lock = self._lock
+        lock.acquire()
+        try:
+            for n, count in enumerate(counts):
+                if count:
+                    ints[idx[n]] = held[n] = held[n] + count
+            ints[self._sum] = held[-1] = held[-1] + units
+        finally:
+            lock.release()
+
     def set_exemplar(self, bucket: int, value: float, labels: Mapping[str, str], stamp_ns: int = 0) -> None:
         """Keep ``labels`` as the newest exemplar of bucket ``bucket`` (what ``observe`` returned);
         nothing when the histogram was made without ``exemplars=True``."""

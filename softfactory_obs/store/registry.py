@@ -51,7 +51,8 @@ class Registry:
         self._children: list[Child] = []
         self._metas_written: set[str] = set()
         self._compact_pending = False
-        self.callbacks: list[Callable[[], Iterable[Any]]] = []
+        self.callbacks: list[Callable[[], Iterable[Any]]] = []  # families computed at scrape time
+        self.before_scrape: list[Callable[[], object]] = []  # run by the scraping worker before it reads
         self._on_fork: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._on_unwritten: list[weakref.WeakMethod[Callable[[], None]]] = []
         # Children counting in memory (their slots in ``_memory``) until the shard takes them.
