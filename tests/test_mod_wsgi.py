@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -123,3 +126,36 @@ def test_mod_wsgi_log_lines_stay_valid_json_in_apaches_error_log(tmp_path: Path)
     text = json.dumps(errors)
     assert 'bad \\"input\\" \\\\ \\u00e9 ' + "x" * 20000 in text  # whole: more than 8,190 characters
     assert "Traceback" in text
+
+
+def test_instrument_log_settings_hold_under_mod_wsgi(tmp_path: Path) -> None:
+    """instrument(service_name=, log_schema=, log_file=) in a mod_wsgi daemon process: the lines go
+    to the dated files, in the ECS schema, none to Apache's error log."""
+    logs = Path(tempfile.mkdtemp(prefix="sfo-logs-"))
+    try:
+        logs.chmod(0o755)
+        if os.getuid() == 0:
+            shutil.chown(logs, "www-data", "www-data")  # the daemon processes' user writes there
+        log_file = logs / "shop.log"
+        wsgi = (
+            f"import os\nos.environ['TEST_LOG_FILE'] = {str(log_file)!r}\nfrom logging_app import app as application\n"
+        )
+        with Apache(tmp_path, wsgi, processes=2, threads=2) as server:
+            _wait_live(server)
+            for _ in range(6):
+                assert get(server.port, "/")[0] == 200
+            deadline = time.monotonic() + 30
+            while True:  # dated files: shop-<date>.log
+                lines = [json.loads(x) for f in sorted(logs.glob("*.log")) for x in f.read_text().splitlines()]
+                if sum(x.get("url.path") == "/" for x in lines) >= 6 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            error_log = server.error_log.read_text()
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    access = [x for x in lines if x["log.logger"] == "softfactory_obs.access" and x.get("url.path") == "/"]
+    assert len(access) == 6 and all(x["http.response.status_code"] == 200 for x in access), lines
+    assert all(x["service.name"] == "shop" and x["ecs.version"] for x in lines), lines
+    assert sum(x["message"] == "order placed" for x in lines) == 6  # the app's own records
+    assert "order placed" not in error_log and "softfactory_obs.access" not in error_log
+    assert "Loading Python script file" in error_log  # the control: the error log is the right one
