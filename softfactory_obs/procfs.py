@@ -108,14 +108,28 @@ def parent_is_gunicorn() -> bool:
 
 
 def service_pid() -> int:
-    """The service's master (gunicorn's, uWSGI's or Apache's) when there is one, else this process."""
+    """The service's master (gunicorn's, uWSGI's, Apache's, or the uvicorn or hypercorn supervisor)
+    when there is one, else this process."""
     if parent_is_gunicorn():
         return os.getppid()
+    supervisor = spawning_supervisor()
+    if supervisor is not None:
+        return supervisor
     if mod_wsgi_interpreter() is not None and os.getppid() != 1:
         # Apache's parent forks mod_wsgi's daemon processes and its embedded-mode children alike,
         # and keeps its pid through graceful restarts. (Reparented to init: ``apache2 -X``.)
         return os.getppid()
     return uwsgi_master() or os.getpid()
+
+
+def spawning_supervisor() -> int | None:
+    """The pid of the uvicorn or hypercorn process that started this worker (``--workers N``:
+    multiprocessing's spawn, so no fork and no shared parent memory); None elsewhere."""
+    if "uvicorn" not in sys.modules and "hypercorn" not in sys.modules:
+        return None
+    multiprocessing = sys.modules.get("multiprocessing")
+    parent = multiprocessing.parent_process() if multiprocessing is not None else None
+    return parent.pid if parent is not None and parent.pid is not None else None
 
 
 def mod_wsgi_interpreter() -> str | None:

@@ -124,16 +124,18 @@ class RequestIdPolicy:
 
     def resolve(self, environ: dict[str, object]) -> tuple[str, bool]:
         """Return ``(request_id, rejected)``; ``rejected`` is true when a sent id was unusable."""
-        raw = environ.get(self.environ_key)
-        if not raw or self._mode == "never" or (self._mode == "trusted_proxies" and not self._trusted(environ)):
+        return self.resolve_value(environ.get(self.environ_key), environ.get("REMOTE_ADDR"))
+
+    def resolve_value(self, raw: object, addr: object) -> tuple[str, bool]:
+        """``resolve`` from the header's value and the client's address (the ASGI front has no environ)."""
+        if not raw or self._mode == "never" or (self._mode == "trusted_proxies" and not self._trusted(addr)):
             return new_request_id(), False
         if type(raw) is str and _SAFE_ID(raw):
             return raw, False
         # Whitespace-only counts as absent; anything else unusable is reported (never its value).
         return new_request_id(), not (type(raw) is str and raw.isspace())
 
-    def _trusted(self, environ: dict[str, object]) -> bool:
-        addr = environ.get("REMOTE_ADDR")
+    def _trusted(self, addr: object) -> bool:
         if not isinstance(addr, str):
             return False
         known = self._trusted_cache.get(addr)

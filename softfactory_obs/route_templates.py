@@ -69,8 +69,8 @@ def framework_template(rule: str, style: str) -> str:
 
     ``style``: ``"flask"`` and ``"django"`` put the converter first (``<int:id>``, custom ones too),
     Django's ``re_path`` uses named groups and anchors; ``"bottle"`` puts the name first
-    (``<id:int>``) or uses the old ``:name``; ``"falcon"`` and ``"pyramid"`` use braces, Pyramid
-    also ``*subpath``.
+    (``<id:int>``) or uses the old ``:name``; ``"falcon"``, ``"pyramid"`` and ``"starlette"`` use
+    braces, Pyramid also ``*subpath``.
     """
     if style == "flask":
         template = _ANGLE_CONVERTER_FIRST.sub(r"{\1}", rule)
@@ -79,11 +79,11 @@ def framework_template(rule: str, style: str) -> str:
         template = "/" + template.replace("^", "").replace("$", "").lstrip("/")
     elif style == "bottle":
         template = _BOTTLE.sub(lambda m: "{" + (m[1] or m[2]) + "}", rule)
-    elif style in ("falcon", "pyramid"):
+    elif style in ("falcon", "pyramid", "starlette"):  # Starlette: {name}, {name:int}, {name:path}
         template = _braced(rule)
         if style == "pyramid":
             template = re.sub(r"\*(\w+)$", r"{\1}", template)
             template = "/" + template.lstrip("/")  # a route_prefix gives patterns without one
     else:
-        raise ValueError(f"style: expected flask, django, bottle, falcon or pyramid, got {style!r}")
+        raise ValueError(f"style: expected flask, django, bottle, falcon, pyramid or starlette, got {style!r}")
     return template or "/"

@@ -3,6 +3,7 @@ binaries, free ports. Tests import these from here; conftest.py holds only pytes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import importlib
@@ -214,3 +215,82 @@ class LogCapture:
 
     def raw(self) -> str:
         return self.stream.getvalue()
+
+
+class AsgiResponse:
+    """What a strict fake ASGI server received for one request."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    def header(self, name: str) -> list[str]:
+        wanted = name.lower().encode()
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == wanted]
+
+
+async def call_asgi(
+    app: Callable[..., Any],
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
+    root_path: str = "",
+    fail_send_after: int | None = None,
+) -> AsgiResponse:
+    """Drive one ``http`` request as a strict server would: the ASGI spec's message order checked
+    on every message (one start, then body messages until ``more_body`` is false, nothing after),
+    ``http.disconnect`` once the response is complete. ``fail_send_after``: the server's send
+    raises OSError (the client is gone) from that body message on."""
+    path_only, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path_only,
+        "raw_path": path_only.encode(),
+        "query_string": query.encode(),
+        "root_path": root_path,
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    response = AsgiResponse()
+    done = asyncio.Event()
+    sent_request = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_request
+        if not sent_request:
+            sent_request = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        assert not done.is_set(), f"message after the response was complete: {message}"
+        response.messages.append(message)
+        if message["type"] == "http.response.start":
+            assert response.status == 0, "a second http.response.start"
+            assert isinstance(message["status"], int)
+            for name, value in message.get("headers", []):
+                assert isinstance(name, bytes) and isinstance(value, bytes), (name, value)
+            response.status, response.headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            assert response.status, "http.response.body before http.response.start"
+            bodies = sum(m["type"] == "http.response.body" for m in response.messages)
+            if fail_send_after is not None and bodies > fail_send_after:
+                raise OSError("client went away")
+            response.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                done.set()
+        else:
+            raise AssertionError(f"unexpected message {message}")
+
+    await app(scope, receive, send)
+    return response

@@ -133,6 +133,18 @@ class Waitress(Server):
         return [sys.executable, "-m", "waitress", listen, f"--threads={self.threads}", self.app]
 
 
+class Command(Server):
+    """Any server started by a command line (uvicorn, hypercorn); our JSON lines on its stdout."""
+
+    def __init__(self, tmp: Path, name: str, argv: list[str], **env: str) -> None:
+        self.name = name
+        super().__init__(tmp, **env)
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+
+    def command(self) -> list[str]:
+        return self.argv
+
+
 UWSGI_PYTHON_PLUGIN = Path("/usr/lib/uwsgi/plugins/python3_plugin.so")
 
 

@@ -18,6 +18,7 @@ from softfactory_obs.components import (
     Health,
     MetricsEndpoint,
     ProcessMetrics,
+    PrometheusClientMetrics,
     Summary,
     TracerIds,
     components_for,
@@ -93,6 +94,7 @@ def test_the_settings_pick_the_components_in_installation_order() -> None:
     assert kinds(components_for(everything)) == [
         TracerIds,
         ProcessMetrics,
+        PrometheusClientMetrics,
         HttpMetrics,
         QueueTime,
         MetricsEndpoint,
@@ -124,7 +126,8 @@ def test_every_component_installs_through_the_host_alone() -> None:
     ]
     assert [type(h).__name__ for h in host.hooks["telemetry"]] == ["AccessLog"]
     assert host.state_size == HttpMetrics.STATE_SIZE
-    assert len(host.interval_tasks) == 3  # the process sampler, the summary's history, the health checks
+    # The process sampler, the prometheus_client copies, the summary's history, the health checks.
+    assert len(host.interval_tasks) == 4
     assert host.readiness.watch_sigterm in host.per_process and host.maintenance.ensure_started in host.per_process
 
 

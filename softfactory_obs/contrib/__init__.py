@@ -9,12 +9,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from ..asgi import SCOPE_MARK
 from ..middleware import ENVIRON_MARK
 
 
 def telemetry_paths(environ: dict[str, Any]) -> set[str]:
     """The paths the middleware in front of this request answers itself (none without one)."""
-    return set(getattr(environ.get(ENVIRON_MARK), "telemetry_routes", ()))
+    front = environ.get(ENVIRON_MARK) or environ.get(SCOPE_MARK)  # a WSGI environ or an ASGI scope
+    return set(getattr(front, "telemetry_routes", ()))
 
 
 def warn_if_shadowed(environ: dict[str, Any], app_paths: Iterable[str], framework: str) -> None:

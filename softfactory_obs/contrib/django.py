@@ -1,7 +1,9 @@
-"""Django: add ``"softfactory_obs.contrib.django.RouteMiddleware"`` first in ``MIDDLEWARE``; wrap the WSGI app.
+"""Django: add ``"softfactory_obs.contrib.django.RouteMiddleware"`` first in ``MIDDLEWARE``; wrap the app.
 
 # wsgi.py
 application = instrument(get_wsgi_application())
+# asgi.py
+application = instrument_asgi(get_asgi_application())
 """
 
 from __future__ import annotations
@@ -31,20 +33,29 @@ class RouteMiddleware:
         # No view resolved (a 404, an APPEND_SLASH redirect, a 401 from middleware): the path
         # matched no route, and takes no endpoint slot. First in MIDDLEWARE, this sees them all.
         if ROUTE_KEY not in request.META:
-            request.META[ROUTE_KEY] = UNMATCHED
+            _tell(request, ROUTE_KEY, UNMATCHED)
         return response
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Record the matched route before the view runs; returns None so Django goes on."""
         match = request.resolver_match
         route = getattr(match, "route", None)
-        if route:  # request.META is the WSGI environ itself
-            request.META[ROUTE_KEY] = to_template(route, "django")
+        if route:
+            _tell(request, ROUTE_KEY, to_template(route, "django"))
 
     def process_exception(self, request: Any, exception: Exception) -> None:
         """Record the view's exception (counted by type, named on the access line); returns None so
         Django answers as it would without us."""
-        request.META[EXCEPTION_KEY] = exception
+        _tell(request, EXCEPTION_KEY, exception)
+
+
+def _tell(request: Any, key: str, value: object) -> None:
+    # Under WSGI request.META is the environ the middleware reads; under ASGI it is a copy, and the
+    # front reads the scope.
+    request.META[key] = value
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        scope[key] = value
 
 
 def _routed(path: str) -> bool:

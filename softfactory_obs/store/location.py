@@ -1,9 +1,10 @@
-"""Where the store lives when nobody said: a private directory per gunicorn, uWSGI or Apache master, or memory.
+"""Where the store lives when nobody said: a private directory per server master, or memory.
 
 Every worker of one master must agree on the directory without any hook, so it is named after the
 master's pid: a gunicorn worker sees it as its parent, uWSGI tells any process its master
 (``uwsgi.masterpid()``), and a master that writes metrics itself (``--preload``, uWSGI's default
-prefork mode) names it after itself. Under mod_wsgi, Apache's parent forks every daemon process
+prefork mode) names it after itself; uvicorn's and hypercorn's ``--workers`` are multiprocessing
+children of their supervisor. Under mod_wsgi, Apache's parent forks every daemon process
 and embedded child; there the name adds the process group and interpreter. The chosen path is
 also put in the environment, so processes forked later inherit it. A master that is gone leaves
 its directory behind until the next master of the same user starts (``_remove_stale``);
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import zlib
 
-from ..procfs import mod_wsgi_interpreter, pid_exists, service_pid, uwsgi_master
+from ..procfs import mod_wsgi_interpreter, pid_exists, service_pid, spawning_supervisor, uwsgi_master
 
 ENV = "SOFTFACTORY_OBS_METRICS_DIR"
 _AUTO = re.compile(r"softfactory_obs-(\d+)(-[\w.-]+)?")
@@ -37,7 +38,12 @@ def auto_directory() -> str | None:
     """The directory for this gunicorn, uWSGI or Apache master's workers, or None outside them
     (memory mode)."""
     interpreter = mod_wsgi_interpreter()
-    if "gunicorn" not in sys.modules and uwsgi_master() is None and interpreter is None:
+    if (
+        "gunicorn" not in sys.modules
+        and uwsgi_master() is None
+        and interpreter is None
+        and spawning_supervisor() is None
+    ):
         return None
     path = create_auto_directory(service_pid(), _interpreter_tag(interpreter) if interpreter is not None else "")
     os.environ[ENV] = path

@@ -1,0 +1,118 @@
+"""The ASGI front: a host the components install into (``host.py``), like the WSGI middleware, so
+the same recorders, store, log pipeline and health state serve Starlette, FastAPI, Django ASGI and
+any ASGI 3 app. A pure ASGI middleware: it wraps ``send``, never the request in a task or a
+``BaseHTTPMiddleware``.
+
+- ``http``: telemetry paths go to their WSGI apps, served in a worker thread
+  (``request/wsgi_in_thread.py``); everything else to ``request.asgi.serve``.
+- ``lifespan`` and ``websocket``: handed to the app untouched.
+- The route template: what an adapter put in the scope (``softfactory_obs.route``), else
+  Starlette's (and so FastAPI's) matched route, ``starlette_route``; a policy (``route_of``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from .host import InstrumentationHost
+from .process_state import ensure_current
+from .request.asgi import ASGIApp, AsgiDriver, Receive, Scope, Send, serve
+from .request.wsgi_in_thread import in_thread
+from .route_templates import framework_template
+from .routes import UNMATCHED
+from .settings import Settings
+from .store.metrics import Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from typing_extensions import Unpack
+
+    from .options import Options
+
+# Set in the scope by the outermost instance; an inner instance seeing it passes the request on.
+SCOPE_MARK = "softfactory_obs.asgi"
+
+
+def is_asgi_app(app: object) -> bool:
+    """An ASGI 3 application: a coroutine function, or an object whose ``__call__`` is one."""
+    call = type(app).__call__ if not inspect.isfunction(app) and callable(app) else None
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
+
+
+def starlette_route(scope: Scope) -> str | None:
+    """The template of the route Starlette's router (FastAPI's too) matched, in the ``{name}``
+    form, behind the mounts it passed; ``__unmatched__`` when its router matched nothing (404, a
+    slash redirect); None for an app without Starlette's router.
+
+    A mount's part comes from the path it matched (``root_path``): parameters in a mount's own
+    path show as their values."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED if "router" in scope else None
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    root = scope.get("root_path", "")
+    entered = scope.get(_ENTRY_ROOT, "")
+    mounts = root[len(entered) :] if root.startswith(entered) else ""
+    if hasattr(route, "routes") or type(route).__name__ == "Mount":  # a mount answered (static files)
+        return (mounts or framework_template(path, "starlette")) + "/{path}"
+    return mounts + framework_template(path, "starlette")
+
+
+_ENTRY_ROOT = "softfactory_obs.root_path"  # root_path as the server gave it, before any mount
+
+
+class AsgiMiddleware(InstrumentationHost):
+    """Wrap an ASGI 3 app: request ids, JSON access logs, per-request metrics and the telemetry routes."""
+
+    app: ASGIApp
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings | None = None,
+        *,
+        registry: Registry | None = None,
+        route_of: Callable[[Scope], str | None] = starlette_route,
+        **options: Unpack[Options],
+    ) -> None:
+        if not is_asgi_app(app):
+            raise TypeError(f"app: expected an ASGI 3 application (async def app(scope, receive, send)), got {app!r}")
+        super().__init__(app, settings, registry=registry, **options)
+        settings = self.settings
+        self.driver = AsgiDriver(
+            self.request_ids, settings.request_id_header, propagate=settings.propagate_exceptions, route_of=route_of
+        )
+        self._telemetry_apps: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or SCOPE_MARK in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_MARK] = self
+        scope[_ENTRY_ROOT] = scope.get("root_path", "")
+        ensure_current()  # a new process resets what it inherited, on any server
+        if not self._started_in_process:
+            self._start_in_process()
+        path = scope["path"]
+        if path not in self.telemetry_routes:
+            await serve(self.driver, self._hooks, scope, receive, send, self.app)
+            return
+        app = self._telemetry_apps.get(path)
+        if app is None:
+            app = self._telemetry_apps[path] = in_thread(self.telemetry_routes[path])
+        await serve(self.driver, self._telemetry_hooks, scope, receive, send, app)
+
+
+def instrument_asgi(app: Any, **options: Unpack[Options]) -> AsgiMiddleware:
+    """Wrap an ASGI app once; calling it on an already instrumented app returns that app unchanged."""
+    if isinstance(app, AsgiMiddleware):
+        if options and app.settings != app.settings.replace(**options):
+            raise ValueError(
+                "app is already instrumented with other settings; pass all options to the first instrument_asgi() call"
+            )
+        return app
+    return AsgiMiddleware(app, **options)

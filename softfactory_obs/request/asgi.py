@@ -1,0 +1,277 @@
+"""The ASGI driver: one ``http`` connection scope's life as the server sees it, recorded in a
+``RequestRecord`` that the same hooks read as under WSGI.
+
+ASGI rules this file follows (the HTTP connection scope of the ASGI spec), and where:
+- ``receive`` is handed to the app untouched: the body, ``http.disconnect``, everything;
+- ``http.response.start`` fixes the status, so the response hooks run there, before any body
+  byte; our request-id header replaces any the app set, on a copy of the app's message (``send``);
+- the response ends with the last ``http.response.body`` (``more_body`` false), or with the last
+  ``http.response.trailers`` when the start announced trailers, or with ``http.response.pathsend``;
+  duration and size are taken there, after the server accepted the message (``send``); the finish
+  hooks run when the app returns (``finish``);
+- an exception before ``http.response.start``: a JSON 500 that still carries the id, unless
+  ``propagate_exceptions``; after it the response is broken, so the exception goes on to the
+  server, which closes the connection (``serve``);
+- a server ``send`` that fails (client gone) or an app that stops early ends the record once,
+  with what was sent, and what the app raises about it is not counted as its error;
+- the request context (id and trace id) is set in the task that serves the request, so the app's
+  logs and the tasks it starts see it; it is reset in that task, after the app returned (a
+  Starlette streaming body sends from a child task, where a reset would fail).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
+from typing import Any
+
+from .._failures import report_failure
+from ..request_id import new_request_id, parse_traceparent, request_context
+from .record import LENGTHS, Hooks, RecordHook, RequestRecord, parse_length
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Where something in front of the app (a framework adapter, a router we know) puts the route
+# template, as under WSGI.
+ROUTE_KEY = "softfactory_obs.route"
+EXCEPTION_KEY = "softfactory_obs.exception"
+
+
+class AsgiDriver:
+    """What the ASGI driver needs of the front's configuration, decided once: the request-id policy
+    and header, whether app exceptions propagate, and how a route template is read from the scope."""
+
+    __slots__ = ("header", "propagate", "request_ids", "route_of")
+
+    def __init__(
+        self, request_ids: Any, header_name: str, *, propagate: bool, route_of: Callable[[Scope], str | None]
+    ) -> None:
+        self.request_ids = request_ids
+        self.header = header_name.lower().encode("latin-1")
+        self.propagate = propagate
+        self.route_of = route_of
+
+
+def _hook_failed(hook: RecordHook, exc: Exception) -> None:
+    owner = getattr(hook, "__self__", hook)
+    report_failure(getattr(owner, "component", "request hook"), exc)
+
+
+async def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; as WSGI's serve
+    driver: AsgiDriver, hooks: Hooks, scope: Scope, receive: Receive, send: Send, app: ASGIApp
+) -> None:
+    """Run one ``http`` request through ``app``, recording it; see the module doc."""
+    cycle = AsgiCycle()
+    cycle.started = perf_counter()
+    cycle.environ = scope  # type: ignore[assignment]  # the protocol's own mapping
+    raw_id = traceparent = length = None
+    id_header = driver.header
+    for name, value in scope["headers"]:  # one pass for the three headers read on every request
+        if name == id_header:
+            raw_id = value.decode("latin-1")
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+        elif name == b"content-length":
+            length = value.decode("latin-1")
+    if raw_id is not None:
+        client = scope.get("client")
+        request_id, cycle.id_rejected = driver.request_ids.resolve_value(raw_id, client[0] if client else None)
+    else:
+        request_id = new_request_id()
+        cycle.id_rejected = False
+    cycle.request_id = request_id
+    trace_id = cycle.trace_id = parse_traceparent(traceparent) if traceparent else None
+    cycle.method = scope["method"]
+    cycle.threaded = True  # other requests interleave, and telemetry runs in threads
+    cycle.path = scope["path"]
+    cycle.script_name = scope.get("root_path", "")
+    cycle.request_bytes = (LENGTHS.get(length) or parse_length(length)) if length else None
+    cycle.status = cycle.route = cycle.endpoint = cycle.exc = cycle.span_id = None
+    cycle.duration = 0.0
+    cycle.state = hooks.state.copy()
+    cycle.response_bytes = 0
+    cycle._driver = driver
+    cycle._hooks = hooks
+    cycle._send = send
+    cycle._declared = None
+    cycle._sent = 0
+    cycle._started = cycle._trailers = cycle._ended = cycle._gone = cycle._finished = False
+    token = request_context.set((request_id, trace_id, None))
+    try:
+        for hook in hooks.start:
+            try:
+                hook(cycle)
+            except Exception as exc:
+                _hook_failed(hook, exc)
+        try:
+            await app(scope, receive, cycle.send)
+        except Exception as exc:
+            if not cycle._gone:  # what an app makes of a client gone (ClientDisconnect) is not its error
+                cycle.exc = exc
+            if driver.propagate or cycle._started:
+                cycle.finish()
+                raise
+            await cycle.answer_500()
+        except BaseException as exc:  # cancelled (the server shutting down), KeyboardInterrupt
+            cycle.exc = exc
+            cycle.finish()
+            raise
+        cycle.finish()
+    finally:
+        request_context.reset(token)
+
+
+class AsgiCycle(RequestRecord):
+    """The record of one ASGI request, and the ``send`` the app calls; made by ``serve``."""
+
+    __slots__ = (
+        "_declared",
+        "_driver",
+        "_ended",
+        "_finished",
+        "_gone",
+        "_hooks",
+        "_send",
+        "_sent",
+        "_started",
+        "_trailers",
+    )
+
+    _declared: int | None  # the response's Content-Length as the app sent it, when valid
+    _driver: AsgiDriver
+    _ended: bool  # duration and size are taken
+    _finished: bool  # the finish hooks ran
+    _gone: bool  # the server's send failed: the client left
+    _hooks: Hooks
+    _send: Send
+    _sent: int
+    _started: bool  # http.response.start went to the server
+    _trailers: bool  # the start announced trailers: they, not the last body, end the response
+
+    def query_string(self) -> str:
+        """``query_string`` of the scope, as text."""
+        query = self.environ.get("query_string", b"")
+        return query.decode("utf-8", "replace") if query else ""
+
+    def header(self, name: str) -> str | None:
+        """A request header from the scope's ``headers``, as text (the first, if repeated)."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.environ["headers"]:
+            if key == wanted:
+                text: str = value.decode("latin-1")
+                return text if text.isascii() else value.decode("utf-8", "replace")
+        return None
+
+    def remote_address(self) -> str:
+        """The scope's ``client`` host."""
+        client = self.environ.get("client")
+        return str(client[0]) if client else ""
+
+    def remote_user(self) -> str | None:
+        """None: ASGI has no authenticated user of the server's."""
+        return None
+
+    async def send(self, message: Message) -> None:
+        """The ``send`` the app calls: records the response as it goes to the server."""
+        kind = message["type"]
+        if kind == "http.response.body":
+            try:
+                await self._send(message)
+            except BaseException:
+                self._client_gone()
+                raise
+            self._sent += len(message.get("body", b""))
+            if not message.get("more_body", False) and not self._trailers:
+                self._end(complete=True)
+        elif kind == "http.response.start":
+            message = self._start(message)
+            self._started = True
+            try:
+                await self._send(message)
+            except BaseException:
+                self._client_gone()
+                raise
+        elif kind == "http.response.trailers":
+            await self._send(message)
+            if not message.get("more_trailers", False):
+                self._end(complete=True)
+        else:  # extensions: pathsend ends the response; others pass through
+            await self._send(message)
+            if kind == "http.response.pathsend":
+                self._end(complete=True)
+
+    def _start(self, message: Message) -> Message:
+        """The status is final: record it, run the response hooks, and put our id header on a copy."""
+        self.status = int(message["status"])
+        self._trailers = bool(message.get("trailers", False))
+        ours = self._driver.header
+        headers = []
+        for name, value in message.get("headers", ()):
+            lower = bytes(name).lower()
+            if lower == ours:
+                continue
+            if lower == b"content-length":
+                self._declared = parse_length(bytes(value).decode("latin-1"))
+            headers.append((name, value))
+        headers.append((ours, self.request_id.encode("latin-1")))
+        self._record()
+        return {**message, "headers": headers}
+
+    def _record(self) -> None:
+        scope = self.environ
+        route = scope[ROUTE_KEY] if ROUTE_KEY in scope else self._driver.route_of(scope)
+        self.route = route
+        if route is not None and self.exc is None and EXCEPTION_KEY in scope:
+            self.exc = scope[EXCEPTION_KEY]
+        for hook in self._hooks.response:
+            try:
+                hook(self)
+            except Exception as exc:
+                _hook_failed(hook, exc)
+
+    async def answer_500(self) -> None:
+        """The app failed before ``http.response.start``: a JSON 500 that still carries the request id."""
+        body = json.dumps({"error": "internal server error", "request_id": self.request_id}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        try:
+            await self.send({"type": "http.response.start", "status": 500, "headers": headers})
+            await self.send({"type": "http.response.body", "body": body})
+        except Exception:  # the client is gone (send said so): nothing to answer
+            return
+
+    def _client_gone(self) -> None:
+        self._gone = True
+        self._end(complete=False)
+
+    def _end(self, complete: bool) -> None:
+        """The response ended (``complete``) or was cut: its duration and size, taken once. The size
+        is the declared Content-Length of a complete response (a HEAD's, a file the server sent
+        itself), else what went through ``send``."""
+        if self._ended:
+            return
+        self._ended = True
+        self.duration = perf_counter() - self.started
+        declared = self._declared
+        self.response_bytes = declared if complete and declared is not None else self._sent
+
+    def finish(self) -> None:
+        """Run once, when the app returned or raised: the finish hooks. They wait for the app, not
+        for the last body message, so an exception the app raises after answering (Starlette's
+        500 page re-raises) is on the record; duration and size were taken when the response
+        ended (``_end``), so background work after it is not timed."""
+        if self._finished:
+            return
+        self._finished = True
+        self._end(complete=False)
+        if self.status is None:  # nothing was answered: the app raised or the client left first
+            self.status = 500
+            self._record()
+        for hook in self._hooks.finish:
+            try:
+                hook(self)
+            except Exception as exc:
+                _hook_failed(hook, exc)

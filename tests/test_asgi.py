@@ -1,0 +1,201 @@
+"""The ASGI front, driven in-process by a strict fake server (message order, more_body,
+http.disconnect, a send that fails): the same record, recorders and telemetry as under WSGI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import AsgiResponse, LogCapture, call_asgi, samples
+from starlette.requests import ClientDisconnect
+
+from softfactory_obs import instrument, instrument_asgi
+from softfactory_obs.store.metrics import Registry
+
+
+@pytest.fixture
+def shop(tmp_path: Path, logs: LogCapture) -> Any:
+    import asgi_app  # noqa: PLC0415 - imported once the log capture is in place
+
+    registry = Registry(str(tmp_path / "store"))
+    return instrument_asgi(asgi_app.starlette_app, registry=registry, service_name="asgi-shop")
+
+
+def run(app: Any, path: str, **kwargs: Any) -> AsgiResponse:
+    return asyncio.run(call_asgi(app, path, **kwargs))
+
+
+def _requests(app: Any) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["endpoint"], dict(labels)["status"]): value
+        for (name, labels), value in samples(app.registry).items()
+        if name == "http_requests_total"
+    }
+
+
+def test_route_templates_ids_and_access_lines(shop: Any, logs: LogCapture) -> None:
+    responses = [run(shop, p) for p in ("/users/7", "/users/8", "/api/items/3", "/nowhere", "/users/x")]
+    assert [r.status for r in responses] == [200, 200, 200, 404, 404]
+    ids = [r.header("X-Request-Id") for r in responses]
+    assert all(len(i) == 1 and len(i[0]) == 32 for i in ids) and len({i[0] for i in ids}) == 5
+    assert json.loads(responses[0].body)["id"] == ids[0][0]  # the app saw the same id in its context
+    assert _requests(shop) == {
+        ("/users/{user_id}", "200"): 2,
+        ("/api/items/{item_id}", "200"): 1,
+        ("__unmatched__", "404"): 2,  # a scanner's paths never become endpoints
+    }
+    access = logs.access()
+    assert [(x["path"], x["endpoint"], x["status"]) for x in access] == [
+        ("/users/7", "/users/{user_id}", 200),
+        ("/users/8", "/users/{user_id}", 200),
+        ("/api/items/3", "/api/items/{item_id}", 200),
+        ("/nowhere", "__unmatched__", 404),
+        ("/users/x", "__unmatched__", 404),
+    ]
+    assert [x["request_id"] for x in access] == [i[0] for i in ids]
+    looked_up = [x for x in logs.lines() if x["message"] == "user looked up"]
+    assert [x["request_id"] for x in looked_up] == [ids[0][0], ids[1][0]]  # the app's own lines
+
+
+def test_incoming_id_is_echoed_and_the_apps_own_header_replaced(shop: Any) -> None:
+    sent = run(shop, "/users/1", headers=(("X-Request-Id", "abc-123"),))
+    assert sent.header("X-Request-Id") == ["abc-123"]
+    own = run(shop, "/own-id")
+    assert len(own.header("X-Request-Id")) == 1 and own.header("X-Request-Id") != ["the-app-s-own"]
+
+
+def test_streaming_is_timed_to_the_last_body_and_sized_by_what_was_sent(shop: Any, logs: LogCapture) -> None:
+    response = run(shop, "/stream?chunks=5")
+    assert response.body == b"".join(f"chunk {i}\n".encode() for i in range(5))
+    more = [m.get("more_body", False) for m in response.messages if m["type"] == "http.response.body"]
+    assert more[-1] is False and any(more)  # really streamed
+    line = logs.access()[-1]
+    assert line["content_length"] == len(response.body)
+    assert line["latency_ms"] >= 5 * 20 * 0.9  # five 20 ms chunks: the stream, not the first byte
+
+
+def test_a_client_gone_mid_stream_is_counted_once_with_what_was_sent(shop: Any, logs: LogCapture) -> None:
+    with pytest.raises(ClientDisconnect):  # Starlette's word for the server's OSError
+        run(shop, "/stream?chunks=5", fail_send_after=2)
+    assert _requests(shop) == {("/stream", "200"): 1}
+    (line,) = logs.access()
+    assert line["content_length"] == len(b"chunk 0\nchunk 1\n")
+    assert "error_type" not in line  # the client left; the app did nothing wrong
+
+
+def test_an_exception_is_counted_by_type_and_the_500_carries_the_id(shop: Any, logs: LogCapture) -> None:
+    # Starlette's ServerErrorMiddleware answers 500 itself, then re-raises for the server.
+    with pytest.raises(ValueError, match="deliberate"):
+        run(shop, "/boom")
+    exceptions = {
+        dict(labels)["exception"]: v
+        for (name, labels), v in samples(shop.registry).items()
+        if name == "http_request_exceptions_total"
+    }
+    assert exceptions == {"ValueError": 1}
+    assert _requests(shop) == {("/boom", "500"): 1}
+    assert logs.access()[-1]["error_type"] == "ValueError"
+
+
+def test_an_exception_before_the_response_gets_our_json_500(tmp_path: Path, logs: LogCapture) -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise KeyError("nothing sent yet")
+
+    app = instrument_asgi(bare, registry=Registry(str(tmp_path / "s")))
+    response = run(app, "/x")
+    assert response.status == 500
+    body = json.loads(response.body)
+    assert body["request_id"] == response.header("X-Request-Id")[0]
+    assert [x["status"] for x in logs.access()] == [500]
+
+
+def test_telemetry_routes_are_served_and_never_counted(shop: Any) -> None:
+    run(shop, "/users/1")
+    for path in ("/metrics", "/live", "/ready", "/health"):
+        response = run(shop, path)
+        assert response.status == 200, (path, response.body)
+        assert response.header("X-Request-Id")
+    text = run(shop, "/metrics").body.decode()
+    assert 'http_requests_total{endpoint="/users/{user_id}",method="GET",status="200"} 1.0' in text
+    assert 'endpoint="/metrics"' not in text
+    assert json.loads(run(shop, "/health").body)["status"] == "healthy"
+
+
+def test_lifespan_and_websocket_scopes_pass_through(shop: Any) -> None:
+    import asgi_app  # noqa: PLC0415
+
+    events: list[dict[str, Any]] = []
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def drive() -> None:
+        async def receive() -> dict[str, Any]:
+            return incoming.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            events.append(message)
+
+        await shop({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+    before = len(asgi_app.LIFESPAN)
+    asyncio.run(drive())
+    assert [e["type"] for e in events] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert asgi_app.LIFESPAN[before:] == ["startup", "shutdown"]
+
+
+def test_instrument_refuses_an_asgi_app_and_names_instrument_asgi() -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            return None
+
+    for app in (bare, App()):
+        with pytest.raises(TypeError, match=r"instrument_asgi\(app\)"):
+            instrument(app)
+    with pytest.raises(TypeError, match="expected an ASGI 3 application"):
+        instrument_asgi(lambda environ, start_response: [])
+
+
+def test_django_asgi_names_its_routes_and_counts_its_handled_exceptions(tmp_path: Path, logs: LogCapture) -> None:
+    import test_frameworks  # noqa: PLC0415 - its Django settings, with the adapter first in MIDDLEWARE
+
+    test_frameworks.test_django()
+    from django.core.asgi import get_asgi_application  # noqa: PLC0415
+
+    app = instrument_asgi(get_asgi_application(), registry=Registry(str(tmp_path / "store")))
+    assert [run(app, p).status for p in ("/users/7", "/archive/2024/", "/boom", "/nope")] == [200, 200, 500, 404]
+    assert _requests(app) == {
+        ("/users/{user_id}", "200"): 1,
+        ("/archive/{year}/", "200"): 1,
+        ("/boom", "500"): 1,
+        ("__unmatched__", "404"): 1,
+    }
+    assert [x.get("error_type", "-") for x in logs.access()] == ["-", "-", "ValueError", "-"]
+
+
+def test_fastapi_routes_are_templates(tmp_path: Path) -> None:
+    from fastapi import FastAPI  # noqa: PLC0415
+
+    api = FastAPI()
+
+    @api.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    @api.get("/files/{file_path:path}")
+    async def read_file(file_path: str) -> dict[str, str]:
+        return {"file_path": file_path}
+
+    app = instrument_asgi(api, registry=Registry(str(tmp_path / "store")))
+    statuses = [run(app, p).status for p in ("/items/1", "/items/2", "/files/a/b/c", "/items/x", "/missing")]
+    assert statuses == [200, 200, 200, 422, 404]
+    assert _requests(app) == {
+        ("/items/{item_id}", "200"): 2,
+        ("/items/{item_id}", "422"): 1,  # the route matched; its parameter did not validate
+        ("/files/{file_path}", "200"): 1,
+        ("__unmatched__", "404"): 1,
+    }
