@@ -51,18 +51,26 @@ def starlette_route(scope: Scope) -> str | None:
     route = scope.get("route")
     if route is None:
         return UNMATCHED if "router" in scope else None
+    root = scope.get("root_path", "")
+    entered = scope.get(_ENTRY_ROOT, "")
+    mounts = root[len(entered) :] if root != entered and root.startswith(entered) else ""
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
-    root = scope.get("root_path", "")
-    entered = scope.get(_ENTRY_ROOT, "")
-    mounts = root[len(entered) :] if root.startswith(entered) else ""
-    if hasattr(route, "routes") or type(route).__name__ == "Mount":  # a mount answered (static files)
-        return (mounts or framework_template(path, "starlette")) + "/{path}"
-    return mounts + framework_template(path, "starlette")
+    key = (path, mounts, type(route))
+    template = _TEMPLATES.get(key)
+    if template is None:
+        if hasattr(route, "routes"):  # a mount answered itself (static files): the rest is its path
+            template = (mounts or framework_template(path, "starlette")) + "/{path}"
+        else:
+            template = mounts + framework_template(path, "starlette")
+        if len(_TEMPLATES) < 4096:  # an app's routes, behind its mounts' matched paths
+            _TEMPLATES[key] = template
+    return template
 
 
 _ENTRY_ROOT = "softfactory_obs.root_path"  # root_path as the server gave it, before any mount
+_TEMPLATES: dict[tuple[str, str, type], str] = {}  # (route path, mounts, route class) -> template
 
 
 class AsgiMiddleware(InstrumentationHost):

@@ -4,7 +4,7 @@
 ASGI rules this file follows (the HTTP connection scope of the ASGI spec), and where:
 - ``receive`` is handed to the app untouched: the body, ``http.disconnect``, everything;
 - ``http.response.start`` fixes the status, so the response hooks run there, before any body
-  byte; our request-id header replaces any the app set, on a copy of the app's message (``send``);
+  byte; our request-id header replaces any the app set (``_start``);
 - the response ends with the last ``http.response.body`` (``more_body`` false), or with the last
   ``http.response.trailers`` when the start announced trailers, or with ``http.response.pathsend``;
   duration and size are taken there, after the server accepted the message (``send``); the finish
@@ -39,6 +39,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # template, as under WSGI.
 ROUTE_KEY = "softfactory_obs.route"
 EXCEPTION_KEY = "softfactory_obs.exception"
+_HEADER_NAMES: dict[str, bytes] = {}  # header name -> its lower-case bytes, as in the scope
 
 
 class AsgiDriver:
@@ -159,7 +160,11 @@ class AsgiCycle(RequestRecord):
 
     def header(self, name: str) -> str | None:
         """A request header from the scope's ``headers``, as text (the first, if repeated)."""
-        wanted = name.lower().encode("latin-1")
+        wanted = _HEADER_NAMES.get(name)
+        if wanted is None:
+            wanted = name.lower().encode("latin-1")
+            if len(_HEADER_NAMES) < 256:  # a program asks for a handful
+                _HEADER_NAMES[name] = wanted
         for key, value in self.environ["headers"]:
             if key == wanted:
                 text: str = value.decode("latin-1")
@@ -205,21 +210,25 @@ class AsgiCycle(RequestRecord):
                 self._end(complete=True)
 
     def _start(self, message: Message) -> Message:
-        """The status is final: record it, run the response hooks, and put our id header on a copy."""
-        self.status = int(message["status"])
-        self._trailers = bool(message.get("trailers", False))
+        """The status is final: record it, run the response hooks, and put our id header in the
+        message (as Starlette's own middleware do, the message is changed in place)."""
+        self.status = message["status"]
+        if "trailers" in message:
+            self._trailers = bool(message["trailers"])
         ours = self._driver.header
         headers = []
         for name, value in message.get("headers", ()):
-            lower = bytes(name).lower()
-            if lower == ours:
-                continue
+            lower = name.lower()
             if lower == b"content-length":
-                self._declared = parse_length(bytes(value).decode("latin-1"))
+                text = value.decode("latin-1")
+                self._declared = LENGTHS.get(text) or parse_length(text)
+            elif lower == ours:
+                continue
             headers.append((name, value))
         headers.append((ours, self.request_id.encode("latin-1")))
+        message["headers"] = headers
         self._record()
-        return {**message, "headers": headers}
+        return message
 
     def _record(self) -> None:
         scope = self.environ
