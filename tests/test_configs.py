@@ -166,7 +166,11 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
                 time.sleep(1)
             assert float(total[0]["value"][1]) == len(paths)
             # The migration rules republish the same traffic under the names the old exporters used.
-            for theirs in ("flask_http_request_total", "django_http_responses_total_by_status_total"):
+            for theirs in (
+                "flask_http_request_total",
+                "django_http_responses_total_by_status_total",
+                "starlette_requests_total",
+            ):
                 assert float(_query(port, f'sum({theirs}{{job="softfactory-app"}})')[0]["value"][1]) == len(paths)
             errors = _query(port, 'sum(flask_http_request_exceptions_total{job="softfactory-app",status="500"})')
             assert float(errors[0]["value"][1]) == paths.count("/api/error")
