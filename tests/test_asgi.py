@@ -199,3 +199,26 @@ def test_fastapi_routes_are_templates(tmp_path: Path) -> None:
         ("/files/{file_path}", "200"): 1,
         ("__unmatched__", "404"): 1,
     }
+
+
+def test_async_health_checks_are_awaited_with_their_timeout(tmp_path: Path) -> None:
+    async def database() -> dict[str, int]:
+        await asyncio.sleep(0.01)
+        return {"connections": 3}
+
+    async def hangs() -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the probes never reach the app")
+
+    app = instrument_asgi(bare, registry=Registry(str(tmp_path / "store")))
+    app.add_health_check("database", database)
+    app.add_health_check("search", hangs, critical=False, timeout=0.3)
+    response = run(app, "/health")
+    checks = json.loads(response.body)["checks"]
+    assert response.status == 200  # degraded: only the non-critical check failed
+    assert checks["database"]["status"] == "pass" and checks["database"]["details"] == {"connections": 3}
+    assert checks["search"]["status"] == "fail" and "timed out" in checks["search"]["error"]
+    assert run(app, "/ready").status == 200

@@ -13,6 +13,8 @@ is not started again meanwhile, so probe storms cannot pile threads up.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import math
 import os
@@ -22,7 +24,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -35,6 +37,13 @@ from ..process_state import on_new_process
 
 HEALTH_JSON = "application/health+json"
 _SECRETS = re.compile(r"(?i)(password|passwd|pwd|secret|token|key)=([^\s&;,]+)|://[^/@\s]+@")
+
+
+async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:  # said as a probe that stopped waiting says it
+        raise TimeoutError(f"timed out after {timeout:g} s") from None
 
 
 @dataclass
@@ -140,6 +149,11 @@ class HealthChecks:
         t0 = time.perf_counter()
         try:
             value = check.fn()
+            if inspect.isawaitable(value):
+                # An async check (an ASGI app's): awaited on an event loop of its own in this thread,
+                # cancelled at its timeout. It must not use objects bound to the app's loop (make its
+                # client inside the check).
+                value = asyncio.run(_bounded(value, check.timeout))
         except Exception as exc:
             return Result(
                 check.name, False, check.critical, (time.perf_counter() - t0) * 1000, time.time(), error=sanitise(exc)
