@@ -188,9 +188,17 @@ class HttpMetrics:
         live = state[self.live_at]
         if live is None:
             return
-        # By path and status when no mount point or adapter route is involved: the common case skips
-        # endpoint resolution (bounded: paths are the client's to choose).
-        by_path = None if record.script_name or record.route else (record.path, record.status)
+        # By path and status, or by an adapter's route and status, when no mount point is involved:
+        # the common case skips endpoint resolution (bounded: paths are the client's to choose,
+        # routes the app's).
+        route = record.route
+        by_path: tuple[Any, ...] | None
+        if record.script_name:
+            by_path = None
+        elif route is None:
+            by_path = (record.path, record.status)
+        else:
+            by_path = (route, record.status, None)  # a template: never mistaken for a path's key
         series = live.by_path.get(by_path) if by_path is not None else None
         if series is None:
             series = self._series_for(record, live, by_path)
@@ -209,7 +217,7 @@ class HttpMetrics:
                 series.r_due = record.started + self.exemplar_interval
                 series.requests.set_exemplar(1.0, exemplar)
 
-    def _series_for(self, record: RequestRecord, live: _Live, by_path: tuple[str, int | None] | None) -> _Series:
+    def _series_for(self, record: RequestRecord, live: _Live, by_path: tuple[Any, ...] | None) -> _Series:
         endpoint = self.endpoints.of(record)
         status = str(record.status)
         series = live.series.get((endpoint, status))
@@ -300,7 +308,8 @@ class _Live:
         self.method = method
         self.labels = labels
         self.series: dict[tuple[str, str], _Series] = {}  # (endpoint, status) -> series
-        self.by_path: dict[tuple[str, int | None], _Series] = {}  # (path, status) -> series
+        # (path, status) or (route, status, None) -> series
+        self.by_path: dict[tuple[Any, ...], _Series] = {}
 
 
 class _Series:
