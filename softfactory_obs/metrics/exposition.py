@@ -24,6 +24,7 @@ from ..store.metrics import COUNTER_SCALE, Registry, sum_scale
 from ..store.shard import decode_exemplar
 from .families import Exemplar, Family, Sample, gauge
 from .formats import OPENMETRICS, encode_openmetrics, encode_text, gzip_accepted, negotiate
+from .prometheus_bridge import app_metric_names
 
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -168,17 +169,9 @@ def check_prometheus_client_registry(registry: Registry) -> None:
     if not os.environ.get(PROMETHEUS_MULTIPROC_ENV):
         return
     needed_by = f"prometheus_client's multiprocess mode (${PROMETHEUS_MULTIPROC_ENV} is set)"
-    PROMETHEUS_REGISTRY = require("prometheus_client", needed_by).REGISTRY  # noqa: N806 - its own name
-    MetricWrapperBase = require("prometheus_client.metrics", needed_by).MetricWrapperBase  # noqa: N806
-
     # Only metrics the app defined (not prometheus_client's own process and GC collectors, which
     # multiprocess mode does not expose anyway).
-    theirs = [
-        getattr(c, "_name", "")
-        for c in getattr(PROMETHEUS_REGISTRY, "_collector_to_names", {})
-        if isinstance(c, MetricWrapperBase)
-    ]
-    check_no_clash(registry.families, [n for n in theirs if n])
+    check_no_clash(registry.families, app_metric_names(require("prometheus_client", needed_by)))
 
 
 def self_metrics(snap: Snapshot, scrape_seconds: float) -> list[Family]:

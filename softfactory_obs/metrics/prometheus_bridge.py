@@ -44,6 +44,20 @@ PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 Series = tuple[str, tuple[tuple[str, str], ...]]  # sample name, labels
 
 
+def own_collector_names(client: Any) -> frozenset[str]:
+    """The families of prometheus_client's own process, platform and GC collectors (``client`` is
+    the imported module), which the app did not define."""
+    own = (client.PROCESS_COLLECTOR, client.PLATFORM_COLLECTOR, client.GC_COLLECTOR)
+    return frozenset(m.name for collector in own for m in collector.collect())
+
+
+def app_metric_names(client: Any) -> list[str]:
+    """The families the app defined in prometheus_client's default registry, by its public
+    ``collect()``."""
+    own = own_collector_names(client)
+    return [m.name for m in client.REGISTRY.collect() if m.name not in own]
+
+
 class PrometheusClientBridge:
     """Copies the app's prometheus_client metrics into ``registry``'s store; see the module doc."""
 
@@ -85,8 +99,7 @@ class PrometheusClientBridge:
 
     def _own_collectors(self, client: Any) -> frozenset[str]:
         if self._theirs_own is None:
-            own = (client.PROCESS_COLLECTOR, client.PLATFORM_COLLECTOR, client.GC_COLLECTOR)
-            self._theirs_own = frozenset(m.name for collector in own for m in collector.collect())
+            self._theirs_own = own_collector_names(client)
         return self._theirs_own
 
     def _adopt(self, metric: Any) -> Metric[Any] | None:
