@@ -13,6 +13,8 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -298,6 +300,35 @@ def get(port: int, path: str, timeout: float = 10.0, headers: dict[str, str] | N
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def fetch_id(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET ``path`` on a connection of its own: the status and the X-Request-Id it answered with."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Request-Id") or ""
+    finally:
+        conn.close()
+
+
+def exact_under_load(
+    server: Server, path: Callable[[int], str], endpoint: str, rounds: int = 3, per_round: int = 40
+) -> list[str]:
+    """Rounds of ``per_round`` requests, eight at a time, each answered 200; after each round three
+    scrapes (whichever worker answers) must each count every request so far under ``endpoint``.
+    Returns the request ids the responses carried."""
+    ids: list[str] = []
+    for done in range(1, rounds + 1):
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: fetch_id(server.port, path(n)), range(per_round)))
+        assert all(status == 200 for status, _ in answers), answers
+        ids += [request_id for _, request_id in answers]
+        for _ in range(3):
+            assert served(scrape(server.port), endpoint) == done * per_round
+    return ids
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

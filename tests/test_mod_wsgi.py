@@ -4,7 +4,6 @@ and JSON lines reach Apache's error log whole and valid, tracebacks and quotes i
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -15,20 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import USERS, Apache, get, scrape, served
+from servers import USERS, Apache, fetch_id, get, scrape, served
 
 DEMO = "from preload_app import app as application\n"
-
-
-def _request_id(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Request-Id") or ""
-    finally:
-        conn.close()
 
 
 def _wait_live(server: Apache) -> None:
@@ -64,7 +52,7 @@ def test_mod_wsgi_counts_every_process_without_configuration(tmp_path: Path, mod
         ids: list[str] = []
         for done in range(1, 4):
             with ThreadPoolExecutor(8) as pool:
-                answers = list(pool.map(lambda n: _request_id(server.port, f"/api/users/{n + 1}"), range(60)))
+                answers = list(pool.map(lambda n: fetch_id(server.port, f"/api/users/{n + 1}"), range(60)))
             assert all(status == 200 for status, _ in answers), answers
             ids += [request_id for _, request_id in answers]
             for _ in range(4):  # whichever process answers (recycled ones included) sees every count
@@ -108,9 +96,9 @@ def test_mod_wsgi_log_lines_stay_valid_json_in_apaches_error_log(tmp_path: Path)
     with Apache(tmp_path, WSGI_LOGGING, mode="daemon", processes=1, threads=2) as server:
         _wait_live(server)
         statuses = [
-            _request_id(server.port, "/", {"User-Agent": 'agent "quoted" back\\slash'})[0],
-            _request_id(server.port, "/boom")[0],
-            _request_id(server.port, "/")[0],
+            fetch_id(server.port, "/", {"User-Agent": 'agent "quoted" back\\slash'})[0],
+            fetch_id(server.port, "/boom")[0],
+            fetch_id(server.port, "/")[0],
         ]
         lines = _json_lines(server, wait_for=3)
         raw = server.error_log.read_text(encoding="utf-8")

@@ -5,16 +5,14 @@ that served has its own process metrics."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from servers import ROOT, USERS, Apache, Gunicorn, Server, Uwsgi, Waitress, get, scrape, served
+from servers import ROOT, USERS, Apache, Gunicorn, Server, Uwsgi, Waitress, exact_under_load, get, scrape
 
 TESTS = str(ROOT / "tests")
 PATH = f"{TESTS}{os.pathsep}{ROOT}"
@@ -36,18 +34,6 @@ SERVERS: dict[str, Callable[[Path], Server]] = {
 }
 
 
-def _request_id(port: int, n: int) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", f"/api/users/{n + 1}")
-        response = conn.getresponse()
-        response.read()
-        assert response.status == 200, response.status
-        return response.getheader("X-Request-Id") or ""
-    finally:
-        conn.close()
-
-
 def _sampled_pids(port: int) -> set[int]:
     metrics = scrape(port)
     return {int(value) for (name, _), value in metrics.items() if name == "softfactory_obs_worker_pid"}
@@ -55,14 +41,8 @@ def _sampled_pids(port: int) -> set[int]:
 
 @pytest.mark.parametrize("name", list(SERVERS))
 def test_every_server_counts_exactly_with_distinct_ids_and_json_lines(tmp_path: Path, name: str) -> None:
-    rounds, per_round = 3, 40
     with SERVERS[name](tmp_path) as server:
-        ids: list[str] = []
-        for done in range(1, rounds + 1):
-            with ThreadPoolExecutor(8) as pool:
-                ids += pool.map(lambda n: _request_id(server.port, n), range(per_round))
-            for _ in range(3):  # whichever worker answers the scrape sees every worker's counts
-                assert served(scrape(server.port), USERS) == done * per_round
+        ids = exact_under_load(server, lambda n: f"/api/users/{n + 1}", USERS)
         assert get(server.port, "/health")[0] == 200
         lines = server.log_lines(wait_for=len(ids))  # every line starting with "{" must parse
         raw = server.log_path.read_text().splitlines()
@@ -71,7 +51,7 @@ def test_every_server_counts_exactly_with_distinct_ids_and_json_lines(tmp_path: 
         while not serving <= (sampled := _sampled_pids(server.port)):  # process metrics, one slot per worker
             assert time.monotonic() < deadline, f"workers {serving} served, process metrics cover {sampled}"
             time.sleep(0.2)
-    assert all(ids) and len(set(ids)) == len(ids) == rounds * per_round
+    assert all(ids) and len(set(ids)) == len(ids) == 120
     access = [x for x in lines if x.get("logger") == "softfactory_obs.access" and x["path"].startswith("/api/users/")]
     assert sorted(x["request_id"] for x in access) == sorted(ids)
     assert all(x["status"] == 200 and x["endpoint"] == USERS for x in access)

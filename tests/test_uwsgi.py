@@ -4,7 +4,6 @@ be each worker's own: request ids, the pid on log lines, the store's shard."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from servers import USERS, Uwsgi, get, scrape, served
+from servers import USERS, Uwsgi, fetch_id, get, scrape, served
 
 from softfactory_obs.cli.configs import SHIPPED
 
@@ -31,8 +30,11 @@ def test_uwsgi_prefork_workers_each_have_their_own_ids_pids_and_shards(tmp_path:
         for done in range(1, rounds + 1):
             # Eight clients at once: every worker serves some, so ids drawn by different workers meet.
             with ThreadPoolExecutor(8) as pool:
-                answers = list(pool.map(lambda n: _request_id(server.port, n), range(requests_per_round)))
-            ids += answers
+                answers = list(
+                    pool.map(lambda n: fetch_id(server.port, f"/api/users/{n + 1}"), range(requests_per_round))
+                )
+            assert all(status == 200 for status, _ in answers)
+            ids += [request_id for _, request_id in answers]
             for _ in range(3):  # each scrape is answered by whichever worker is free: all must agree
                 metrics = scrape(server.port)
                 assert served(metrics, USERS) == done * requests_per_round
@@ -46,20 +48,6 @@ def test_uwsgi_prefork_workers_each_have_their_own_ids_pids_and_shards(tmp_path:
     assert len(pids) >= 2, f"only {pids} served: the test needs several workers to mean anything"
     assert pids <= workers and master.pid not in pids, (pids, workers, master.pid)
     assert {line["request_id"] for line in lines if line["path"].startswith("/api/users/")} == set(ids)
-
-
-def _request_id(port: int, n: int) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", f"/api/users/{n + 1}")
-        response = conn.getresponse()
-        response.read()
-        assert response.status == 200
-        request_id = response.getheader("X-Request-Id")
-        assert request_id
-        return request_id
-    finally:
-        conn.close()
 
 
 def test_uwsgi_worker_cpu_is_exact_under_max_requests_recycling(tmp_path: Path) -> None:
