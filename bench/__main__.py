@@ -2,7 +2,8 @@
 
 Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``cold`` (the same with
 the caches swept before each request, as under gunicorn), ``instructions`` (the same
-requests under callgrind: instructions per request, which the host's load does not move),
+requests under callgrind: instructions per request, which the host's load does not move), ``asgi``
+(the ASGI front next to bare Starlette and its peers: µs and instructions per request),
 ``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one
 write), ``scrape`` (scrape time vs dead workers), ``startup`` (import time). The tables are
 printed and written to ``bench/results/`` as JSON and Markdown, named by time, so a run can be
@@ -23,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import instructions, load, peers, store
+from . import asgi, instructions, load, peers, store
 from .apps import VARIANTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("peers", "cold", "instructions", "load", "store", "scrape", "startup")
+PARTS = ("peers", "cold", "instructions", "asgi", "load", "store", "scrape", "startup")
 # Import time of each package alone, in a fresh interpreter.
 MODULES = ("softfactory_obs", "prometheus_client", "prometheus_flask_exporter", "opentelemetry.instrumentation.wsgi")
 
@@ -346,6 +347,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "instructions" in parts:
         instructions_part(report, section, args.baseline)
+    if "asgi" in parts:
+        asgi_samples = report["asgi_us_per_request"] = asgi.run(rounds=args.rounds)
+        medians = {v: statistics.median(s) for v, s in asgi_samples.items()}
+        section(
+            "ASGI in-process, µs per request (5000 requests per sample, each variant in its own interpreter)",
+            asgi.table(medians, "µs/request"),
+        )
+        if instructions.available():
+            counts = report["asgi_instructions_per_request"] = asgi.instructions()
+            section("ASGI in-process, instructions per request (callgrind)", asgi.table(counts, "instructions/request"))
     if "load" in parts:
         results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
         report["gunicorn"] = {v: vars(r) for v, r in results.items()}

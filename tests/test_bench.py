@@ -93,3 +93,21 @@ def test_the_cold_table_compares_overheads_with_the_naive_middleware() -> None:
     lines = bench.cold_table({"bare": [4.0, 5.0, 4.0], "ours": [40.0, 44.0, 39.0], "naive": [24.0, 26.0, 30.0]})
     assert row(lines, bench.VARIANTS["ours"])[1:] == ["40.00", "39.00-44.00", "36.00", "1.64"]  # 36 / 22
     assert row(lines, bench.VARIANTS["bare"])[3:] == ["", ""]
+
+
+def test_the_asgi_table_judges_our_overhead_against_each_peers() -> None:
+    asgi = importlib.import_module("bench.asgi")
+    counts = {v: 100.0 for v in asgi.VARIANTS}  # every variant at bare Starlette's, then overheads:
+    counts.update({"ours": 190.0, "ours-metrics": 150.0, "exporter": 350.0, "exporter-mp": 400.0})
+    counts.update({"stack": 700.0, "otel-sdk": 1000.0, "fastapi": 300.0, "instrumentator": 550.0})
+    lines = asgi.table(counts, "instructions/request")
+    assert row(lines, asgi.VARIANTS["instrumentator"])[1:] == ["550.0", "250.0", "1.83"]  # against bare FastAPI
+    name = f"*{asgi.VARIANTS['ours']} overhead / {asgi.VARIANTS['exporter-mp']} overhead*"
+    assert row(lines, name)[1:] == ["<= 0.3", "0.30", "yes"]  # 90 / 300
+    name = f"*{asgi.VARIANTS['ours']} overhead / {asgi.VARIANTS['stack']} overhead*"
+    assert row(lines, name)[1:] == ["<= 0.15", "0.15", "yes"]  # 90 / 600
+    name = f"*{asgi.VARIANTS['ours-metrics']} overhead / {asgi.VARIANTS['exporter']} overhead*"
+    assert row(lines, name)[1:] == ["<= 0.2", "0.20", "yes"]  # 50 / 250
+    counts["ours"] = 200.0
+    name = f"*{asgi.VARIANTS['ours']} overhead / {asgi.VARIANTS['otel-sdk']} overhead*"
+    assert row(asgi.table(counts, "µs"), name)[1:] == ["<= 0.1", "0.11", "NO"]  # 100 / 900
