@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
 
-from .._failures import report_failure
 from ..request_id import new_request_id, parse_traceparent, request_context
-from .record import LENGTHS, Hooks, RecordHook, RequestRecord, parse_length
+from .record import LENGTHS, Hooks, RequestRecord, hook_failed, parse_length
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,11 +54,6 @@ class AsgiDriver:
         self.header = header_name.lower().encode("latin-1")
         self.propagate = propagate
         self.route_of = route_of
-
-
-def _hook_failed(hook: RecordHook, exc: Exception) -> None:
-    owner = getattr(hook, "__self__", hook)
-    report_failure(getattr(owner, "component", "request hook"), exc)
 
 
 async def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; as WSGI's serve
@@ -107,7 +101,7 @@ async def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement 
             try:
                 hook(cycle)
             except Exception as exc:
-                _hook_failed(hook, exc)
+                hook_failed(hook, exc)
         try:
             await app(scope, receive, cycle.send)
         except Exception as exc:
@@ -240,7 +234,7 @@ class AsgiCycle(RequestRecord):
             try:
                 hook(self)
             except Exception as exc:
-                _hook_failed(hook, exc)
+                hook_failed(hook, exc)
 
     async def answer_500(self) -> None:
         """The app failed before ``http.response.start``: a JSON 500 that still carries the request id."""
@@ -283,4 +277,4 @@ class AsgiCycle(RequestRecord):
             try:
                 hook(self)
             except Exception as exc:
-                _hook_failed(hook, exc)
+                hook_failed(hook, exc)

@@ -26,7 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._failures import report_failure
+
 RecordHook = Callable[["RequestRecord"], None]
+
+
+def hook_failed(hook: RecordHook, exc: Exception) -> None:
+    """Count and report a hook that raised, under its owner's component name: a recorder's failure
+    degrades its telemetry, never the request."""
+    owner = getattr(hook, "__self__", hook)
+    report_failure(getattr(owner, "component", "request hook"), exc)
+
 
 # The longest request text (path, user agent) a per-process cache keys on: hot values are short,
 # and a scanner's 8 KB paths or random agents must not pile up.

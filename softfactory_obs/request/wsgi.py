@@ -25,9 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
 
-from .._failures import report_failure
 from ..request_id import new_request_id, parse_traceparent, request_context
-from .record import LENGTHS, STATUS_CODES, Hooks, RecordHook, RequestRecord, parse_length, status_code
+from .record import LENGTHS, STATUS_CODES, Hooks, RequestRecord, hook_failed, parse_length, status_code
 from .wsgi_environ import Driver, environ_text, header_key
 
 REQUEST_ID_KEY = "softfactory_obs.request_id"
@@ -37,11 +36,6 @@ ROUTE_KEY = "softfactory_obs.route"  # where a framework adapter puts the route 
 # the route is set too (every adapter sets it first), so a plain app pays one test for it.
 EXCEPTION_KEY = "softfactory_obs.exception"
 _STATUS_500 = "500 Internal Server Error"
-
-
-def _hook_failed(hook: RecordHook, exc: Exception) -> None:
-    owner = getattr(hook, "__self__", hook)
-    report_failure(getattr(owner, "component", "request hook"), exc)
 
 
 def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; no keywords on the hot path
@@ -98,7 +92,7 @@ def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; 
         try:
             hook(cycle)
         except Exception as exc:
-            _hook_failed(hook, exc)
+            hook_failed(hook, exc)
     try:
         result = cycle._result = app(environ, cycle.start_response)
         if type(result) is list:  # the common case: __iter__ hands the server the list's own iterator
@@ -269,7 +263,7 @@ class RequestCycle(RequestRecord):
                     try:
                         hook(self)
                     except Exception as exc:
-                        _hook_failed(hook, exc)
+                        hook_failed(hook, exc)
             return iterator
         return self
 
@@ -371,7 +365,7 @@ class RequestCycle(RequestRecord):
             try:
                 hook(self)
             except Exception as exc:
-                _hook_failed(hook, exc)
+                hook_failed(hook, exc)
 
     def finish(self) -> None:
         """Run once, after the body was sent and closed (or the request failed): hooks, then reset."""
@@ -389,7 +383,7 @@ class RequestCycle(RequestRecord):
                 try:
                     hook(self)
                 except Exception as exc:
-                    _hook_failed(hook, exc)
+                    hook_failed(hook, exc)
         finally:
             self.exc = None
             try:
