@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.parse
@@ -248,10 +249,30 @@ def test_kubernetes_deployment_probes_store_and_annotations() -> None:
 
 def test_compose_file_mounts_the_tested_configs() -> None:
     compose = yaml.safe_load((CONFIGS / "docker-compose.monitoring.yml").read_text())
-    mounts = " ".join(v for s in compose["services"].values() for v in s.get("volumes", []))
-    for path in ("prometheus.yml", "rules", "alertmanager.yml", "grafana/provisioning", "grafana/dashboards"):
-        assert f"./{path}:" in mounts  # relative to the compose file, which lives in configs/
-        assert (CONFIGS / path).exists()
+    services = compose["services"]
+    mounts = [v.split(":")[0] for s in services.values() for v in s.get("volumes", [])]
+    for path in ("prometheus-compose.yml", "rules", "alertmanager.yml", "secrets", "grafana/provisioning"):
+        assert f"./{path}" in mounts  # relative to the compose file, which lives in configs/
+    for source in mounts:  # every mounted file or directory exists, the app's source (..) included
+        assert (CONFIGS / source).exists(), source
+    # Inside a container 127.0.0.1 is the container itself: every address is a service of the file.
+    prometheus = yaml.safe_load((CONFIGS / "prometheus-compose.yml").read_text())
+    targets = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    targets += [t for am in prometheus["alerting"]["alertmanagers"] for c in am["static_configs"] for t in c["targets"]]
+    datasources = yaml.safe_load((CONFIGS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    targets += [urllib.parse.urlsplit(d["url"]).netloc for d in datasources["datasources"]]
+    assert targets and {t.split(":")[0] for t in targets} <= set(services), targets
+    # Otherwise the same Prometheus config as the one the live tests run.
+    plain = yaml.safe_load((CONFIGS / "prometheus.yml").read_text())
+    for config in (plain, prometheus):
+        config["scrape_configs"][0]["static_configs"] = config["alerting"] = None
+    assert plain == prometheus
+    promtool = require_binary("promtool")
+    assert "SUCCESS" in run(promtool, "check", "config", str(CONFIGS / "prometheus-compose.yml"))
+    # Alertmanager starts only when every credential file it names exists: the shipped layout has them.
+    alertmanager = (CONFIGS / "alertmanager.yml").read_text()
+    named = set(re.findall(r"/etc/alertmanager/secrets/(\w+)", alertmanager))
+    assert named and named <= {p.name for p in (CONFIGS / "secrets").iterdir()}, named
 
 
 def test_logstash_pipeline_writes_daily_indices_from_our_files() -> None:
