@@ -118,9 +118,5 @@ class AsgiMiddleware(InstrumentationHost):
 def instrument_asgi(app: Any, **options: Unpack[Options]) -> AsgiMiddleware:
     """Wrap an ASGI app once; calling it on an already instrumented app returns that app unchanged."""
     if isinstance(app, AsgiMiddleware):
-        if options and app.settings != app.settings.replace(**options):
-            raise ValueError(
-                "app is already instrumented with other settings; pass all options to the first instrument_asgi() call"
-            )
-        return app
+        return app.reused(options, "instrument_asgi()")
     return AsgiMiddleware(app, **options)

@@ -5,9 +5,9 @@ per-request hooks the components registered; a front adds only its protocol's ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import FunctionType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._failures import report_failure
 from .components import WSGIApp, components_for
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only type checkers read it
 
     from .options import Options
+
+
+_H = TypeVar("_H", bound="InstrumentationHost")
 
 
 class InstrumentationHost:
@@ -207,6 +210,15 @@ class InstrumentationHost:
         self._telemetry_hooks = (
             Hooks((), _bound(self.telemetry_finish_hooks)) if self.telemetry_finish_hooks else NO_HOOKS
         )
+
+    def reused(self: _H, options: Mapping[str, Any], call: str) -> _H:
+        """This host, for a second ``call`` (``instrument()``) on the app it already wraps: with the
+        same settings or none, never with others (they would be silently ignored)."""
+        if options and self.settings != self.settings.replace(**options):
+            raise ValueError(
+                f"app is already instrumented with other settings; pass all options to the first {call} call"
+            )
+        return self
 
     def _store_path(self) -> str | None:
         directory = self.registry.directory

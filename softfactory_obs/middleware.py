@@ -69,9 +69,5 @@ class ObservabilityMiddleware(InstrumentationHost):
 def instrument(app: WSGIApp, **options: Unpack[Options]) -> ObservabilityMiddleware:
     """Wrap ``app`` once; calling it on an already instrumented app returns that app unchanged."""
     if isinstance(app, ObservabilityMiddleware):
-        if options and app.settings != app.settings.replace(**options):
-            raise ValueError(
-                "app is already instrumented with other settings; pass all options to the first instrument() call"
-            )
-        return app
+        return app.reused(options, "instrument()")
     return ObservabilityMiddleware(app, **options)

@@ -222,3 +222,13 @@ def test_async_health_checks_are_awaited_with_their_timeout(tmp_path: Path) -> N
     assert checks["database"]["status"] == "pass" and checks["database"]["details"] == {"connections": 3}
     assert checks["search"]["status"] == "fail" and "timed out" in checks["search"]["error"]
     assert run(app, "/ready").status == 200
+
+
+def test_instrument_asgi_twice_returns_the_same_app_and_refuses_other_settings(tmp_path: Path) -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    app = instrument_asgi(bare, registry=Registry(str(tmp_path / "store")), service_name="shop")
+    assert instrument_asgi(app) is app and instrument_asgi(app, service_name="shop") is app
+    with pytest.raises(ValueError, match=r"pass all options to the first instrument_asgi\(\) call"):
+        instrument_asgi(app, service_name="other")
