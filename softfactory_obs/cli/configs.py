@@ -38,10 +38,7 @@ def substitutions(job: str | None, namespace: str, runbook_base: str | None) -> 
     if job is not None:
         if not _LABEL_VALUE.fullmatch(job):
             raise ValueError(f"--job: {job!r} is not a usable job name (letters, digits, _ . : / -)")
-        edits += [  # the default job name appears only as one (test: test_cli)
-            lambda text: text.replace(DEFAULT_JOB, job),
-            lambda text: text.replace('job=~"softfactory.*"', f'job="{job}"'),
-        ]
+        edits.append(lambda text: text.replace(DEFAULT_JOB, job))  # it appears only as one (test: test_cli)
     if namespace:
         if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", namespace):
             raise ValueError(f"--namespace: {namespace!r} is not a metric name prefix (letters, digits, _)")
