@@ -101,6 +101,13 @@ def test_configs_fills_in_the_job_namespace_and_runbook_and_stays_valid(tmp_path
     assert "acme_http_request_queue_seconds_bucket" in dashboard and "acme_http_requests_in_progress" in dashboard
     assert "job_endpoint:http_request_duration_seconds:p95_5m" in dashboard  # recorded series keep their names
     rules_dir = target / "rules"
+    # The operator's PrometheusRule carries the same rules, names filled in alike.
+    operator = yaml.safe_load((target / "kubernetes" / "prometheus-rule.yml").read_text())
+    written = [
+        g for f in ("recording.yml", "alerts.yml") for g in yaml.safe_load((rules_dir / f).read_text())["groups"]
+    ]
+    assert operator["spec"]["groups"] == written
+    assert f"{base}#metricsstorefault" in (target / "kubernetes" / "prometheus-rule.yml").read_text()
     checked = subprocess.run(
         [promtool, "check", "rules", str(rules_dir / "recording.yml"), str(rules_dir / "alerts.yml")],
         capture_output=True,

@@ -177,6 +177,19 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             assert float(errors[0]["value"][1]) == paths.count("/api/error")
             # No dashboard panel shows "No data" because of a wrong metric name.
             assert missing == [], f"recording rules or dashboard queries without data (empty or NaN): {missing}"
+            # The endpoint table merges its two queries (rate, p95) on their labels: one row per endpoint
+            # with both values needs both queries to return the same label sets.
+            dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "softfactory.json").read_text())
+            [table] = [panel for panel in dashboard["panels"] if panel["title"] == "Endpoint performance"]
+            assert table["transformations"][0]["id"] == "merge"
+            rows = [
+                sorted(
+                    sorted((k, v) for k, v in r["metric"].items() if k != "__name__")
+                    for r in _query(port, target["expr"].replace("$job", "softfactory-app"))
+                )
+                for target in table["targets"]
+            ]
+            assert len(rows) == 2 and rows[0] == rows[1] and len(rows[0]) >= 3, rows
             wanted = {"HighErrorRate", "AvailabilityBudgetBurnFast", "HighResponseTime"}
             states: dict[str, str] = {}
             deadline = time.monotonic() + 30

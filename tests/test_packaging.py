@@ -53,8 +53,10 @@ def test_the_sdist_and_wheel_carry_what_they_promise_and_pass_the_checkers(dist:
     with tarfile.open(sdist) as t:
         members = {m.name.split("/", 1)[1] for m in t.getmembers() if "/" in m.name}
     for needed in ("LICENSE", "CHANGELOG.md", "tests/conftest.py", "tests/helpers.py", "docs/RUNBOOKS.md",
-                   "examples/demo.py", "softfactory_obs/configs/prometheus.yml", "Makefile"):  # fmt: skip
+                   "examples/demo.py", "softfactory_obs/configs/prometheus.yml", "Makefile",
+                   "tests/schema/package-lock.json"):  # fmt: skip
         assert needed in members, needed
+    assert not [m for m in members if "node_modules" in m]  # what npm ci installs for the tests stays out
     run(sys.executable, "-m", "twine", "check", "--strict", wheel, sdist)
     run(sys.executable, "-m", "check_wheel_contents", wheel)
 
