@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -10,12 +11,15 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
-from helpers import free_port, require_binary
+from helpers import call_wsgi, free_port, make_environ, require_binary
 from servers import Gunicorn, RedisServer, get
+
+from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.logs import configure_logging
 
 CONFIGS = Path(__file__).resolve().parent.parent / "softfactory_obs" / "configs"  # configs/ links here
 
@@ -288,12 +292,46 @@ def test_compose_file_mounts_the_tested_configs() -> None:
     assert named and named <= {p.name for p in (CONFIGS / "secrets").iterdir()}, named
 
 
-def test_logstash_pipeline_writes_daily_indices_from_our_files() -> None:
-    # No Logstash in Debian's archive: check the parts that tie it to our logs.
+def _hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def _access_line(schema: str) -> dict[str, Any]:
+    """A real access line of this schema (a routed request with a query), from the package's formatter."""
+    stream = io.StringIO()
+    configure_logging(stream=stream, schema=schema, service="shop")
+    environ = make_environ(PATH_INFO="/users/7", QUERY_STRING="q=1", REMOTE_USER="ann")
+    call_wsgi(ObservabilityMiddleware(_hello, routes=["/users/{id}"], auto_configure_logging=False), environ)
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines() if "softfactory_obs.access" in x]
+    return cast(dict[str, Any], line)
+
+
+def test_logstash_pipeline_converts_the_fields_of_both_schemas() -> None:
+    # No Logstash in Debian's archive (nor on PyPI or npm): check what ties the pipeline to our lines,
+    # against real lines of each schema.
     pipeline = (CONFIGS / "logstash" / "softfactory.conf").read_text()
     assert 'index => "softfactory-logs-%{+YYYY.MM.dd}"' in pipeline
     assert "codec => json" in pipeline and "app-*.log" in pipeline  # the dated files of log_file
     assert pipeline.count("{") == pipeline.count("}")
+    # if [ecs.version] { ECS conversions } else { the default schema's date and conversions }
+    ecs_branch, default_branch = pipeline.split("if [ecs.version] {", 1)[1].split("} else {", 1)
+    types: dict[str, Any] = {"integer": int, "float": (int, float)}
+    for schema, branch in (("ecs", ecs_branch), ("default", default_branch)):
+        line = _access_line(schema)
+        assert ("ecs.version" in line) == (schema == "ecs")  # the branch condition tells them apart
+        converted = dict(re.findall(r'"([\w.]+)" => "(integer|float)"', branch))
+        assert converted, schema
+        for field, kind in converted.items():
+            assert field in line, f"{schema}: the pipeline converts {field}, which our lines do not have"
+            assert isinstance(line[field], types[kind]) and not isinstance(line[field], bool), (field, line[field])
+        # Every number of the line is converted, so the index maps it as a number.
+        numbers = {k for k, v in line.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert numbers == set(converted), schema
+    # The default schema's event time: the date filter reads our timestamp field; ECS's is @timestamp,
+    # which the json codec parses itself.
+    assert 'match => ["timestamp", "ISO8601"]' in default_branch and "timestamp" in _access_line("default")
+    assert "@timestamp" in _access_line("ecs") and "date {" not in ecs_branch
 
 
 @pytest.mark.gunicorn

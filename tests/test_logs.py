@@ -357,7 +357,10 @@ def test_access_lines_follow_the_documented_schema(logs: LogCapture) -> None:
 def test_ecs_schema_renames_every_field() -> None:
     stream = io.StringIO()
     configure_logging(stream=stream, schema="ecs", service="shop")
-    call_wsgi(wrap(ok), make_environ(HTTP_X_REQUEST_ID="ecs-1", REMOTE_USER="ann"))
+    call_wsgi(
+        wrap(ok, routes=["/users/{id}"]),
+        make_environ(HTTP_X_REQUEST_ID="ecs-1", REMOTE_USER="ann", PATH_INFO="/users/7", QUERY_STRING="q=1"),
+    )
     line = json.loads(stream.getvalue().splitlines()[-1])
     table = _schema_table()
     expected = {
@@ -384,6 +387,9 @@ def test_ecs_schema_renames_every_field() -> None:
     assert expected <= set(line)
     assert line["http.request.id"] == "ecs-1" and line["user.id"] == "ann" and line["log.level"] == "info"
     assert line["ecs.version"].startswith("8.")
+    # ECS meanings: url.path is the path alone, the route is a label, the duration integer nanoseconds.
+    assert (line["url.original"], line["url.path"], line["labels.endpoint"]) == ("/users/7?q=1", "/users/7", "/users/{id}")
+    assert isinstance(line["event.duration"], int) and 0 < line["event.duration"] < 10**10
     with pytest.raises(ValueError, match="log_schema: expected one of 'default', 'ecs'"):
         ObservabilityMiddleware(ok, log_schema="gelf", auto_configure_logging=False)
 

@@ -66,7 +66,7 @@ ECS_FIELDS = {
     "span_id": "span.id",
     "method": "http.request.method",
     "path": "url.original",
-    "endpoint": "url.path",
+    "endpoint": "labels.endpoint",  # url.path is the real path in ECS; ECS has no route field
     "status": "http.response.status_code",
     "content_length": "http.response.body.bytes",
     "remote_addr": "client.address",
@@ -74,8 +74,21 @@ ECS_FIELDS = {
     "user_id": "user.id",
     "traceback": "error.stack_trace",
     "error_type": "error.type",
-    "latency_ms": "event.duration_ms",
+    "latency_ms": "event.duration",  # in nanoseconds: _ecs_values
 }
+
+
+def _ecs_values(out: dict[str, Any]) -> None:
+    """The values ECS spells differently from us: a lower-case level, the duration as an integer of
+    nanoseconds, and ``url.path`` (the path without its query) beside ``url.original``."""
+    if "log.level" in out:
+        out["log.level"] = str(out["log.level"]).lower()
+    duration = out.get("event.duration")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        out["event.duration"] = round(duration * 1_000_000)
+    original = out.get("url.original")
+    if isinstance(original, str):
+        out["url.path"] = original.partition("?")[0]
 
 
 class JsonFormatter(_BaseJsonFormatter):
@@ -152,8 +165,7 @@ class JsonFormatter(_BaseJsonFormatter):
         if renames is None:
             return log_data
         out = {renames.get(key, key): value for key, value in log_data.items()}
-        if "log.level" in out:
-            out["log.level"] = str(out["log.level"]).lower()
+        _ecs_values(out)
         out["ecs.version"] = "8.11.0"
         return out
 
