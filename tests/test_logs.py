@@ -388,7 +388,8 @@ def test_ecs_schema_renames_every_field() -> None:
     assert line["http.request.id"] == "ecs-1" and line["user.id"] == "ann" and line["log.level"] == "info"
     assert line["ecs.version"].startswith("8.")
     # ECS meanings: url.path is the path alone, the route is a label, the duration integer nanoseconds.
-    assert (line["url.original"], line["url.path"], line["labels.endpoint"]) == ("/users/7?q=1", "/users/7", "/users/{id}")
+    urls = (line["url.original"], line["url.path"], line["labels.endpoint"])
+    assert urls == ("/users/7?q=1", "/users/7", "/users/{id}")
     assert isinstance(line["event.duration"], int) and 0 < line["event.duration"] < 10**10
     with pytest.raises(ValueError, match="log_schema: expected one of 'default', 'ecs'"):
         ObservabilityMiddleware(ok, log_schema="gelf", auto_configure_logging=False)
