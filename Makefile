@@ -63,11 +63,11 @@ stack:
 	  wait
 
 # Tests that drive a missing binary skip (CI, with SOFTFACTORY_OBS_STRICT_TESTS=1, fails them): say so first.
-TEST_BINARIES := redis-server promtool amtool prometheus prometheus-alertmanager uwsgi node npm
+TEST_BINARIES := redis-server promtool amtool prometheus prometheus-alertmanager victoria-metrics uwsgi node npm
 test: $(STAMP)
 	@missing=""; for b in $(TEST_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	  [ -e /usr/lib/uwsgi/plugins/python3_plugin.so ] || missing="$$missing uwsgi-plugin-python3"; \
-	  [ -z "$$missing" ] || echo "make test: missing$$missing; their tests will skip. As root, bash .ci/run installs them (apt-get install redis-server prometheus prometheus-alertmanager uwsgi uwsgi-plugin-python3 nodejs npm)."
+	  [ -z "$$missing" ] || echo "make test: missing$$missing; their tests will skip. As root, bash .ci/run installs them (apt-get install redis-server prometheus prometheus-alertmanager victoria-metrics uwsgi uwsgi-plugin-python3 nodejs npm)."
 	$(BIN)/python -m pytest -m "not soak" --cov --cov-report=term $(PYTEST_ARGS)
 
 soak: $(STAMP)

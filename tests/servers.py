@@ -13,6 +13,8 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -290,6 +292,15 @@ WSGIScriptAlias / {self.root}/app.wsgi
 def _others_can_read(path: Path) -> bool:
     """Whether a user other than the owner can reach ``path`` and list it (each parent searchable)."""
     return bool(path.stat().st_mode & 0o004) and all(parent.stat().st_mode & 0o001 for parent in path.parents)
+
+
+def query(port: int, expr: str) -> list[dict[str, Any]]:
+    """An instant query through the HTTP API that Prometheus and VictoriaMetrics share."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        data = json.load(resp)
+    assert data["status"] == "success", data
+    return data["data"]["result"]  # type: ignore[no-any-return]
 
 
 def get(port: int, path: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

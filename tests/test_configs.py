@@ -16,7 +16,7 @@ from typing import Any, cast
 import pytest
 import yaml
 from helpers import call_wsgi, free_port, make_environ, require_binary
-from servers import Gunicorn, RedisServer, get
+from servers import Gunicorn, RedisServer, get, query
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.logs import configure_logging
@@ -74,14 +74,6 @@ def test_alertmanager_config_inlines_no_secret() -> None:
     config = yaml.safe_load(text)
     assert "smtp_auth_password" not in config["global"] and "slack_api_url" not in config["global"]
     assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
-
-
-def _query(port: int, expr: str) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        data = json.load(resp)
-    assert data["status"] == "success", data
-    return data["data"]["result"]  # type: ignore[no-any-return]
 
 
 def _has_data(result: list[dict[str, Any]]) -> bool:
@@ -144,7 +136,7 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
-                    if [r for r in _query(port, 'up{job="softfactory-app"}') if r["value"][1] == "1"]:
+                    if [r for r in query(port, 'up{job="softfactory-app"}') if r["value"][1] == "1"]:
                         break
                 except OSError:
                     pass
@@ -161,11 +153,11 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             deadline = time.monotonic() + 60
             missing = _recording_rules()
             while time.monotonic() < deadline:
-                total = _query(port, 'sum(http_requests_total{job="softfactory-app"})')
+                total = query(port, 'sum(http_requests_total{job="softfactory-app"})')
                 # Request sizes are observed for requests with a body; this traffic sends none.
                 migration = [r for r in _recording_rules("migration.yml") if "requests_body" not in r]
                 queries = _recording_rules() + migration + _dashboard_queries("softfactory-app")
-                missing = [q for q in queries if not _has_data(_query(port, q))]
+                missing = [q for q in queries if not _has_data(query(port, q))]
                 if total and float(total[0]["value"][1]) == len(paths) and not missing:
                     break
                 time.sleep(1)
@@ -176,8 +168,8 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
                 "django_http_responses_total_by_status_total",
                 "starlette_requests_total",
             ):
-                assert float(_query(port, f'sum({theirs}{{job="softfactory-app"}})')[0]["value"][1]) == len(paths)
-            errors = _query(port, 'sum(flask_http_request_exceptions_total{job="softfactory-app",status="500"})')
+                assert float(query(port, f'sum({theirs}{{job="softfactory-app"}})')[0]["value"][1]) == len(paths)
+            errors = query(port, 'sum(flask_http_request_exceptions_total{job="softfactory-app",status="500"})')
             assert float(errors[0]["value"][1]) == paths.count("/api/error")
             # No dashboard panel shows "No data" because of a wrong metric name.
             assert missing == [], f"recording rules or dashboard queries without data (empty or NaN): {missing}"
@@ -189,7 +181,7 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             rows = [
                 sorted(
                     sorted((k, v) for k, v in r["metric"].items() if k != "__name__")
-                    for r in _query(port, target["expr"].replace("$job", "softfactory-app"))
+                    for r in query(port, target["expr"].replace("$job", "softfactory-app"))
                 )
                 for target in table["targets"]
             ]
