@@ -51,15 +51,15 @@ def starlette_route(scope: Scope) -> str | None:
     route = scope.get("route")
     if route is None:
         return UNMATCHED if "router" in scope else None
-    root = scope.get("root_path", "")
-    entered = scope.get(_ENTRY_ROOT, "")
-    mounts = root[len(entered) :] if root != entered and root.startswith(entered) else ""
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
-    key = (path, mounts, type(route))
+    root = scope.get("root_path", "")
+    entered = scope.get(_ENTRY_ROOT, "")
+    key = (path, root, entered, type(route))
     template = _TEMPLATES.get(key)
     if template is None:
+        mounts = root[len(entered) :] if root != entered and root.startswith(entered) else ""
         if hasattr(route, "routes"):  # a mount answered itself (static files): the rest is its path
             template = (mounts or framework_template(path, "starlette")) + "/{path}"
         else:
@@ -70,7 +70,8 @@ def starlette_route(scope: Scope) -> str | None:
 
 
 _ENTRY_ROOT = "softfactory_obs.root_path"  # root_path as the server gave it, before any mount
-_TEMPLATES: dict[tuple[str, str, type], str] = {}  # (route path, mounts, route class) -> template
+# (route path, root_path, root_path on entry, route class) -> template
+_TEMPLATES: dict[tuple[str, str, str, type], str] = {}
 
 
 class AsgiMiddleware(InstrumentationHost):

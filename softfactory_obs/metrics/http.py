@@ -248,7 +248,7 @@ class HttpMetrics:
         duration = record.duration
         request_size = record.request_bytes
         if record.threaded:
-            live.gauge.dec()
+            live.gauge.inc(-1.0)  # dec() would call inc(): one frame fewer
             if series is None:  # the response hook failed: nothing more to attribute
                 return
             n = series.duration.observe(duration)

@@ -41,6 +41,12 @@ EXCEPTION_KEY = "softfactory_obs.exception"
 _HEADER_NAMES: dict[str, bytes] = {}  # header name -> its lower-case bytes, as in the scope
 
 
+def _length(value: bytes) -> int | None:
+    """A Content-Length header's byte count (see ``parse_length``), or None."""
+    text = value.decode("latin-1")
+    return LENGTHS.get(text) or parse_length(text)
+
+
 class AsgiDriver:
     """What the ASGI driver needs of the front's configuration, decided once: the request-id policy
     and header, whether app exceptions propagate, and how a route template is read from the scope."""
@@ -67,24 +73,26 @@ async def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement 
     id_header = driver.header
     for name, value in scope["headers"]:  # one pass for the three headers read on every request
         if name == id_header:
-            raw_id = value.decode("latin-1")
+            raw_id = value
         elif name == b"traceparent":
-            traceparent = value.decode("latin-1")
+            traceparent = value
         elif name == b"content-length":
-            length = value.decode("latin-1")
+            length = value
     if raw_id is not None:
         client = scope.get("client")
-        request_id, cycle.id_rejected = driver.request_ids.resolve_value(raw_id, client[0] if client else None)
+        request_id, cycle.id_rejected = driver.request_ids.resolve_value(
+            raw_id.decode("latin-1"), client[0] if client else None
+        )
     else:
         request_id = new_request_id()
         cycle.id_rejected = False
     cycle.request_id = request_id
-    trace_id = cycle.trace_id = parse_traceparent(traceparent) if traceparent else None
+    trace_id = cycle.trace_id = parse_traceparent(traceparent.decode("latin-1")) if traceparent else None
     cycle.method = scope["method"]
     cycle.threaded = True  # other requests interleave, and telemetry runs in threads
     cycle.path = scope["path"]
     cycle.script_name = scope.get("root_path", "")
-    cycle.request_bytes = (LENGTHS.get(length) or parse_length(length)) if length else None
+    cycle.request_bytes = _length(length) if length else None
     cycle.status = cycle.route = cycle.endpoint = cycle.exc = cycle.span_id = None
     cycle.duration = 0.0
     cycle.state = hooks.state.copy()
@@ -205,20 +213,19 @@ class AsgiCycle(RequestRecord):
 
     def _start(self, message: Message) -> Message:
         """The status is final: record it, run the response hooks, and put our id header in the
-        message (as Starlette's own middleware do, the message is changed in place)."""
+        message in place of any the app set (as Starlette's own middleware do, the message is
+        changed in place). Header names are lower case, as the spec requires of the app."""
         self.status = message["status"]
         if "trailers" in message:
             self._trailers = bool(message["trailers"])
         ours = self._driver.header
-        headers = []
-        for name, value in message.get("headers", ()):
-            lower = name.lower()
-            if lower == b"content-length":
-                text = value.decode("latin-1")
-                self._declared = LENGTHS.get(text) or parse_length(text)
-            elif lower == ours:
-                continue
-            headers.append((name, value))
+        headers = list(message.get("headers", ()))
+        by_name = dict(headers)
+        length = by_name.get(b"content-length")
+        if length is not None:
+            self._declared = _length(length)
+        if ours in by_name:
+            headers = [header for header in headers if header[0] != ours]
         headers.append((ours, self.request_id.encode("latin-1")))
         message["headers"] = headers
         self._record()
@@ -269,7 +276,8 @@ class AsgiCycle(RequestRecord):
         if self._finished:
             return
         self._finished = True
-        self._end(complete=False)
+        if not self._ended:
+            self._end(complete=False)
         if self.status is None:  # nothing was answered: the app raised or the client left first
             self.status = 500
             self._record()
