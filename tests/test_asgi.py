@@ -177,6 +177,48 @@ def test_django_asgi_names_its_routes_and_counts_its_handled_exceptions(tmp_path
     assert [x.get("error_type", "-") for x in logs.access()] == ["-", "-", "ValueError", "-"]
 
 
+def test_quart_names_its_routes_and_counts_its_handled_exceptions(tmp_path: Path, logs: LogCapture) -> None:
+    from quart import Quart  # noqa: PLC0415
+
+    from softfactory_obs.contrib.quart import init_app  # noqa: PLC0415
+
+    quart_app = Quart("shop")
+
+    @quart_app.get("/users/<int:user_id>")
+    async def user(user_id: int) -> dict[str, int]:
+        return {"user": user_id}
+
+    @quart_app.post("/orders")
+    async def order() -> str:
+        return "ordered"
+
+    @quart_app.get("/boom")
+    async def boom() -> str:
+        raise ValueError("deliberate")
+
+    init_app(quart_app)
+    quart_app.asgi_app = instrument_asgi(  # type: ignore[method-assign]
+        quart_app.asgi_app, registry=Registry(str(tmp_path / "store"))
+    )
+    paths = [("/users/7", "GET"), ("/users/8", "GET"), ("/orders", "GET"), ("/boom", "GET"), ("/nope", "GET")]
+    statuses = [run(quart_app, p, method=m).status for p, m in paths]
+    assert statuses == [200, 200, 405, 500, 404]
+    assert _requests(quart_app.asgi_app) == {
+        ("/users/{user_id}", "200"): 2,
+        ("/orders", "405"): 1,  # the route it did not allow
+        ("/boom", "500"): 1,
+        ("__unmatched__", "404"): 1,
+    }
+    # Quart turned the ValueError into its own 500: counted by type, named on the access line.
+    assert [x.get("error_type", "-") for x in logs.access()] == ["-", "-", "-", "ValueError", "-"]
+    exceptions = {
+        dict(labels)["exception"]: value
+        for (name, labels), value in samples(quart_app.asgi_app.registry).items()
+        if name == "http_request_exceptions_total"
+    }
+    assert exceptions == {"ValueError": 1}
+
+
 def test_fastapi_routes_are_templates(tmp_path: Path) -> None:
     from fastapi import FastAPI  # noqa: PLC0415
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, got_request_exception, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import Rule
 
 from ..routes import EXCEPTION_KEY, ROUTE_KEY, UNMATCHED, to_template
 from . import warn_if_shadowed
+from .werkzeug_rules import rule_of_other_methods
 
 
 def init_app(app: Flask) -> None:
@@ -29,7 +28,7 @@ def init_app(app: Flask) -> None:
         if first[0]:
             first[0] = False
             warn_if_shadowed(request.environ, (r.rule for r in app.url_map.iter_rules()), "Flask")
-        rule = request.url_rule or _rule_of_other_methods(app)
+        rule = request.url_rule or rule_of_other_methods(app, request)
         # No rule: no route matched, whatever the app answers (404, or a 401 from an auth hook):
         # a scanner's paths take no endpoint slot.
         request.environ[ROUTE_KEY] = to_template(rule.rule, "flask") if rule is not None else UNMATCHED
@@ -41,17 +40,3 @@ def init_app(app: Flask) -> None:
 
 def _store_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
     request.environ[EXCEPTION_KEY] = exception
-
-
-def _rule_of_other_methods(app: Flask) -> Rule | None:
-    """For a 405, the rule the path matched with a method it allows (the template its GET has)."""
-    error = request.routing_exception
-    allowed = list(error.valid_methods or ()) if isinstance(error, MethodNotAllowed) else []
-    adapter = app.create_url_adapter(request)
-    if not allowed or adapter is None:
-        return None
-    try:
-        rule, _ = adapter.match(method=allowed[0], return_rule=True)
-    except HTTPException:
-        return None
-    return rule
