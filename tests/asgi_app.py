@@ -51,6 +51,13 @@ async def boom(request: Request) -> Response:
     raise ValueError("deliberate")
 
 
+async def slow(request: Request) -> Response:
+    # In flight without holding the loop; then says whether this worker was told to drain meanwhile
+    # (what /ready answers with 503), which a test cannot ask /ready once the server stops listening.
+    await asyncio.sleep(float(request.query_params.get("seconds", "1")))
+    return JSONResponse({"draining": app.readiness.draining})
+
+
 async def own_id(request: Request) -> Response:
     return PlainTextResponse("x", headers={"X-Request-Id": "the-app-s-own"})
 
@@ -67,6 +74,7 @@ starlette_app = Starlette(
         Route("/users/{user_id:int}", user),
         Route("/stream", stream),
         Route("/boom", boom),
+        Route("/slow", slow),
         Route("/own-id", own_id),
         Mount("/api", app=Router([Route("/items/{item_id}", item, methods=["GET"])])),
     ],

@@ -325,6 +325,24 @@ def fetch_id(port: int, path: str, headers: dict[str, str] | None = None) -> tup
         conn.close()
 
 
+# What a client sees from a worker that stops (uvicorn's --limit-max-requests) or from a moment with
+# no worker listening: the request was not served, so sending it again counts it once.
+NOT_SERVED = (ConnectionRefusedError, ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+
+
+def fetch_id_retrying(port: int, path: str, request_id: str, timeout: float = 60.0) -> tuple[int, str]:
+    """``fetch_id`` with our own id, sent again (after a short pause) while a worker restart leaves
+    it unserved."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fetch_id(port, path, {"X-Request-Id": request_id})
+        except NOT_SERVED:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def exact_under_load(
     server: Server, path: Callable[[int], str], endpoint: str, rounds: int = 3, per_round: int = 40
 ) -> list[str]:

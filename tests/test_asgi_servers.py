@@ -5,13 +5,28 @@ template is the endpoint, and the access lines are JSON with the response's id."
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from servers import ROOT, Command, Gunicorn, Server, exact_under_load, get
+from servers import (
+    NOT_SERVED,
+    ROOT,
+    Command,
+    Gunicorn,
+    Server,
+    exact_under_load,
+    fetch_id_retrying,
+    get,
+    scrape,
+    served,
+)
 
 PATH = f"{ROOT / 'tests'}{os.pathsep}{ROOT}"
 USER = "/users/{user_id}"
@@ -48,3 +63,60 @@ def test_asgi_servers_count_exactly_with_distinct_ids(tmp_path: Path, name: str)
     assert sorted(x["request_id"] for x in access) == sorted(ids)
     assert all(x["status"] == 200 and x["endpoint"] == USER and x["service"] == "asgi-shop" for x in access)
     assert len({x["pid"] for x in access}) >= 2, "one worker served everything: the test means nothing"
+
+
+def uvicorn(tmp: Path, *args: str) -> Command:
+    argv = [sys.executable, "-m", "uvicorn", "--port", "{port}", "--host", "127.0.0.1", "--no-access-log", *args]
+    return Command(tmp, "uvicorn", [*argv, "asgi_app:app"], PYTHONPATH=PATH)
+
+
+def test_uvicorn_workers_restarted_by_limit_max_requests_keep_every_count(tmp_path: Path) -> None:
+    # Each worker stops after 15 requests and the supervisor starts another: dead workers' shards
+    # fold into the totals, so every scrape, whichever worker answers, counts every request once.
+    with uvicorn(tmp_path, "--workers", "2", "--limit-max-requests", "15") as server:
+        sent: list[str] = []
+        for done in range(1, 4):
+            ids = [f"restart-{done}-{n}" for n in range(40)]
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda i: fetch_id_retrying(server.port, "/users/1?block=0.01", i), ids))
+            assert answers == [(200, i) for i in ids]
+            sent += ids
+            for _ in range(3):
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        counted = served(scrape(server.port), USER)
+                        break
+                    except NOT_SERVED:  # the worker that took the scrape was stopping
+                        assert time.monotonic() < deadline
+                        time.sleep(0.05)
+                assert counted == len(sent)
+        lines = server.log_lines(wait_for=len(sent))
+    access = [x for x in lines if x.get("logger") == "softfactory_obs.access" and x["path"].startswith("/users/")]
+    # Every request served once: a retried request had not been (else its id would show twice).
+    assert sorted(x["request_id"] for x in access) == sorted(sent)
+    assert len({x["pid"] for x in access}) >= 4, "no worker was restarted: the test means nothing"
+
+
+def test_sigterm_under_uvicorn_drains_finishes_the_request_in_flight_and_exits(tmp_path: Path) -> None:
+    server = uvicorn(tmp_path)
+    with server:
+        assert server.proc is not None
+        # The first request hooks SIGTERM in the worker, chained to uvicorn's own handler.
+        assert get(server.port, "/users/1")[0] == 200
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(get, server.port, "/slow?seconds=2", 30)
+            deadline = time.monotonic() + 20
+            while scrape(server.port).get(("http_requests_in_progress", (("method", "GET"),)), 0) < 1:
+                assert time.monotonic() < deadline, "the slow request never arrived"
+                time.sleep(0.02)
+            server.proc.send_signal(signal.SIGTERM)
+            status, body = slow.result(timeout=30)
+        # Answered in full after the signal, by a worker that knew it was draining (/ready: 503).
+        assert status == 200 and json.loads(body) == {"draining": True}
+        # uvicorn's handler ran too: the server shut down and exited (it re-raises the signal it
+        # caught once it is done, so the status may be the signal's).
+        assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        lines = server.log_lines(wait_for=2)
+    assert [x["status"] for x in lines if x.get("path", "").startswith("/slow")] == [200]
+    assert "Finished server process" in server.stderr_path.read_text()
