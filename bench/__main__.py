@@ -287,6 +287,25 @@ def instructions_part(
         )
 
 
+def asgi_part(report: dict[str, Any], section: Callable[[str, list[str]], None], args: argparse.Namespace) -> None:
+    """The ASGI tables: in-process µs and instructions per request, and throughput under uvicorn."""
+    asgi_samples = report["asgi_us_per_request"] = asgi.run(rounds=args.rounds)
+    medians = {v: statistics.median(s) for v, s in asgi_samples.items()}
+    section(
+        "ASGI in-process, µs per request (5000 requests per sample, each variant in its own interpreter)",
+        asgi.table(medians, "µs/request"),
+    )
+    if instructions.available():
+        counts = report["asgi_instructions_per_request"] = asgi.instructions()
+        section("ASGI in-process, instructions per request (callgrind)", asgi.table(counts, "instructions/request"))
+    rps = report["asgi_uvicorn_rps"] = asgi.throughput(rounds=args.load_rounds, seconds=args.load_seconds)
+    how = "wrk -c16" if load.generator() == "wrk" else "4 Python client processes, wrk not being installed"
+    section(
+        f"ASGI under uvicorn --workers 2, {how} on loopback, {args.load_seconds:g} s per sample",
+        asgi.throughput_table(rps),
+    )
+
+
 def _commit_of(tree: Path) -> str:
     command = ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"]
     out = subprocess.run(command, check=False, capture_output=True, text=True)
@@ -348,15 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if "instructions" in parts:
         instructions_part(report, section, args.baseline)
     if "asgi" in parts:
-        asgi_samples = report["asgi_us_per_request"] = asgi.run(rounds=args.rounds)
-        medians = {v: statistics.median(s) for v, s in asgi_samples.items()}
-        section(
-            "ASGI in-process, µs per request (5000 requests per sample, each variant in its own interpreter)",
-            asgi.table(medians, "µs/request"),
-        )
-        if instructions.available():
-            counts = report["asgi_instructions_per_request"] = asgi.instructions()
-            section("ASGI in-process, instructions per request (callgrind)", asgi.table(counts, "instructions/request"))
+        asgi_part(report, section, args)
     if "load" in parts:
         results = load.run(rounds=args.load_rounds, seconds=args.load_seconds)
         report["gunicorn"] = {v: vars(r) for v, r in results.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import interleaved
+from . import interleaved, load
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -131,8 +132,9 @@ def _correlation_and_line() -> list[Any]:
     return [Middleware(CorrelationIdMiddleware), Middleware(AccessLine, logger=logger)]
 
 
-def build(variant: str) -> Any:  # noqa: PLR0911 - one return per variant
-    """The variant's app, configured as its documentation says."""
+def build(variant: str, metrics_dir: str | None = None) -> Any:  # noqa: PLR0911 - one return per variant
+    """The variant's app, configured as its documentation says (ours: its store in ``metrics_dir``,
+    else a directory of its own)."""
     from starlette.middleware import Middleware
 
     if variant == "starlette":
@@ -142,7 +144,7 @@ def build(variant: str) -> Any:  # noqa: PLR0911 - one return per variant
 
         softfactory_obs.configure_logging(stream=open(os.devnull, "w"))  # noqa: SIM115
         options = {"access_log": False, "health": False} if variant == "ours-metrics" else {}
-        return softfactory_obs.instrument_asgi(_starlette(), metrics_dir=tempfile.mkdtemp(), **options)
+        return softfactory_obs.instrument_asgi(_starlette(), metrics_dir=metrics_dir or tempfile.mkdtemp(), **options)
     if variant in ("exporter", "exporter-mp"):
         from starlette_exporter import PrometheusMiddleware
 
@@ -251,6 +253,43 @@ def instructions(n: int = 1000) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
         jobs = {v: (pool.submit(_count, v, n, tmp), pool.submit(_count, v, 6 * n, tmp)) for v in VARIANTS}
         return {v: (six.result() - one.result()) / (5 * n) for v, (one, six) in jobs.items()}
+
+
+# Served by uvicorn with several workers: the deployment the peers' users run.
+SERVED = ["starlette", "ours", "ours-metrics", "exporter-mp", "stack", "otel-sdk"]
+
+
+def throughput(
+    rounds: int = 3, seconds: float = 4.0, workers: int = 2, connections: int = 16
+) -> dict[str, list[float]]:
+    """Requests per second of each of ``SERVED`` under ``uvicorn --workers``, in interleaved turns."""
+    samples: dict[str, list[float]] = {v: [] for v in SERVED}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in interleaved(SERVED, rounds):
+            port = load.free_port()
+            env = _env(variant, tmp)
+            env["BENCH_ASGI_VARIANT"] = variant
+            env["BENCH_ASGI_STORE"] = tempfile.mkdtemp(dir=tmp)  # ours: one store for all the workers
+            command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--workers", str(workers)]
+            command += ["--no-access-log", "--log-level", "warning", "bench.asgi_served:app"]
+            with open(os.path.join(tmp, f"{variant}.log"), "wb") as log:
+                proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    load.wait_until_serving(port, proc, f"uvicorn for {variant} (see {log.name})", "/users/1")
+                    load.closed_loop(port, 1.0, connections, "/users/1")  # warm-up
+                    samples[variant].append(load.closed_loop(port, seconds, connections, "/users/1")[0])
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+    return samples
+
+
+def throughput_table(samples: dict[str, list[float]]) -> list[str]:
+    """Median requests per second, and each variant's share of bare Starlette's."""
+    medians = {v: statistics.median(s) for v, s in samples.items()}
+    lines = ["| variant | req/s | x bare |", "|---|---:|---:|"]
+    lines += [f"| {VARIANTS[v]} | {r:,.0f} | {r / medians['starlette']:.2f} |" for v, r in medians.items()]
+    return lines
 
 
 # Issue 21's targets: our overhead at most this fraction of the peer's.

@@ -42,7 +42,7 @@ class LoadResult:
     cpu_us: list[float] = field(default_factory=list)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -60,7 +60,7 @@ def _get(port: int, path: str) -> bytes:
 @contextlib.contextmanager
 def gunicorn(variant: str, workers: int, tmp: str) -> Iterator[tuple[int, int]]:
     """A gunicorn serving ``variant``; yields (port, master pid)."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, BENCH_VARIANT=variant, PYTHONPATH=str(ROOT))
     if variant in ("naive", "flask-pfe"):
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
@@ -87,15 +87,7 @@ def gunicorn(variant: str, workers: int, tmp: str) -> Iterator[tuple[int, int]]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get(port, "/")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn for {variant} did not start; see {log.name}") from None
-                time.sleep(0.1)
+        wait_until_serving(port, proc, f"gunicorn for {variant} (see {log.name})")
         yield port, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -155,6 +147,27 @@ def generator() -> str:
     return "wrk" if shutil.which("wrk") else "python"
 
 
+def closed_loop(port: int, seconds: float, connections: int, path: str) -> tuple[float, float]:
+    """Requests per second and p99 ms of ``connections`` closed-loop clients on ``path`` (wrk, or
+    Python client processes where wrk is missing, at most 4 of them)."""
+    if generator() == "wrk":
+        return _wrk(port, seconds, connections, path)
+    return _python_load(port, seconds, min(connections, 4), path)
+
+
+def wait_until_serving(port: int, proc: subprocess.Popen[bytes], what: str, path: str = "/") -> None:
+    """Poll ``path`` until the server answers (30 s at most, or until it exits)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _get(port, path)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
 def _workers_cpu_seconds(master: int) -> float:
     return sum(sum(child.cpu_times()[:2]) for child in psutil.Process(master).children())
 
@@ -166,9 +179,7 @@ def _worker_rss_mb(master: int) -> list[float]:
 def run(
     rounds: int = 3, seconds: float = 5.0, workers: int = 4, connections: int = 16, path: str = "/api/users/42"
 ) -> dict[str, LoadResult]:
-    load = _wrk if generator() == "wrk" else _python_load
-    if load is _python_load:
-        connections = min(connections, 4)  # each Python client is a process on these same cores
+    load = closed_loop
     results = {v: LoadResult() for v in ORDER}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in interleaved(ORDER, rounds):

@@ -111,3 +111,13 @@ def test_the_asgi_table_judges_our_overhead_against_each_peers() -> None:
     counts["ours"] = 200.0
     name = f"*{asgi.VARIANTS['ours']} overhead / {asgi.VARIANTS['otel-sdk']} overhead*"
     assert row(asgi.table(counts, "µs"), name)[1:] == ["<= 0.1", "0.11", "NO"]  # 100 / 900
+
+
+def test_the_uvicorn_table_takes_medians_against_bare_starlettes() -> None:
+    asgi = importlib.import_module("bench.asgi")
+    samples = {v: [100.0, 300.0, 200.0] for v in asgi.SERVED}  # median 200 each, then ours:
+    samples["ours"] = [170.0, 100.0, 150.0]
+    lines = asgi.throughput_table(samples)
+    assert row(lines, asgi.VARIANTS["starlette"])[1:] == ["200", "1.00"]
+    assert row(lines, asgi.VARIANTS["ours"])[1:] == ["150", "0.75"]
+    assert len(lines) == 2 + len(asgi.SERVED)
