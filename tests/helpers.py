@@ -240,11 +240,13 @@ async def call_asgi(
     body: bytes = b"",
     root_path: str = "",
     fail_send_after: int | None = None,
+    pathsend: bool = False,
 ) -> AsgiResponse:
     """Drive one ``http`` request as a strict server would: the ASGI spec's message order checked
     on every message (one start, then body messages until ``more_body`` is false, nothing after),
     ``http.disconnect`` once the response is complete. ``fail_send_after``: the server's send
-    raises OSError (the client is gone) from that body message on."""
+    raises OSError (the client is gone) from that body message on. ``pathsend``: the server offers
+    the ``http.response.pathsend`` extension and sends the file it names."""
     path_only, _, query = path.partition("?")
     scope = {
         "type": "http",
@@ -260,6 +262,8 @@ async def call_asgi(
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
+    if pathsend:
+        scope["extensions"] = {"http.response.pathsend": {}}
     response = AsgiResponse()
     done = asyncio.Event()
     sent_request = False
@@ -289,6 +293,10 @@ async def call_asgi(
             response.body += message.get("body", b"")
             if not message.get("more_body", False):
                 done.set()
+        elif message["type"] == "http.response.pathsend" and pathsend:
+            assert response.status and not response.body, "pathsend ends a response that sent no body"
+            response.body = Path(message["path"]).read_bytes()
+            done.set()
         else:
             raise AssertionError(f"unexpected message {message}")
 

@@ -86,6 +86,33 @@ def test_a_client_gone_mid_stream_is_counted_once_with_what_was_sent(shop: Any, 
     assert "error_type" not in line  # the client left; the app did nothing wrong
 
 
+def test_sizes_are_what_was_sent_or_declared_when_no_body_went_through_send(tmp_path: Path) -> None:
+    served = tmp_path / "file.bin"
+    served.write_bytes(b"x" * 1234)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        length = b"1234" if scope["path"] != "/short" else b"10"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+        elif scope["path"] == "/file":
+            await send({"type": "http.response.pathsend", "path": str(served)})
+        else:  # declares 10, sends 3: the server would cut the connection; 3 went out
+            await send({"type": "http.response.body", "body": b"abc"})
+
+    wrapped = instrument_asgi(app, registry=Registry(str(tmp_path / "store")), routes=["/file", "/short"])
+    assert run(wrapped, "/file", method="HEAD").body == b""
+    assert run(wrapped, "/file", pathsend=True).body == served.read_bytes()
+    assert run(wrapped, "/short").body == b"abc"
+    sizes = {
+        (dict(labels)["method"], dict(labels)["endpoint"]): value
+        for (name, labels), value in samples(wrapped.registry).items()
+        if name == "http_response_size_bytes_sum"
+    }
+    assert sizes == {("HEAD", "/file"): 1234, ("GET", "/file"): 1234, ("GET", "/short"): 3}
+
+
 def test_an_exception_is_counted_by_type_and_the_500_carries_the_id(shop: Any, logs: LogCapture) -> None:
     # Starlette's ServerErrorMiddleware answers 500 itself, then re-raises for the server.
     with pytest.raises(ValueError, match="deliberate"):

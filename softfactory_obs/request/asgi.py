@@ -22,7 +22,7 @@ ASGI rules this file follows (the HTTP connection scope of the ASGI spec), and w
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -100,7 +100,7 @@ async def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement 
     cycle._driver = driver
     cycle._hooks = hooks
     cycle._send = send
-    cycle._declared = None
+    cycle._app_headers = ()
     cycle._sent = 0
     cycle._started = cycle._trailers = cycle._ended = cycle._gone = cycle._finished = False
     token = request_context.set((request_id, trace_id, None))
@@ -132,7 +132,7 @@ class AsgiCycle(RequestRecord):
     """The record of one ASGI request, and the ``send`` the app calls; made by ``serve``."""
 
     __slots__ = (
-        "_declared",
+        "_app_headers",
         "_driver",
         "_ended",
         "_finished",
@@ -144,7 +144,7 @@ class AsgiCycle(RequestRecord):
         "_trailers",
     )
 
-    _declared: int | None  # the response's Content-Length as the app sent it, when valid
+    _app_headers: Sequence[Sequence[bytes]]  # the response headers as the app sent them
     _driver: AsgiDriver
     _ended: bool  # duration and size are taken
     _finished: bool  # the finish hooks ran
@@ -219,15 +219,15 @@ class AsgiCycle(RequestRecord):
         if "trailers" in message:
             self._trailers = bool(message["trailers"])
         ours = self._driver.header
-        headers = list(message.get("headers", ()))
-        by_name = dict(headers)
-        length = by_name.get(b"content-length")
-        if length is not None:
-            self._declared = _length(length)
-        if ours in by_name:
-            headers = [header for header in headers if header[0] != ours]
-        headers.append((ours, self.request_id.encode("latin-1")))
-        message["headers"] = headers
+        headers = message.get("headers", ())
+        if type(headers) is not list:  # any iterable, read more than once below
+            headers = list(headers)
+        for name, _ in headers:
+            if name == ours:  # the app set its own: ours replaces it
+                headers = [header for header in headers if header[0] != ours]
+                break
+        self._app_headers = headers
+        message["headers"] = [*headers, (ours, self.request_id.encode("latin-1"))]
         self._record()
         return message
 
@@ -259,14 +259,25 @@ class AsgiCycle(RequestRecord):
 
     def _end(self, complete: bool) -> None:
         """The response ended (``complete``) or was cut: its duration and size, taken once. The size
-        is the declared Content-Length of a complete response (a HEAD's, a file the server sent
-        itself), else what went through ``send``."""
+        is what went through ``send``; for a complete response with no body through it (a HEAD's,
+        a file the server sent itself), its declared Content-Length."""
         if self._ended:
             return
         self._ended = True
         self.duration = perf_counter() - self.started
-        declared = self._declared
-        self.response_bytes = declared if complete and declared is not None else self._sent
+        sent = self._sent
+        if complete and not sent and self._app_headers:  # a HEAD's, or a file the server sent itself
+            declared = self._declared_length()
+            self.response_bytes = sent if declared is None else declared
+        else:
+            self.response_bytes = sent
+
+    def _declared_length(self) -> int | None:
+        """The response's Content-Length as the app declared it, when valid."""
+        for name, value in self._app_headers:
+            if name == b"content-length":
+                return _length(value)
+        return None
 
     def finish(self) -> None:
         """Run once, when the app returned or raised: the finish hooks. They wait for the app, not

@@ -95,7 +95,8 @@ class RequestRecord:
     the app failed before answering). ``route`` is the template a framework adapter matched, if
     any; ``endpoint`` what the recorders show (``routes.Endpoints``). ``request_bytes`` is the
     request's declared Content-Length (``None`` without a valid one); ``response_bytes`` the
-    response body's size: its declared Content-Length, else what was sent. ``started`` is
+    response body's size: its declared Content-Length, else what was sent (under ASGI, what was
+    sent, unless no body went through ``send``: a HEAD, a file the server sent). ``started`` is
     ``time.perf_counter()`` at arrival and ``duration`` the seconds until the body was sent and
     closed. ``threaded``: other threads of this process may serve requests at the same time (a
     recorder then takes locks). ``environ`` is the protocol's own mapping (the WSGI environ, the
