@@ -105,17 +105,19 @@ def test_a_fleet_of_three_aggregates_in_prometheus_and_remote_storage(tmp_path: 
             for h, users, products in zip(hosts, USERS, PRODUCTS, strict=True)
             for path in [f"/api/users/{n}" for n in range(1, users + 1)] + ["/api/products"] * products
         ]
-        # Two rounds a few scrapes apart, so rate() sees the counters grow.
+        counted = f'sum by (instance) (http_requests_total{{job="{JOB}", endpoint!="/metrics"}})'
+        # Two rounds, the second once Prometheus has scraped the first, so rate() sees the counters grow.
+        sent: Counter[str] = Counter()
         with ThreadPoolExecutor(6) as pool:
             for round_requests in (requests[0::2], requests[1::2]):
                 assert set(pool.map(lambda r: get(*r)[0], round_requests)) == {200}
-                time.sleep(3)
-        sent = {inst: users + products for inst, users, products in zip(instances, USERS, PRODUCTS, strict=True)}
+                sent.update(f"127.0.0.1:{port}" for port, _ in round_requests)
+                # Prometheus: each instance's count is exact, and so is the fleet's.
+                wait_for("every instance's requests in Prometheus", lambda: by_instance(prom, counted) == sent)
         total = sum(sent.values())
-
-        # Prometheus: each instance's count is exact, and so is the fleet's.
-        counted = f'sum by (instance) (http_requests_total{{job="{JOB}", endpoint!="/metrics"}})'
-        wait_for("every instance's requests in Prometheus", lambda: by_instance(prom, counted) == sent)
+        assert sent == {
+            inst: users + products for inst, users, products in zip(instances, USERS, PRODUCTS, strict=True)
+        }
         # The recording rules aggregate per job across the instances: one series per job (and endpoint),
         # no instance label, the rate of the whole fleet.
         rate = wait_for("the fleet's request rate", lambda: query(prom, f'job:http_requests:rate5m{{job="{JOB}"}}'))
