@@ -5,7 +5,8 @@ the caches swept before each request, as under gunicorn), ``instructions`` (the 
 requests under callgrind: instructions per request, which the host's load does not move), ``asgi``
 (the ASGI front next to bare Starlette and its peers: µs and instructions per request),
 ``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one
-write), ``scrape`` (scrape time vs dead workers), ``startup`` (import time). The tables are
+write), ``scrape`` (scrape time vs dead workers), ``scale`` (scrape time and memory with many live
+workers and endpoints, next to prometheus_client), ``startup`` (import time). The tables are
 printed and written to ``bench/results/`` as JSON and Markdown, named by time, so a run can be
 compared with an earlier one.
 """
@@ -24,11 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import asgi, instructions, load, peers, store
+from . import asgi, instructions, load, peers, scale, store
 from .apps import VARIANTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("peers", "cold", "instructions", "asgi", "load", "store", "scrape", "startup")
+PARTS = ("peers", "cold", "instructions", "asgi", "load", "store", "scrape", "scale", "startup")
 # Import time of each package alone, in a fresh interpreter.
 MODULES = ("softfactory_obs", "prometheus_client", "prometheus_flask_exporter", "opentelemetry.instrumentation.wsgi")
 
@@ -129,6 +130,14 @@ def _at_reference_speed(report: dict[str, Any], variant: str) -> float:
     return _overhead(report, variant) * REFERENCE_NAIVE_US / _overhead(report, "naive")
 
 
+def _scale(report: dict[str, Any], what: str) -> float:
+    """A figure of the largest scale cell, (64, 1,000); KeyError (the target is left out) without it."""
+    for cell in report["scale"]:
+        if (cell["n"], cell["e"]) == scale.LARGEST:
+            return scale.figures(cell)[what]
+    raise KeyError(scale.LARGEST)
+
+
 def _by_instructions(report: dict[str, Any], variant: str) -> float:
     counts = report["instructions_per_request"]
     return (counts[variant] - counts["bare"]) / (counts["naive"] - counts["bare"]) * REFERENCE_NAIVE_US
@@ -201,6 +210,10 @@ TARGETS = [
     ("counter inc, ns", lambda r: r["store_ns_per_call"]["ours-directory counter inc"], 300.0, True),
     ("histogram observe, ns", lambda r: r["store_ns_per_call"]["ours-directory histogram observe"], 600.0, True),
     ("scrape flat under churn: most dead / fewest dead", _scrape_growth, 1.5, True),
+    ("scrape at (64, 1,000), steady text, ms", lambda r: _scale(r, "steady_ms"), 300.0, True),
+    ("  steady / exposition floor", lambda r: _scale(r, "of_floor"), 1.5, True),
+    ("  first scrape in a fresh worker / steady", lambda r: _scale(r, "first_of_steady"), 2.0, True),
+    ("  memory kept after scraping, MB above a worker that never scraped", lambda r: _scale(r, "kept_mb"), 20.0, True),
     ("worker RSS above bare, MB", lambda r: _rss_above(r, "ours"), 4.0, True),
     ("import softfactory_obs, ms", lambda r: r["import_ms"]["softfactory_obs"], 150.0, True),
 ]
@@ -320,6 +333,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--load-rounds", type=int, default=5, help="interleaved rounds under gunicorn")
     parser.add_argument("--load-seconds", type=float, default=4.0, help="wrk duration per sample")
     parser.add_argument("--dead", default="100,1000,8000", help="dead-worker counts for the scrape benchmark")
+    parser.add_argument("--cells", default="4x100,16x1000,64x1000", help="NxE cells of the scale benchmark")
+    parser.add_argument("--scale-rounds", type=int, default=3, help="interleaved rounds per scale cell")
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results/")
     parser.add_argument(
         "--baseline",
@@ -397,6 +412,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{steady[max(steady)] / steady[min(steady)]:.2f}x |"
             )
         section(f"Scrape time vs dead workers ({store.ROUTES} routes, counter + histogram each)", lines)
+    if "scale" in parts:
+        cells = report["scale"] = scale.run(scale.parse_cells(args.cells), args.scale_rounds)
+        section(
+            "Scrape at scale: N live workers x E endpoints (a counter and a default histogram each), "
+            f"text format unless named, medians of {args.scale_rounds} interleaved rounds",
+            scale.table(cells),
+        )
+        sizes = report["store_bytes_per_series"] = scale.per_series_bytes()
+        section(
+            "Store size per series, per worker that wrote it (bytes in its shard)",
+            ["| series | bytes |", "|---|---:|", *(f"| {kind} | {size:,} |" for kind, size in sizes.items())],
+        )
     if "startup" in parts:
         times = {m: import_ms(m) for m in MODULES}
         report["import_ms"] = times

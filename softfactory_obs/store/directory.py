@@ -36,14 +36,14 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._failures import report_failure
 from .archive import ARCHIVE, Archive, Identity, new_nonce
+from .reader import CountSums, ShardReader, Template
 from .shard import (
-    KIND_COUNT,
     KIND_EXEMPLAR,
     KIND_GAUGE,
     KIND_META,
@@ -51,7 +51,6 @@ from .shard import (
     CorruptShardError,
     Key,
     ShardGrewError,
-    ShardReader,
     ShardWriter,
 )
 
@@ -79,6 +78,7 @@ class Snapshot:
     live_shards: int = 0
     dead_shards: int = 0
     files_opened: int = 0
+    records_parsed: int = 0  # key records parsed (not read before, nor recognised from another shard)
     archive_generation: int = 0
     # Whether a worker could make a shard in the directory now, and the space left there (None
     # without a directory): a store fault is visible at once, whichever worker answers.
@@ -139,6 +139,7 @@ class StoreDirectory:
         with contextlib.suppress(OSError):  # read-only: still readable; new_shard says why not
             self._prepare()
         self._readers: dict[str, ShardReader] = {}  # parsed key tables of shards, by file name
+        self._template: Template | None = None  # the records most shards begin with (see reader.py)
         self._dead: dict[str, int] = {}  # checksums of dead shards, as first validated
         # One snapshot at a time per process: the incremental key tables above are shared, and two
         # threads parsing the same tail (a scrape and the maintenance thread, or two gthread
@@ -236,7 +237,7 @@ class StoreDirectory:
             absorbed = set(archive.absorbed)
             snap.archive_generation = archive.generation
             snap.metas.update(archive.metas)
-            snap.counts.update(archive.counts)
+            sums = CountSums()
             names = [n for n in self._shard_names() if n not in absorbed]
             own_name = os.path.basename(own.path) if own is not None and own.path else None
             seen = set()
@@ -246,7 +247,7 @@ class StoreDirectory:
                 live = False
                 try:
                     live = name == own_name or not is_dead(path)
-                    self._read_shard(name, path, live, snap)
+                    self._read_shard(name, path, live, snap, sums)
                 except FileNotFoundError:
                     continue  # only absorbed shards are unlinked, and only under LOCK_EX: vanished means absorbed
                 except CorruptShardError as exc:
@@ -263,13 +264,15 @@ class StoreDirectory:
         finally:
             if fd is not None:
                 os.close(fd)
+        sums.into(snap.counts)
+        _add_counts(snap.counts, archive.counts.items())
         for gone in set(self._readers) - seen:
             del self._readers[gone]
         for gone in set(self._dead) - seen:
             del self._dead[gone]
         return snap
 
-    def _read_shard(self, name: str, path: str, live: bool, snap: Snapshot) -> None:
+    def _read_shard(self, name: str, path: str, live: bool, snap: Snapshot, sums: CountSums) -> None:
         reader = self._readers.get(name)
         if reader is None or (not live and name not in self._dead):
             # Newly dead: parse it whole again rather than resume with a key table read while it
@@ -278,15 +281,20 @@ class StoreDirectory:
         snap.files_opened += 1
         for attempt in range(_MAP_ATTEMPTS):
             with _mapped(path) as buffers:
+                parsed = reader.parsed
                 try:
-                    reader.parse(buffers)  # nothing parsed when it raises: safe to parse again
+                    reader.parse(buffers, self._template)  # nothing parsed when it raises: safe to parse again
                 except ShardGrewError:
                     if attempt + 1 == _MAP_ATTEMPTS:
                         raise
                     continue  # its writer added a segment since we mapped it: map it again
+                snap.records_parsed += reader.parsed - parsed
+                if reader.made is not None:  # it read further than the template: the next fresh reader tries it
+                    self._template, reader.made = reader.made, None
                 if not live:
                     self._check_unchanged(name, buffers, reader)
-                merge_values(reader, buffers, live, name, snap)
+                sums.add(reader.table, reader.table.count_values(buffers))
+                merge_others(reader, buffers, live, name, snap)
                 return
 
     def _check_unchanged(self, name: str, buffers: list[tuple[int, Any]], reader: ShardReader) -> None:
@@ -368,7 +376,7 @@ class StoreDirectory:
         reader = ShardReader()
         try:
             with _mapped(os.path.join(self.path, name)) as buffers:
-                reader.parse(buffers)
+                reader.parse(buffers, self._template)
                 if name in self._dead:
                     self._check_unchanged(name, buffers, reader)
                 merge_values(reader, buffers, False, name, snap)
@@ -405,13 +413,17 @@ class StoreDirectory:
 
 def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool, shard: str, snap: Snapshot) -> None:
     """Add one shard's values to ``snap``: counts summed, gauges and exemplars kept by shard."""
-    counts = snap.counts
+    _add_counts(snap.counts, zip(reader.table.count_keys, reader.table.count_values(buffers), strict=True))
+    merge_others(reader, buffers, live, shard, snap)
+
+
+def merge_others(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool, shard: str, snap: Snapshot) -> None:
+    """Add one shard's records other than counts to ``snap``: family descriptions, the gauges and
+    their stamps of a live shard, the newest exemplar of each series."""
     stamps: dict[Key, int] = {}
     gauges: list[tuple[Key, float]] = []
-    for kind, payload, value in reader.values(buffers):
-        if kind == KIND_COUNT:
-            counts[payload] = counts.get(payload, 0) + int(value)
-        elif kind == KIND_META:
+    for kind, payload, value in reader.others(buffers):
+        if kind == KIND_META:
             snap.metas.setdefault(payload["name"], payload)
         elif live and kind == KIND_GAUGE:
             gauges.append((payload, float(value)))
@@ -423,6 +435,12 @@ def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool
                 snap.exemplars[payload] = value
     for key, value in gauges:
         snap.gauges.setdefault(key, []).append((value, stamps.get(key, 0), shard))
+
+
+def _add_counts(counts: dict[Key, int], items: Iterable[tuple[Key, int]]) -> None:
+    get = counts.get
+    for key, value in items:
+        counts[key] = get(key, 0) + value
 
 
 def _abandoned(path: str) -> bool:

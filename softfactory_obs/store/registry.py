@@ -24,7 +24,8 @@ from .._failures import report_failure
 from ..process_state import ensure_current, install_fork_hook, on_new_process
 from .directory import Snapshot, StoreDirectory, merge_values
 from .location import ENV, auto_directory
-from .shard import KIND_META, Segment, ShardReader, ShardWriter, record_size
+from .reader import ShardReader
+from .shard import KIND_META, Segment, ShardWriter, record_size
 
 if TYPE_CHECKING:
     from .children import Child
@@ -47,6 +48,8 @@ class Registry:
         self._directory_path = directory
         self._directory: StoreDirectory | None = None
         self._writer: ShardWriter | None = None
+        # Without a directory: the reader of the in-memory shard, kept with the writer it reads.
+        self._memory_reader: tuple[ShardWriter, ShardReader] | None = None
         self._lock = threading.Lock()  # guards the writer's key table; slots have their own lock
         self._children: list[Child] = []
         self._metas_written: set[str] = set()
@@ -289,11 +292,13 @@ class Registry:
             snap = Snapshot()
             writer = self._writer
             if writer is not None:
-                reader = ShardReader()
+                reader = self._memory_reader
+                if reader is None or reader[0] is not writer:
+                    reader = self._memory_reader = (writer, ShardReader())
                 with self._lock:
                     buffers = writer.buffers()
-                    reader.parse(buffers)
-                    merge_values(reader, buffers, True, "memory", snap)
+                    reader[1].parse(buffers)  # only what was added since the last scrape
+                    merge_values(reader[1], buffers, True, "memory", snap)
                 snap.live_shards = 1
         for name, family in self.families.items():
             snap.metas.setdefault(name, family.meta)

@@ -62,17 +62,27 @@ def encode_key(key: Key) -> bytes:
 
 
 _decoded: dict[bytes, Key] = {}
+# One object per distinct name, suffix and label-value tuple: the keys of one family (a histogram's
+# buckets, every worker's copy) share them, which is most of what a reader keeps in memory.
+_parts: dict[Any, Any] = {}
+_json_decode = json.JSONDecoder().decode
 
 
 def decode_key(raw: bytes) -> Key:
+    """The (family, suffix, label values) a key's bytes encode; ValueError if they encode no key."""
     # Every worker writes the same keys: decode each distinct one once per process, not once per shard.
-    """The (family, suffix, label values) a key's bytes encode."""
     key = _decoded.get(raw)
     if key is None:
-        name, suffix, labels = json.loads(raw)
-        key = (name, suffix, tuple(labels))
+        name, suffix, labels = _json_decode(raw.decode("utf-8"))
+        if not (isinstance(name, str) and isinstance(suffix, str) and isinstance(labels, list)) or not all(
+            isinstance(v, str) for v in labels
+        ):
+            raise ValueError(f"not a key: {raw[:80]!r}")
         if len(_decoded) > 200_000:  # bounded: label values come from a bounded set, but be sure
             _decoded.clear()
+            _parts.clear()
+        parts = _parts.setdefault
+        key = (parts(name, name), parts(suffix, suffix), parts(tuple(labels), tuple(labels)))
         _decoded[raw] = key
     return key
 

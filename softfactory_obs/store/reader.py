@@ -1,0 +1,255 @@
+"""Reading shards: key tables parsed once, values read in one call per shard, tables shared.
+
+A scrape reads every slot of every shard. Per slot in Python that is the cost of a large
+deployment (64 workers x 1,000 endpoints is over a million slots), so a parsed shard is described
+by a ``KeyTable``: its count keys in record order and one ``struct`` per mapped buffer that reads
+all their values in a single C call. Tables are immutable; a reader whose shard grew gets a new
+one, so a table can be shared.
+
+Sharing is what makes a fresh scraper cheap: workers that created the same series in the same
+order (the common case: the same app, the same routes) wrote byte-identical records apart from
+the values. A ``Template`` holds the record heads and keys of one parsed shard; another shard whose
+bytes up to the same point are equal to them (compared in C, values skipped) takes the template's
+table as its own and parses only what follows. Equal bytes are exactly what a parse would have
+read, so nothing is trusted that a parse would not have checked.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Sequence
+from itertools import pairwise
+from typing import Any
+
+from .shard import (
+    HEADER_SIZE,
+    KIND_COUNT,
+    KIND_EXEMPLAR,
+    KIND_GAUGE,
+    KIND_META,
+    KIND_SKIP,
+    KIND_STAMP,
+    MAGIC,
+    RECORD_HEAD,
+    CorruptShardError,
+    Key,
+    ShardGrewError,
+    decode_key,
+    read_exemplar,
+    value_size,
+)
+
+KINDS = (KIND_COUNT, KIND_GAUGE, KIND_STAMP, KIND_META, KIND_EXEMPLAR)
+# (kind, key or family description, buffer index, value slot) of a record that is not a count
+Other = tuple[int, Any, int, int]
+# (buffer index, byte offset of the first value, the struct that reads every value of the run)
+Run = tuple[int, int, struct.Struct]
+
+
+class KeyTable:
+    """What a shard's records up to ``pos`` hold: the count keys in record order, the runs that
+    read their values, and the other records (family descriptions, gauges, stamps, exemplars)."""
+
+    __slots__ = ("count_keys", "distinct", "others", "pos", "runs")
+
+    def __init__(self, pos: int, count_keys: tuple[Key, ...], runs: tuple[Run, ...], others: tuple[Other, ...]):
+        self.pos = pos
+        self.count_keys = count_keys
+        self.runs = runs
+        self.others = others
+        # A writer makes one record per key; a table that breaks that is still summed right, slower.
+        self.distinct = len(set(count_keys)) == len(count_keys)
+
+    def extended(self, pos: int, keys: list[Key], offsets: dict[int, list[int]], others: list[Other]) -> KeyTable:
+        """A new table: this one plus the records parsed after it (value offsets by buffer index)."""
+        runs = list(self.runs)
+        for index, at in offsets.items():
+            fmt = "=" + "".join(f"{gap}xq" if gap else "q" for gap in _gaps(at))
+            if runs and runs[-1][0] == index:  # one struct per buffer: a growing shard keeps one call
+                _, first, known = runs.pop()
+                fmt = known.format + f"{at[0] - first - known.size}x" + fmt[1:]
+                runs.append((index, first, struct.Struct(fmt)))
+            else:
+                runs.append((index, at[0], struct.Struct(fmt)))
+        return KeyTable(pos, self.count_keys + tuple(keys), tuple(runs), self.others + tuple(others))
+
+    def count_values(self, buffers: Sequence[tuple[int, Any]]) -> Sequence[int]:
+        """Every count's value, in the order of ``count_keys``."""
+        if len(self.runs) == 1:
+            index, first, reader = self.runs[0]
+            return reader.unpack_from(buffers[index][1], first)
+        values: list[int] = []
+        for index, first, reader in self.runs:
+            values.extend(reader.unpack_from(buffers[index][1], first))
+        return values
+
+
+EMPTY = KeyTable(HEADER_SIZE, (), (), ())
+
+
+def _gaps(offsets: list[int]) -> Iterator[int]:
+    """Bytes to skip before each value of a run (0 before the first)."""
+    yield 0
+    for before, at in pairwise(offsets):
+        yield at - before - 8
+
+
+class Template:
+    """The heads and keys of one shard's records up to ``table.pos``, to recognise shards that hold
+    the same records (any values) without parsing them."""
+
+    __slots__ = ("heads", "table", "text")
+
+    def __init__(self, table: KeyTable, pieces: list[str], buffer: Any) -> None:
+        self.table = table
+        self.heads = struct.Struct("=" + "".join(pieces))  # each record's head and key; values skipped
+        self.text = self.heads.unpack_from(buffer, HEADER_SIZE)
+
+    def matches(self, buffer: Any, used: int) -> bool:
+        """Whether ``buffer`` holds these very records (any values) before its other ones."""
+        if used < self.table.pos or len(buffer) < self.table.pos:
+            return False
+        return self.heads.unpack_from(buffer, HEADER_SIZE) == self.text
+
+
+class ShardReader:
+    """Parses a shard incrementally: the key table is parsed once, values are re-read every scrape."""
+
+    __slots__ = ("created_ns", "made", "parsed", "pid", "table")
+
+    def __init__(self) -> None:
+        self.table = EMPTY
+        self.pid = 0
+        self.created_ns = 0
+        self.made: Template | None = None  # a template of what a fresh parse read, for the directory
+        self.parsed = 0  # records this reader parsed itself (not taken from a template)
+
+    @property
+    def pos(self) -> int:
+        """How far the shard has been parsed."""
+        return self.table.pos
+
+    def parse(self, buffers: Sequence[tuple[int, Any]], like: Template | None = None) -> None:
+        """Read the records of ``buffers`` that were not read before. A fresh reader of a single
+        buffer first tries ``like`` and, when it parsed further than ``like`` reaches, makes a
+        template of its own (``made``). Nothing is kept when it raises: safe to parse again."""
+        first = buffers[0][1]
+        if len(first) < HEADER_SIZE or first[0:8] != MAGIC:
+            raise CorruptShardError("bad magic or short header")
+        used, pid, created_ns = struct.unpack_from("=qqq", first, 8)
+        last_base, last_buf = buffers[-1]
+        if used < HEADER_SIZE or used % 8:
+            raise CorruptShardError(f"used={used} outside the file")
+        if used > last_base + len(last_buf):
+            raise ShardGrewError(f"used={used} beyond the {last_base + len(last_buf)} bytes mapped")
+        self.pid, self.created_ns = pid, created_ns
+        table = self.table
+        pieces: list[str] | None = None
+        if table is EMPTY and len(buffers) == 1:
+            if like is not None and like.matches(first, used):
+                table = like.table
+            elif like is None or used > like.table.pos:
+                pieces = []
+        if table.pos < used:
+            self.table = self._parse(buffers, table, used, pieces)
+            grown, before = self.table, table
+            self.parsed += len(grown.count_keys) + len(grown.others) - len(before.count_keys) - len(before.others)
+            if pieces is not None:
+                self.made = Template(self.table, pieces, first)
+        else:
+            self.table = table
+
+    @staticmethod
+    def _parse(buffers: Sequence[tuple[int, Any]], table: KeyTable, used: int, pieces: list[str] | None) -> KeyTable:
+        keys: list[Key] = []
+        offsets: dict[int, list[int]] = {}
+        others: list[Other] = []
+        index = 0
+        pos = table.pos
+        while pos < used:
+            while index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
+                index += 1
+            base, buf = buffers[index]
+            at = pos - base
+            key_len, kind = RECORD_HEAD.unpack_from(buf, at)
+            if kind == KIND_SKIP:
+                if key_len <= 0 or key_len % 8:
+                    raise CorruptShardError(f"bad skip record at {pos}")
+                if pieces is not None:
+                    pieces.append(f"8s{key_len - 8}x")
+                pos += key_len
+                continue
+            if kind not in KINDS:
+                raise CorruptShardError(f"unknown kind {kind} at {pos}")
+            value_bytes = value_size(kind)
+            head = 8 + (key_len + 7) // 8 * 8
+            if key_len == 0 or pos + head + value_bytes > used or at + head + value_bytes > len(buf):
+                raise CorruptShardError(f"record at {pos} runs past the end")
+            raw = bytes(buf[at + 8 : at + 8 + key_len])
+            try:
+                payload: Any = json.loads(raw) if kind == KIND_META else decode_key(raw)
+            except ValueError as exc:
+                raise CorruptShardError(f"undecodable key at {pos}: {exc}") from None
+            if kind == KIND_COUNT:
+                keys.append(payload)
+                offsets.setdefault(index, []).append(at + head)
+            else:
+                others.append((kind, payload, index, (at + head) // 8))
+            if pieces is not None:
+                pieces.append(f"{head}s{value_bytes}x")
+            pos += head + value_bytes
+        return table.extended(pos, keys, offsets, others)
+
+    def others(self, buffers: Sequence[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
+        """(kind, key or description, value) of every record that is not a count."""
+        views = [(memoryview(b).cast("q"), memoryview(b).cast("d")) for _, b in buffers]
+        try:
+            for kind, payload, index, slot in self.table.others:
+                ints, floats = views[index]
+                if kind == KIND_EXEMPLAR:
+                    yield kind, payload, read_exemplar(buffers[index][1], ints, floats, slot)
+                elif kind == KIND_GAUGE:
+                    yield kind, payload, floats[slot]
+                else:
+                    yield kind, payload, ints[slot]
+        finally:
+            for ints, floats in views:
+                ints.release()
+                floats.release()
+
+    def values(self, buffers: Sequence[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
+        """(kind, key, value) of every parsed record, counts first."""
+        for key, value in zip(self.table.count_keys, self.table.count_values(buffers), strict=True):
+            yield KIND_COUNT, key, value
+        yield from self.others(buffers)
+
+
+class CountSums:
+    """The counts of many shards, summed: shards that share a key table are added value by value
+    in C, and each table's keys are looked up once, when the sums go into a snapshot."""
+
+    __slots__ = ("_tables",)
+    BATCH = 16  # values of shards held before they are summed: zip(*batch) beats pairwise adds, and bounds memory
+
+    def __init__(self) -> None:
+        # by id(table) (the entry keeps the table alive): the table, its sums so far, values not yet summed
+        self._tables: dict[int, tuple[KeyTable, list[Sequence[int]]]] = {}
+
+    def add(self, table: KeyTable, values: Sequence[int]) -> None:
+        """Add one shard's ``values`` (read with ``table``)."""
+        pending = self._tables.setdefault(id(table), (table, []))[1]
+        pending.append(values)
+        if len(pending) > self.BATCH:
+            pending[:] = [list(map(sum, zip(*pending, strict=True)))]
+
+    def into(self, counts: dict[Key, int]) -> None:
+        """Add the sums to ``counts``."""
+        for table, pending in self._tables.values():
+            sums = pending[0] if len(pending) == 1 else map(sum, zip(*pending, strict=True))
+            if not counts and table.distinct:
+                counts.update(zip(table.count_keys, sums, strict=True))
+                continue
+            get = counts.get
+            for key, value in zip(table.count_keys, sums, strict=True):
+                counts[key] = get(key, 0) + value
