@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import Counter as Tally
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import COUNTER_SCALE, Counter, Histogram, Registry
 from softfactory_obs.store.reader import ShardReader
-from softfactory_obs.store.shard import KIND_COUNT
+from softfactory_obs.store.shard import KIND_COUNT, decode_key, encode_key
 
 ENDPOINTS = [f"/e{i}" for i in range(12)]
 
@@ -158,3 +159,21 @@ def test_any_mix_of_shared_and_own_orders_sums_exactly(
     finally:
         for worker in workers:
             worker.stop()
+
+
+@given(
+    st.text(max_size=20),
+    st.text(max_size=8),
+    st.lists(st.text(alphabet=st.characters(), max_size=12), max_size=4),
+)
+def test_every_key_decodes_to_what_was_encoded(name: str, suffix: str, labels: list[str]) -> None:
+    """Quotes, backslashes, commas, brackets, line breaks and non-ASCII in any part: the quick
+    split and JSON must give back the same key."""
+    key = (name, suffix, tuple(labels))
+    assert decode_key(encode_key(key)) == key
+
+
+@pytest.mark.parametrize("raw", [b"5", b"null", b'"abc"', b"[1,2,3]", b'["a","b",[1]]', b'["a","b"]', b'["a","b",{}]'])
+def test_bytes_that_are_no_key_are_refused_as_such(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"not a key|unpack"):
+        decode_key(raw)

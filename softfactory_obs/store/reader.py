@@ -166,11 +166,15 @@ class ShardReader:
         offsets: dict[int, list[int]] = {}
         others: list[Other] = []
         index = 0
+        base, buf = buffers[0]
+        at_values = offsets[0] = []
         pos = table.pos
         while pos < used:
-            while index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
-                index += 1
-            base, buf = buffers[index]
+            if index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
+                while index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
+                    index += 1
+                base, buf = buffers[index]
+                at_values = offsets[index] = []
             at = pos - base
             key_len, kind = RECORD_HEAD.unpack_from(buf, at)
             if kind == KIND_SKIP:
@@ -193,13 +197,13 @@ class ShardReader:
                 raise CorruptShardError(f"undecodable key at {pos}: {exc}") from None
             if kind == KIND_COUNT:
                 keys.append(payload)
-                offsets.setdefault(index, []).append(at + head)
+                at_values.append(at + head)
             else:
                 others.append((kind, payload, index, (at + head) // 8))
             if pieces is not None:
                 pieces.append(f"{head}s{value_bytes}x")
             pos += head + value_bytes
-        return table.extended(pos, keys, offsets, others)
+        return table.extended(pos, keys, {i: at for i, at in offsets.items() if at}, others)
 
     def others(self, buffers: Sequence[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
         """(kind, key or description, value) of every record that is not a count."""

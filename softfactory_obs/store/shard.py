@@ -73,18 +73,45 @@ def decode_key(raw: bytes) -> Key:
     # Every worker writes the same keys: decode each distinct one once per process, not once per shard.
     key = _decoded.get(raw)
     if key is None:
-        name, suffix, labels = _json_decode(raw.decode("utf-8"))
-        if not (isinstance(name, str) and isinstance(suffix, str) and isinstance(labels, list)) or not all(
-            isinstance(v, str) for v in labels
-        ):
-            raise ValueError(f"not a key: {raw[:80]!r}")
+        text = raw.decode("utf-8")
+        name, suffix, labels = _split_key(text) or _json_key(text)
         if len(_decoded) > 200_000:  # bounded: label values come from a bounded set, but be sure
             _decoded.clear()
             _parts.clear()
         parts = _parts.setdefault
-        key = (parts(name, name), parts(suffix, suffix), parts(tuple(labels), tuple(labels)))
+        key = (parts(name, name), parts(suffix, suffix), parts(labels, labels))
         _decoded[raw] = key
     return key
+
+
+def _split_key(text: str) -> Key | None:
+    """The key ``encode_key`` wrote, read by splitting on quotes: without a backslash no string in
+    it holds a quote, so the pieces between quotes are exactly the strings and the punctuation
+    ``encode_key`` puts between them. None for anything else (then JSON decides)."""
+    if "\\" in text:
+        return None
+    pieces = text.split('"')
+    n = len(pieces)
+    if n < 5 or pieces[0] != "[" or pieces[2] != ",":
+        return None
+    if n == 5:
+        return (pieces[1], pieces[3], ()) if pieces[4] == ",[]]" else None
+    between = pieces[6:-1:2]
+    if pieces[4] != ",[" or pieces[-1] != "]]" or between.count(",") != len(between):
+        return None
+    return pieces[1], pieces[3], tuple(pieces[5:-1:2])
+
+
+def _json_key(text: str) -> Key:
+    try:
+        name, suffix, labels = _json_decode(text)
+    except TypeError:  # a number, null: nothing to unpack
+        raise ValueError(f"not a key: {text[:80]!r}") from None
+    if not (isinstance(name, str) and isinstance(suffix, str) and isinstance(labels, list)) or not all(
+        isinstance(v, str) for v in labels
+    ):
+        raise ValueError(f"not a key: {text[:80]!r}")
+    return name, suffix, tuple(labels)
 
 
 def _round_up(n: int, to: int) -> int:
