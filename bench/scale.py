@@ -6,11 +6,11 @@ series and one histogram with the default 15 buckets, each written one to three 
 stay alive, holding their files (and our shards' lifetime locks), while a separate, long-lived
 scraper process answers the scrapes, as the worker that answers ``/metrics`` would.
 
-Per cell and store the scraper reports: its first scrape (ours parses every shard's key table
-then), the steady scrape in the text format and in OpenMetrics (median of interleaved rounds,
-ours then theirs), the exposition floor (building and encoding the same merged families again,
-without reading the store), its resident memory before any scrape, at its peak and after the
-scrapes, and the store's size on disk. Every scrape's totals are checked against what the workers
+Per cell and store: the first scrape of a fresh scraper (ours parses the shards' key tables then;
+a fresh scraper per round), the steady scrape in the text format and in OpenMetrics (median of interleaved rounds,
+ours then theirs), the exposition floor (ours: the same merged series in one in-memory registry,
+scraped; theirs: the merged families encoded again), its resident memory before any scrape, at
+its peak and after the scrapes, and the store's size on disk. Every scrape's totals are checked against what the workers
 wrote, so a fast wrong answer cannot win.
 
 Run alone: ``python -m bench.scale [--cells 4x100,16x1000,64x1000]``.
@@ -31,10 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 STORES = ("ours", "prom")
+FORMATS = ("text", "openmetrics")
 LARGEST = (64, 1000)  # the cell the targets speak of
 LABEL = {"ours": "ours", "prom": "prometheus_client multiprocess"}
 OBSERVED = (0.003, 0.02, 0.07, 0.3, 1.2, 12.0)  # spread over the default buckets, +Inf included
@@ -72,17 +73,30 @@ def _write_series(store: str, path: str, worker: int, e: int) -> None:
 
         counter = Counter("http_requests_total", "Requests", ["method", "endpoint", "status"])
         histogram = Histogram("http_request_duration_seconds", "Latency", ["method", "endpoint"])
+        _serve(counter, histogram, [worker], e)
     else:
-        from softfactory_obs.store.metrics import Counter, Histogram, Registry
+        from softfactory_obs.store.metrics import Registry
 
-        registry = Registry(path)
-        counter = Counter("http_requests_total", "Requests", ["method", "endpoint", "status"], registry=registry)
-        histogram = Histogram("http_request_duration_seconds", "Latency", ["method", "endpoint"], registry=registry)
-    for i in range(e):
-        c, h = counter.labels("GET", f"/e{i}", "200"), histogram.labels("GET", f"/e{i}")
-        for j in range(writes(worker, i)):
-            c.inc()
-            h.observe(OBSERVED[(7 * worker + i + j) % len(OBSERVED)])
+        _serve(*_our_families(Registry(path)), [worker], e)
+
+
+def _our_families(registry: Any) -> tuple[Any, Any]:
+    from softfactory_obs.store.metrics import Counter, Histogram
+
+    return (
+        Counter("http_requests_total", "Requests", ["method", "endpoint", "status"], registry=registry),
+        Histogram("http_request_duration_seconds", "Latency", ["method", "endpoint"], registry=registry),
+    )
+
+
+def _serve(counter: Any, histogram: Any, workers: Iterable[int], e: int) -> None:
+    """What ``workers`` counted, written into ``counter`` and ``histogram``."""
+    for worker in workers:
+        for i in range(e):
+            c, h = counter.labels("GET", f"/e{i}", "200"), histogram.labels("GET", f"/e{i}")
+            for j in range(writes(worker, i)):
+                c.inc()
+                h.observe(OBSERVED[(7 * worker + i + j) % len(OBSERVED)])
 
 
 def fleet(store: str, path: str, n: int, e: int) -> None:
@@ -129,8 +143,8 @@ def fleet(store: str, path: str, n: int, e: int) -> None:
                 os.waitpid(pid, 0)
 
 
-def _scrapers(store: str, path: str) -> tuple[Callable[[str], bytes], Callable[[], Callable[[str], bytes]]]:
-    """(scrape in a format, a function that returns the exposition floor's encoder)."""
+def _scrapers(store: str, path: str) -> tuple[Callable[[str], bytes], Callable[[int, int], Callable[[str], bytes]]]:
+    """(scrape in a format, a function of (N, E) that returns the exposition floor in a format)."""
     if store == "prom":
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
@@ -143,7 +157,7 @@ def _scrapers(store: str, path: str) -> tuple[Callable[[str], bytes], Callable[[
             MultiProcessCollector(registry)
             return encoders[fmt](registry)
 
-        def floor() -> Callable[[str], bytes]:
+        def floor(n: int, e: int) -> Callable[[str], bytes]:  # their merged collection, encoded again
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
             merged = list(registry.collect())
@@ -157,29 +171,31 @@ def _scrapers(store: str, path: str) -> tuple[Callable[[str], bytes], Callable[[
             return lambda fmt: encoders[fmt](fixed)
 
         return scrape, floor
-    from softfactory_obs.metrics.exposition import MetricsApp, families_from
-    from softfactory_obs.metrics.formats import OPENMETRICS, encode_openmetrics, encode_text
+    from softfactory_obs.metrics.exposition import MetricsApp
+    from softfactory_obs.metrics.formats import OPENMETRICS
     from softfactory_obs.store.metrics import Registry
 
-    registry = Registry(path)
-    app = MetricsApp(registry)  # what the middleware mounts at /metrics
+    app = MetricsApp(Registry(path))  # what the middleware mounts at /metrics
     accept = {"text": "text/plain", "openmetrics": OPENMETRICS}
-    ours_encoders = {"text": encode_text, "openmetrics": encode_openmetrics}
 
     def scrape_ours(fmt: str) -> bytes:
         return app.render(accept[fmt])[0]
 
-    def floor_ours() -> Callable[[str], bytes]:
-        snap = registry.snapshot()
-        return lambda fmt: ours_encoders[fmt](list(families_from(snap)))
+    def floor_ours(n: int, e: int) -> Callable[[str], bytes]:
+        # The same merged series in one in-memory registry: a scrape with nothing to merge.
+        memory = Registry(None)
+        _serve(*_our_families(memory), range(n), e)
+        alone = MetricsApp(memory)
+        return lambda fmt: alone.render(accept[fmt])[0]
 
     return scrape_ours, floor_ours
 
 
-def scraper(store: str, path: str) -> None:
-    """Answer JSON commands on stdin: scrape, floor, quit."""
+def scraper(store: str, path: str, floor_of: tuple[int, int] | None = None) -> None:
+    """Answer scrape commands on stdin (``{"format": ...}``) with the time taken: a scraper of the
+    store at ``path``, or with ``floor_of=(N, E)`` the exposition floor of that cell."""
     scrape, floor = _scrapers(store, path)
-    encode: Callable[[str], bytes] | None = None
+    run = scrape if floor_of is None else floor(*floor_of)
 
     def reply(obj: dict[str, Any]) -> None:
         obj.update(_rss_kb())
@@ -188,19 +204,13 @@ def scraper(store: str, path: str) -> None:
     reply({"ready": True})
     for line in sys.stdin:
         command = json.loads(line)
-        if command["op"] == "quit":
-            return
-        if command["op"] == "floor" and encode is None:
-            encode = floor()
-        run = scrape if command["op"] == "scrape" else encode
-        assert run is not None
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         body = run(command["format"])
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         totals = [sum(float(v) for v in pattern.findall(body)) for pattern in (TOTAL, COUNT)]
         del body
         gc.collect()
-        reply({"s": seconds, "totals": totals})
+        reply({"s": seconds, "cpu_s": cpu, "totals": totals})
 
 
 class Child:
@@ -272,28 +282,46 @@ def cell(n: int, e: int, rounds: int) -> dict[str, Any]:
     base = tempfile.mkdtemp(prefix="scale-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
         with _fleets(base, n, e) as paths:
-            scrapers = {s: Child(["scraper", s, paths[s]], _env(s, paths[s])) for s in STORES}
+            for store in STORES:
+                out[store] = {"disk_bytes": _disk_bytes(paths[store])}
+            floors = {s: Child(["floor", s, paths[s], str(n), str(e)], _env(s, paths[s])) for s in STORES}
             try:
-                for store, child in scrapers.items():
-                    out[store] = {"disk_bytes": _disk_bytes(paths[store]), "idle_rss_kb": child.ask()["VmRSS"]}
-                for store, child in scrapers.items():
-                    first = _checked(child.ask({"op": "scrape", "format": "text"}), expected, store)
-                    out[store]["first_s"] = first["s"]
-                for fmt in ("text", "openmetrics"):
-                    for op in ("scrape", "floor"):
-                        for _ in range(rounds):
-                            for store, child in scrapers.items():
-                                answer = _checked(child.ask({"op": op, "format": fmt}), expected, store)
-                                out[store].setdefault(f"{op}_{fmt}_s", []).append(answer["s"])
-                for store, child in scrapers.items():
-                    last = child.ask({"op": "scrape", "format": "text"})
-                    out[store].update(kept_rss_kb=last["VmRSS"], peak_rss_kb=last["VmHWM"])
+                for child in floors.values():
+                    child.ask()
+                for _ in range(rounds):  # everything once per round, ours then theirs: a slow spell hits both
+                    for store in STORES:
+                        _round(out[store], Child(["scraper", store, paths[store]], _env(store, paths[store])), expected)
+                        for fmt in FORMATS:
+                            answer = _checked(floors[store].ask({"format": fmt}), expected, store)
+                            _note(out[store], f"floor_{fmt}", answer)
             finally:
-                for child in scrapers.values():
+                for child in floors.values():
                     child.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return out
+
+
+def _round(out: dict[str, Any], scraper: Child, expected: float) -> None:
+    """A fresh scraper: its first scrape, then a steady one in each format, and its memory."""
+    try:
+        _note(out, "idle_rss_kb", scraper.ask()["VmRSS"])
+        _note(out, "first", _checked(scraper.ask({"format": "text"}), expected, "first"))
+        for fmt in FORMATS:
+            answer = _checked(scraper.ask({"format": fmt}), expected, fmt)
+            _note(out, f"scrape_{fmt}", answer)
+        _note(out, "kept_rss_kb", answer["VmRSS"])
+        _note(out, "peak_rss_kb", answer["VmHWM"])
+    finally:
+        scraper.stop()
+
+
+def _note(out: dict[str, Any], what: str, answer: dict[str, Any] | int) -> None:
+    if isinstance(answer, int):
+        out.setdefault(what, []).append(answer)
+    else:
+        out.setdefault(f"{what}_s", []).append(answer["s"])
+        out.setdefault(f"{what}_cpu_s", []).append(answer["cpu_s"])
 
 
 def _checked(answer: dict[str, Any], expected: float, store: str) -> dict[str, Any]:
@@ -322,25 +350,34 @@ def run(cells: list[tuple[int, int]], rounds: int = 3) -> list[dict[str, Any]]:
     return [cell(n, e, rounds) for n, e in cells]
 
 
+def _mb(kb: list[int]) -> str:
+    return f"{statistics.median(kb) / 1024:.0f}"
+
+
 def _ms(values: Any) -> str:
     value = statistics.median(values) if isinstance(values, list) else values
     return f"{value * 1000:,.0f}" if value >= 0.1 else f"{value * 1000:,.1f}"
 
 
+def _paired(top: list[float], bottom: list[float]) -> float:
+    """The median of each round's ratio: both ran within a second of each other."""
+    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
+
+
 def figures(cell: dict[str, Any]) -> dict[str, float]:
     """Our figures of one cell that the targets judge."""
     ours = cell["ours"]
-    steady = statistics.median(ours["scrape_text_s"])
+    kept = [k - i for k, i in zip(ours["kept_rss_kb"], ours["idle_rss_kb"], strict=True)]
     return {
-        "steady_ms": steady * 1000,
-        "of_floor": steady / statistics.median(ours["floor_text_s"]),
-        "first_of_steady": ours["first_s"] / steady,
-        "kept_mb": (ours["kept_rss_kb"] - ours["idle_rss_kb"]) / 1024,
+        "steady_ms": statistics.median(ours["scrape_text_s"]) * 1000,
+        "of_floor": _paired(ours["scrape_text_s"], ours["floor_text_s"]),
+        "first_of_steady": _paired(ours["first_s"], ours["scrape_text_s"]),
+        "kept_mb": statistics.median(kept) / 1024,
     }
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
-    """One row per cell and store, then ours against theirs."""
+    """One row per cell and store, then ours against theirs. Ratios are medians of each round's."""
     lines = [
         "| (N, E) | store | first scrape ms | steady ms | steady OpenMetrics ms | exposition floor ms | "
         "steady / floor | first / steady | RSS MB: idle / peak / kept | store on disk MB |",
@@ -349,15 +386,15 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         for store in STORES:
             s = r[store]
-            steady, floor = statistics.median(s["scrape_text_s"]), statistics.median(s["floor_text_s"])
+            of_floor, first = _paired(s["scrape_text_s"], s["floor_text_s"]), _paired(s["first_s"], s["scrape_text_s"])
             lines.append(
-                f"| ({r['n']}, {r['e']:,}) | {LABEL[store]} | {_ms(s['first_s'])} | {_ms(steady)} | "
-                f"{_ms(s['scrape_openmetrics_s'])} | {_ms(floor)} | {steady / floor:.2f} | "
-                f"{s['first_s'] / steady:.2f} | {s['idle_rss_kb'] / 1024:.0f} / {s['peak_rss_kb'] / 1024:.0f} / "
-                f"{s['kept_rss_kb'] / 1024:.0f} | {s['disk_bytes'] / 1e6:.1f} |"
+                f"| ({r['n']}, {r['e']:,}) | {LABEL[store]} | {_ms(s['first_s'])} | {_ms(s['scrape_text_s'])} | "
+                f"{_ms(s['scrape_openmetrics_s'])} | {_ms(s['floor_text_s'])} | {of_floor:.2f} | {first:.2f} | "
+                f"{_mb(s['idle_rss_kb'])} / {_mb(s['peak_rss_kb'])} / {_mb(s['kept_rss_kb'])} | "
+                f"{s['disk_bytes'] / 1e6:.1f} |"
             )
-        ours, prom = (statistics.median(r[s]["scrape_text_s"]) for s in STORES)
-        lines.append(f"| ({r['n']}, {r['e']:,}) | *ours / theirs, steady* | | {ours / prom:.3f} | | | | | | |")
+        ratio = _paired(r["ours"]["scrape_text_s"], r["prom"]["scrape_text_s"])
+        lines.append(f"| ({r['n']}, {r['e']:,}) | *ours / theirs, steady* | | {ratio:.3f} | | | | | | |")
     return lines
 
 
@@ -376,6 +413,9 @@ def main(argv: list[str]) -> int:
         return 0
     if argv and argv[0] == "scraper":
         scraper(argv[1], argv[2])
+        return 0
+    if argv and argv[0] == "floor":
+        scraper(argv[1], argv[2], (int(argv[3]), int(argv[4])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", default="4x100,16x1000,64x1000")

@@ -283,7 +283,7 @@ class StoreDirectory:
             with _mapped(path) as buffers:
                 parsed = reader.parsed
                 try:
-                    reader.parse(buffers, self._template)  # nothing parsed when it raises: safe to parse again
+                    reader.parse(buffers, self._template, live=live)  # nothing kept when it raises: parse again
                 except ShardGrewError:
                     if attempt + 1 == _MAP_ATTEMPTS:
                         raise

@@ -16,6 +16,7 @@ read, so nothing is trusted that a parse would not have checked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,8 @@ from itertools import pairwise
 from typing import Any
 
 from .shard import (
+    DIGEST,
+    DIGEST_AT,
     HEADER_SIZE,
     KIND_COUNT,
     KIND_EXEMPLAR,
@@ -97,20 +100,37 @@ def _gaps(offsets: list[int]) -> Iterator[int]:
 
 class Template:
     """The heads and keys of one shard's records up to ``table.pos``, to recognise shards that hold
-    the same records (any values) without parsing them."""
+    the same records (any values) without parsing them: by comparing those bytes, or, for a shard
+    whose key table is trusted as it is read anyway (a live one), by its writer's digest of them."""
 
-    __slots__ = ("heads", "table", "text")
+    __slots__ = ("digest", "heads", "table", "text")
 
-    def __init__(self, table: KeyTable, pieces: list[str], buffer: Any) -> None:
+    def __init__(self, table: KeyTable, pieces: list[str], buffer: Any, digest: bytes | None) -> None:
         self.table = table
         self.heads = struct.Struct("=" + "".join(pieces))  # each record's head and key; values skipped
         self.text = self.heads.unpack_from(buffer, HEADER_SIZE)
+        # The writer's digest counts only if it is the digest of what was parsed here.
+        own = None if digest is None else hashlib.blake2b(b"".join(self.text), digest_size=16).digest()
+        self.digest = digest if own == digest else None
 
     def matches(self, buffer: Any, used: int) -> bool:
         """Whether ``buffer`` holds these very records (any values) before its other ones."""
         if used < self.table.pos or len(buffer) < self.table.pos:
             return False
         return self.heads.unpack_from(buffer, HEADER_SIZE) == self.text
+
+    def claimed_by(self, used: int, digest: bytes | None) -> bool:
+        """Whether a writer says its records up to ``used`` are these (its digest of them is ours)."""
+        return digest is not None and digest == self.digest and used == self.table.pos
+
+
+def writer_digest(buffer: Any, used: int) -> bytes | None:
+    """The writer's digest of its records when it was published for ``used`` (read under its
+    seqlock), else None: a shard written before the digest existed, or one caught mid-update."""
+    seq, digest_used, digest = DIGEST.unpack_from(buffer, DIGEST_AT)
+    if seq == 0 or seq % 2 or digest_used != used or DIGEST.unpack_from(buffer, DIGEST_AT)[0] != seq:
+        return None
+    return bytes(digest)
 
 
 class ShardReader:
@@ -130,10 +150,11 @@ class ShardReader:
         """How far the shard has been parsed."""
         return self.table.pos
 
-    def parse(self, buffers: Sequence[tuple[int, Any]], like: Template | None = None) -> None:
+    def parse(self, buffers: Sequence[tuple[int, Any]], like: Template | None = None, *, live: bool = False) -> None:
         """Read the records of ``buffers`` that were not read before. A fresh reader of a single
-        buffer first tries ``like`` and, when it parsed further than ``like`` reaches, makes a
-        template of its own (``made``). Nothing is kept when it raises: safe to parse again."""
+        buffer first tries ``like`` (by the writer's digest too when the shard is ``live``) and,
+        when it parsed further than ``like`` reaches, makes a template of its own (``made``).
+        Nothing is kept when it raises: safe to parse again."""
         first = buffers[0][1]
         if len(first) < HEADER_SIZE or first[0:8] != MAGIC:
             raise CorruptShardError("bad magic or short header")
@@ -146,8 +167,9 @@ class ShardReader:
         self.pid, self.created_ns = pid, created_ns
         table = self.table
         pieces: list[str] | None = None
+        digest = writer_digest(first, used) if table is EMPTY and len(buffers) == 1 else None
         if table is EMPTY and len(buffers) == 1:
-            if like is not None and like.matches(first, used):
+            if like is not None and ((live and like.claimed_by(used, digest)) or like.matches(first, used)):
                 table = like.table
             elif like is None or used > like.table.pos:
                 pieces = []
@@ -156,7 +178,7 @@ class ShardReader:
             grown, before = self.table, table
             self.parsed += len(grown.count_keys) + len(grown.others) - len(before.count_keys) - len(before.others)
             if pieces is not None:
-                self.made = Template(self.table, pieces, first)
+                self.made = Template(self.table, pieces, first, digest)
         else:
             self.table = table
 

@@ -2,7 +2,8 @@
 
 Layout (native byte order; shards never leave the machine that wrote them)::
 
-    header, 64 bytes:  magic "SFOSHD01" | used (int64) | pid (int64) | created_ns (int64) | reserved
+    header, 64 bytes:  magic "SFOSHD01" | used (int64) | pid (int64) | created_ns (int64)
+                       | seq (int64) | digest_used (int64) | digest (16 bytes)
     records, 8-byte aligned, one after another up to ``used``:
         key_len (uint32) | kind (uint32) | key (UTF-8 JSON) | zero padding to 8 | value (8 bytes)
 
@@ -15,6 +16,11 @@ views handed to metric children stay valid for the life of the process. ``used``
 after a record is complete, so a reader never parses a half-written key. Each slot is written as
 one aligned 8-byte store through a memoryview, which readers see whole (no torn values).
 
+The digest is the writer's BLAKE2b-128 of every record's head and padded key (a skip record's head
+alone) up to ``digest_used``, published under a seqlock (``seq`` odd while it changes) before
+``used``: a reader that finds another shard with the same digest at the same length knows its key
+table without parsing it (``reader.py``). Shards written before the digest existed hold zeros there.
+
 Liveness is the kernel's: the owner holds ``flock(LOCK_EX)`` on the file from creation to death
 (SIGKILL included); anyone who can take ``LOCK_SH`` knows the owner is gone.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import mmap
@@ -49,6 +56,8 @@ EXEMPLAR_SIZE = 96
 EXEMPLAR_ID_MAX = 71
 KIND_SKIP = 0xFFFFFFFF  # key_len holds the bytes to skip to the next segment
 
+DIGEST = struct.Struct("=qq16s")  # seq | digest_used | digest, at DIGEST_AT
+DIGEST_AT = 32
 FIRST_SEGMENT = 64 * 1024
 MAX_SEGMENT = 4 * 1024 * 1024
 PAGE = mmap.PAGESIZE
@@ -226,6 +235,7 @@ class ShardWriter:
         self.fd: int | None = None
         self._offset = HEADER_SIZE  # next free byte, global
         self._end = 0  # end of the last segment, global
+        self._digest = hashlib.blake2b(digest_size=16)  # of the record heads and keys written so far
         if path is not None:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -273,6 +283,7 @@ class ShardWriter:
             if self._offset < self._end:  # fill the rest of this segment with a skip record
                 seg = self.segments[-1]
                 RECORD_HEAD.pack_into(seg.buf, self._offset - seg.base, self._end - self._offset, KIND_SKIP)
+                self._digest.update(seg.buf[self._offset - seg.base : self._offset - seg.base + RECORD_HEAD.size])
                 self._offset = self._end
             self._grow(size)
             self._publish()
@@ -287,12 +298,20 @@ class ShardWriter:
         seg.buf[at + 8 : at + 8 + len(raw_key)] = raw_key
         value_at = at + size - value_size(kind)
         seg.buf[value_at : at + size] = bytes(value_size(kind))
+        self._digest.update(seg.buf[at:value_at])  # the head and the key with its (zero) padding
         self._offset += size
         self._publish()
         return seg, value_at // 8
 
     def _publish(self) -> None:
-        self.segments[0].ints[1] = self._offset
+        # The digest first, under its seqlock (see ``next_odd``), then ``used``: a reader that sees
+        # the new ``used`` with the old digest finds digest_used != used and does not rely on it.
+        head = self.segments[0]
+        odd = next_odd()
+        head.ints[DIGEST_AT // 8] = odd
+        DIGEST.pack_into(head.buf, DIGEST_AT, odd, self._offset, self._digest.digest())
+        head.ints[DIGEST_AT // 8] = odd + 1
+        head.ints[1] = self._offset
 
     def buffers(self) -> list[tuple[int, Any]]:
         """The mapped segments, for a reader in this process."""
