@@ -23,6 +23,7 @@ import contextlib
 import gc
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -90,9 +91,13 @@ def _our_families(registry: Any) -> tuple[Any, Any]:
 
 
 def _serve(counter: Any, histogram: Any, workers: Iterable[int], e: int) -> None:
-    """What ``workers`` counted, written into ``counter`` and ``histogram``."""
+    """What ``workers`` counted, written into ``counter`` and ``histogram``. With
+    SCALE_SHUFFLED=1 each worker meets its endpoints in an order of its own (no two shards alike)."""
     for worker in workers:
-        for i in range(e):
+        order = list(range(e))
+        if os.environ.get("SCALE_SHUFFLED") == "1":
+            random.Random(worker).shuffle(order)
+        for i in order:
             c, h = counter.labels("GET", f"/e{i}", "200"), histogram.labels("GET", f"/e{i}")
             for j in range(writes(worker, i)):
                 c.inc()
@@ -420,7 +425,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", default="4x100,16x1000,64x1000")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shuffled", action="store_true", help="every worker creates its series in its own order")
     args = parser.parse_args(argv)
+    if args.shuffled:
+        os.environ["SCALE_SHUFFLED"] = "1"  # inherited by the fleets
     results = run(parse_cells(args.cells), args.rounds)
     print("\n".join(table(results)))
     print(json.dumps(results), file=sys.stderr)
