@@ -7,11 +7,18 @@ all their values in a single C call. Tables are immutable; a reader whose shard 
 one, so a table can be shared.
 
 Sharing is what makes a fresh scraper cheap: workers that created the same series in the same
-order (the common case: the same app, the same routes) wrote byte-identical records apart from
-the values. A ``Template`` holds the record heads and keys of one parsed shard; another shard whose
-bytes up to the same point are equal to them (compared in C, values skipped) takes the template's
-table as its own and parses only what follows. Equal bytes are exactly what a parse would have
-read, so nothing is trusted that a parse would not have checked.
+order (the same app, the same routes, met in the same order) wrote byte-identical records apart
+from the values. A ``Template`` holds the record heads and keys of one parsed shard. A shard
+whose bytes up to the same point are equal to them (compared in C, values skipped) takes the
+template's table and parses only what follows: equal bytes are what a parse would have read. A
+live shard of the same length may instead be taken on its writer's digest of its records (``shard.py``) when that equals the
+digest the template's own bytes give, as the live shard's key table would be trusted anyway once
+parsed. Hazard: a live shard's records damaged after they were written, under an intact digest,
+are read as the digest says they were (their values from the slots the writer wrote), where a
+parse would have refused them or read the damaged keys.
+
+Shards whose series were created in different orders share nothing: each is parsed and summed on
+its own (the worst case, ``bench/scale.py --shuffled``).
 """
 
 from __future__ import annotations
