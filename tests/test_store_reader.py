@@ -7,6 +7,7 @@ in one process are several live workers to a separate ``StoreDirectory`` reading
 
 from __future__ import annotations
 
+import sys
 from collections import Counter as Tally
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import COUNTER_SCALE, Counter, Histogram, Registry
 from softfactory_obs.store.reader import ShardReader
-from softfactory_obs.store.shard import DIGEST, DIGEST_AT, KIND_COUNT, decode_key, encode_key
+from softfactory_obs.store.shard import DIGEST, DIGEST_AT, KIND_COUNT, decode_key, encode_key, record_size
 
 ENDPOINTS = [f"/e{i}" for i in range(12)]
 
@@ -225,3 +226,31 @@ def test_every_key_decodes_to_what_was_encoded(name: str, suffix: str, labels: l
 def test_bytes_that_are_no_key_are_refused_as_such(raw: bytes) -> None:
     with pytest.raises(ValueError, match=r"not a key|unpack"):
         decode_key(raw)
+
+
+def test_a_key_that_left_with_a_shard_set_aside_is_gone_not_zero(tmp_path: Path) -> None:
+    """Tables in different orders are summed in one order of places; a shard set aside takes its
+    keys with it, so the order is forgotten rather than show their places as 0."""
+    path = str(tmp_path)
+    first, second, third = Worker(path), Worker(path), Worker(path)
+    for endpoint in ENDPOINTS[:4]:
+        first.serve(endpoint)
+    for endpoint in [*reversed(ENDPOINTS[:4]), "/only-second"]:  # other orders: three tables
+        second.serve(endpoint, 2)
+    for endpoint in [ENDPOINTS[2], ENDPOINTS[0], ENDPOINTS[3], ENDPOINTS[1]]:
+        third.serve(endpoint, 4)
+    reader = StoreDirectory(path)
+    assert requests_of(reader) == {**dict.fromkeys(ENDPOINTS[:4], 7), "/only-second": 2}
+    shard = second.registry.shard_path
+    assert shard is not None
+    second.stop()
+    assert requests_of(reader) == {**dict.fromkeys(ENDPOINTS[:4], 7), "/only-second": 2}  # dead, validated
+    raw = encode_key(("requests_total", "", ("/only-second",)))
+    with open(shard, "r+b") as f:  # a dead shard's value changes: it is set aside
+        record = f.read().index(raw) - 8
+        f.seek(record + record_size(raw) - 8)
+        f.write((7 * COUNTER_SCALE).to_bytes(8, sys.byteorder))
+    assert requests_of(reader) == dict.fromkeys(ENDPOINTS[:4], 5)
+    assert Path(shard + ".corrupt").exists()
+    first.stop()
+    third.stop()

@@ -42,7 +42,7 @@ from typing import Any
 
 from .._failures import report_failure
 from .archive import ARCHIVE, Archive, Identity, new_nonce
-from .reader import CountSums, ShardReader, Template
+from .reader import CountSums, KeyOrder, ShardReader, Template
 from .shard import (
     KIND_EXEMPLAR,
     KIND_GAUGE,
@@ -140,6 +140,7 @@ class StoreDirectory:
             self._prepare()
         self._readers: dict[str, ShardReader] = {}  # parsed key tables of shards, by file name
         self._template: Template | None = None  # the records most shards begin with (see reader.py)
+        self._order = KeyOrder()  # a place for each count key, to sum tables of different orders
         self._dead: dict[str, int] = {}  # checksums of dead shards, as first validated
         # One snapshot at a time per process: the incremental key tables above are shared, and two
         # threads parsing the same tail (a scrape and the maintenance thread, or two gthread
@@ -239,6 +240,7 @@ class StoreDirectory:
             snap.metas.update(archive.metas)
             sums = CountSums()
             names = [n for n in self._shard_names() if n not in absorbed]
+            lost = False  # a shard set aside: its keys may have left the store
             own_name = os.path.basename(own.path) if own is not None and own.path else None
             seen = set()
             for name in names:
@@ -255,6 +257,7 @@ class StoreDirectory:
                         raise  # never expose a partial sum
                     # A dead writer left garbage: set it aside (its counts are lost: the one accepted reset).
                     _quarantine(self.path, name)
+                    lost = True
                     report_failure("metrics store (corrupt shard quarantined)", exc)
                     continue
                 if live:
@@ -264,7 +267,9 @@ class StoreDirectory:
         finally:
             if fd is not None:
                 os.close(fd)
-        sums.into(snap.counts)
+        if lost or set(self._readers) - seen:
+            self._order = KeyOrder()  # its contract: no place for a key that left with a shard
+        sums.into(snap.counts, self._order)
         _add_counts(snap.counts, archive.counts.items())
         for gone in set(self._readers) - seen:
             del self._readers[gone]

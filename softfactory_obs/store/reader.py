@@ -11,14 +11,15 @@ order (the same app, the same routes, met in the same order) wrote byte-identica
 from the values. A ``Template`` holds the record heads and keys of one parsed shard. A shard
 whose bytes up to the same point are equal to them (compared in C, values skipped) takes the
 template's table and parses only what follows: equal bytes are what a parse would have read. A
-live shard of the same length may instead be taken on its writer's digest of its records (``shard.py``) when that equals the
-digest the template's own bytes give, as the live shard's key table would be trusted anyway once
-parsed. Hazard: a live shard's records damaged after they were written, under an intact digest,
-are read as the digest says they were (their values from the slots the writer wrote), where a
-parse would have refused them or read the damaged keys.
+live shard of the same length may instead be taken on its writer's digest of its records
+(``shard.py``) when that equals the digest the template's own bytes give, as the live shard's key
+table would be trusted anyway once parsed. Hazard: a live shard's records damaged after they were
+written, under an intact digest, are read as the digest says they were (their values from the
+slots the writer wrote), where a parse would have refused them or read the damaged keys.
 
-Shards whose series were created in different orders share nothing: each is parsed and summed on
-its own (the worst case, ``bench/scale.py --shuffled``).
+Shards whose series were created in different orders share no table: each is parsed on its own
+(the worst case, ``bench/scale.py --shuffled``), and a ``KeyOrder`` puts their sums in one order so
+that they are still added in C.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any
 
 from .shard import (
@@ -258,9 +261,61 @@ class ShardReader:
         yield from self.others(buffers)
 
 
+class KeyOrder:
+    """A place for every count key a directory's scrapes have met, so that tables whose keys come
+    in other orders (workers that met their series in different orders) are put in one order by a
+    gather in C and summed like shared ones: each key is hashed once per table, not per scrape.
+
+    Contract: the owner forgets it (``StoreDirectory`` makes a new one) whenever a shard's keys may
+    have left the store (a shard gone or set aside), so that every place belongs to a key some
+    table of the current scrape still holds."""
+
+    __slots__ = ("_inverses", "index", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.index: dict[Key, int] = {}
+        # id(table) -> (table, for each place: the table's position of that key, or len(table))
+        self._inverses: dict[int, tuple[KeyTable, array[int]]] = {}
+
+    def place(self, table: KeyTable) -> None:
+        """Give the keys of ``table`` (distinct ones) their places."""
+        if id(table) in self._inverses:
+            return
+        index, keys = self.index, self.keys
+        inverse = array("i", [len(table.count_keys)]) * len(keys)
+        for position, key in enumerate(table.count_keys):
+            place = index.get(key)
+            if place is None:
+                place = index[key] = len(keys)
+                keys.append(key)
+                inverse.append(position)
+            else:
+                inverse[place] = position
+        self._inverses[id(table)] = (table, inverse)
+
+    def reordered(self, table: KeyTable, values: Sequence[int]) -> Sequence[int]:
+        """``values`` (read with a placed ``table``) in this order, 0 where the table has no key."""
+        inverse = self._inverses[id(table)][1]
+        if not self.keys:
+            return ()
+        if len(inverse) < len(self.keys):  # places given to other tables' keys since
+            inverse.extend(array("i", [len(table.count_keys)]) * (len(self.keys) - len(inverse)))
+        if len(inverse) == 1:
+            return (values[inverse[0]],) if inverse[0] < len(values) else (0,)
+        reordered: tuple[int, ...] = itemgetter(*inverse)((*values, 0))
+        return reordered
+
+    def keep(self, tables: Iterable[KeyTable]) -> None:
+        """Forget the tables a scrape no longer read."""
+        used = {id(table) for table in tables}
+        for gone in [i for i in self._inverses if i not in used]:
+            del self._inverses[gone]
+
+
 class CountSums:
     """The counts of many shards, summed: shards that share a key table are added value by value
-    in C, and each table's keys are looked up once, when the sums go into a snapshot."""
+    in C, and so are the sums of different tables once a ``KeyOrder`` has put them in one order."""
 
     __slots__ = ("_tables",)
     BATCH = 16  # values of shards held before they are summed: zip(*batch) beats pairwise adds, and bounds memory
@@ -274,15 +329,36 @@ class CountSums:
         pending = self._tables.setdefault(id(table), (table, []))[1]
         pending.append(values)
         if len(pending) > self.BATCH:
-            pending[:] = [list(map(sum, zip(*pending, strict=True)))]
+            pending[:] = [_summed(pending)]
 
-    def into(self, counts: dict[Key, int]) -> None:
-        """Add the sums to ``counts``."""
-        for table, pending in self._tables.values():
-            sums = pending[0] if len(pending) == 1 else map(sum, zip(*pending, strict=True))
-            if not counts and table.distinct:
-                counts.update(zip(table.count_keys, sums, strict=True))
-                continue
-            get = counts.get
-            for key, value in zip(table.count_keys, sums, strict=True):
-                counts[key] = get(key, 0) + value
+    def into(self, counts: dict[Key, int], order: KeyOrder | None = None) -> None:
+        """Add the sums to ``counts``; with ``order``, tables of distinct keys are summed in it."""
+        groups = [(table, _summed(pending)) for table, pending in self._tables.values()]
+        if order is not None and len(groups) > 1:
+            ordered = [(table, sums) for table, sums in groups if table.distinct]
+            for table, _ in ordered:
+                order.place(table)
+            order.keep(table for table, _ in ordered)
+            total: list[Sequence[int]] = []
+            for table, sums in ordered:
+                total.append(order.reordered(table, sums))
+                if len(total) > self.BATCH:
+                    total[:] = [_summed(total)]
+            groups = [(table, sums) for table, sums in groups if not table.distinct]
+            if total:
+                _add(counts, order.keys, _summed(total), distinct=True)
+        for table, sums in groups:
+            _add(counts, table.count_keys, sums, distinct=table.distinct)
+
+
+def _summed(values: list[Sequence[int]]) -> Sequence[int]:
+    return values[0] if len(values) == 1 else list(map(sum, zip(*values, strict=True)))
+
+
+def _add(counts: dict[Key, int], keys: Sequence[Key], sums: Sequence[int], *, distinct: bool) -> None:
+    if not counts and distinct:
+        counts.update(zip(keys, sums, strict=True))
+        return
+    get = counts.get
+    for key, value in zip(keys, sums, strict=True):
+        counts[key] = get(key, 0) + value
