@@ -7,7 +7,9 @@ in one process are several live workers to a separate ``StoreDirectory`` reading
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections import Counter as Tally
 from pathlib import Path
 
@@ -18,7 +20,15 @@ from hypothesis import strategies as st
 from softfactory_obs.store.directory import StoreDirectory
 from softfactory_obs.store.metrics import COUNTER_SCALE, Counter, Histogram, Registry
 from softfactory_obs.store.reader import ShardReader
-from softfactory_obs.store.shard import DIGEST, DIGEST_AT, KIND_COUNT, decode_key, encode_key, record_size
+from softfactory_obs.store.shard import (
+    DIGEST,
+    DIGEST_AT,
+    KIND_COUNT,
+    ShardWriter,
+    decode_key,
+    encode_key,
+    record_size,
+)
 
 ENDPOINTS = [f"/e{i}" for i in range(12)]
 
@@ -254,3 +264,21 @@ def test_a_key_that_left_with_a_shard_set_aside_is_gone_not_zero(tmp_path: Path)
     assert Path(shard + ".corrupt").exists()
     first.stop()
     third.stop()
+
+
+def test_a_table_whose_key_repeats_is_summed_key_by_key(tmp_path: Path) -> None:
+    """No writer makes two records of one key, but bytes that do must not lose either count."""
+    one, two = (encode_key(("odd_total", "", (name,))) for name in ("a", "b"))
+    shards = []
+    for layout in ([one, two], [two, one, one], [two, one]):  # three orders; the second repeats a key
+        name = f"w-{os.getpid()}-{time.time_ns()}-{os.urandom(8).hex()}.shard"
+        writer = ShardWriter(str(tmp_path / ("." + name + ".new")), str(tmp_path / name))
+        for n, raw in enumerate(layout):
+            seg, slot = writer.add(raw, KIND_COUNT)
+            seg.ints[slot] = 10**n
+        shards.append(writer)
+    snap = StoreDirectory(str(tmp_path)).snapshot()
+    assert snap.counts[("odd_total", "", ("a",))] == 1 + (10 + 100) + 10
+    assert snap.counts[("odd_total", "", ("b",))] == 10 + 1 + 1
+    for writer in shards:
+        writer.close()

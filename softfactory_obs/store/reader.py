@@ -29,8 +29,7 @@ import json
 import struct
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import pairwise
-from operator import itemgetter
+from operator import itemgetter, sub
 from typing import Any
 
 from .shard import (
@@ -42,18 +41,16 @@ from .shard import (
     KIND_GAUGE,
     KIND_META,
     KIND_SKIP,
-    KIND_STAMP,
     MAGIC,
     RECORD_HEAD,
+    VALUE_SIZES,
     CorruptShardError,
     Key,
     ShardGrewError,
     decode_key,
     read_exemplar,
-    value_size,
 )
 
-KINDS = (KIND_COUNT, KIND_GAUGE, KIND_STAMP, KIND_META, KIND_EXEMPLAR)
 # (kind, key or family description, buffer index, value slot) of a record that is not a count
 Other = tuple[int, Any, int, int]
 # (buffer index, byte offset of the first value, the struct that reads every value of the run)
@@ -64,21 +61,28 @@ class KeyTable:
     """What a shard's records up to ``pos`` hold: the count keys in record order, the runs that
     read their values, and the other records (family descriptions, gauges, stamps, exemplars)."""
 
-    __slots__ = ("count_keys", "distinct", "others", "pos", "runs")
+    __slots__ = ("_distinct", "count_keys", "others", "pos", "runs")
 
     def __init__(self, pos: int, count_keys: tuple[Key, ...], runs: tuple[Run, ...], others: tuple[Other, ...]):
         self.pos = pos
         self.count_keys = count_keys
         self.runs = runs
         self.others = others
-        # A writer makes one record per key; a table that breaks that is still summed right, slower.
-        self.distinct = len(set(count_keys)) == len(count_keys)
+        self._distinct: bool | None = None
+
+    @property
+    def distinct(self) -> bool:
+        """Whether no key repeats: a writer makes one record per key; a table that breaks that is
+        still summed right, key by key."""
+        if self._distinct is None:
+            self._distinct = len(set(self.count_keys)) == len(self.count_keys)
+        return self._distinct
 
     def extended(self, pos: int, keys: list[Key], offsets: dict[int, list[int]], others: list[Other]) -> KeyTable:
         """A new table: this one plus the records parsed after it (value offsets by buffer index)."""
         runs = list(self.runs)
         for index, at in offsets.items():
-            fmt = "=" + "".join(f"{gap}xq" if gap else "q" for gap in _gaps(at))
+            fmt = "=q" + "".join(map(_SKIPS.__getitem__, map(sub, at[1:], at[:-1])))
             if runs and runs[-1][0] == index:  # one struct per buffer: a growing shard keeps one call
                 _, first, known = runs.pop()
                 fmt = known.format + f"{at[0] - first - known.size}x" + fmt[1:]
@@ -101,11 +105,15 @@ class KeyTable:
 EMPTY = KeyTable(HEADER_SIZE, (), (), ())
 
 
-def _gaps(offsets: list[int]) -> Iterator[int]:
-    """Bytes to skip before each value of a run (0 before the first)."""
-    yield 0
-    for before, at in pairwise(offsets):
-        yield at - before - 8
+class _Skips(dict[int, str]):
+    """The struct code that skips to a value ``distance`` bytes after the previous one and reads it."""
+
+    def __missing__(self, distance: int) -> str:
+        code = self[distance] = f"{distance - 8}xq" if distance > 8 else "q"
+        return code
+
+
+_SKIPS = _Skips()
 
 
 class Template:
@@ -197,16 +205,20 @@ class ShardReader:
         keys: list[Key] = []
         offsets: dict[int, list[int]] = {}
         others: list[Other] = []
-        index = 0
+        index, last = 0, len(buffers) - 1
         base, buf = buffers[0]
+        end = len(buf)
         at_values = offsets[0] = []
+        following = buffers[1][0] if last else used  # where the next buffer begins
         pos = table.pos
         while pos < used:
-            if index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
-                while index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
+            if pos >= following:
+                while index < last and pos >= buffers[index + 1][0]:
                     index += 1
                 base, buf = buffers[index]
+                end = len(buf)
                 at_values = offsets[index] = []
+                following = buffers[index + 1][0] if index < last else used
             at = pos - base
             key_len, kind = RECORD_HEAD.unpack_from(buf, at)
             if kind == KIND_SKIP:
@@ -216,11 +228,11 @@ class ShardReader:
                     pieces.append(f"8s{key_len - 8}x")
                 pos += key_len
                 continue
-            if kind not in KINDS:
+            value_bytes = VALUE_SIZES.get(kind)
+            if value_bytes is None:
                 raise CorruptShardError(f"unknown kind {kind} at {pos}")
-            value_bytes = value_size(kind)
             head = 8 + (key_len + 7) // 8 * 8
-            if key_len == 0 or pos + head + value_bytes > used or at + head + value_bytes > len(buf):
+            if key_len == 0 or pos + head + value_bytes > used or at + head + value_bytes > end:
                 raise CorruptShardError(f"record at {pos} runs past the end")
             raw = bytes(buf[at + 8 : at + 8 + key_len])
             try:
@@ -278,21 +290,26 @@ class KeyOrder:
         # id(table) -> (table, for each place: the table's position of that key, or len(table))
         self._inverses: dict[int, tuple[KeyTable, array[int]]] = {}
 
-    def place(self, table: KeyTable) -> None:
-        """Give the keys of ``table`` (distinct ones) their places."""
+    def place(self, table: KeyTable) -> bool:
+        """Give the keys of ``table`` their places; False (and the table is not placed) if a key
+        repeats in it: such a table is summed key by key."""
         if id(table) in self._inverses:
-            return
+            return True
         index, keys = self.index, self.keys
-        inverse = array("i", [len(table.count_keys)]) * len(keys)
+        absent = len(table.count_keys)
+        inverse = array("i", [absent]) * len(keys)
         for position, key in enumerate(table.count_keys):
             place = index.get(key)
             if place is None:
-                place = index[key] = len(keys)
+                index[key] = len(keys)
                 keys.append(key)
                 inverse.append(position)
-            else:
+            elif inverse[place] == absent:
                 inverse[place] = position
+            else:
+                return False
         self._inverses[id(table)] = (table, inverse)
+        return True
 
     def reordered(self, table: KeyTable, values: Sequence[int]) -> Sequence[int]:
         """``values`` (read with a placed ``table``) in this order, 0 where the table has no key."""
@@ -335,16 +352,15 @@ class CountSums:
         """Add the sums to ``counts``; with ``order``, tables of distinct keys are summed in it."""
         groups = [(table, _summed(pending)) for table, pending in self._tables.values()]
         if order is not None and len(groups) > 1:
-            ordered = [(table, sums) for table, sums in groups if table.distinct]
-            for table, _ in ordered:
-                order.place(table)
+            ordered = [(table, sums) for table, sums in groups if order.place(table)]
             order.keep(table for table, _ in ordered)
             total: list[Sequence[int]] = []
             for table, sums in ordered:
                 total.append(order.reordered(table, sums))
                 if len(total) > self.BATCH:
                     total[:] = [_summed(total)]
-            groups = [(table, sums) for table, sums in groups if not table.distinct]
+            placed = {id(table) for table, _ in ordered}
+            groups = [(table, sums) for table, sums in groups if id(table) not in placed]
             if total:
                 _add(counts, order.keys, _summed(total), distinct=True)
         for table, sums in groups:
