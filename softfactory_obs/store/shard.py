@@ -38,7 +38,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 MAGIC = b"SFOSHD01"
@@ -335,72 +335,6 @@ class ShardWriter:
         if self.fd is not None:
             os.close(self.fd)  # in a forked child this drops only the child's copy; the parent keeps its lock
             self.fd = None
-
-
-class ShardReader:
-    """Parses a shard incrementally: the key table is parsed once, values are re-read every scrape."""
-
-    __slots__ = ("created_ns", "entries", "pid", "pos")
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[int, Any, int, int]] = []  # (kind, key or meta, buffer index, value index)
-        self.pos = HEADER_SIZE
-        self.pid = 0
-        self.created_ns = 0
-
-    def parse(self, buffers: list[tuple[int, Any]]) -> None:
-        """Read the records of ``buffers`` that were not read before."""
-        first = buffers[0][1]
-        if len(first) < HEADER_SIZE or first[0:8] != MAGIC:
-            raise CorruptShardError("bad magic or short header")
-        head = struct.unpack_from("=qqq", first, 8)
-        used, self.pid, self.created_ns = head
-        last_base, last_buf = buffers[-1]
-        if used < HEADER_SIZE or used % 8:
-            raise CorruptShardError(f"used={used} outside the file")
-        if used > last_base + len(last_buf):
-            raise ShardGrewError(f"used={used} beyond the {last_base + len(last_buf)} bytes mapped")
-        index = 0
-        pos = self.pos
-        while pos < used:
-            while index + 1 < len(buffers) and pos >= buffers[index + 1][0]:
-                index += 1
-            base, buf = buffers[index]
-            at = pos - base
-            key_len, kind = RECORD_HEAD.unpack_from(buf, at)
-            if kind == KIND_SKIP:
-                if key_len <= 0 or key_len % 8:
-                    raise CorruptShardError(f"bad skip record at {pos}")
-                pos += key_len
-                continue
-            if kind not in (KIND_COUNT, KIND_GAUGE, KIND_STAMP, KIND_META, KIND_EXEMPLAR):
-                raise CorruptShardError(f"unknown kind {kind} at {pos}")
-            size = RECORD_HEAD.size + _round_up(key_len, 8) + value_size(kind)
-            if key_len == 0 or pos + size > used or at + size > len(buf):
-                raise CorruptShardError(f"record at {pos} runs past the end")
-            raw = bytes(buf[at + 8 : at + 8 + key_len])
-            try:
-                payload: Any = json.loads(raw) if kind == KIND_META else decode_key(raw)
-            except ValueError as exc:
-                raise CorruptShardError(f"undecodable key at {pos}: {exc}") from None
-            self.entries.append((kind, payload, index, (at + size - value_size(kind)) // 8))
-            pos += size
-        self.pos = pos
-
-    def values(self, buffers: list[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
-        """Every (kind, key, value) of the parsed records."""
-        views = [(memoryview(b).cast("q"), memoryview(b).cast("d")) for _, b in buffers]
-        try:
-            for kind, payload, index, slot in self.entries:
-                ints, floats = views[index]
-                if kind == KIND_EXEMPLAR:
-                    yield kind, payload, read_exemplar(buffers[index][1], ints, floats, slot)
-                else:
-                    yield kind, payload, (floats[slot] if kind == KIND_GAUGE else ints[slot])
-        finally:
-            for ints, floats in views:
-                ints.release()
-                floats.release()
 
 
 class CorruptShardError(Exception):
