@@ -36,13 +36,13 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._failures import report_failure
 from .archive import ARCHIVE, Archive, Identity, new_nonce
-from .reader import CountSums, KeyOrder, ShardReader, Template
+from .reader import CountSums, KeyOrder, ShardReader, Template, add_counts
 from .shard import (
     KIND_EXEMPLAR,
     KIND_GAUGE,
@@ -270,7 +270,7 @@ class StoreDirectory:
         if lost or set(self._readers) - seen:
             self._order = KeyOrder()  # its contract: no place for a key that left with a shard
         sums.into(snap.counts, self._order)
-        _add_counts(snap.counts, archive.counts.items())
+        add_counts(snap.counts, archive.counts.keys(), archive.counts.values())
         for gone in set(self._readers) - seen:
             del self._readers[gone]
         for gone in set(self._dead) - seen:
@@ -418,7 +418,7 @@ class StoreDirectory:
 
 def merge_values(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool, shard: str, snap: Snapshot) -> None:
     """Add one shard's values to ``snap``: counts summed, gauges and exemplars kept by shard."""
-    _add_counts(snap.counts, zip(reader.table.count_keys, reader.table.count_values(buffers), strict=True))
+    add_counts(snap.counts, reader.table.count_keys, reader.table.count_values(buffers))
     merge_others(reader, buffers, live, shard, snap)
 
 
@@ -440,12 +440,6 @@ def merge_others(reader: ShardReader, buffers: list[tuple[int, Any]], live: bool
                 snap.exemplars[payload] = value
     for key, value in gauges:
         snap.gauges.setdefault(key, []).append((value, stamps.get(key, 0), shard))
-
-
-def _add_counts(counts: dict[Key, int], items: Iterable[tuple[Key, int]]) -> None:
-    get = counts.get
-    for key, value in items:
-        counts[key] = get(key, 0) + value
 
 
 def _abandoned(path: str) -> bool:

@@ -362,16 +362,18 @@ class CountSums:
             placed = {id(table) for table, _ in ordered}
             groups = [(table, sums) for table, sums in groups if id(table) not in placed]
             if total:
-                _add(counts, order.keys, _summed(total), distinct=True)
+                add_counts(counts, order.keys, _summed(total), distinct=True)
         for table, sums in groups:
-            _add(counts, table.count_keys, sums, distinct=table.distinct)
+            add_counts(counts, table.count_keys, sums, distinct=table.distinct)
 
 
 def _summed(values: list[Sequence[int]]) -> Sequence[int]:
     return values[0] if len(values) == 1 else list(map(sum, zip(*values, strict=True)))
 
 
-def _add(counts: dict[Key, int], keys: Sequence[Key], sums: Sequence[int], *, distinct: bool) -> None:
+def add_counts(counts: dict[Key, int], keys: Iterable[Key], sums: Iterable[int], *, distinct: bool = False) -> None:
+    """Add ``sums`` to ``counts`` key by key (in one C call into an empty dict when the keys are
+    ``distinct``)."""
     if not counts and distinct:
         counts.update(zip(keys, sums, strict=True))
         return
