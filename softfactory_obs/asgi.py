@@ -3,8 +3,9 @@ the same recorders, store, log pipeline and health state serve Starlette, FastAP
 any ASGI 3 app. A pure ASGI middleware: it wraps ``send``, never the request in a task or a
 ``BaseHTTPMiddleware``.
 
-- ``http``: telemetry paths go to their WSGI apps, served in a worker thread
-  (``request/wsgi_in_thread.py``); everything else to ``request.asgi.serve``.
+- ``http``: recorded by ``request.asgi.AsgiFront``, which asks ``serving`` what serves each request:
+  telemetry paths their WSGI apps, served in a worker thread (``request/wsgi_in_thread.py``);
+  everything else the app.
 - ``lifespan`` and ``websocket``: handed to the app untouched.
 - The route template: what an adapter put in the scope (``softfactory_obs.route``), else
   Starlette's (and so FastAPI's) matched route, ``starlette_route``; a policy (``route_of``).
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .host import InstrumentationHost
 from .process_state import ensure_current
-from .request.asgi import ASGIApp, AsgiDriver, Receive, Scope, Send, serve
+from .request.asgi import ASGIApp, AsgiDriver, AsgiFront, Scope
+from .request.record import Hooks
 from .request.wsgi_in_thread import in_thread
 from .route_templates import framework_template
 from .routes import UNMATCHED
@@ -51,11 +53,18 @@ def starlette_route(scope: Scope) -> str | None:
     route = scope.get("route")
     if route is None:
         return UNMATCHED if "router" in scope else None
-    path = getattr(route, "path", None)
+    try:
+        path = route.path
+    except AttributeError:  # a Host route
+        return None
     if not isinstance(path, str):
         return None
     root = scope.get("root_path", "")
     entered = scope.get(_ENTRY_ROOT, "")
+    if root == entered:  # no mount before the route (most apps): its own path, by path and class
+        known = _UNMOUNTED.get(path)
+        if known is not None and known[0] is type(route):
+            return known[1]
     key = (path, root, entered, type(route))
     template = _TEMPLATES.get(key)
     if template is None:
@@ -66,15 +75,20 @@ def starlette_route(scope: Scope) -> str | None:
             template = mounts + framework_template(path, "starlette")
         if len(_TEMPLATES) < 4096:  # an app's routes, behind its mounts' matched paths
             _TEMPLATES[key] = template
+            if root == entered:
+                _UNMOUNTED[path] = (type(route), template)
     return template
 
 
 _ENTRY_ROOT = "softfactory_obs.root_path"  # root_path as the server gave it, before any mount
 # (route path, root_path, root_path on entry, route class) -> template
 _TEMPLATES: dict[tuple[str, str, str, type], str] = {}
+# route path -> (route class, template), for routes with no mount before them: looked up by the
+# path alone (a string's hash is kept; a tuple's is not); the class tells a mount from a route.
+_UNMOUNTED: dict[str, tuple[type, str]] = {}
 
 
-class AsgiMiddleware(InstrumentationHost):
+class AsgiMiddleware(InstrumentationHost, AsgiFront):
     """Wrap an ASGI 3 app: request ids, JSON access logs, per-request metrics and the telemetry routes."""
 
     app: ASGIApp
@@ -97,23 +111,25 @@ class AsgiMiddleware(InstrumentationHost):
         )
         self._telemetry_apps: dict[str, Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or SCOPE_MARK in scope:
-            await self.app(scope, receive, send)
-            return
+    def serving(self, scope: Scope) -> tuple[Hooks, ASGIApp] | None:
+        """The hooks and app for an ``http`` request: the telemetry route's, or the app's; None
+        when an outer instance serves it already."""
+        if SCOPE_MARK in scope:
+            return None
         scope[SCOPE_MARK] = self
-        scope[_ENTRY_ROOT] = scope.get("root_path", "")
+        root = scope.get("root_path")
+        if root:  # kept for starlette_route, which reads an absent one as ""
+            scope[_ENTRY_ROOT] = root
         ensure_current()  # a new process resets what it inherited, on any server
         if not self._started_in_process:
             self._start_in_process()
         path = scope["path"]
         if path not in self.telemetry_routes:
-            await serve(self.driver, self._hooks, scope, receive, send, self.app)
-            return
+            return self._hooks, self.app
         app = self._telemetry_apps.get(path)
         if app is None:
             app = self._telemetry_apps[path] = in_thread(self.telemetry_routes[path])
-        await serve(self.driver, self._telemetry_hooks, scope, receive, send, app)
+        return self._telemetry_hooks, app
 
 
 def instrument_asgi(app: Any, **options: Unpack[Options]) -> AsgiMiddleware:

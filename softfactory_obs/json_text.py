@@ -13,13 +13,13 @@ _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 def iso_utc(created: float) -> str:
     """2026-11-22T05:39:49.123Z, from seconds since the epoch (``time.time()``, ``record.created``)."""
-    return iso_utc_ms(int(created * 1000))
+    return iso_utc_ms(math.floor(created * 1000))
 
 
 def iso_utc_ms(ms: int) -> str:
-    """``iso_utc`` of whole milliseconds since the epoch (``time.time_ns() // 1_000_000``), the access
-    line's clock: int arithmetic skips the float-to-int conversions, a third of a float stamp's cost.
-    The part up to the second is formatted once per second."""
+    """``iso_utc`` of whole milliseconds since the epoch (``math.floor(time.time() * 1000)``), the
+    access line's clock. The part up to the second is formatted once per second, the milliseconds
+    taken from a table."""
     global _second_cache  # noqa: PLW0603 - a module-level cache swapped atomically
     second, milli = divmod(ms, 1000)
     cached_second, text = _second_cache  # one tuple, swapped whole: threads never see a mixed pair

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +305,63 @@ def test_instrument_asgi_twice_returns_the_same_app_and_refuses_other_settings(t
     assert instrument_asgi(app) is app and instrument_asgi(app, service_name="shop") is app
     with pytest.raises(ValueError, match=r"pass all options to the first instrument_asgi\(\) call"):
         instrument_asgi(app, service_name="other")
+
+
+async def _hello(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_requests_metrics_wait_for_the_store_lock(tmp_path: Path) -> None:
+    """ASGI requests interleave and may come from loops in several threads: the hooks write under
+    the store's lock. Held elsewhere, a request waits for it; released, the request completes."""
+    app = instrument_asgi(_hello, registry=Registry(str(tmp_path / "store")), access_log=False)
+    assert run(app, "/hello").status == 200  # every series bound
+    entered = threading.Event()
+
+    async def one() -> Any:
+        entered.set()
+        return await call_asgi(app, "/hello")
+
+    with ThreadPoolExecutor(1) as pool:
+        with app.registry.lock:
+            pending = pool.submit(asyncio.run, one())
+            assert entered.wait(10)
+            with pytest.raises(FutureTimeout):  # one request takes a millisecond; it waits for the lock
+                pending.result(timeout=0.5)
+        assert pending.result(timeout=30).status == 200
+    counted = samples(app.registry)[
+        ("http_requests_total", (("endpoint", "/hello"), ("method", "GET"), ("status", "200")))
+    ]
+    assert counted == 2
+
+
+def test_event_loops_in_several_threads_count_exactly(tmp_path: Path) -> None:
+    """Each hook writes its series under the store's lock, held once for all of its writes: event
+    loops in several threads serving one app (test clients, a loop per thread) count exactly. A
+    switch interval of a microsecond makes the threads interleave inside the hooks."""
+
+    app = instrument_asgi(_hello, registry=Registry(str(tmp_path / "store")), access_log=False)
+    per_loop, loops = 300, 4
+
+    async def serve() -> None:
+        for i in range(per_loop):
+            response = await call_asgi(app, "/hello", method="POST", headers=(("Content-Length", "3"),), body=b"abc")
+            assert response.status == 200, i
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(loops) as pool:
+            for done in [pool.submit(asyncio.run, serve()) for _ in range(loops)]:
+                done.result()
+    finally:
+        sys.setswitchinterval(switch)
+    n = per_loop * loops
+    found = samples(app.registry)
+    labels = (("endpoint", "/hello"), ("method", "POST"))
+    assert found[("http_requests_total", (*labels, ("status", "200")))] == n
+    assert found[("http_request_duration_seconds_count", labels)] == n
+    assert found[("http_response_size_bytes_sum", labels)] == 2 * n
+    assert found[("http_request_size_bytes_sum", labels)] == 3 * n
+    assert found[("http_requests_in_progress", (("method", "POST"),))] == 0

@@ -666,6 +666,29 @@ def test_the_unlocked_writers_count_exactly_as_the_locked_ones(values: list[floa
     assert written[0][("v_bytes_bucket", (("le", le),))] == expected_le_10
 
 
+def test_writes_under_the_held_registry_lock_bind_what_is_unbound(tmp_path: Path) -> None:
+    """A caller holding the registry's lock writes several children with the unlocked writers (the
+    HTTP metrics' hooks, on a threaded server); a child meeting its first write there binds,
+    taking the lock again: it must not wait for itself."""
+    registry = Registry(str(tmp_path))
+    counter = Counter("held_total", "x", ["n"], registry=registry)
+    hist = Histogram("held_seconds", "x", registry=registry)
+    done = threading.Event()
+
+    def write() -> None:
+        with registry.lock:  # nothing bound yet: each write below binds under the held lock
+            counter.labels("1").inc_unlocked()
+            counter.labels("2").inc_unlocked()
+            hist.labels().observe_unlocked(0.3)
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(10), "a write under the held lock waited for that lock to bind its child"
+    found = samples(registry)
+    assert found[("held_total", (("n", "1"),))] == found[("held_total", (("n", "2"),))] == 1
+    assert found[("held_seconds_count", ())] == 1
+
+
 def test_release_gives_up_the_shard_as_an_exiting_worker_does(tmp_path: Path) -> None:
     registry = Registry(str(tmp_path))
     counter = Counter("released_total", "x", registry=registry)

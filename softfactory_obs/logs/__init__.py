@@ -274,6 +274,7 @@ class RequestContextFilter(logging.Filter):
 
 
 Sink = tuple[LineHandler, "JsonFormatter", str]  # (handler, its formatter, the line's service fields)
+INFO = logging.INFO  # read on every request: a constant, not the module's attribute
 
 
 class DirectSinks:
@@ -310,9 +311,9 @@ class DirectSinks:
             return None
         root = logging.root.handlers
         for handler, formatter, _ in sinks:
-            if handler not in root or handler.formatter is not formatter or handler.level > logging.INFO:
+            if handler not in root or handler.formatter is not formatter or handler.level > INFO:
                 return None
-        return sinks if logger.isEnabledFor(logging.INFO) else ()
+        return sinks if logger.isEnabledFor(INFO) else ()
 
 
 DIRECT_SINKS = DirectSinks()

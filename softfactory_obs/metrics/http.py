@@ -137,9 +137,10 @@ class HttpMetrics:
     def _skipped(self, method: str, path: str) -> bool:
         return method in self.skip_methods or path in self.skip_exact or any(p.match(path) for p in self.skip_patterns)
 
-    # Under a server that says it runs no requests in other threads (gunicorn's sync and gevent
-    # workers), only the thread serving requests writes these series: the children's unlocked
-    # writers skip the store's lock. Threaded servers take it.
+    # The hooks write through the children's unlocked writers. Under a server that says it runs no
+    # requests in other threads (gunicorn's sync and gevent workers) only the thread serving
+    # requests writes these series; otherwise (threaded servers, ASGI) a hook holds the store's
+    # lock around all of its writes: one acquisition for the finish hook's three or four.
 
     def install(self, host: Host) -> None:
         """Reserve the per-request positions and add the three hooks."""
@@ -159,7 +160,12 @@ class HttpMetrics:
             if live is None:
                 return
         if record.threaded:
-            live.gauge.inc()
+            lock = live.lock
+            lock.acquire()  # acquire/release: cheaper than ``with`` on this path
+            try:
+                live.gauge.inc_unlocked()
+            finally:
+                lock.release()
         else:
             live.gauge.inc_unlocked()
         record.state[self.live_at] = live
@@ -176,7 +182,10 @@ class HttpMetrics:
         key = (method, *labels)
         live = self._by_labels.get(key)
         if live is None:
-            live = self._by_labels[key] = _Live(self.in_progress.labels(*key), method, labels)
+            # The store's lock as it is in this process (ensure_current ran before any hook; a
+            # new process clears _by_labels).
+            lock = self.in_progress.registry.lock
+            live = self._by_labels[key] = _Live(self.in_progress.labels(*key), method, labels, lock)
             if not self._dynamic and not self.skipping and method == record.method:
                 self._live[method] = live
         return live
@@ -208,7 +217,12 @@ class HttpMetrics:
         if series.overflow:
             self.overflow.inc()
         if record.threaded:
-            series.requests.inc()
+            lock = live.lock
+            lock.acquire()
+            try:
+                series.requests.inc_unlocked()
+            finally:
+                lock.release()
         else:
             series.requests.inc_unlocked()
         if record.started >= series.r_due:  # an exemplar is kept at least exemplar_interval_seconds
@@ -246,23 +260,20 @@ class HttpMetrics:
             return
         series = state[self.series_at]
         duration = record.duration
-        request_size = record.request_bytes
-        if record.threaded:
-            live.gauge.inc(-1.0)  # dec() would call inc(): one frame fewer
-            if series is None:  # the response hook failed: nothing more to attribute
-                return
-            n = series.duration.observe(duration)
-            series.response_size.observe(record.response_bytes)
-            if request_size is not None:
-                series.request_size.observe(request_size)
-        else:
+        lock = live.lock if record.threaded else None
+        if lock is not None:
+            lock.acquire()
+        try:
             live.gauge.inc_unlocked(-1.0)
-            if series is None:
+            if series is None:  # the response hook failed: nothing more to attribute
                 return
             n = series.duration.observe_unlocked(duration)
             series.response_size.observe_unlocked(record.response_bytes)
-            if request_size is not None:
-                series.request_size.observe_unlocked(request_size)
+            if record.request_bytes is not None:
+                series.request_size.observe_unlocked(record.request_bytes)
+        finally:
+            if lock is not None:
+                lock.release()
         if record.started >= series.d_due[n]:  # at most one exemplar per bucket and interval
             exemplar = _exemplar(record)
             if exemplar is not None:
@@ -301,10 +312,11 @@ _CACHED = 4096
 class _Live:
     """One method and default-label set: its in-progress gauge and the series answered under it."""
 
-    __slots__ = ("by_path", "gauge", "labels", "method", "series")
+    __slots__ = ("by_path", "gauge", "labels", "lock", "method", "series")
 
-    def __init__(self, gauge: GaugeChild, method: str, labels: tuple[str, ...]) -> None:
+    def __init__(self, gauge: GaugeChild, method: str, labels: tuple[str, ...], lock: Any) -> None:
         self.gauge = gauge
+        self.lock = lock  # the store's: a threaded request's writes hold it (see HttpMetrics.install)
         self.method = method
         self.labels = labels
         self.series: dict[tuple[str, str], _Series] = {}  # (endpoint, status) -> series

@@ -4,14 +4,14 @@
 ASGI rules this file follows (the HTTP connection scope of the ASGI spec), and where:
 - ``receive`` is handed to the app untouched: the body, ``http.disconnect``, everything;
 - ``http.response.start`` fixes the status, so the response hooks run there, before any body
-  byte; our request-id header replaces any the app set (``_start``);
+  byte; our request-id header replaces any the app set (``send``);
 - the response ends with the last ``http.response.body`` (``more_body`` false), or with the last
   ``http.response.trailers`` when the start announced trailers, or with ``http.response.pathsend``;
   duration and size are taken there, after the server accepted the message (``send``); the finish
   hooks run when the app returns (``finish``);
 - an exception before ``http.response.start``: a JSON 500 that still carries the id, unless
   ``propagate_exceptions``; after it the response is broken, so the exception goes on to the
-  server, which closes the connection (``serve``);
+  server, which closes the connection (``AsgiFront.__call__``);
 - a server ``send`` that fails (client gone) or an app that stops early ends the record once,
   with what was sent, and what the app raises about it is not counted as its error;
 - the request context (id and trace id) is set in the task that serves the request, so the app's
@@ -41,6 +41,15 @@ EXCEPTION_KEY = "softfactory_obs.exception"
 _HEADER_NAMES: dict[str, bytes] = {}  # header name -> its lower-case bytes, as in the scope
 
 
+def _header_text(value: bytes) -> str:
+    """A request header's value as text: the UTF-8 clients send (ASCII, mostly); bytes that are
+    not UTF-8 replaced."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "replace")
+
+
 def _length(value: bytes) -> int | None:
     """A Content-Length header's byte count (see ``parse_length``), or None."""
     text = value.decode("latin-1")
@@ -51,7 +60,7 @@ class AsgiDriver:
     """What the ASGI driver needs of the front's configuration, decided once: the request-id policy
     and header, whether app exceptions propagate, and how a route template is read from the scope."""
 
-    __slots__ = ("header", "propagate", "request_ids", "route_of")
+    __slots__ = ("header", "propagate", "read", "request_ids", "route_of")
 
     def __init__(
         self, request_ids: Any, header_name: str, *, propagate: bool, route_of: Callable[[Scope], str | None]
@@ -60,78 +69,99 @@ class AsgiDriver:
         self.header = header_name.lower().encode("latin-1")
         self.propagate = propagate
         self.route_of = route_of
+        # The request headers read on every request, by name -> position in the front's pass. Our id
+        # header last: a name configured to equal another one's is read as the id.
+        self.read = {b"traceparent": 1, b"content-length": 2, b"user-agent": 3, self.header: 0}
 
 
-async def serve(  # noqa: PLR0915, PLR0917 - the record's fields, one statement each; as WSGI's serve
-    driver: AsgiDriver, hooks: Hooks, scope: Scope, receive: Receive, send: Send, app: ASGIApp
-) -> None:
-    """Run one ``http`` request through ``app``, recording it; see the module doc."""
-    cycle = AsgiCycle()
-    cycle.started = perf_counter()
-    cycle.environ = scope  # type: ignore[assignment]  # the protocol's own mapping
-    raw_id = traceparent = length = None
-    id_header = driver.header
-    for name, value in scope["headers"]:  # one pass for the three headers read on every request
-        if name == id_header:
-            raw_id = value
-        elif name == b"traceparent":
-            traceparent = value
-        elif name == b"content-length":
-            length = value
-    if raw_id is not None:
-        client = scope.get("client")
-        request_id, cycle.id_rejected = driver.request_ids.resolve_value(
-            raw_id.decode("latin-1"), client[0] if client else None
-        )
-    else:
-        request_id = new_request_id()
-        cycle.id_rejected = False
-    cycle.request_id = request_id
-    trace_id = cycle.trace_id = parse_traceparent(traceparent.decode("latin-1")) if traceparent else None
-    cycle.method = scope["method"]
-    cycle.threaded = True  # other requests interleave, and telemetry runs in threads
-    cycle.path = scope["path"]
-    cycle.script_name = scope.get("root_path", "")
-    cycle.request_bytes = _length(length) if length else None
-    cycle.status = cycle.route = cycle.endpoint = cycle.exc = cycle.span_id = None
-    cycle.duration = 0.0
-    cycle.state = hooks.state.copy()
-    cycle.response_bytes = 0
-    cycle._driver = driver
-    cycle._hooks = hooks
-    cycle._send = send
-    cycle._app_headers = ()
-    cycle._sent = 0
-    cycle._started = cycle._trailers = cycle._ended = cycle._gone = cycle._finished = False
-    token = request_context.set((request_id, trace_id, None))
-    try:
-        for hook in hooks.start:
-            try:
-                hook(cycle)
-            except Exception as exc:
-                hook_failed(hook, exc)
+class AsgiFront:
+    """The coroutine an ASGI server calls, for a front that wraps an app (``asgi.AsgiMiddleware``):
+    each ``http`` scope the front chooses to serve (``serving``) runs through a recorded
+    ``AsgiCycle``; every other scope goes to ``app`` untouched.
+
+    The front's choice is a plain call from here, not a coroutine of its own awaiting this one:
+    one coroutine per request fewer.
+    """
+
+    app: ASGIApp
+    driver: AsgiDriver
+
+    def serving(self, scope: Scope) -> tuple[Hooks, ASGIApp] | None:
+        """The hooks and app that serve this ``http`` scope, or None to hand it to ``app`` untouched."""
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: PLR0915 - as WSGI's serve
+        """Serve one connection scope; an ``http`` one is recorded (see the module doc)."""
+        served = self.serving(scope) if scope["type"] == "http" else None
+        if served is None:
+            await self.app(scope, receive, send)
+            return
+        hooks, app = served
+        driver = self.driver
+        cycle = AsgiCycle()
+        cycle.started = perf_counter()
+        cycle.environ = scope  # type: ignore[assignment]  # the protocol's own mapping
+        found: list[bytes | None] = [None, None, None, None]
+        read = driver.read
+        for name, value in scope["headers"]:  # one pass for the headers read on every request
+            if name in read:  # the last, if repeated
+                found[read[name]] = value
+        raw_id, traceparent, length, cycle._agent = found
+        if raw_id is not None:
+            client = scope.get("client")
+            request_id, cycle.id_rejected = driver.request_ids.resolve_value(
+                raw_id.decode("latin-1"), client[0] if client else None
+            )
+        else:
+            request_id = new_request_id()
+            cycle.id_rejected = False
+        cycle.request_id = request_id
+        trace_id = cycle.trace_id = parse_traceparent(traceparent.decode("latin-1")) if traceparent else None
+        cycle.method = scope["method"]
+        cycle.threaded = True  # event loops in other threads may serve requests too: hooks take locks
+        cycle.path = scope["path"]
+        cycle.script_name = scope.get("root_path", "")
+        cycle.request_bytes = _length(length) if length else None
+        cycle.status = cycle.route = cycle.endpoint = cycle.exc = cycle.span_id = None
+        cycle.duration = 0.0
+        cycle.state = hooks.state.copy()
+        cycle.response_bytes = 0
+        cycle._driver = driver
+        cycle._hooks = hooks
+        cycle._send = send
+        cycle._app_headers = ()
+        cycle._sent = 0
+        cycle._started = cycle._trailers = cycle._ended = cycle._gone = cycle._finished = False
+        token = request_context.set((request_id, trace_id, None))
         try:
-            await app(scope, receive, cycle.send)
-        except Exception as exc:
-            if not cycle._gone:  # what an app makes of a client gone (ClientDisconnect) is not its error
+            for hook in hooks.start:
+                try:
+                    hook(cycle)
+                except Exception as exc:
+                    hook_failed(hook, exc)
+            try:
+                await app(scope, receive, cycle.send)
+            except Exception as exc:
+                if not cycle._gone:  # what an app makes of a client gone (ClientDisconnect) is not its error
+                    cycle.exc = exc
+                if driver.propagate or cycle._started:
+                    cycle.finish()
+                    raise
+                await cycle.answer_500()
+            except BaseException as exc:  # cancelled (the server shutting down), KeyboardInterrupt
                 cycle.exc = exc
-            if driver.propagate or cycle._started:
                 cycle.finish()
                 raise
-            await cycle.answer_500()
-        except BaseException as exc:  # cancelled (the server shutting down), KeyboardInterrupt
-            cycle.exc = exc
             cycle.finish()
-            raise
-        cycle.finish()
-    finally:
-        request_context.reset(token)
+        finally:
+            request_context.reset(token)
 
 
 class AsgiCycle(RequestRecord):
-    """The record of one ASGI request, and the ``send`` the app calls; made by ``serve``."""
+    """The record of one ASGI request, and the ``send`` the app calls; made by ``AsgiFront``."""
 
     __slots__ = (
+        "_agent",
         "_app_headers",
         "_driver",
         "_ended",
@@ -144,6 +174,7 @@ class AsgiCycle(RequestRecord):
         "_trailers",
     )
 
+    _agent: bytes | None  # the User-Agent header, read in the front's pass over the headers
     _app_headers: Sequence[Sequence[bytes]]  # the response headers as the app sent them
     _driver: AsgiDriver
     _ended: bool  # duration and size are taken
@@ -169,9 +200,12 @@ class AsgiCycle(RequestRecord):
                 _HEADER_NAMES[name] = wanted
         for key, value in self.environ["headers"]:
             if key == wanted:
-                text: str = value.decode("latin-1")
-                return text if text.isascii() else value.decode("utf-8", "replace")
+                return _header_text(value)
         return None
+
+    def user_agent(self) -> str | None:
+        """The User-Agent header, as text (read with the headers every request reads)."""
+        return None if self._agent is None else _header_text(self._agent)
 
     def remote_address(self) -> str:
         """The scope's ``client`` host."""
@@ -195,7 +229,23 @@ class AsgiCycle(RequestRecord):
             if not message.get("more_body", False) and not self._trailers:
                 self._end(complete=True)
         elif kind == "http.response.start":
-            message = self._start(message)
+            # The status is final: record it, run the response hooks, and put our id header in the
+            # message in place of any the app set (as Starlette's own middleware do, the message
+            # is changed in place). Header names are lower case, as the spec requires of the app.
+            self.status = message["status"]
+            if "trailers" in message:
+                self._trailers = bool(message["trailers"])
+            ours = self._driver.header
+            headers = message.get("headers", ())
+            if type(headers) is not list:  # any iterable, read more than once below
+                headers = list(headers)
+            for name, _ in headers:
+                if name == ours:  # the app set its own: ours replaces it
+                    headers = [header for header in headers if header[0] != ours]
+                    break
+            self._app_headers = headers
+            message["headers"] = [*headers, (ours, self.request_id.encode())]  # ids are ASCII (request_id.py)
+            self._record()
             self._started = True
             try:
                 await self._send(message)
@@ -210,26 +260,6 @@ class AsgiCycle(RequestRecord):
             await self._send(message)
             if kind == "http.response.pathsend":
                 self._end(complete=True)
-
-    def _start(self, message: Message) -> Message:
-        """The status is final: record it, run the response hooks, and put our id header in the
-        message in place of any the app set (as Starlette's own middleware do, the message is
-        changed in place). Header names are lower case, as the spec requires of the app."""
-        self.status = message["status"]
-        if "trailers" in message:
-            self._trailers = bool(message["trailers"])
-        ours = self._driver.header
-        headers = message.get("headers", ())
-        if type(headers) is not list:  # any iterable, read more than once below
-            headers = list(headers)
-        for name, _ in headers:
-            if name == ours:  # the app set its own: ours replaces it
-                headers = [header for header in headers if header[0] != ours]
-                break
-        self._app_headers = headers
-        message["headers"] = [*headers, (ours, self.request_id.encode("latin-1"))]
-        self._record()
-        return message
 
     def _record(self) -> None:
         scope = self.environ

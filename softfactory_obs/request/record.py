@@ -153,6 +153,10 @@ class RequestRecord:
         """The value of request header ``name`` (case-insensitive), or None."""
         raise NotImplementedError
 
+    def user_agent(self) -> str | None:
+        """The User-Agent header (the access line shows it), or None."""
+        return self.header("User-Agent")
+
     def remote_address(self) -> str:
         """The client's address as the server saw it (the proxy's, behind one); empty if unknown."""
         raise NotImplementedError

@@ -172,6 +172,13 @@ class RequestCycle(RequestRecord):
             return value
         return environ_text(value)
 
+    def user_agent(self) -> str | None:
+        """``HTTP_USER_AGENT``, as text."""
+        value = self.environ.get("HTTP_USER_AGENT")
+        if value is None or (type(value) is str and value.isascii()):
+            return value
+        return environ_text(value)
+
     def remote_address(self) -> str:
         """``REMOTE_ADDR`` as the server gave it."""
         return str(self.environ.get("REMOTE_ADDR", ""))

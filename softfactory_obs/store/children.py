@@ -1,9 +1,10 @@
 """The children: one label set's slots, and the only code that writes them.
 
 The hot path of a pre-bound child is one lock and one aligned 8-byte store into a memory-mapped
-slot. Callers that are the only thread writing a child (the HTTP metrics under a server that is
-not multithreaded) skip the lock with the ``*_unlocked`` writers. Nothing outside the store sees
-a slot, a view or the exemplar seqlock.
+slot. The ``*_unlocked`` writers skip the lock, for callers that are the only thread writing a
+child (the HTTP metrics under a server that is not multithreaded) or that hold the registry's
+``lock`` themselves (several writes of one request under one acquisition). Nothing outside the
+store sees a slot, a view or the exemplar seqlock.
 """
 
 from __future__ import annotations
@@ -193,8 +194,9 @@ class CounterChild(Child):
         return ExceptionCounter(self.inc, exception)
 
     def inc_unlocked(self) -> None:
-        """``inc(1)`` without the lock, for the one thread that writes this child: a request hook
-        under a server that says ``wsgi.multithread`` is false (sync and gevent workers)."""
+        """``inc(1)`` without the lock, for the one thread that writes this child (a request hook
+        under a server that says ``wsgi.multithread`` is false: sync and gevent workers), or for a
+        caller holding the registry's ``lock``."""
         ints = self._ints
         if ints is None:
             ints = self._bind()

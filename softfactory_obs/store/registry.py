@@ -50,7 +50,9 @@ class Registry:
         self._writer: ShardWriter | None = None
         # Without a directory: the reader of the in-memory shard, kept with the writer it reads.
         self._memory_reader: tuple[ShardWriter, ShardReader] | None = None
-        self._lock = threading.Lock()  # guards the writer's key table; slots have their own lock
+        # Guards the writer's key table and every child's slots. Re-entrant: a caller writing
+        # several children under it (``lock``) may meet one that binds, which takes it again.
+        self._lock = threading.RLock()
         self._children: list[Child] = []
         self._metas_written: set[str] = set()
         self._compact_pending = False
@@ -80,9 +82,11 @@ class Registry:
         return self._directory
 
     @property
-    def lock(self) -> threading.Lock:
-        """The lock children hold around a locked write (it guards the writer's key table too);
-        replaced in a new process, so a child takes it again when it binds."""
+    def lock(self) -> threading.RLock:
+        """The lock children hold around a locked write (it guards the writer's key table too).
+        Holding it, a caller may write any of this registry's children with their ``*_unlocked``
+        writers, several under one acquisition; a child that binds meanwhile takes it again
+        (re-entrant). Replaced in a new process: take it again there, after ``ensure_current``."""
         return self._lock
 
     def set_directory(self, path: str | None) -> None:
@@ -249,7 +253,7 @@ class Registry:
 
     def _after_fork_in_child(self) -> None:
         # Inherited bindings point into the parent's file: drop them all; the child binds anew.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._release()
 
     def _release(self) -> None:
