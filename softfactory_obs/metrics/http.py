@@ -260,20 +260,28 @@ class HttpMetrics:
             return
         series = state[self.series_at]
         duration = record.duration
-        lock = live.lock if record.threaded else None
-        if lock is not None:
+        request_size = record.request_bytes
+        if record.threaded:  # the same writes as below, under one acquisition of the store's lock
+            lock = live.lock
             lock.acquire()
-        try:
+            try:
+                live.gauge.inc_unlocked(-1.0)
+                if series is None:  # the response hook failed: nothing more to attribute
+                    return
+                n = series.duration.observe_unlocked(duration)
+                series.response_size.observe_unlocked(record.response_bytes)
+                if request_size is not None:
+                    series.request_size.observe_unlocked(request_size)
+            finally:
+                lock.release()
+        else:
             live.gauge.inc_unlocked(-1.0)
-            if series is None:  # the response hook failed: nothing more to attribute
+            if series is None:
                 return
             n = series.duration.observe_unlocked(duration)
             series.response_size.observe_unlocked(record.response_bytes)
-            if record.request_bytes is not None:
-                series.request_size.observe_unlocked(record.request_bytes)
-        finally:
-            if lock is not None:
-                lock.release()
+            if request_size is not None:
+                series.request_size.observe_unlocked(request_size)
         if record.started >= series.d_due[n]:  # at most one exemplar per bucket and interval
             exemplar = _exemplar(record)
             if exemplar is not None:
