@@ -143,6 +143,75 @@ def test_an_exception_before_the_response_gets_our_json_500(tmp_path: Path, logs
     assert [x["status"] for x in logs.access()] == [500]
 
 
+def _in_progress(app: Any) -> float:
+    return sum(v for (name, _), v in samples(app.registry).items() if name == "http_requests_in_progress")
+
+
+def test_a_server_cancelling_our_500_still_ends_the_request_once(tmp_path: Path, logs: LogCapture) -> None:
+    # The app fails before answering; while our 500 goes out the server cancels the task (it is
+    # shutting down). The request must still end: in progress back to 0, its line, its count.
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise KeyError("nothing sent yet")
+
+    async def cancelling_send(message: dict[str, Any]) -> None:
+        raise asyncio.CancelledError
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    app = instrument_asgi(bare, registry=Registry(str(tmp_path / "s")))
+    scope = {"type": "http", "method": "GET", "path": "/x", "root_path": "", "query_string": b"", "headers": []}
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(app(scope, receive, cancelling_send))
+    assert _in_progress(app) == 0
+    assert [x["status"] for x in logs.access()] == [500]  # positive control: the request was seen
+    assert _requests(app) == {("/x", "500"): 1}
+
+
+def test_a_start_with_unreadable_headers_gets_our_500_counted_once(tmp_path: Path, logs: LogCapture) -> None:
+    # Headers that are not (name, value) pairs fail in our send before the status is final: the
+    # app's start never went out, so the client gets our 500, counted once (not 200 and 500).
+    async def bad_headers(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-only-a-name",)]})
+        await send({"type": "http.response.body", "body": b"never"})
+
+    app = instrument_asgi(bad_headers, registry=Registry(str(tmp_path / "s")))
+    response = run(app, "/x")
+    assert response.status == 500
+    assert json.loads(response.body)["request_id"] == response.header("X-Request-Id")[0]
+    assert _requests(app) == {("/x", "500"): 1}
+    assert _in_progress(app) == 0
+    assert [x["status"] for x in logs.access()] == [500]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "expected"),
+    [
+        ("/x", (), ("", None, "127.0.0.1", None)),
+        ("/x?q=1", (("User-Agent", "probe/1.0"),), ("q=1", "probe/1.0", "127.0.0.1", None)),
+        # The query as the UTF-8 it is; a header's byte that is not UTF-8 (latin-1 "é") replaced.
+        ("/x?q=caf\u00e9", (("User-Agent", "caf\u00e9/1"),), ("q=caf\u00e9", "caf\ufffd/1", "127.0.0.1", None)),
+    ],
+)
+def test_access_details_are_the_four_methods_in_one_call(
+    tmp_path: Path, path: str, headers: tuple[tuple[str, str], ...], expected: tuple[Any, ...]
+) -> None:
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    seen: list[tuple[Any, Any]] = []
+    app = instrument_asgi(ok, registry=Registry(str(tmp_path / "s")), access_log=False)
+    app.add_finish_hook(
+        lambda r: seen.append(
+            (r.access_details(), (r.query_string(), r.user_agent(), r.remote_address(), r.remote_user()))
+        )
+    )
+    run(app, path, headers=headers)
+    ((details, methods),) = seen
+    assert details == methods == expected
+
+
 def test_telemetry_routes_are_served_and_never_counted(shop: Any) -> None:
     run(shop, "/users/1")
     for path in ("/metrics", "/live", "/ready", "/health"):

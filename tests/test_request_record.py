@@ -192,3 +192,49 @@ def test_a_record_from_another_protocol_feeds_the_same_recorders(registry: Regis
         12,
     )
     assert (line["user_agent"], line["remote_addr"]) == ("asgi-client", "10.9.8.7")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, ("", None, "", None)),
+        (
+            {"QUERY_STRING": "q=1", "HTTP_USER_AGENT": "probe/1.0", "REMOTE_ADDR": "10.1.2.3", "REMOTE_USER": "ann"},
+            ("q=1", "probe/1.0", "10.1.2.3", "ann"),
+        ),
+        # PEP 3333's latin-1 strings carrying UTF-8: shown as the text they carry.
+        (
+            {
+                "QUERY_STRING": "q=caf\u00c3\u00a9",
+                "HTTP_USER_AGENT": "caf\u00c3\u00a9/1",
+                "REMOTE_USER": "\u00c3\u00a9",
+            },
+            ("q=café", "café/1", "", "é"),
+        ),
+    ],
+)
+def test_access_details_are_the_four_methods_in_one_call(
+    registry: Registry, extra: dict[str, str], expected: tuple[Any, ...]
+) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    def hook(record: RequestRecord) -> None:
+        methods = (record.query_string(), record.user_agent(), record.remote_address(), record.remote_user())
+        seen.append((record.access_details(), methods))
+
+    mw = ObservabilityMiddleware(
+        lambda environ, start_response: start_response("200 OK", []) or [b""],
+        registry=registry,
+        auto_configure_logging=False,
+        access_log=False,
+    )
+    mw.add_finish_hook(hook)
+    call_wsgi(mw, make_environ(**extra))
+    assert failure_counts() == {}
+    ((details, methods),) = seen
+    assert details == methods == expected
+
+
+def test_a_record_without_its_own_access_details_composes_them() -> None:
+    record = OtherProtocolRecord([])
+    assert record.access_details() == ("", "asgi-client", "10.9.8.7", None)

@@ -119,7 +119,8 @@ class AccessLog:
         # The bytes the sinks' formatter writes for the record, from parts that repeat (cached).
         endpoint = record.endpoint or self.endpoints.of(record)
         # What the request line renders to repeats (health checks, hot routes): rendered once.
-        key = (record.method, record.script_name, record.path, record.query_string(), endpoint, status)
+        query, agent, remote, user = record.access_details()
+        key = (record.method, record.script_name, record.path, query, endpoint, status)
         try:
             rendered = self._rendered.get(key)
         except TypeError:  # a server that put something unhashable in the environ: render, never keep
@@ -127,18 +128,17 @@ class AccessLog:
         if rendered is None:
             rendered = self._render(record, status, key)
         message, request = rendered
-        agent = record.user_agent() or ""
+        if agent is None:
+            agent = ""
         agent_json = self._agents.get(agent)
         if agent_json is None:  # a browser's 100-odd characters cost 0.25 µs to escape; clients repeat them
             agent_json = self._remember(self._text(agent))
         now = time.time()
         stamp = iso_utc_ms(floor(now * 1000))  # floor() of a float: cheaper than int() or time_ns() // 10**6
-        remote = record.remote_address()
         remote_json = self._addresses.get(remote)
         if remote_json is None:  # clients, or the one proxy in front, repeat their addresses
             remote_json = self._remember_address(remote)
         if self.user_id_getter is None:  # the user the server authenticated, if any (see _user_id)
-            user = record.remote_user()
             user_json = json_string(self._text(user)) if user else "null"
         else:
             user_id = self._user_id(record)

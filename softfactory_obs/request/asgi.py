@@ -131,7 +131,7 @@ class AsgiFront:
         cycle._send = send
         cycle._app_headers = ()
         cycle._sent = 0
-        cycle._started = cycle._trailers = cycle._ended = cycle._gone = cycle._finished = False
+        cycle._trailers = cycle._ended = cycle._gone = False
         token = request_context.set((request_id, trace_id, None))
         try:
             for hook in hooks.start:
@@ -144,16 +144,14 @@ class AsgiFront:
             except Exception as exc:
                 if not cycle._gone:  # what an app makes of a client gone (ClientDisconnect) is not its error
                     cycle.exc = exc
-                if driver.propagate or cycle._started:
-                    cycle.finish()
+                if driver.propagate or cycle.status is not None:  # the status went out: the response is broken
                     raise
                 await cycle.answer_500()
             except BaseException as exc:  # cancelled (the server shutting down), KeyboardInterrupt
                 cycle.exc = exc
-                cycle.finish()
                 raise
+        finally:  # once, however the app (or our 500, cancelled while it is sent) ended
             cycle.finish()
-        finally:
             request_context.reset(token)
 
 
@@ -165,12 +163,10 @@ class AsgiCycle(RequestRecord):
         "_app_headers",
         "_driver",
         "_ended",
-        "_finished",
         "_gone",
         "_hooks",
         "_send",
         "_sent",
-        "_started",
         "_trailers",
     )
 
@@ -178,12 +174,10 @@ class AsgiCycle(RequestRecord):
     _app_headers: Sequence[Sequence[bytes]]  # the response headers as the app sent them
     _driver: AsgiDriver
     _ended: bool  # duration and size are taken
-    _finished: bool  # the finish hooks ran
     _gone: bool  # the server's send failed: the client left
     _hooks: Hooks
     _send: Send
     _sent: int
-    _started: bool  # http.response.start went to the server
     _trailers: bool  # the start announced trailers: they, not the last body, end the response
 
     def query_string(self) -> str:
@@ -216,6 +210,18 @@ class AsgiCycle(RequestRecord):
         """None: ASGI has no authenticated user of the server's."""
         return None
 
+    def access_details(self) -> tuple[str, str | None, str, str | None]:
+        """The four methods above, in one call (the access line asks for them on every request)."""
+        scope = self.environ
+        query = scope.get("query_string")
+        client = scope.get("client")
+        return (
+            query.decode("utf-8", "replace") if query else "",
+            None if self._agent is None else _header_text(self._agent),
+            str(client[0]) if client else "",
+            None,
+        )
+
     async def send(self, message: Message) -> None:
         """The ``send`` the app calls: records the response as it goes to the server."""
         kind = message["type"]
@@ -229,12 +235,10 @@ class AsgiCycle(RequestRecord):
             if not message.get("more_body", False) and not self._trailers:
                 self._end(complete=True)
         elif kind == "http.response.start":
-            # The status is final: record it, run the response hooks, and put our id header in the
-            # message in place of any the app set (as Starlette's own middleware do, the message
-            # is changed in place). Header names are lower case, as the spec requires of the app.
-            self.status = message["status"]
-            if "trailers" in message:
-                self._trailers = bool(message["trailers"])
+            # Our id header goes in the message in place of any the app set (as Starlette's own
+            # middleware do, the message is changed in place; header names are lower case, as the
+            # spec requires of the app). Then the status is final: recorded, the response hooks run.
+            # A status set means the response started: the app's headers were read without error.
             ours = self._driver.header
             headers = message.get("headers", ())
             if type(headers) is not list:  # any iterable, read more than once below
@@ -245,8 +249,10 @@ class AsgiCycle(RequestRecord):
                     break
             self._app_headers = headers
             message["headers"] = [*headers, (ours, self.request_id.encode())]  # ids are ASCII (request_id.py)
+            if "trailers" in message:
+                self._trailers = bool(message["trailers"])
+            self.status = message["status"]
             self._record()
-            self._started = True
             try:
                 await self._send(message)
             except BaseException:
@@ -310,13 +316,10 @@ class AsgiCycle(RequestRecord):
         return None
 
     def finish(self) -> None:
-        """Run once, when the app returned or raised: the finish hooks. They wait for the app, not
-        for the last body message, so an exception the app raises after answering (Starlette's
-        500 page re-raises) is on the record; duration and size were taken when the response
-        ended (``_end``), so background work after it is not timed."""
-        if self._finished:
-            return
-        self._finished = True
+        """Run once (``AsgiFront.__call__``), when the app returned or raised: the finish hooks.
+        They wait for the app, not for the last body message, so an exception the app raises
+        after answering (Starlette's 500 page re-raises) is on the record; duration and size were
+        taken when the response ended (``_end``), so background work after it is not timed."""
         if not self._ended:
             self._end(complete=False)
         if self.status is None:  # nothing was answered: the app raised or the client left first

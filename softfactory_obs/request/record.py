@@ -165,6 +165,11 @@ class RequestRecord:
         """The user the server (or a middleware in front of us) authenticated, if any."""
         raise NotImplementedError
 
+    def access_details(self) -> tuple[str, str | None, str, str | None]:
+        """``(query_string(), user_agent(), remote_address(), remote_user())``: what the access line
+        shows besides the fields, asked in one call (a driver answers it from its own mapping)."""
+        return self.query_string(), self.user_agent(), self.remote_address(), self.remote_user()
+
 
 @dataclass(frozen=True, slots=True)
 class Hooks:

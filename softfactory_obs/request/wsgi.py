@@ -188,6 +188,18 @@ class RequestCycle(RequestRecord):
         user = self.environ.get("REMOTE_USER")
         return environ_text(user) if user else None
 
+    def access_details(self) -> tuple[str, str | None, str, str | None]:
+        """The four methods above, in one call (the access line asks for them on every request)."""
+        environ = self.environ
+        query = environ.get("QUERY_STRING")
+        if query and not (type(query) is str and query.isascii()):
+            query = environ_text(query)
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent is not None and not (type(agent) is str and agent.isascii()):
+            agent = environ_text(agent)
+        user = environ.get("REMOTE_USER")
+        return query or "", agent, str(environ.get("REMOTE_ADDR", "")), environ_text(user) if user else None
+
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], Any]:
