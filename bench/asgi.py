@@ -44,10 +44,12 @@ MULTIPROCESS = ("exporter-mp",)
 
 RUNNER = textwrap.dedent("""
     import asyncio, sys, time
+    from bench import PAUSE
     from bench.asgi import build, drive
     variant, n = sys.argv[1], int(sys.argv[2])
     app = build(variant)
     asyncio.run(drive(app, 300))
+    time.sleep(PAUSE)
     t = time.perf_counter()
     asyncio.run(drive(app, n))
     print((time.perf_counter() - t) / n * 1e6)

@@ -33,6 +33,7 @@ ORDER = [
 
 RUNNER = textwrap.dedent("""
     import io, os, sys, time
+    from bench import PAUSE
     from bench.apps import PATH, build
     variant, n = sys.argv[1], int(sys.argv[2])
     sweep = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # bytes to run through the caches before each request
@@ -55,6 +56,7 @@ RUNNER = textwrap.dedent("""
             close()
     for _ in range(500):
         once()
+    time.sleep(PAUSE)
     if not sweep:
         t = time.perf_counter()
         for _ in range(n):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from .procfs import read_small
+
 ROOT = "/sys/fs/cgroup"
 # v1 reports "no limit" as the largest page-aligned int64 (9223372036854771712), v2 as "max".
 _UNLIMITED = 2**62
@@ -24,11 +26,12 @@ def _paths(membership: str) -> dict[str, str]:
     the v2 unified hierarchy."""
     found: dict[str, str] = {}
     try:
-        with open(membership, encoding="utf-8") as f:
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                for controller in controllers.split(","):
-                    found[controller] = path
+        for line in read_small(membership).decode().split("\n"):
+            if not line:
+                continue
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(","):
+                found[controller] = path
     except (OSError, ValueError):
         pass
     return found
@@ -40,8 +43,7 @@ def _read(relative: str, name: str, controller: str, root: str) -> str | None:
     base = os.path.join(root, controller) if controller else root
     for directory in (os.path.join(base, relative.lstrip("/")), base):
         try:
-            with open(os.path.join(directory, name), encoding="ascii") as f:
-                return f.read().strip()
+            return read_small(os.path.join(directory, name)).decode("ascii").strip()
         except OSError:
             continue
     return None

@@ -107,6 +107,41 @@ def test_process_facts_are_never_read_on_the_request_path(monkeypatch: pytest.Mo
     assert set(callers) == {"softfactory_obs-maintenance"}
 
 
+def test_read_small_reads_a_file_whole_in_few_system_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * 1000)  # several reads' worth
+    calls: list[str] = []
+    for name in ("open", "read", "close", "fstat", "lseek"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    assert procfs.read_small(str(big)) == big.read_bytes()
+    assert procfs.read_small("/proc/self/statm").split()[0].isdigit()
+    # open(): open, fstat, lseek... per file; here an open, the reads until empty, a close.
+    assert calls.count("open") == 2 and calls.count("close") == 2
+    assert "fstat" not in calls and "lseek" not in calls and calls.count("read") >= 5
+    with pytest.raises(FileNotFoundError):
+        procfs.read_small(str(tmp_path / "missing"))
+
+
+def test_the_memory_limit_is_read_once_a_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from softfactory_obs import cgroup  # noqa: PLC0415
+    from softfactory_obs.metrics import process  # noqa: PLC0415
+
+    reads: list[int] = []
+    limit = 512 * 2**20
+    monkeypatch.setattr(cgroup, "memory_limit_bytes", lambda: reads.append(1) or limit)
+    sampler = ProcessSampler(Registry(str(tmp_path / "store")))
+    sampler.sample()
+    sampler.sample()
+    assert len(reads) == 1
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + process.TOTAL_MEMORY_SECONDS + 1)  # a minute later
+    sampler.sample()
+    assert len(reads) == 2
+    percent = samples(sampler.registry)[("softfactory_obs_worker_memory_percent", (("worker", "0"),))]
+    assert percent == pytest.approx(procfs.process_stats(os.getpid()).rss / limit * 100, rel=0.2)
+
+
 @pytest.mark.parametrize("from_proc", [True, False], ids=["/proc", "psutil-fallback"])
 def test_procfs_agrees_with_psutil(monkeypatch: pytest.MonkeyPatch, from_proc: bool) -> None:
     monkeypatch.setattr(procfs, "_PROC", from_proc and procfs._PROC)

@@ -31,6 +31,7 @@ from ..store.metrics import Counter, Gauge, Registry
 from .families import Family, gauge
 
 MAX_SLOTS = 1024
+TOTAL_MEMORY_SECONDS = 60.0  # how often the memory percent's denominator is read again
 CPU_HELP = "CPU time (user + system) used by all worker processes, living and dead"
 
 
@@ -73,6 +74,8 @@ class ProcessSampler:
         self._slot: str | None = None  # claimed by the first sample in each process
         self._cpu_seen = 0.0
         self._sampled_at = 0.0
+        self._total_memory = 0  # the container's memory limit, else the machine's memory
+        self._total_memory_due = 0.0  # when to read it again (time.monotonic())
         self._cpu_lock = threading.Lock()  # the maintenance thread and the exit sample may meet
         self._exit_hooked = False
         registry.callbacks.append(self.collect_at_scrape)
@@ -119,7 +122,10 @@ class ProcessSampler:
         # Since the previous sample (0 on the first, as psutil's cpu_percent(interval=None)).
         cpu_percent = (used - self._cpu_seen) / (now - self._sampled_at) * 100 if self._sampled_at else 0.0
         self._sampled_at = now
-        total_memory = cgroup.memory_limit_bytes() or procfs.memory()[0]
+        if now >= self._total_memory_due:  # a limit seldom changes; each read is system calls (procfs.read_small)
+            self._total_memory = cgroup.memory_limit_bytes() or procfs.memory()[0]
+            self._total_memory_due = now + TOTAL_MEMORY_SECONDS
+        total_memory = self._total_memory
         slot = self._slot
         self.rss.labels(slot).set(stats.rss)
         self.vms.labels(slot).set(stats.vms)
