@@ -6,7 +6,9 @@ any ASGI 3 app. A pure ASGI middleware: it wraps ``send``, never the request in 
 - ``http``: recorded by ``request.asgi.AsgiFront``, which asks ``serving`` what serves each request:
   telemetry paths their WSGI apps, served in a worker thread (``request/wsgi_in_thread.py``);
   everything else the app.
-- ``lifespan`` and ``websocket``: handed to the app untouched.
+- ``websocket``: the request id in the context and the accept's headers, and the connection
+  counted by ``metrics.websocket`` (``request/asgi_websocket.py``), when metrics are on.
+- ``lifespan``: handed to the app untouched.
 - The route template: what an adapter put in the scope (``softfactory_obs.route``), else
   Starlette's (and so FastAPI's) matched route, ``starlette_route``; a policy (``route_of``).
 """
@@ -17,8 +19,10 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from .host import InstrumentationHost
+from .metrics.websocket import WebsocketMetrics
 from .process_state import ensure_current
-from .request.asgi import ASGIApp, AsgiDriver, AsgiFront, Scope
+from .request.asgi import ASGIApp, AsgiDriver, AsgiFront, Receive, Scope, Send
+from .request.asgi_websocket import serve_websocket
 from .request.record import Hooks
 from .request.wsgi_in_thread import in_thread
 from .route_templates import framework_template
@@ -110,6 +114,22 @@ class AsgiMiddleware(InstrumentationHost, AsgiFront):
             self.request_ids, settings.request_id_header, propagate=settings.propagate_exceptions, route_of=route_of
         )
         self._telemetry_apps: dict[str, Any] = {}
+        self.websockets = WebsocketMetrics(self.registry, settings) if settings.metrics else None
+
+    async def passing(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A ``websocket`` scope is recorded (once: by the outermost instance) when metrics are on;
+        anything else goes to the app untouched."""
+        metrics = self.websockets
+        if scope["type"] != "websocket" or metrics is None or SCOPE_MARK in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_MARK] = self
+        ensure_current()  # as for a request (serving)
+        if not self._started_in_process:
+            self._start_in_process()
+        await serve_websocket(
+            self.app, scope, receive, send, driver=self.driver, endpoints=self.endpoints, metrics=metrics
+        )
 
     def serving(self, scope: Scope) -> tuple[Hooks, ASGIApp] | None:
         """The hooks and app for an ``http`` request: the telemetry route's, or the app's; None

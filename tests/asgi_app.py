@@ -13,7 +13,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Mount, Route, Router, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import softfactory_obs
 from softfactory_obs.store.metrics import Counter
@@ -62,6 +63,24 @@ async def own_id(request: Request) -> Response:
     return PlainTextResponse("x", headers={"X-Request-Id": "the-app-s-own"})
 
 
+async def chat(websocket: WebSocket) -> None:
+    # ?deny=1 closes before accepting; ?fail=1 raises before deciding. Accepted: echoes each text
+    # with the request id the app's context sees, until "bye" (we close) or the client leaves.
+    query = websocket.query_params
+    if query.get("deny"):
+        await websocket.close(code=1008)
+        return
+    if query.get("fail"):
+        raise RuntimeError("deliberate, before accepting")
+    await websocket.accept()
+    try:
+        while (text := await websocket.receive_text()) != "bye":
+            await websocket.send_text(f"{websocket.path_params['room']} {text} {softfactory_obs.current_request_id()}")
+    except WebSocketDisconnect:
+        return
+    await websocket.close()
+
+
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
     LIFESPAN.append("startup")
@@ -76,6 +95,7 @@ starlette_app = Starlette(
         Route("/boom", boom),
         Route("/slow", slow),
         Route("/own-id", own_id),
+        WebSocketRoute("/ws/{room}", chat),
         Mount("/api", app=Router([Route("/items/{item_id}", item, methods=["GET"])])),
     ],
     lifespan=lifespan,

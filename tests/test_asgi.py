@@ -245,6 +245,132 @@ def test_lifespan_and_websocket_scopes_pass_through(shop: Any) -> None:
     assert asgi_app.LIFESPAN[before:] == ["startup", "shutdown"]
 
 
+def _websocket(
+    app: Any, path: str, incoming: list[dict[str, Any]], headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> list[dict[str, Any]]:
+    """Drive one ``websocket`` scope as a strict server would: the connect first, then
+    ``incoming`` once the app accepted, then a disconnect; what the app sent, in order (checked:
+    nothing before the handshake is decided but an accept, a close or a denial response, and
+    nothing after a close)."""
+    path_only, _, query = path.partition("?")
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "path": path_only,
+        "raw_path": path_only.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"shop"), *headers],
+        "client": ("127.0.0.1", 50001),
+        "server": ("127.0.0.1", 8000),
+        "subprotocols": [],
+    }
+    sent: list[dict[str, Any]] = []
+    pending = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(0)
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        kinds = [m["type"] for m in sent]
+        assert "websocket.close" not in kinds, f"{message} after a close"
+        if not kinds:
+            assert message["type"] in ("websocket.accept", "websocket.close", "websocket.http.response.start")
+        if message["type"] == "websocket.accept":
+            pending.extend(incoming)
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def _websocket_samples(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {key: v for key, v in samples(app.registry).items() if key[0].startswith("websocket_")}
+
+
+def test_a_websocket_is_counted_by_route_and_carries_the_request_id(shop: Any) -> None:
+    text = {"type": "websocket.receive", "text": "hi"}
+    sent = _websocket(
+        shop, "/ws/lobby", [text, {"type": "websocket.receive", "text": "bye"}], ((b"x-request-id", b"ws-1"),)
+    )
+    accept, echo, close = sent
+    assert accept["type"] == "websocket.accept" and (b"x-request-id", b"ws-1") in accept["headers"]
+    assert (echo["type"], echo["text"]) == ("websocket.send", "lobby hi ws-1")  # the id in the app's context
+    assert close["type"] == "websocket.close"
+    got = _websocket_samples(shop)
+    endpoint = ("endpoint", "/ws/{room}")
+    assert got[("websocket_connections_total", (endpoint, ("outcome", "accepted")))] == 1
+    assert got[("websocket_connections_open", (endpoint,))] == 0
+    assert got[("websocket_connection_duration_seconds_count", (endpoint,))] == 1
+    assert _requests(shop) == {}  # a websocket is not an HTTP request
+
+
+def test_a_websocket_left_by_its_client_ends_once(shop: Any) -> None:
+    sent = _websocket(shop, "/ws/lobby", [{"type": "websocket.receive", "text": "hi"}])  # then a disconnect
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send"]
+    got = _websocket_samples(shop)
+    endpoint = ("endpoint", "/ws/{room}")
+    assert got[("websocket_connection_duration_seconds_count", (endpoint,))] == 1
+    assert got[("websocket_connections_open", (endpoint,))] == 0
+
+
+def test_websockets_denied_or_failed_before_the_handshake_are_counted_so(shop: Any) -> None:
+    sent = _websocket(shop, "/ws/lobby?deny=1", [])
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    with pytest.raises(RuntimeError, match="deliberate"):
+        _websocket(shop, "/ws/lobby?fail=1", [])
+    got = _websocket_samples(shop)
+    endpoint = ("endpoint", "/ws/{room}")
+    assert got[("websocket_connections_total", (endpoint, ("outcome", "denied")))] == 1
+    assert got[("websocket_connections_total", (endpoint, ("outcome", "failed")))] == 1
+    assert ("websocket_connections_total", (endpoint, ("outcome", "accepted"))) not in got
+    assert got.get(("websocket_connection_duration_seconds_count", (endpoint,)), 0) == 0
+
+
+def test_a_websocket_is_in_the_open_gauge_until_it_ends(tmp_path: Path) -> None:
+    seen: list[float] = []
+
+    def open_now() -> float:
+        return sum(v for (name, _), v in samples(wrapped.registry).items() if name == "websocket_connections_open")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        seen.append(open_now())
+        await send({"type": "websocket.accept"})
+        seen.append(open_now())
+        await send({"type": "websocket.close", "code": 1000})
+        seen.append(open_now())
+
+    # A bare app: the endpoint comes from the routes setting, as for its HTTP requests.
+    wrapped = instrument_asgi(app, registry=Registry(str(tmp_path / "s")), routes=["/ws/{room}"])
+    _websocket(wrapped, "/ws/a", [])
+    assert seen == [0, 1, 0]
+    assert (
+        _websocket_samples(wrapped)[
+            ("websocket_connections_total", (("endpoint", "/ws/{room}"), ("outcome", "accepted")))
+        ]
+        == 1
+    )
+
+
+def test_a_failing_websocket_recorder_changes_nothing_of_the_connection(
+    shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from softfactory_obs._failures import failure_counts  # noqa: PLC0415
+
+    def broken(*_: Any) -> None:
+        raise OSError("store gone")
+
+    monkeypatch.setattr(shop.websockets, "decided", broken)
+    monkeypatch.setattr(shop.websockets, "ended", broken)
+    sent = _websocket(shop, "/ws/lobby", [{"type": "websocket.receive", "text": "bye"}])
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert failure_counts().get("websocket metrics") == 2
+
+
 def test_instrument_refuses_an_asgi_app_and_names_instrument_asgi() -> None:
     async def bare(scope: Any, receive: Any, send: Any) -> None:
         return None

@@ -65,6 +65,36 @@ def test_asgi_servers_count_exactly_with_distinct_ids(tmp_path: Path, name: str)
     assert len({x["pid"] for x in access}) >= 2, "one worker served everything: the test means nothing"
 
 
+def test_websockets_under_uvicorn_workers_are_counted_and_carry_ids(tmp_path: Path) -> None:
+    from websockets.exceptions import InvalidStatus  # noqa: PLC0415
+    from websockets.sync.client import connect  # noqa: PLC0415
+
+    with uvicorn(tmp_path, "--workers", "2") as server:
+        url = f"ws://127.0.0.1:{server.port}/ws/lobby"
+        for n in range(6):
+            with connect(url, additional_headers={"X-Request-Id": f"ws-{n}"}) as ws:
+                assert ws.response.headers["X-Request-Id"] == f"ws-{n}"  # in the accept
+                ws.send("hi")
+                assert ws.recv(timeout=10) == f"lobby hi ws-{n}"  # the id in the app's context
+                ws.send("bye")  # the app closes
+        with pytest.raises(InvalidStatus) as denied:
+            connect(url + "?deny=1")
+        assert denied.value.response.status_code == 403
+        endpoint = ("endpoint", "/ws/{room}")
+        deadline = time.monotonic() + 30
+        while True:  # the last connection's end is recorded as the server sees the close
+            metrics = scrape(server.port)
+            ended = metrics.get(("websocket_connection_duration_seconds_count", (endpoint,)), 0)
+            if ended == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert metrics[("websocket_connections_total", (endpoint, ("outcome", "accepted")))] == 6
+    assert metrics[("websocket_connections_total", (endpoint, ("outcome", "denied")))] == 1
+    assert ended == 6
+    assert metrics[("websocket_connections_open", (endpoint,))] == 0
+    assert served(metrics, "/ws/{room}") == 0  # not HTTP requests
+
+
 def uvicorn(tmp: Path, *args: str) -> Command:
     argv = [sys.executable, "-m", "uvicorn", "--port", "{port}", "--host", "127.0.0.1", "--no-access-log", *args]
     return Command(tmp, "uvicorn", [*argv, "asgi_app:app"], PYTHONPATH=PATH)

@@ -119,20 +119,7 @@ class HttpMetrics:
         self._live: dict[str, _Live] = {}  # by method, when nothing else decides it (see live_for)
         self._by_labels: dict[tuple[str, ...], _Live] = {}
         on_new_process(self._forget_due_times, component="http metrics after fork")
-        static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
-        self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
-        self._static = tuple(static.get(k, "") for k in settings.default_labels)
-
-    def _labels_for(self, environ: Mapping[str, Any]) -> tuple[str, ...]:
-        """Default label values for one request: static ones as given, computed ones from their allow-list."""
-        values = list(self._static)
-        for i, (compute, allowed) in self._dynamic:
-            try:
-                value = compute(environ)
-            except Exception:
-                value = None
-            values[i] = value if value in allowed else "other"
-        return tuple(values)
+        self.default_labels = DefaultLabels(settings)
 
     def _skipped(self, method: str, path: str) -> bool:
         return method in self.skip_methods or path in self.skip_exact or any(p.match(path) for p in self.skip_patterns)
@@ -178,7 +165,7 @@ class HttpMetrics:
             method = "_OTHER"
         if self.skipping and self._skipped(method, record.path):
             return None
-        labels = self._labels_for(record.environ) if self._dynamic else self._static
+        labels = self.default_labels.of(record.environ)
         key = (method, *labels)
         live = self._by_labels.get(key)
         if live is None:
@@ -186,7 +173,7 @@ class HttpMetrics:
             # new process clears _by_labels).
             lock = self.in_progress.registry.lock
             live = self._by_labels[key] = _Live(self.in_progress.labels(*key), method, labels, lock)
-            if not self._dynamic and not self.skipping and method == record.method:
+            if self.default_labels.fixed and not self.skipping and method == record.method:
                 self._live[method] = live
         return live
 
@@ -299,6 +286,31 @@ class HttpMetrics:
         replace the exemplars at once (the caches hold nothing else that is per process)."""
         self._live.clear()
         self._by_labels.clear()
+
+
+class DefaultLabels:
+    """The values of the ``default_labels`` setting for one request (or connection): static ones
+    as given, computed ones from the request's mapping, kept to their allow-list ("other" outside
+    it, or when the computation fails)."""
+
+    def __init__(self, settings: Settings) -> None:
+        static = {k: v for k, v in settings.default_labels.items() if isinstance(v, str)}
+        self._dynamic = [(i, spec) for i, (k, spec) in enumerate(settings.default_labels.items()) if k not in static]
+        self._static = tuple(static.get(k, "") for k in settings.default_labels)
+        self.fixed = not self._dynamic  # the same values for every request
+
+    def of(self, environ: Mapping[str, Any]) -> tuple[str, ...]:
+        """The values, in the setting's order, for a request's environ (an ASGI scope under ASGI)."""
+        if not self._dynamic:
+            return self._static
+        values = list(self._static)
+        for i, (compute, allowed) in self._dynamic:
+            try:
+                value = compute(environ)
+            except Exception:
+                value = None
+            values[i] = value if value in allowed else "other"
+        return tuple(values)
 
 
 def _exemplar(record: RequestRecord) -> dict[str, str] | None:

@@ -77,7 +77,7 @@ class AsgiDriver:
 class AsgiFront:
     """The coroutine an ASGI server calls, for a front that wraps an app (``asgi.AsgiMiddleware``):
     each ``http`` scope the front chooses to serve (``serving``) runs through a recorded
-    ``AsgiCycle``; every other scope goes to ``app`` untouched.
+    ``AsgiCycle``; every other scope goes to ``passing`` (by default ``app``, untouched).
 
     The front's choice is a plain call from here, not a coroutine of its own awaiting this one:
     one coroutine per request fewer.
@@ -87,14 +87,19 @@ class AsgiFront:
     driver: AsgiDriver
 
     def serving(self, scope: Scope) -> tuple[Hooks, ASGIApp] | None:
-        """The hooks and app that serve this ``http`` scope, or None to hand it to ``app`` untouched."""
+        """The hooks and app that serve this ``http`` scope, or None to hand it to ``passing``."""
         raise NotImplementedError
+
+    async def passing(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a scope not recorded as an HTTP request (lifespan, websocket, one an outer front
+        records): ``app``'s, untouched, unless a front records it otherwise."""
+        await self.app(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: PLR0915 - as WSGI's serve
         """Serve one connection scope; an ``http`` one is recorded (see the module doc)."""
         served = self.serving(scope) if scope["type"] == "http" else None
         if served is None:
-            await self.app(scope, receive, send)
+            await self.passing(scope, receive, send)
             return
         hooks, app = served
         driver = self.driver

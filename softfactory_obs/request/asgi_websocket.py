@@ -1,0 +1,186 @@
+"""The ASGI driver of a ``websocket`` connection scope: the request id in the context the app's
+logs read and in the handshake's response, and a recorder told when the handshake was decided
+and when an accepted connection ended.
+
+ASGI rules this file follows (the WebSocket connection scope of the ASGI spec), and where:
+- every message passes through unchanged both ways, except that ``websocket.accept`` carries our
+  id header in place of any the app set (``WebsocketConnection.send``);
+- the handshake is decided by the app's first ``websocket.accept`` (accepted, once the server
+  took it), or by a ``websocket.close`` or ``websocket.http.response.start`` before it (denied);
+  an app that returns or raises before either, or whose accept the server refused, failed
+  (``finish``);
+- an accepted connection ends at the first ``websocket.close`` the app sends or
+  ``websocket.disconnect`` it receives, or when the app returns or raises, whichever comes first;
+- the app's exceptions go on to the server untouched; a recorder that fails is reported and
+  changes nothing of the connection.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from .._failures import report_failure
+from ..request_id import new_request_id, parse_traceparent, request_context
+from .asgi import ROUTE_KEY, ASGIApp, AsgiDriver, Message, Receive, Scope, Send
+from .record import RequestRecord
+
+if TYPE_CHECKING:
+    from ..metrics.websocket import WebsocketMetrics
+    from ..routes import Endpoints
+
+# status, as the endpoint policy (``routes.resolve``) and the record read it, per outcome
+_STATUS = {"accepted": 101, "denied": 403, "failed": 500}
+
+
+async def serve_websocket(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    driver: AsgiDriver,
+    endpoints: Endpoints,
+    metrics: WebsocketMetrics,
+) -> None:
+    """Serve one ``websocket`` scope through ``app``, recorded (see the module doc)."""
+    raw_id = traceparent = None
+    for name, value in scope.get("headers", ()):
+        if name == driver.header:
+            raw_id = value
+        elif name == b"traceparent":
+            traceparent = value
+    if raw_id is not None:  # the same policy as an HTTP request's (RequestIdPolicy)
+        client = scope.get("client")
+        request_id, rejected = driver.request_ids.resolve_value(raw_id.decode("latin-1"), client[0] if client else None)
+    else:
+        request_id, rejected = new_request_id(), False
+    trace_id = parse_traceparent(traceparent.decode("latin-1")) if traceparent else None
+    connection = WebsocketConnection(scope, receive, send, driver=driver, endpoints=endpoints, metrics=metrics)
+    connection.request_id, connection.id_rejected, connection.trace_id = request_id, rejected, trace_id
+    token = request_context.set((request_id, trace_id, None))
+    try:
+        await app(scope, connection.receive, connection.send)
+    except BaseException as exc:
+        connection.exc = exc
+        raise
+    finally:
+        connection.finish()
+        request_context.reset(token)
+
+
+class WebsocketConnection(RequestRecord):
+    """One websocket connection: the record the endpoint policy and the recorder read (``status``
+    101 once accepted, 403 denied, 500 failed; ``duration`` from the accept to the end), and the
+    ``receive`` and ``send`` the app calls."""
+
+    __slots__ = ("_driver", "_endpoints", "_metrics", "_opened", "_phase", "_receive", "_send")
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        driver: AsgiDriver,
+        endpoints: Endpoints,
+        metrics: WebsocketMetrics,
+    ) -> None:
+        self.environ = scope  # type: ignore[assignment]  # the protocol's own mapping
+        self.method = "GET"  # the handshake's
+        self.path = scope.get("path", "")
+        self.script_name = scope.get("root_path", "")
+        self.request_id = ""  # set by serve_websocket, with id_rejected and trace_id
+        self.id_rejected = False
+        self.trace_id = self.span_id = None
+        self.started = perf_counter()
+        self.threaded = True
+        self.state = []
+        self.status = self.route = self.endpoint = self.exc = self.request_bytes = None
+        self.duration = 0.0
+        self.response_bytes = 0
+        self._receive = receive
+        self._send = send
+        self._driver = driver
+        self._endpoints = endpoints
+        self._metrics = metrics
+        self._opened = 0.0
+        self._phase = "pending"  # -> "open" -> "ended", or -> "ended" (denied, failed)
+
+    def query_string(self) -> str:
+        """``query_string`` of the scope, as text."""
+        query = self.environ.get("query_string", b"")
+        return query.decode("utf-8", "replace") if query else ""
+
+    def header(self, name: str) -> str | None:
+        """A request header of the handshake, as text (the first, if repeated)."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.environ.get("headers", ()):
+            if key == wanted:
+                return bytes(value).decode("utf-8", "replace")
+        return None
+
+    def remote_address(self) -> str:
+        """The scope's ``client`` host."""
+        client = self.environ.get("client")
+        return str(client[0]) if client else ""
+
+    def remote_user(self) -> str | None:
+        """None: ASGI has no authenticated user of the server's."""
+        return None
+
+    async def send(self, message: Message) -> None:
+        """The ``send`` the app calls: decides the handshake, ends the connection at a close."""
+        kind = message["type"]
+        if self._phase == "pending":
+            if kind == "websocket.accept":
+                ours = self._driver.header
+                headers = [header for header in message.get("headers") or () if header[0] != ours]
+                message["headers"] = [*headers, (ours, self.request_id.encode())]  # ids are ASCII
+                try:
+                    await self._send(message)
+                except BaseException:
+                    self._decide("failed")
+                    raise
+                self._decide("accepted")
+                return
+            if kind in ("websocket.close", "websocket.http.response.start"):
+                self._decide("denied")
+        elif kind == "websocket.close":
+            self._end()
+        await self._send(message)
+
+    async def receive(self) -> Message:
+        """The ``receive`` the app calls: a disconnect ends the connection."""
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self._end()
+        return message
+
+    def finish(self) -> None:
+        """The app returned or raised: a handshake still undecided failed; an open connection ended."""
+        if self._phase == "pending":
+            self._decide("failed")
+        self._end()
+
+    def _decide(self, outcome: str) -> None:
+        self._phase = "open" if outcome == "accepted" else "ended"
+        self._opened = perf_counter()
+        self.status = _STATUS[outcome]
+        scope = self.environ
+        self.route = scope[ROUTE_KEY] if ROUTE_KEY in scope else self._driver.route_of(scope)
+        try:
+            self._endpoints.of(self)
+            self._metrics.decided(self, outcome)
+        except Exception as exc:
+            report_failure(self._metrics.component, exc)
+
+    def _end(self) -> None:
+        if self._phase != "open":
+            return
+        self._phase = "ended"
+        self.duration = perf_counter() - self._opened
+        try:
+            self._metrics.ended(self)
+        except Exception as exc:
+            report_failure(self._metrics.component, exc)
