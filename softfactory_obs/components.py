@@ -223,7 +223,7 @@ class Summary:
         """Mount ``/api/metrics/summary`` and ``/api/metrics/errors``; sample the history."""
         settings = host.settings
         history = History(host.registry, f"{settings.namespace}_" if settings.namespace else "")
-        host.every_interval(history.sample)
+        host.every_interval(history.sample_in_background)
         summary = SummaryApp(settings, host.registry, history, started_at=procfs.start_time(procfs.service_pid()))
         prefix = settings.telemetry_prefix
         host.mount(prefix + "/api/metrics/summary", host.guard.protect(summary.summary))

@@ -13,6 +13,7 @@ from helpers import call_wsgi, make_environ, samples
 from servers import Gunicorn, get, scrape
 
 from softfactory_obs import ObservabilityMiddleware
+from softfactory_obs.metrics import summary
 from softfactory_obs.metrics.summary import History, human, quantile
 from softfactory_obs.store.metrics import Gauge, Registry
 
@@ -122,3 +123,38 @@ def test_recent_windows_count_only_what_happened_inside_them() -> None:
     window, covered = history.window(60, later)
     assert window == {("/fail", "500"): 3.0} and covered >= 1.0
     assert later[("/fail", "500")] == 8
+
+
+def test_history_samples_every_interval_only_while_the_summary_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A background sample merges the whole store, in every worker: every interval only while the
+    # summary is read, else once a minute (so a first read still has its windows).
+    registry = Registry()
+    mw = ObservabilityMiddleware(app, registry=registry, auto_configure_logging=False, access_log=False)
+    history = History(registry, "")
+    merges: list[int] = []
+    snapshot = registry.snapshot
+    monkeypatch.setattr(registry, "snapshot", lambda *a, **k: merges.append(1) or snapshot(*a, **k))
+    start = time.monotonic()
+
+    def at(seconds: float) -> None:
+        monkeypatch.setattr(time, "monotonic", lambda: start + seconds)
+
+    history.sample_in_background()  # nothing kept yet: sampled
+    at(5)
+    history.sample_in_background()  # unread, a sample 5 s old: not sampled
+    assert len(merges) == 1
+    call_wsgi(mw, make_environ(PATH_INFO="/fail"))
+    at(6)
+    first = history.sample()  # a read of the summary
+    call_wsgi(mw, make_environ(PATH_INFO="/fail"))
+    at(11)
+    history.sample_in_background()  # read 5 s ago: sampled
+    assert len(merges) == 3
+    now_totals = {("/fail", "500"): first[("/fail", "500")] + 1}
+    assert history.window(1, now_totals)[0] == {}  # the background sample saw the second request
+    assert history.window(60, now_totals)[0] != {}  # (older samples did not)
+    at(6 + summary.WATCHED_SECONDS + 1)
+    history.sample_in_background()  # unread for long, last sample over a minute old: sampled
+    at(6 + summary.WATCHED_SECONDS + 6)
+    history.sample_in_background()  # unread, last sample 5 s old: not sampled
+    assert len(merges) == 4

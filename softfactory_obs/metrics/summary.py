@@ -2,8 +2,8 @@
 
 Every number is computed from the merged store (all workers, living and dead), so the summary and
 ``/metrics`` always agree. Recent windows (last 1 and 5 minutes) come from totals this worker
-samples every few seconds; a window this worker has not yet observed whole says how many seconds
-it covers.
+samples every maintenance interval while its summary is being read, else once a minute
+(``History``); a window this worker has not observed whole says how many seconds it covers.
 """
 
 from __future__ import annotations
@@ -63,17 +63,44 @@ def human(seconds: float) -> str:
     return (f"{days}d " if days else "") + f"{h:02d}h {m:02d}m {s:02d}s"
 
 
+# How long after the last read of the summary this worker samples every interval: two of its longest
+# windows. Otherwise once a minute, so a first read (in an incident) still has its windows.
+WATCHED_SECONDS = 600.0
+UNWATCHED_SECONDS = 60.0
+
+
 class History:
-    """Merged request totals sampled over time in this worker, for the recent windows."""
+    """Merged request totals sampled over time in this worker, for the recent windows.
+
+    A sample merges the whole store, a scrape's work, and every worker keeps its own history: so
+    the background samples (``sample_in_background``) come every interval only while the summary
+    is read; N workers merging N shards every 5 s for a summary nobody reads would be a cost that
+    grows as N squared.
+    """
 
     def __init__(self, registry: Registry, prefix: str) -> None:
         self.registry = registry
         self.prefix = prefix
         self._samples: collections.deque[tuple[float, Totals]] = collections.deque(maxlen=400)
         self._lock = threading.Lock()
+        self._read_at = -math.inf  # time.monotonic() of the last read (``sample``)
 
     def sample(self, families: dict[str, Family] | None = None) -> Totals:
-        """The request totals now (all workers), kept at most once a second for the 1- and 5-minute rates."""
+        """The request totals now (all workers), kept at most once a second for the 1- and 5-minute
+        rates; a read of the summary (see ``sample_in_background``)."""
+        self._read_at = time.monotonic()
+        return self._take(families)
+
+    def sample_in_background(self) -> None:
+        """The maintenance thread's task: a sample within ``WATCHED_SECONDS`` of the last read,
+        else one every ``UNWATCHED_SECONDS``."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._samples[-1][0] if self._samples else -math.inf
+        if now - self._read_at < WATCHED_SECONDS or now - last >= UNWATCHED_SECONDS:
+            self._take(None)
+
+    def _take(self, families: dict[str, Family] | None) -> Totals:
         totals = _request_totals(families if families is not None else _families(self.registry), self.prefix)
         now = time.monotonic()
         with self._lock:
