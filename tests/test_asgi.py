@@ -246,7 +246,11 @@ def test_lifespan_and_websocket_scopes_pass_through(shop: Any) -> None:
 
 
 def _websocket(
-    app: Any, path: str, incoming: list[dict[str, Any]], headers: tuple[tuple[bytes, bytes], ...] = ()
+    app: Any,
+    path: str,
+    incoming: list[dict[str, Any]],
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    spec_version: str = "2.4",
 ) -> list[dict[str, Any]]:
     """Drive one ``websocket`` scope as a strict server would: the connect first, then
     ``incoming`` once the app accepted, then a disconnect; what the app sent, in order (checked:
@@ -255,7 +259,7 @@ def _websocket(
     path_only, _, query = path.partition("?")
     scope = {
         "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "asgi": {"version": "3.0", "spec_version": spec_version},
         "path": path_only,
         "raw_path": path_only.encode(),
         "query_string": query.encode(),
@@ -306,6 +310,15 @@ def test_a_websocket_is_counted_by_route_and_carries_the_request_id(shop: Any) -
     assert got[("websocket_connections_open", (endpoint,))] == 0
     assert got[("websocket_connection_duration_seconds_count", (endpoint,))] == 1
     assert _requests(shop) == {}  # a websocket is not an HTTP request
+
+
+def test_a_websocket_accept_gets_no_headers_from_a_server_older_than_spec_2_1(shop: Any) -> None:
+    old = _websocket(shop, "/ws/lobby", [{"type": "websocket.receive", "text": "bye"}], spec_version="2.0")
+    new = _websocket(shop, "/ws/lobby", [{"type": "websocket.receive", "text": "bye"}], spec_version="2.1")
+    assert not old[0].get("headers")  # Starlette's own accept: no headers
+    assert [name for name, _ in new[0]["headers"]] == [b"x-request-id"]
+    accepted = ("websocket_connections_total", (("endpoint", "/ws/{room}"), ("outcome", "accepted")))
+    assert _websocket_samples(shop)[accepted] == 2  # counted alike
 
 
 def test_a_websocket_left_by_its_client_ends_once(shop: Any) -> None:

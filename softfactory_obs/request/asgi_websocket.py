@@ -4,7 +4,8 @@ and when an accepted connection ended.
 
 ASGI rules this file follows (the WebSocket connection scope of the ASGI spec), and where:
 - every message passes through unchanged both ways, except that ``websocket.accept`` carries our
-  id header in place of any the app set (``WebsocketConnection.send``);
+  id header in place of any the app set, where the server's ``spec_version`` (2.0 when absent)
+  is 2.1 or later, the version that gave the accept its headers (``WebsocketConnection.send``);
 - the handshake is decided by the app's first ``websocket.accept`` (accepted, once the server
   took it), or by a ``websocket.close`` or ``websocket.http.response.start`` before it (denied);
   an app that returns or raises before either, or whose accept the server refused, failed
@@ -69,12 +70,21 @@ async def serve_websocket(
         request_context.reset(token)
 
 
+def _accept_has_headers(scope: Scope) -> bool:
+    """The server speaks ASGI spec 2.1 or later, where ``websocket.accept`` has ``headers``."""
+    version = (scope.get("asgi") or {}).get("spec_version", "2.0")
+    try:
+        return tuple(int(part) for part in str(version).split(".")[:2]) >= (2, 1)
+    except ValueError:
+        return False
+
+
 class WebsocketConnection(RequestRecord):
     """One websocket connection: the record the endpoint policy and the recorder read (``status``
     101 once accepted, 403 denied, 500 failed; ``duration`` from the accept to the end), and the
     ``receive`` and ``send`` the app calls."""
 
-    __slots__ = ("_driver", "_endpoints", "_metrics", "_opened", "_phase", "_receive", "_send")
+    __slots__ = ("_driver", "_echo", "_endpoints", "_metrics", "_opened", "_phase", "_receive", "_send")
 
     def __init__(
         self,
@@ -105,6 +115,7 @@ class WebsocketConnection(RequestRecord):
         self._endpoints = endpoints
         self._metrics = metrics
         self._opened = 0.0
+        self._echo = _accept_has_headers(scope)  # our id header goes in the accept
         self._phase = "pending"  # -> "open" -> "ended", or -> "ended" (denied, failed)
 
     def query_string(self) -> str:
@@ -134,9 +145,10 @@ class WebsocketConnection(RequestRecord):
         kind = message["type"]
         if self._phase == "pending":
             if kind == "websocket.accept":
-                ours = self._driver.header
-                headers = [header for header in message.get("headers") or () if header[0] != ours]
-                message["headers"] = [*headers, (ours, self.request_id.encode())]  # ids are ASCII
+                if self._echo:
+                    ours = self._driver.header
+                    headers = [header for header in message.get("headers") or () if header[0] != ours]
+                    message["headers"] = [*headers, (ours, self.request_id.encode())]  # ids are ASCII
                 try:
                     await self._send(message)
                 except BaseException:
