@@ -12,6 +12,9 @@ from collections.abc import Iterator, Sequence
 # GIL over only after 5 ms without a switch. That is a worker's first moments, not the steady
 # state these tables compare (docs/PERFORMANCE.md says what a round costs under load).
 PAUSE = 0.5
+# The runners read the pause from this environment variable, by name: they also run against older
+# checkouts (--baseline), whose bench package has no PAUSE.
+PAUSE_VARIABLE = "BENCH_PAUSE_SECONDS"
 
 
 def interleaved(order: Sequence[str], rounds: int) -> Iterator[str]:

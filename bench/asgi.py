@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import interleaved, load
+from . import PAUSE, PAUSE_VARIABLE, interleaved, load
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -43,13 +43,12 @@ BARE = {"instrumentator": "fastapi", "fastapi": "fastapi"}  # everything else ag
 MULTIPROCESS = ("exporter-mp",)
 
 RUNNER = textwrap.dedent("""
-    import asyncio, sys, time
-    from bench import PAUSE
+    import asyncio, os, sys, time
     from bench.asgi import build, drive
     variant, n = sys.argv[1], int(sys.argv[2])
     app = build(variant)
     asyncio.run(drive(app, 300))
-    time.sleep(PAUSE)
+    time.sleep(float(os.environ.get("BENCH_PAUSE_SECONDS", "0")))
     t = time.perf_counter()
     asyncio.run(drive(app, n))
     print((time.perf_counter() - t) / n * 1e6)
@@ -232,7 +231,8 @@ def run(rounds: int = 5, n: int = 5000) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in interleaved(list(VARIANTS), rounds):
             command = [sys.executable, "-c", RUNNER, variant, str(n)]
-            out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, env=_env(variant, tmp))
+            env = dict(_env(variant, tmp), **{PAUSE_VARIABLE: str(PAUSE)})
+            out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
             if out.returncode != 0:
                 raise RuntimeError(f"{VARIANTS[variant]}: {out.stderr.strip()[-500:]}")
             samples[variant].append(float(out.stdout.strip().splitlines()[-1]))

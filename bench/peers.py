@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from . import interleaved
+from . import PAUSE, PAUSE_VARIABLE, interleaved
 from .apps import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,6 @@ ORDER = [
 
 RUNNER = textwrap.dedent("""
     import io, os, sys, time
-    from bench import PAUSE
     from bench.apps import PATH, build
     variant, n = sys.argv[1], int(sys.argv[2])
     sweep = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # bytes to run through the caches before each request
@@ -56,7 +55,7 @@ RUNNER = textwrap.dedent("""
             close()
     for _ in range(500):
         once()
-    time.sleep(PAUSE)
+    time.sleep(float(os.environ.get("BENCH_PAUSE_SECONDS", "0")))
     if not sweep:
         t = time.perf_counter()
         for _ in range(n):
@@ -89,7 +88,7 @@ def run(rounds: int = 5, n: int = 5000, order: list[str] | None = None, sweep: i
     samples: dict[str, list[float]] = {v: [] for v in order}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in interleaved(order, rounds):
-            env = dict(os.environ)
+            env = dict(os.environ, **{PAUSE_VARIABLE: str(PAUSE)})
             if variant in ("naive", "flask-pfe"):
                 env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
             out = subprocess.run(
