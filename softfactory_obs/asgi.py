@@ -57,18 +57,18 @@ def starlette_route(scope: Scope) -> str | None:
     route = scope.get("route")
     if route is None:
         return UNMATCHED if "router" in scope else None
+    root = scope.get("root_path", "")
+    entered = scope.get(_ENTRY_ROOT, "")
+    if root == entered:  # no mount before the route (most apps): known by the route itself
+        known = _UNMOUNTED.get(id(route))
+        if known is not None and known[0] is route:
+            return known[1]
     try:
         path = route.path
     except AttributeError:  # a Host route
         return None
     if not isinstance(path, str):
         return None
-    root = scope.get("root_path", "")
-    entered = scope.get(_ENTRY_ROOT, "")
-    if root == entered:  # no mount before the route (most apps): its own path, by path and class
-        known = _UNMOUNTED.get(path)
-        if known is not None and known[0] is type(route):
-            return known[1]
     key = (path, root, entered, type(route))
     template = _TEMPLATES.get(key)
     if template is None:
@@ -79,17 +79,17 @@ def starlette_route(scope: Scope) -> str | None:
             template = mounts + framework_template(path, "starlette")
         if len(_TEMPLATES) < 4096:  # an app's routes, behind its mounts' matched paths
             _TEMPLATES[key] = template
-            if root == entered:
-                _UNMOUNTED[path] = (type(route), template)
+    if root == entered and len(_UNMOUNTED) < 4096:  # the route kept with it: its id is never reused
+        _UNMOUNTED[id(route)] = (route, template)
     return template
 
 
 _ENTRY_ROOT = "softfactory_obs.root_path"  # root_path as the server gave it, before any mount
 # (route path, root_path, root_path on entry, route class) -> template
 _TEMPLATES: dict[tuple[str, str, str, type], str] = {}
-# route path -> (route class, template), for routes with no mount before them: looked up by the
-# path alone (a string's hash is kept; a tuple's is not); the class tells a mount from a route.
-_UNMOUNTED: dict[str, tuple[type, str]] = {}
+# id(route) -> (route, template), for routes with no mount before them: one lookup by an int, no
+# attribute read (Starlette's routes define __eq__, so they cannot be keys themselves).
+_UNMOUNTED: dict[int, tuple[Any, str]] = {}
 
 
 class AsgiMiddleware(InstrumentationHost, AsgiFront):

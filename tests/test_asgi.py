@@ -573,3 +573,19 @@ def test_event_loops_in_several_threads_count_exactly(tmp_path: Path) -> None:
     assert found[("http_response_size_bytes_sum", labels)] == 2 * n
     assert found[("http_request_size_bytes_sum", labels)] == 3 * n
     assert found[("http_requests_in_progress", (("method", "POST"),))] == 0
+
+
+def test_route_templates_are_kept_per_route_object() -> None:
+    # A route and a mount with the same path (two apps in one process): each keeps its own template,
+    # first seen or cached.
+    from starlette.routing import Mount, Route  # noqa: PLC0415
+
+    from softfactory_obs.asgi import starlette_route  # noqa: PLC0415
+
+    route = Route("/same/{id}", endpoint=lambda request: None)
+    mount = Mount("/same/{id}", routes=[])  # a mount that answered itself (static files)
+    for _ in range(2):
+        assert starlette_route({"route": route}) == "/same/{id}"
+        assert starlette_route({"route": mount}) == "/same/{id}/{path}"
+    assert starlette_route({"router": object()}) == "__unmatched__"
+    assert starlette_route({}) is None
