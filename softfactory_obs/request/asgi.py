@@ -160,7 +160,40 @@ class AsgiFront:
             request_context.reset(token)
 
 
-class AsgiCycle(RequestRecord):
+class ScopeRecord(RequestRecord):
+    """A record whose ``environ`` is an ASGI connection scope (``http`` or ``websocket``): what the
+    recorders ask of the request, read from the scope."""
+
+    __slots__ = ()
+
+    def query_string(self) -> str:
+        """``query_string`` of the scope, as text."""
+        query = self.environ.get("query_string", b"")
+        return query.decode("utf-8", "replace") if query else ""
+
+    def header(self, name: str) -> str | None:
+        """A request header from the scope's ``headers``, as text (the first, if repeated)."""
+        wanted = _HEADER_NAMES.get(name)
+        if wanted is None:
+            wanted = name.lower().encode("latin-1")
+            if len(_HEADER_NAMES) < 256:  # a program asks for a handful
+                _HEADER_NAMES[name] = wanted
+        for key, value in self.environ.get("headers", ()):
+            if key == wanted:
+                return _header_text(value)
+        return None
+
+    def remote_address(self) -> str:
+        """The scope's ``client`` host."""
+        client = self.environ.get("client")
+        return str(client[0]) if client else ""
+
+    def remote_user(self) -> str | None:
+        """None: ASGI has no authenticated user of the server's."""
+        return None
+
+
+class AsgiCycle(ScopeRecord):
     """The record of one ASGI request, and the ``send`` the app calls; made by ``AsgiFront``."""
 
     __slots__ = (
@@ -185,35 +218,9 @@ class AsgiCycle(RequestRecord):
     _sent: int
     _trailers: bool  # the start announced trailers: they, not the last body, end the response
 
-    def query_string(self) -> str:
-        """``query_string`` of the scope, as text."""
-        query = self.environ.get("query_string", b"")
-        return query.decode("utf-8", "replace") if query else ""
-
-    def header(self, name: str) -> str | None:
-        """A request header from the scope's ``headers``, as text (the first, if repeated)."""
-        wanted = _HEADER_NAMES.get(name)
-        if wanted is None:
-            wanted = name.lower().encode("latin-1")
-            if len(_HEADER_NAMES) < 256:  # a program asks for a handful
-                _HEADER_NAMES[name] = wanted
-        for key, value in self.environ["headers"]:
-            if key == wanted:
-                return _header_text(value)
-        return None
-
     def user_agent(self) -> str | None:
         """The User-Agent header, as text (read with the headers every request reads)."""
         return None if self._agent is None else _header_text(self._agent)
-
-    def remote_address(self) -> str:
-        """The scope's ``client`` host."""
-        client = self.environ.get("client")
-        return str(client[0]) if client else ""
-
-    def remote_user(self) -> str | None:
-        """None: ASGI has no authenticated user of the server's."""
-        return None
 
     def access_details(self) -> tuple[str, str | None, str, str | None]:
         """The four methods above, in one call (the access line asks for them on every request)."""

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 
 from .._failures import report_failure
 from ..request_id import new_request_id, parse_traceparent, request_context
-from .asgi import ROUTE_KEY, ASGIApp, AsgiDriver, Message, Receive, Scope, Send
-from .record import RequestRecord
+from .asgi import ROUTE_KEY, ASGIApp, AsgiDriver, Message, Receive, Scope, ScopeRecord, Send
 
 if TYPE_CHECKING:
     from ..metrics.websocket import WebsocketMetrics
@@ -79,7 +78,7 @@ def _accept_has_headers(scope: Scope) -> bool:
         return False
 
 
-class WebsocketConnection(RequestRecord):
+class WebsocketConnection(ScopeRecord):
     """One websocket connection: the record the endpoint policy and the recorder read (``status``
     101 once accepted, 403 denied, 500 failed; ``duration`` from the accept to the end), and the
     ``receive`` and ``send`` the app calls."""
@@ -117,28 +116,6 @@ class WebsocketConnection(RequestRecord):
         self._opened = 0.0
         self._echo = _accept_has_headers(scope)  # our id header goes in the accept
         self._phase = "pending"  # -> "open" -> "ended", or -> "ended" (denied, failed)
-
-    def query_string(self) -> str:
-        """``query_string`` of the scope, as text."""
-        query = self.environ.get("query_string", b"")
-        return query.decode("utf-8", "replace") if query else ""
-
-    def header(self, name: str) -> str | None:
-        """A request header of the handshake, as text (the first, if repeated)."""
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.environ.get("headers", ()):
-            if key == wanted:
-                return bytes(value).decode("utf-8", "replace")
-        return None
-
-    def remote_address(self) -> str:
-        """The scope's ``client`` host."""
-        client = self.environ.get("client")
-        return str(client[0]) if client else ""
-
-    def remote_user(self) -> str | None:
-        """None: ASGI has no authenticated user of the server's."""
-        return None
 
     async def send(self, message: Message) -> None:
         """The ``send`` the app calls: decides the handshake, ends the connection at a close."""
