@@ -22,7 +22,7 @@ from .host import InstrumentationHost
 from .metrics.websocket import WebsocketMetrics
 from .process_state import ensure_current
 from .request.asgi import ASGIApp, AsgiDriver, AsgiFront, Receive, Scope, Send
-from .request.asgi_websocket import serve_websocket
+from .request.asgi_websocket import WebsocketConnection
 from .request.record import Hooks
 from .request.wsgi_in_thread import in_thread
 from .route_templates import framework_template
@@ -127,9 +127,10 @@ class AsgiMiddleware(InstrumentationHost, AsgiFront):
         ensure_current()  # as for a request (serving)
         if not self._started_in_process:
             self._start_in_process()
-        await serve_websocket(
-            self.app, scope, receive, send, driver=self.driver, endpoints=self.endpoints, metrics=metrics
+        connection = WebsocketConnection(
+            scope, receive, send, driver=self.driver, endpoints=self.endpoints, metrics=metrics
         )
+        await connection.serve(self.app)
 
     def serving(self, scope: Scope) -> tuple[Hooks, ASGIApp] | None:
         """The hooks and app for an ``http`` request: the telemetry route's, or the app's; None

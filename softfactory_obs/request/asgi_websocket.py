@@ -33,42 +33,6 @@ if TYPE_CHECKING:
 _STATUS = {"accepted": 101, "denied": 403, "failed": 500}
 
 
-async def serve_websocket(
-    app: ASGIApp,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    *,
-    driver: AsgiDriver,
-    endpoints: Endpoints,
-    metrics: WebsocketMetrics,
-) -> None:
-    """Serve one ``websocket`` scope through ``app``, recorded (see the module doc)."""
-    raw_id = traceparent = None
-    for name, value in scope.get("headers", ()):
-        if name == driver.header:
-            raw_id = value
-        elif name == b"traceparent":
-            traceparent = value
-    if raw_id is not None:  # the same policy as an HTTP request's (RequestIdPolicy)
-        client = scope.get("client")
-        request_id, rejected = driver.request_ids.resolve_value(raw_id.decode("latin-1"), client[0] if client else None)
-    else:
-        request_id, rejected = new_request_id(), False
-    trace_id = parse_traceparent(traceparent.decode("latin-1")) if traceparent else None
-    connection = WebsocketConnection(scope, receive, send, driver=driver, endpoints=endpoints, metrics=metrics)
-    connection.request_id, connection.id_rejected, connection.trace_id = request_id, rejected, trace_id
-    token = request_context.set((request_id, trace_id, None))
-    try:
-        await app(scope, connection.receive, connection.send)
-    except BaseException as exc:
-        connection.exc = exc
-        raise
-    finally:
-        connection.finish()
-        request_context.reset(token)
-
-
 def _accept_has_headers(scope: Scope) -> bool:
     """The server speaks ASGI spec 2.1 or later, where ``websocket.accept`` has ``headers``."""
     version = (scope.get("asgi") or {}).get("spec_version", "2.0")
@@ -79,9 +43,9 @@ def _accept_has_headers(scope: Scope) -> bool:
 
 
 class WebsocketConnection(ScopeRecord):
-    """One websocket connection: the record the endpoint policy and the recorder read (``status``
-    101 once accepted, 403 denied, 500 failed; ``duration`` from the accept to the end), and the
-    ``receive`` and ``send`` the app calls."""
+    """One websocket connection, served by ``serve``: the record the endpoint policy and the
+    recorder read (``status`` 101 once accepted, 403 denied, 500 failed; ``duration`` from the
+    accept to the end), and the ``receive`` and ``send`` the app calls."""
 
     __slots__ = ("_driver", "_echo", "_endpoints", "_metrics", "_opened", "_phase", "_receive", "_send")
 
@@ -95,13 +59,25 @@ class WebsocketConnection(ScopeRecord):
         endpoints: Endpoints,
         metrics: WebsocketMetrics,
     ) -> None:
+        raw_id = traceparent = None
+        for name, value in scope.get("headers", ()):
+            if name == driver.header:
+                raw_id = value
+            elif name == b"traceparent":
+                traceparent = value
+        if raw_id is not None:  # the same policy as an HTTP request's (RequestIdPolicy)
+            client = scope.get("client")
+            self.request_id, self.id_rejected = driver.request_ids.resolve_value(
+                raw_id.decode("latin-1"), client[0] if client else None
+            )
+        else:
+            self.request_id, self.id_rejected = new_request_id(), False
+        self.trace_id = parse_traceparent(traceparent.decode("latin-1")) if traceparent else None
+        self.span_id = None
         self.environ = scope  # type: ignore[assignment]  # the protocol's own mapping
         self.method = "GET"  # the handshake's
         self.path = scope.get("path", "")
         self.script_name = scope.get("root_path", "")
-        self.request_id = ""  # set by serve_websocket, with id_rejected and trace_id
-        self.id_rejected = False
-        self.trace_id = self.span_id = None
         self.started = perf_counter()
         self.threaded = True
         self.state = []
@@ -116,6 +92,19 @@ class WebsocketConnection(ScopeRecord):
         self._opened = 0.0
         self._echo = _accept_has_headers(scope)  # our id header goes in the accept
         self._phase = "pending"  # -> "open" -> "ended", or -> "ended" (denied, failed)
+
+    async def serve(self, app: ASGIApp) -> None:
+        """Run ``app`` on this connection, recorded (see the module doc), with the request id and
+        trace id in the context its logs and tasks read."""
+        token = request_context.set((self.request_id, self.trace_id, None))
+        try:
+            await app(self.environ, self.receive, self.send)
+        except BaseException as exc:
+            self.exc = exc
+            raise
+        finally:
+            self.finish()
+            request_context.reset(token)
 
     async def send(self, message: Message) -> None:
         """The ``send`` the app calls: decides the handshake, ends the connection at a close."""
