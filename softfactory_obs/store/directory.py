@@ -332,9 +332,12 @@ class StoreDirectory:
             os.close(lock_fd)
 
     def _compact_locked(self, max_shards: int, crash_at: str | None) -> int:
-        self._remove_garbage()
+        # One listing for the garbage and the shards: a round runs every interval in every worker,
+        # and each system call waits for the GIL under load. A shard published after it is live.
+        listed = os.listdir(self.path)
+        self._remove_garbage(listed)
         archive = self._archive()
-        present = self._shard_names()
+        present = sorted(n for n in listed if SHARD_RE.fullmatch(n))
         dead = self._dead_shards(present, set(archive.absorbed), max_shards)
         # Absorbed by an earlier run that died before unlinking them: listed until their files are gone.
         leftovers = set(archive.absorbed) & set(present)
@@ -354,10 +357,10 @@ class StoreDirectory:
             return 0
         return len(absorbed)
 
-    def _remove_garbage(self) -> None:
+    def _remove_garbage(self, listed: list[str]) -> None:
         # Temp archives of a compactor that died (we hold compact.lock now), and shards whose creator
         # died before publishing them.
-        for name in os.listdir(self.path):
+        for name in listed:
             path = os.path.join(self.path, name)
             if name.startswith(ARCHIVE + ".tmp-") or (name.endswith(".shard.new") and _abandoned(path)):
                 _unlink(path)
