@@ -370,6 +370,17 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def scrape_until(
+    port: int, done: Callable[[dict[tuple[str, tuple[tuple[str, str], ...]], float]], bool], timeout: float = 30.0
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape until ``done(metrics)`` holds or ``timeout`` seconds pass; the last scrape either way
+    (the caller's assertions say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while not done(metrics := scrape(port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return metrics
+
+
 def served(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], endpoint: str = USERS) -> float:
     return sum(
         v for (name, labels), v in metrics.items() if name == "http_requests_total" and ("endpoint", endpoint) in labels

@@ -25,6 +25,7 @@ from servers import (
     fetch_id_retrying,
     get,
     scrape,
+    scrape_until,
     served,
 )
 
@@ -81,16 +82,12 @@ def test_websockets_under_uvicorn_workers_are_counted_and_carry_ids(tmp_path: Pa
             connect(url + "?deny=1")
         assert denied.value.response.status_code == 403
         endpoint = ("endpoint", "/ws/{room}")
-        deadline = time.monotonic() + 30
-        while True:  # the last connection's end is recorded as the server sees the close
-            metrics = scrape(server.port)
-            ended = metrics.get(("websocket_connection_duration_seconds_count", (endpoint,)), 0)
-            if ended == 6 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        ended = ("websocket_connection_duration_seconds_count", (endpoint,))
+        # The last connection's end is recorded as its worker sees the close.
+        metrics = scrape_until(server.port, lambda m: m.get(ended) == 6)
     assert metrics[("websocket_connections_total", (endpoint, ("outcome", "accepted")))] == 6
     assert metrics[("websocket_connections_total", (endpoint, ("outcome", "denied")))] == 1
-    assert ended == 6
+    assert metrics.get(ended) == 6
     assert metrics[("websocket_connections_open", (endpoint,))] == 0
     assert served(metrics, "/ws/{room}") == 0  # not HTTP requests
 
