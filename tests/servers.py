@@ -149,6 +149,12 @@ class Command(Server):
         return self.argv
 
 
+def uvicorn(tmp: Path, *args: str) -> Command:
+    """``uvicorn asgi_app:app`` (tests/asgi_app.py) on a free port, with these extra arguments."""
+    argv = [sys.executable, "-m", "uvicorn", "--port", "{port}", "--host", "127.0.0.1", "--no-access-log", *args]
+    return Command(tmp, "uvicorn", [*argv, "asgi_app:app"], PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+
+
 UWSGI_PYTHON_PLUGIN = Path("/usr/lib/uwsgi/plugins/python3_plugin.so")
 
 

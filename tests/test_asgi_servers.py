@@ -27,6 +27,7 @@ from servers import (
     scrape,
     scrape_until,
     served,
+    uvicorn,
 )
 
 PATH = f"{ROOT / 'tests'}{os.pathsep}{ROOT}"
@@ -90,11 +91,6 @@ def test_websockets_under_uvicorn_workers_are_counted_and_carry_ids(tmp_path: Pa
     assert metrics.get(ended) == 6
     assert metrics[("websocket_connections_open", (endpoint,))] == 0
     assert served(metrics, "/ws/{room}") == 0  # not HTTP requests
-
-
-def uvicorn(tmp: Path, *args: str) -> Command:
-    argv = [sys.executable, "-m", "uvicorn", "--port", "{port}", "--host", "127.0.0.1", "--no-access-log", *args]
-    return Command(tmp, "uvicorn", [*argv, "asgi_app:app"], PYTHONPATH=PATH)
 
 
 def test_uvicorn_workers_restarted_by_limit_max_requests_keep_every_count(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, cast
 import pytest
 import yaml
 from helpers import call_wsgi, free_port, make_environ, require_binary
-from servers import Gunicorn, RedisServer, get, query
+from servers import Gunicorn, RedisServer, get, query, uvicorn
 
 from softfactory_obs import ObservabilityMiddleware
 from softfactory_obs.logs import configure_logging
@@ -99,6 +99,21 @@ def stamped() -> dict[str, str]:
     return {"X-Request-Start": f"t={time.time():.3f}"}
 
 
+def websocket_round(port: int) -> None:
+    """Two accepted WebSocket connections and a denied one."""
+    from websockets.exceptions import ConnectionClosedOK, InvalidStatus  # noqa: PLC0415
+    from websockets.sync.client import connect  # noqa: PLC0415
+
+    url = f"ws://127.0.0.1:{port}/ws/lobby"
+    for _ in range(2):
+        with connect(url) as ws:
+            ws.send("bye")  # the app closes
+            with pytest.raises(ConnectionClosedOK):
+                ws.recv(timeout=10)
+    with pytest.raises(InvalidStatus):
+        connect(url + "?deny=1")
+
+
 @pytest.mark.gunicorn
 def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path: Path) -> None:
     prometheus = require_binary("prometheus")
@@ -111,14 +126,14 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             SOFTFACTORY_OBS_REDIS_URL=redis_server.url(),
             SOFTFACTORY_OBS_QUEUE_TIME_HEADER="X-Request-Start",
         ) as app,
+        uvicorn(tmp_path) as asgi,  # the WebSocket panels' data: the demo is WSGI
     ):
         config = yaml.safe_load((CONFIGS / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(CONFIGS / "rules" / f) for f in ("recording.yml", "alerts.yml", "migration.yml")]
         config.pop("alerting")
-        config["scrape_configs"] = [
-            {"job_name": "softfactory-app", "static_configs": [{"targets": [f"127.0.0.1:{app.port}"]}]}
-        ]
+        targets = [f"127.0.0.1:{app.port}", f"127.0.0.1:{asgi.port}"]  # one job: a WSGI and an ASGI instance
+        config["scrape_configs"] = [{"job_name": "softfactory-app", "static_configs": [{"targets": targets}]}]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         server = subprocess.Popen(
@@ -136,7 +151,7 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
-                    if [r for r in query(port, 'up{job="softfactory-app"}') if r["value"][1] == "1"]:
+                    if len([r for r in query(port, 'up{job="softfactory-app"}') if r["value"][1] == "1"]) == 2:
                         break
                 except OSError:
                     pass
@@ -148,6 +163,7 @@ def test_prometheus_scrapes_the_demo_and_every_rule_and_panel_has_data(tmp_path:
             with ThreadPoolExecutor(6) as pool:
                 for round_paths in (paths[0::3], paths[1::3], paths[2::3]):
                     statuses += list(pool.map(lambda p: get(app.port, p, headers=stamped())[0], round_paths))
+                    websocket_round(asgi.port)
                     time.sleep(2.5)
             assert statuses.count(200) == 66
             deadline = time.monotonic() + 60
