@@ -166,3 +166,19 @@ def test_the_scale_bench_runs_real_workers_and_checks_their_totals() -> None:
     # The harness refuses a scrape whose totals differ from what the workers wrote.
     with pytest.raises(AssertionError, match="summed to"):
         bench.scale._checked({"totals": [1.0, 2.0]}, 2.0, "ours")
+
+
+def test_the_asgi_parts_run_in_one_process_and_are_tabled_against_bare_starlette() -> None:
+    parts = importlib.import_module("bench.asgi_parts")
+    # A real small run in its own interpreter (it configures logging); the driver checks every 200.
+    command = [sys.executable, "-m", "bench.asgi_parts", "--rounds", "2", "--chunk", "20"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for name in ["bare", *parts.PARTS]:
+        median, over = row(lines, f"{name} |")[1:]
+        assert float(median) > 0 and (over == "+0.0") == (name == "bare"), lines
+    lines = parts.table({"bare": [10.0, 30.0, 20.0], "ids": [26.0], "full": [45.5]})
+    assert row(lines, "bare")[1:] == ["20.0", "+0.0"]
+    assert row(lines, "ids")[1:] == ["26.0", "+6.0"]
+    assert row(lines, "full")[1:] == ["45.5", "+25.5"]
