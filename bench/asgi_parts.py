@@ -21,6 +21,7 @@ from typing import Any
 
 import softfactory_obs
 
+from . import PAUSE
 from .asgi import build as build_variant
 from .asgi import drive
 
@@ -58,7 +59,7 @@ def run(rounds: int = 40, chunk: int = 250) -> dict[str, list[float]]:
         apps = build(metrics_dir)
         for app in apps.values():
             asyncio.run(drive(app, 300))  # warm: first requests bind series and fill caches
-        time.sleep(0.5)  # the maintenance thread's first round, before anything is timed
+        time.sleep(PAUSE)  # the maintenance thread's first round, before anything is timed
         return asyncio.run(_chunks(apps, rounds, chunk))
 
 
