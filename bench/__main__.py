@@ -3,7 +3,8 @@
 Parts (``--only`` picks some): ``peers`` (in-process µs per request), ``cold`` (the same with
 the caches swept before each request, as under gunicorn), ``instructions`` (the same
 requests under callgrind: instructions per request, which the host's load does not move), ``asgi``
-(the ASGI front next to bare Starlette and its peers: µs and instructions per request),
+(the ASGI front next to bare Starlette and its peers: µs and instructions per request, and
+each target's share measured in one process),
 ``load`` (gunicorn + wrk: throughput, p99, workers' CPU per request, worker RSS), ``store`` (one
 write), ``scrape`` (scrape time vs dead workers), ``scale`` (scrape time and memory with many live
 workers and endpoints, next to prometheus_client), ``startup`` (import time). The tables are
@@ -301,12 +302,18 @@ def instructions_part(
 
 
 def asgi_part(report: dict[str, Any], section: Callable[[str, list[str]], None], args: argparse.Namespace) -> None:
-    """The ASGI tables: in-process µs and instructions per request, and throughput under uvicorn."""
+    """The ASGI tables: in-process µs and instructions per request, the targets' shares measured
+    in one process each, and throughput under uvicorn."""
     asgi_samples = report["asgi_us_per_request"] = asgi.run(rounds=args.rounds)
     medians = {v: statistics.median(s) for v, s in asgi_samples.items()}
     section(
         "ASGI in-process, µs per request (5000 requests per sample, each variant in its own interpreter)",
         asgi.table(medians, "µs/request"),
+    )
+    found = report["asgi_target_shares"] = asgi.shares()
+    section(
+        "ASGI targets, each measured in one interpreter (bare app, ours, the peer in turns, 30 rounds of 250 requests)",
+        asgi.shares_table(found),
     )
     if instructions.available():
         counts = report["asgi_instructions_per_request"] = asgi.instructions()

@@ -5,11 +5,13 @@ providers are process-wide) that drives the app as a minimal server would: per r
 ``http`` scope of three headers, a ``receive`` giving the empty body then ``http.disconnect``, a
 ``send`` that keeps the messages; the status is checked. µs per request are medians of
 interleaved rounds; instructions per request come from callgrind (``n`` and ``6 n`` requests,
-the difference over ``5 n``), which the host's load does not move.
+the difference over ``5 n``), which the host's load does not move. The targets' shares are also
+measured each in one interpreter (``target_shares``), where the host's slow spells cancel out.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -216,6 +218,17 @@ async def drive(app: Any, n: int) -> None:
             raise RuntimeError(f"status {sent[0]['status']}: {sent}")
 
 
+async def chunks(apps: dict[str, Any], rounds: int, chunk: int) -> dict[str, list[float]]:
+    """µs per request of each app, one sample per chunk of ``chunk`` requests, the apps taking
+    turns in one process (in ``interleaved`` order)."""
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    for name in interleaved(list(apps), rounds):
+        started = time.perf_counter()
+        await drive(apps[name], chunk)
+        samples[name].append((time.perf_counter() - started) / chunk * 1e6)
+    return samples
+
+
 def _env(variant: str, tmp: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
     env["SOFTFACTORY_OBS_MAINTENANCE_INTERVAL_SECONDS"] = "3600"  # its thread's work is not a request's
@@ -317,4 +330,53 @@ def table(values: dict[str, float], unit: str) -> list[str]:
         lines.append(
             f"| *{VARIANTS[ours]} overhead / {VARIANTS[peer]} overhead* | <= {limit} | {got:.2f} | {verdict} |"
         )
+    return lines
+
+
+# A target's variants in one process: the bare app, ours, the peer.
+SHARES_RUNNER = textwrap.dedent("""
+    import asyncio, json, os, sys, time
+    from bench.asgi import build, chunks, drive
+    names, rounds, chunk = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+    apps = {name: build(name) for name in names}
+    for app in apps.values():
+        asyncio.run(drive(app, 300))
+    time.sleep(float(os.environ.get("BENCH_PAUSE_SECONDS", "0")))
+    print(json.dumps(asyncio.run(chunks(apps, rounds, chunk))))
+""")
+
+
+def target_shares(ours: str, peer: str, rounds: int = 30, chunk: int = 250) -> list[float]:
+    """Our overhead as a share of the peer's, one share per round: ours, the peer and their bare app
+    in one fresh interpreter, taking turns in chunks, so a slow spell of the host hits all three
+    alike (between interpreters the bare app alone moves by a third, which no number of rounds
+    averages out of a ratio of differences)."""
+    bare = bare_of(ours)
+    if bare_of(peer) != bare:
+        raise ValueError(f"{ours} and {peer} are measured against different apps")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(_env(peer, tmp), **{PAUSE_VARIABLE: str(PAUSE)})
+        command = [sys.executable, "-c", SHARES_RUNNER, f"{bare},{ours},{peer}", str(rounds), str(chunk)]
+        out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{VARIANTS[ours]} against {VARIANTS[peer]}: {out.stderr.strip()[-500:]}")
+    samples = json.loads(out.stdout.strip().splitlines()[-1])
+    return [(o - b) / (p - b) for b, o, p in zip(samples[bare], samples[ours], samples[peer], strict=True)]
+
+
+def shares(rounds: int = 30, chunk: int = 250) -> dict[str, list[float]]:
+    """``target_shares`` of every target (``TARGETS``), by ``"ours/peer"``."""
+    return {f"{ours}/{peer}": target_shares(ours, peer, rounds, chunk) for ours, peer, _ in TARGETS}
+
+
+def shares_table(found: dict[str, list[float]]) -> list[str]:
+    """Each target's median share over the rounds, their spread, and whether it is met."""
+    lines = ["| our overhead / the peer's | at most | median | lowest | highest | met |"]
+    lines.append("|---|---:|---:|---:|---:|---|")
+    for ours, peer, limit in TARGETS:
+        values = found[f"{ours}/{peer}"]
+        median = statistics.median(values)
+        name = f"{VARIANTS[ours]} / {VARIANTS[peer]}"
+        verdict = "yes" if median <= limit else "NO"
+        lines.append(f"| {name} | {limit} | {median:.3f} | {min(values):.3f} | {max(values):.3f} | {verdict} |")
     return lines

@@ -23,7 +23,7 @@ import softfactory_obs
 
 from . import PAUSE
 from .asgi import build as build_variant
-from .asgi import drive
+from .asgi import chunks, drive
 
 # Our options per part; each is its own instance over its own Starlette app, sharing one store.
 PARTS: dict[str, dict[str, bool]] = {
@@ -43,16 +43,6 @@ def build(metrics_dir: str) -> dict[str, Any]:
     return apps
 
 
-async def _chunks(apps: dict[str, Any], rounds: int, chunk: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in apps}
-    for _ in range(rounds):
-        for name, app in apps.items():
-            started = time.perf_counter()
-            await drive(app, chunk)
-            samples[name].append((time.perf_counter() - started) / chunk * 1e6)
-    return samples
-
-
 def run(rounds: int = 40, chunk: int = 250) -> dict[str, list[float]]:
     """µs per request of every variant, one sample per chunk."""
     with tempfile.TemporaryDirectory() as metrics_dir:
@@ -60,7 +50,7 @@ def run(rounds: int = 40, chunk: int = 250) -> dict[str, list[float]]:
         for app in apps.values():
             asyncio.run(drive(app, 300))  # warm: first requests bind series and fill caches
         time.sleep(PAUSE)  # the maintenance thread's first round, before anything is timed
-        return asyncio.run(_chunks(apps, rounds, chunk))
+        return asyncio.run(chunks(apps, rounds, chunk))
 
 
 def table(samples: dict[str, list[float]]) -> list[str]:

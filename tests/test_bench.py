@@ -115,6 +115,33 @@ def test_the_asgi_table_judges_our_overhead_against_each_peers() -> None:
     assert row(asgi.table(counts, "µs"), name)[1:] == ["<= 0.1", "0.11", "NO"]  # 100 / 900
 
 
+def test_a_targets_shares_are_measured_in_one_process_round_by_round() -> None:
+    asgi = importlib.import_module("bench.asgi")
+    # A real small run: bare Starlette, ours (metrics only) and ours (full) as the peer, in turns.
+    found = asgi.target_shares("ours-metrics", "ours", rounds=3, chunk=50)
+    assert len(found) == 3, found  # one share per round
+    assert all(value == value and abs(value) < 100 for value in found), found  # finite: both overheads measured
+    with pytest.raises(ValueError, match="different apps"):  # FastAPI's overhead is not Starlette's
+        asgi.target_shares("ours", "instrumentator", rounds=1, chunk=1)
+    shares = {f"{ours}/{peer}": [0.2, 0.1, 0.3] for ours, peer, _ in asgi.TARGETS}
+    shares["ours/stack"] = [0.14, 0.16, 0.15, 0.2]  # median 0.155: over 0.15
+    lines = asgi.shares_table(shares)
+    assert row(lines, f"{asgi.VARIANTS['ours']} / {asgi.VARIANTS['exporter-mp']}")[1:] == [
+        "0.3",
+        "0.200",
+        "0.100",
+        "0.300",
+        "yes",
+    ]
+    assert row(lines, f"{asgi.VARIANTS['ours']} / {asgi.VARIANTS['stack']}")[1:] == [
+        "0.15",
+        "0.155",
+        "0.140",
+        "0.200",
+        "NO",
+    ]
+
+
 def test_the_uvicorn_table_takes_medians_against_bare_starlettes() -> None:
     asgi = importlib.import_module("bench.asgi")
     samples = {v: [100.0, 300.0, 200.0] for v in asgi.SERVED}  # median 200 each, then ours:
