@@ -350,7 +350,8 @@ def target_shares(ours: str, peer: str, rounds: int = 30, chunk: int = 250) -> l
     """Our overhead as a share of the peer's, one share per round: ours, the peer and their bare app
     in one fresh interpreter, taking turns in chunks, so a slow spell of the host hits all three
     alike (between interpreters the bare app alone moves by a third, which no number of rounds
-    averages out of a ratio of differences)."""
+    averages out of a ratio of differences). A round in which the peer measured no slower than
+    the bare app has no share."""
     bare = bare_of(ours)
     if bare_of(peer) != bare:
         raise ValueError(f"{ours} and {peer} are measured against different apps")
@@ -361,7 +362,11 @@ def target_shares(ours: str, peer: str, rounds: int = 30, chunk: int = 250) -> l
     if out.returncode != 0:
         raise RuntimeError(f"{VARIANTS[ours]} against {VARIANTS[peer]}: {out.stderr.strip()[-500:]}")
     samples = json.loads(out.stdout.strip().splitlines()[-1])
-    return [(o - b) / (p - b) for b, o, p in zip(samples[bare], samples[ours], samples[peer], strict=True)]
+    rounds_of = zip(samples[bare], samples[ours], samples[peer], strict=True)
+    found = [(o - b) / (p - b) for b, o, p in rounds_of if p > b]  # a peer no slower than bare: noise, no share
+    if not found:
+        raise RuntimeError(f"{VARIANTS[peer]} never measured slower than {VARIANTS[bare]}: no share")
+    return found
 
 
 def shares(rounds: int = 30, chunk: int = 250) -> dict[str, list[float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -118,9 +119,10 @@ def test_the_asgi_table_judges_our_overhead_against_each_peers() -> None:
 def test_a_targets_shares_are_measured_in_one_process_round_by_round() -> None:
     asgi = importlib.import_module("bench.asgi")
     # A real small run: bare Starlette, ours (metrics only) and ours (full) as the peer, in turns.
-    found = asgi.target_shares("ours-metrics", "ours", rounds=3, chunk=50)
-    assert len(found) == 3, found  # one share per round
-    assert all(value == value and abs(value) < 100 for value in found), found  # finite: both overheads measured
+    found = asgi.target_shares("ours-metrics", "ours", rounds=5, chunk=100)
+    # A share per round, but for a round where a stall of the host made bare Starlette the slower.
+    assert 3 <= len(found) <= 5, found
+    assert all(math.isfinite(value) and abs(value) < 100 for value in found), found
     with pytest.raises(ValueError, match="different apps"):  # FastAPI's overhead is not Starlette's
         asgi.target_shares("ours", "instrumentator", rounds=1, chunk=1)
     shares = {f"{ours}/{peer}": [0.2, 0.1, 0.3] for ours, peer, _ in asgi.TARGETS}
